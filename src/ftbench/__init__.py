@@ -1,0 +1,9 @@
+"""ftbench: benchmark fine-tuning strategies of pretrained image models for prognosis from chest X-rays."""
+
+__version__ = "0.1.0"
+
+# Bump a constant when a change alters results, so Snakemake reruns exactly the outputs it feeds
+# (rule params carry it). Refactors that keep results bit-identical leave them alone: nothing reruns.
+DATA_VERSION = 1  # dataset tables and image stores
+SPLIT_VERSION = 1  # folds and few-shot draws
+TRAINING_VERSION = 1  # training cells

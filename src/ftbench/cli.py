@@ -1,0 +1,202 @@
+"""Command line of ftbench: one subcommand per workflow step; the Snakemake rules call these."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("ftbench")
+
+
+def _json(text: str) -> dict:
+    return json.loads(text)
+
+
+def cmd_download(args) -> None:
+    from ftbench.data.download import extract, fetch
+
+    archive = fetch(args.url, Path(args.out) / "archive", args.sha256)
+    extract(archive, args.out)
+    Path(args.done).write_text(args.url + "\n")
+
+
+def cmd_dataset(args) -> None:
+    from ftbench.data.adapters import build_table
+
+    table, rejects = build_table(args.name, args.spec, args.resources)
+    Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+    table.write_parquet(args.table)
+    rejects.write_csv(args.rejects)
+    log.info("dataset %s: %d images kept, %d rejected (%s)", args.name, table.height, rejects.height, args.rejects)
+    for row in rejects.iter_rows(named=True):
+        log.warning("rejected %s: %s", row["file"], row["reason"])
+
+
+def cmd_store(args) -> None:
+    import polars as pl
+
+    from ftbench.data import store
+
+    store.build(pl.read_parquet(args.table), args.side, args.out)
+
+
+def cmd_task(args) -> None:
+    import polars as pl
+
+    from ftbench.data import tasks
+
+    rows, report = tasks.build(pl.read_parquet(args.table), args.spec, args.name)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    rows.write_parquet(args.out)
+    Path(args.report).write_text(json.dumps(report, indent=1))
+    log.info("task %s: %s", args.name, report["steps"])
+
+
+def cmd_folds(args) -> None:
+    import polars as pl
+
+    from ftbench import splits
+
+    split = splits.kfold(pl.read_parquet(args.task_table), args.folds, args.val_fraction, args.seed, args.task)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    split.write_parquet(args.out)
+
+
+def cmd_fewshot(args) -> None:
+    import polars as pl
+
+    from ftbench import splits
+
+    draw = splits.fewshot(pl.read_parquet(args.task_table), pl.read_parquet(args.split), args.k, args.repetition,
+                          args.seed, args.task)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    draw.write_parquet(args.out)
+
+
+def cmd_train(args) -> None:
+    from ftbench.training import run_cell
+
+    run_cell(args.settings, args.task_table, args.split, args.store, args.out_dir, args.fewshot, args.threads)
+
+
+def cmd_aggregate(args) -> None:
+    from ftbench import aggregate
+
+    cells = aggregate.collect(args.cells)
+    summary = aggregate.summarise(cells)
+    cells.write_parquet(args.cells_out)
+    summary.write_parquet(args.summary)
+    summary.write_csv(Path(args.summary).with_suffix(".csv"))
+
+
+def cmd_report(args) -> None:
+    import polars as pl
+
+    from ftbench import aggregate, report
+
+    cells = pl.read_parquet(args.cells)
+    reports = [json.loads(Path(p).read_text()) for p in args.data_reports]
+    rejects = {Path(p).parent.name: pl.read_csv(p).height for p in args.rejects}
+    have = {f"{t}/{m}/{s}/{r}/fold{f}" for t, m, s, r, f in cells.select(*aggregate.KEYS).iter_rows()} if cells.height else set()
+    missing = [c for c in (Path(args.expected).read_text().split() if args.expected else []) if c not in have]
+    page = report.build(cells, pl.read_parquet(args.summary), reports, rejects, missing, args.title)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(page, encoding="utf-8")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ftbench", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("download", help="fetch and unpack a dataset archive into resources/")
+    s.add_argument("--url", required=True)
+    s.add_argument("--sha256")
+    s.add_argument("--out", required=True)
+    s.add_argument("--done", required=True, help="marker file written when complete")
+    s.set_defaults(func=cmd_download)
+
+    s = sub.add_parser("dataset", help="build a dataset's standard table and list rejected images")
+    s.add_argument("--name", required=True)
+    s.add_argument("--spec", type=_json, required=True, help="the dataset's config entry as JSON")
+    s.add_argument("--resources", default="resources")
+    s.add_argument("--table", required=True)
+    s.add_argument("--rejects", required=True)
+    s.set_defaults(func=cmd_dataset)
+
+    s = sub.add_parser("store", help="preprocess a dataset's images into one memory-mappable array")
+    s.add_argument("--table", required=True)
+    s.add_argument("--side", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_store)
+
+    s = sub.add_parser("task", help="filter and label a dataset for one task")
+    s.add_argument("--name", required=True)
+    s.add_argument("--spec", type=_json, required=True)
+    s.add_argument("--table", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--report", required=True)
+    s.set_defaults(func=cmd_task)
+
+    s = sub.add_parser("folds", help="stratified k-fold by patient with a validation part")
+    s.add_argument("--task", default="")
+    s.add_argument("--task-table", required=True)
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--val-fraction", type=float, default=0.2)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_folds)
+
+    s = sub.add_parser("fewshot", help="K training patients per class for each fold")
+    s.add_argument("--task", default="")
+    s.add_argument("--task-table", required=True)
+    s.add_argument("--split", required=True)
+    s.add_argument("--k", type=int, required=True)
+    s.add_argument("--repetition", type=int, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_fewshot)
+
+    s = sub.add_parser("train", help="train and evaluate one cell")
+    s.add_argument("--settings", type=_json, required=True, help="the cell's resolved settings as JSON")
+    s.add_argument("--task-table", required=True)
+    s.add_argument("--split", required=True)
+    s.add_argument("--fewshot")
+    s.add_argument("--store", required=True)
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("aggregate", help="collect cells into one table and summarise over folds")
+    s.add_argument("--cells", nargs="*", default=[], help="cell directories")
+    s.add_argument("--cells-out", required=True)
+    s.add_argument("--summary", required=True)
+    s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("report", help="write the self-contained HTML report")
+    s.add_argument("--cells", required=True)
+    s.add_argument("--summary", required=True)
+    s.add_argument("--data-reports", nargs="*", default=[])
+    s.add_argument("--rejects", nargs="*", default=[])
+    s.add_argument("--expected", help="file listing every cell of the grid, to name the missing ones")
+    s.add_argument("--title", default="ftbench report")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Load and check the benchmark definition.
+
+Torch-free on purpose: the Snakefile imports this module, and every Slurm job re-parses the Snakefile.
+Schema checks (types, unknown keys, strategy kinds) come from ``workflow/schemas/config.schema.yaml``;
+the cross-references a schema cannot express (a task naming an unknown dataset, ...) are checked here.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ftbench.zoo import is_known_arch
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key."""
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Deep-merge ``override`` into a copy of ``base`` the way Snakemake merges ``--configfile``s."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load(*paths: str | Path) -> dict:
+    """Read, merge (later files override earlier ones), validate and return a config."""
+    config: dict = {}
+    for path in paths:
+        with open(path) as fh:
+            config = merge(config, yaml.safe_load(fh) or {})
+    return validate(config)
+
+
+def validate(config: dict, schema: str | Path = SCHEMA) -> dict:
+    """Validate against the schema (filling defaults) and check cross-references; return the config."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate as schema_validate
+
+    try:
+        schema_validate(config, str(schema), set_default=True)
+    except WorkflowError as err:
+        raise ConfigError(_schema_message(err)) from None
+    check_references(config)
+    return config
+
+
+def _schema_message(err: Exception) -> str:
+    """Turn jsonschema's long report into one line that names the offending config key."""
+    cause = err.args[0] if err.args else str(err)
+    inner = getattr(err, "__cause__", None) or getattr(err, "__context__", None)
+    for candidate in (inner, *getattr(err, "args", ())):
+        path = getattr(candidate, "absolute_path", None)
+        if path is not None:
+            key = ".".join(str(p) for p in path) or "<top level>"
+            return f"config key '{key}': {candidate.message}"
+    return f"invalid config: {cause}"
+
+
+def check_references(config: dict) -> None:
+    """Names used by the benchmark selection and the tasks must exist in their catalogues."""
+    bench = config["benchmark"]
+    for kind in ("tasks", "models", "strategies"):
+        for name in bench[kind]:
+            if name not in config[kind]:
+                known = ", ".join(sorted(config[kind]))
+                raise ConfigError(f"config key 'benchmark.{kind}': unknown name '{name}' (known: {known})")
+    for name in bench["tasks"]:
+        task = config["tasks"][name]
+        if task["dataset"] not in config["datasets"]:
+            raise ConfigError(
+                f"config key 'tasks.{name}.dataset': unknown dataset '{task['dataset']}' "
+                f"(known: {', '.join(sorted(config['datasets']))})"
+            )
+    for name in bench["models"]:
+        arch = config["models"][name]["arch"]
+        if not is_known_arch(arch):
+            raise ConfigError(f"config key 'models.{name}.arch': unknown architecture '{arch}'")
+    for name in bench["strategies"]:
+        if config["strategies"][name].get("kind") is None:
+            raise ConfigError(f"config key 'strategies.{name}.kind' is missing")
+    for name, ds in config["datasets"].items():
+        if ds["adapter"] == "manifest" and not ds.get("path"):
+            raise ConfigError(f"config key 'datasets.{name}.path': the manifest adapter needs a CSV path")
+
+
+def selected(config: dict, kind: str) -> dict[str, Any]:
+    """The catalogue entries of ``kind`` that the benchmark selection uses, in selection order."""
+    return {name: config[kind][name] for name in config["benchmark"][kind]}

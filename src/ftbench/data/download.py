@@ -1,0 +1,65 @@
+"""Fetch a file over HTTP(S) into resources/, resumably, and check it against a SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import urllib.request
+import zipfile
+import tarfile
+from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(url: str, dest: str | Path, expected_sha256: str | None = None, timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dest``; a partial ``dest.part`` left by an interrupted run is resumed.
+
+    The file appears at ``dest`` only once complete and verified, so a half download never looks done.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        resumed = have and response.status == 206
+        with open(part, "ab" if resumed else "wb") as out:
+            shutil.copyfileobj(response, out, CHUNK)
+    if expected_sha256 and (got := sha256(part)) != expected_sha256:
+        part.unlink()
+        raise ValueError(f"{url}: checksum mismatch, expected sha256 {expected_sha256}, got {got}; the partial file was removed")
+    part.replace(dest)
+    return dest
+
+
+def extract(archive: str | Path, into: str | Path) -> Path:
+    """Unpack a .zip or .tar(.gz) archive, refusing members that would land outside ``into``."""
+    archive, into = Path(archive), Path(into).resolve()
+    into.mkdir(parents=True, exist_ok=True)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for member in zf.namelist():
+                if not (into / member).resolve().is_relative_to(into):
+                    raise ValueError(f"{archive}: member '{member}' escapes the extraction folder")
+            zf.extractall(into)
+    else:
+        with tarfile.open(archive) as tf:
+            tf.extractall(into, filter="data")
+    return into
+
+
+def find_root(folder: str | Path, marker: str) -> Path:
+    """The (possibly nested) folder of an extracted archive that holds ``marker``."""
+    hits = sorted(Path(folder).rglob(marker), key=lambda p: len(p.parts))
+    if not hits:
+        raise FileNotFoundError(f"{folder}: no '{marker}' found in the extracted archive")
+    return hits[0].parent

@@ -1,0 +1,72 @@
+"""From a dataset table to one task: filter rows, binarise the label, pick images per patient.
+
+The task table keeps ``row`` (the image's row in the dataset's store) and a 0/1 ``label``. What the
+filter and the label leave out is counted in the data report, never dropped without a trace.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+
+def _as_text(values: list) -> list[str]:
+    return [str(v) for v in values]
+
+
+def build(table: pl.DataFrame, task: dict, name: str) -> tuple[pl.DataFrame, dict]:
+    """The task's image table and a data report (counts per step, class, centre, view)."""
+    label = task["label"]
+    if label not in table.columns:
+        raise ValueError(f"task '{name}': label column '{label}' is not in dataset '{task['dataset']}' "
+                         f"(columns: {', '.join(table.columns)})")
+    steps = {"images": table.height}
+    rows = table.with_row_index("row")
+    for column, values in task.get("filter", {}).items():
+        if column not in rows.columns:
+            raise ValueError(f"task '{name}': filter column '{column}' is not in dataset '{task['dataset']}'")
+        rows = rows.filter(pl.col(column).is_in(_as_text(values)))
+        steps[f"after filter {column}"] = rows.height
+    positive = _as_text(task["positive"])
+    lab = pl.col(label)
+    if task.get("negative"):
+        negative = lab.is_in(_as_text(task["negative"]))
+    else:
+        negative = lab.is_not_null() & (lab != "") & ~lab.is_in(positive)
+    unknown = rows.filter(~lab.is_in(positive) & ~negative)
+    rows = rows.filter(lab.is_in(positive) | negative).with_columns(
+        lab.is_in(positive).cast(pl.Int8).alias("label"))
+    steps["with a known label"] = rows.height
+    conflicts = rows.group_by("patient_id").agg(pl.col("label").n_unique().alias("n")).filter(pl.col("n") > 1)
+    if conflicts.height:
+        ids = sorted(conflicts["patient_id"].to_list())
+        raise ValueError(f"task '{name}': patient(s) {ids[:10]} have images with both labels in column '{label}'; "
+                         "a prognostic label must be one per patient (fix the source or filter the rows)")
+    policy = task.get("images", "all")
+    if policy != "all":
+        order = rows.sort(["patient_id", "time", "row"], nulls_last=True)
+        rows = order.group_by("patient_id", maintain_order=True).agg(pl.all().first() if policy == "first" else pl.all().last())
+        steps[f"{policy} image per patient"] = rows.height
+    rows = rows.select("row", "image_id", "patient_id", "label", "centre", "view", "time").sort("row")
+    for cls in (0, 1):
+        if rows.filter(pl.col("label") == cls).height == 0:
+            raise ValueError(f"task '{name}': class {cls} ({'positive' if cls else 'negative'}) is empty after filtering")
+    report = {
+        "task": name,
+        "dataset": task["dataset"],
+        "label": label,
+        "positive": positive,
+        "images_policy": policy,
+        "steps": steps,
+        "unlabelled_images": unknown.height,
+        "images_per_class": _counts(rows, "label"),
+        "patients_per_class": _counts(rows.unique("patient_id"), "label"),
+        "images_per_centre": _counts(rows, "centre"),
+        "images_per_view": _counts(rows, "view"),
+        "images_per_patient": _counts(rows.group_by("patient_id").agg(pl.len().alias("images")), "images"),
+    }
+    return rows, report
+
+
+def _counts(frame: pl.DataFrame, column: str) -> dict[str, int]:
+    counts = frame.group_by(column).agg(pl.len().alias("_n")).sort(column, nulls_last=True)
+    return {str(k): int(v) for k, v in counts.iter_rows()}

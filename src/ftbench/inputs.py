@@ -1,0 +1,59 @@
+"""The input pipeline: uint8 image rows -> normalised, augmented model input, on the training device.
+
+Images stay uint8 until they are on the device (4x less to move than float32), and augmentation runs
+there as batched tensor ops: no per-epoch decoding and no per-image Python work.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ftbench.zoo import ZooEntry
+
+
+def load_rows(store: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    """(N, 1, S, S) uint8 tensor of the store rows, read from the memory map in ascending row order."""
+    order = np.argsort(rows, kind="stable")
+    block = np.empty((len(rows),) + store.shape[1:], dtype=np.uint8)
+    block[order] = store[rows[order]]
+    return torch.from_numpy(block).unsqueeze(1)
+
+
+class Preprocess:
+    """Scale to [0, 1], optionally augment, resize to the model's side, replicate to 3 channels, normalise."""
+
+    def __init__(self, entry: ZooEntry, device: torch.device, augment: bool, generator: torch.Generator | None = None):
+        self.side = entry.img_size
+        self.mean = torch.tensor(entry.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(entry.std, device=device).view(1, 3, 1, 1)
+        self.augment = augment
+        self.generator = generator
+        self.device = device
+
+    def _rand(self, n: int, lo: float, hi: float) -> torch.Tensor:
+        r = torch.rand(n, generator=self.generator, device="cpu")  # CPU generator: same draws on any device
+        return (lo + (hi - lo) * r).to(self.device)
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Small random scale/shift/rotation and brightness/contrast jitter (no flips: anatomy is sided)."""
+        n = x.shape[0]
+        angle = self._rand(n, -0.1, 0.1)
+        scale = self._rand(n, 0.9, 1.1)
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos, -sin, self._rand(n, -0.06, 0.06)], 1),
+                             torch.stack([sin, cos, self._rand(n, -0.06, 0.06)], 1)], 1)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        contrast = self._rand(n, 0.85, 1.15).view(n, 1, 1, 1)
+        brightness = self._rand(n, -0.08, 0.08).view(n, 1, 1, 1)
+        return ((x - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
+
+    def __call__(self, batch: torch.Tensor, train: bool) -> torch.Tensor:
+        x = batch.to(self.device, non_blocking=True).float().div_(255.0)
+        if train and self.augment:
+            x = self._augment(x)
+        if x.shape[-1] != self.side:
+            x = F.interpolate(x, size=(self.side, self.side), mode="bilinear", antialias=True, align_corners=False)
+        return (x.expand(-1, 3, -1, -1) - self.mean) / self.std

@@ -1,0 +1,62 @@
+"""Per-cell classification metrics (scikit-learn), and the validation-chosen decision threshold."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn import metrics as skm
+
+THRESHOLD_METRICS = ("mcc", "balanced_accuracy", "f1", "sensitivity", "specificity")
+
+
+def best_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
+    """The probability cut-off that maximises MCC on (validation) data; 0.5 when it cannot be chosen."""
+    if len(np.unique(labels)) < 2:
+        return 0.5
+    candidates = np.unique(probs)
+    # midpoints between distinct probabilities: the threshold does not sit on a training-set value
+    cuts = np.concatenate([[0.0], (candidates[:-1] + candidates[1:]) / 2]) if len(candidates) > 1 else candidates
+    scores = [skm.matthews_corrcoef(labels, probs >= c) for c in cuts]
+    return float(cuts[int(np.argmax(scores))])
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
+    """ECE with equal-width bins over the positive-class probability."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(probs, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(labels[mask].mean() - probs[mask].mean())
+    return float(ece)
+
+
+def _thresholded(labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
+    tn, fp, fn, tp = skm.confusion_matrix(labels, preds, labels=[0, 1]).ravel()
+    return {
+        "mcc": float(skm.matthews_corrcoef(labels, preds)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(labels, preds)) if len(np.unique(labels)) > 1 else math.nan,
+        "f1": float(skm.f1_score(labels, preds, zero_division=0)),
+        "sensitivity": float(tp / (tp + fn)) if tp + fn else math.nan,
+        "specificity": float(tn / (tn + fp)) if tn + fp else math.nan,
+    }
+
+
+def compute(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float]:
+    """All metrics of one cell's test predictions; threshold-based ones at ``threshold`` and at 0.5."""
+    labels, probs = np.asarray(labels, dtype=int), np.asarray(probs, dtype=float)
+    both = len(np.unique(labels)) > 1
+    out = {
+        "pr_auc": float(skm.average_precision_score(labels, probs)) if both else math.nan,
+        "roc_auc": float(skm.roc_auc_score(labels, probs)) if both else math.nan,
+        "brier": float(skm.brier_score_loss(labels, probs, pos_label=1)),
+        "ece": expected_calibration_error(labels, probs),
+        "threshold": float(threshold),
+        "n_test": int(len(labels)),
+        "positive_rate": float(labels.mean()) if len(labels) else math.nan,
+    }
+    out.update(_thresholded(labels, (probs >= threshold).astype(int)))
+    out.update({f"{k}@0.5": v for k, v in _thresholded(labels, (probs >= 0.5).astype(int)).items()})
+    return out

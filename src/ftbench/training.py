@@ -1,0 +1,214 @@
+"""One training cell: fit a strategy on a fold's training part, pick the threshold on validation, test.
+
+Class-weighted cross-entropy, AdamW, early stopping on validation loss (best epoch restored). On CPU a
+cell is a pure function of its inputs and seed: the same cell gives bit-identical predictions.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+
+from ftbench import backbones, inputs, metrics, strategies
+from ftbench.data import store as image_store
+from ftbench.zoo import resolve
+
+log = logging.getLogger("ftbench.train")
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite: the cell fails instead of reporting metrics of garbage."""
+
+
+@dataclass
+class Part:
+    """The images of one partition: uint8 pixels, labels and identifiers."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    frame: pl.DataFrame
+
+
+def partitions(task_table: pl.DataFrame, split: pl.DataFrame, fold: int, fewshot: pl.DataFrame | None,
+               store: np.ndarray) -> dict[str, Part]:
+    """train / val / test images of ``fold``; a few-shot draw replaces the train patients."""
+    mine = split.filter(pl.col("fold") == fold)
+    ids = {part: mine.filter(pl.col("part") == part)["patient_id"] for part in ("train", "val", "test")}
+    if fewshot is not None:
+        ids["train"] = fewshot.filter(pl.col("fold") == fold)["patient_id"]
+    out = {}
+    for part, patients in ids.items():
+        frame = task_table.filter(pl.col("patient_id").is_in(patients.implode())).sort("row")
+        rows = frame["row"].to_numpy().astype(np.int64)
+        out[part] = Part(inputs.load_rows(store, rows), torch.from_numpy(frame["label"].to_numpy().astype(np.int64)), frame)
+    for part in ("train", "val", "test"):
+        if out[part].y.numel() == 0:
+            raise ValueError(f"fold {fold}: the {part} part has no images")
+    return out
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return torch.Generator().manual_seed(seed)
+
+
+def class_weights(y: torch.Tensor) -> torch.Tensor:
+    """Inverse class frequency, normalised so that a balanced set gets weights of 1."""
+    counts = torch.bincount(y, minlength=2).float().clamp_min(1)
+    return counts.sum() / (2 * counts)
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, part: Part, prep: inputs.Preprocess, batch_size: int) -> np.ndarray:
+    """Positive-class probabilities of every image of ``part``."""
+    model.eval()
+    probs = [torch.softmax(model(prep(part.x[i:i + batch_size], train=False)).float(), 1)[:, 1].cpu()
+             for i in range(0, len(part.x), batch_size)]
+    return torch.cat(probs).numpy().astype(np.float64)
+
+
+def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], prep: inputs.Preprocess,
+        training: dict, generator: torch.Generator) -> dict:
+    """Train with early stopping on validation loss; restore the best epoch. Returns the history."""
+    device = prep.device
+    weights = class_weights(parts["train"].y).to(device)
+    optimizer = torch.optim.AdamW(plan.param_groups, weight_decay=training["weight_decay"])
+    best = {"loss": math.inf, "epoch": -1, "state": None}
+    history = []
+    frozen_backbone = not any(p.requires_grad for p in model.backbone.parameters())
+    train, bs = parts["train"], training["batch_size"]
+    for epoch in range(training["max_epochs"]):
+        start = time.perf_counter()
+        model.train()
+        if frozen_backbone:
+            model.backbone.eval()  # a frozen feature extractor keeps its normalisation statistics
+        order = torch.randperm(len(train.x), generator=generator)
+        total, seen = 0.0, 0
+        for i in range(0, len(order), bs):
+            idx = order[i:i + bs]
+            logits = model(prep(train.x[idx], train=True))
+            loss = F.cross_entropy(logits, train.y[idx].to(device), weight=weights)
+            if not torch.isfinite(loss):
+                raise Diverged(f"epoch {epoch}: training loss is {loss.item()}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+        val_probs = predict(model, parts["val"], prep, bs)
+        val_y = parts["val"].y.numpy()
+        val_loss = float(F.cross_entropy(
+            torch.log(torch.from_numpy(np.stack([1 - val_probs, val_probs], 1)).clamp_min(1e-12)).float(),
+            torch.from_numpy(val_y), weight=weights.cpu()))
+        if not math.isfinite(val_loss):
+            raise Diverged(f"epoch {epoch}: validation loss is {val_loss}")
+        history.append({"epoch": epoch, "train_loss": total / seen, "val_loss": val_loss,
+                        "seconds": time.perf_counter() - start})
+        log.info("epoch %3d  train loss %.4f  val loss %.4f  (%.1fs)", epoch, total / seen, val_loss,
+                 history[-1]["seconds"])
+        if val_loss < best["loss"] - 1e-6:
+            best = {"loss": val_loss, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+        elif epoch - best["epoch"] >= training["patience"]:
+            log.info("early stop: no validation improvement for %d epochs", training["patience"])
+            break
+    model.load_state_dict(best["state"])
+    return {"best_epoch": best["epoch"], "best_val_loss": best["loss"], "epochs": history}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def library_versions() -> dict[str, str]:
+    import peft
+    import sklearn
+    import timm
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+            "peft": peft.__version__, "numpy": np.__version__, "polars": pl.__version__,
+            "scikit-learn": sklearn.__version__}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def write_atomic(path: Path, write) -> None:
+    """Write via a temporary name and rename, so a killed cell never leaves a file that looks complete."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def run_cell(settings: dict, task_table: str, split: str, store: str, out_dir: str,
+             fewshot: str | None = None, threads: int = 1) -> dict:
+    """Train and evaluate one cell; write predictions.parquet, metrics.json and run.json into ``out_dir``."""
+    started = time.perf_counter()
+    torch.set_num_threads(threads)
+    training, model_spec, strategy = settings["training"], settings["model"], settings["strategy"]
+    generator = seed_everything(training["seed"] + settings["fold"])
+    device = pick_device(settings.get("device", "auto"))
+    table = pl.read_parquet(task_table)
+    parts = partitions(table, pl.read_parquet(split), settings["fold"],
+                       pl.read_parquet(fewshot) if fewshot else None, image_store.load(store))
+    entry = resolve(model_spec["arch"], model_spec.get("img_size"), model_spec.get("pretrained", False))
+    model = backbones.build(entry, model_spec.get("weights"))
+    plan = strategies.apply(model, entry, strategy, training)
+    model.to(device)
+    trainable, total = backbones.count_parameters(model)
+    log.info("cell %s: %s / %s / %s / fold %d | train %d, val %d, test %d images | %d of %d parameters train",
+             settings["task"], model_spec["name"], strategy["name"], settings["regime"]["name"], settings["fold"],
+             len(parts["train"].y), len(parts["val"].y), len(parts["test"].y), trainable, total)
+    prep = inputs.Preprocess(entry, device, training["augment"], generator)
+    status, error, history = "ok", None, {}
+    try:
+        history = fit(model, plan, parts, prep, training, generator)
+        threshold = metrics.best_threshold(parts["val"].y.numpy(), predict(model, parts["val"], prep, training["batch_size"]))
+        probs = predict(model, parts["test"], prep, training["batch_size"])
+        result = metrics.compute(parts["test"].y.numpy(), probs, threshold)
+    except Diverged as err:
+        log.error("cell failed: %s", err)
+        status, error, probs, result = "failed", str(err), np.full(len(parts["test"].y), np.nan), {}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    test = parts["test"].frame
+    predictions = test.select("image_id", "patient_id", "label", "centre").with_columns(
+        pl.Series("prob", probs, dtype=pl.Float64))
+    write_atomic(out / "predictions.parquet", predictions.write_parquet)
+    cell = {k: settings[k] for k in ("task", "fold")} | {"model": model_spec["name"], "strategy": strategy["name"],
+                                                           "regime": settings["regime"]["name"]}
+    write_atomic(out / "metrics.json", lambda p: p.write_text(json.dumps(
+        cell | {"status": status, "error": error} | result, indent=1, allow_nan=True)))
+    run = cell | {
+        "status": status, "trainable_params": trainable, "total_params": total,
+        "trainable_fraction": trainable / total, "wall_seconds": time.perf_counter() - started,
+        "peak_memory_mb": peak_memory_mb(device), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": threads, "seed": training["seed"] + settings["fold"], "versions": library_versions(),
+        "settings": settings, "history": history,
+    }
+    write_atomic(out / "run.json", lambda p: p.write_text(json.dumps(run, indent=1, default=str)))
+    log.info("cell done in %.1fs: %s", run["wall_seconds"],
+             ", ".join(f"{k} {result[k]:.3f}" for k in ("mcc", "pr_auc", "roc_auc") if k in result) or status)
+    return run

@@ -1,0 +1,37 @@
+# Shared setup: validate the config and expose the grid to the rules.
+import json
+import sys
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from ftbench import DATA_VERSION, SPLIT_VERSION
+from ftbench.config import ConfigError, selected, validate
+from ftbench import grid
+
+try:
+    validate(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+TASKS = selected(config, "tasks")
+DATASETS = {name: config["datasets"][name] for name in dict.fromkeys(t["dataset"] for t in TASKS.values())}
+CELLS = grid.cells(config)
+for (model, strategy), reason in grid.excluded(config).items():
+    print(f"ftbench: not in the grid: {model} x {strategy}: {reason}", file=sys.stderr)
+
+
+def to_json(value) -> str:
+    """Stable JSON for params: the same settings always give the same string (no spurious reruns)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+wildcard_constraints:
+    dataset=r"[^/]+",
+    task=r"[^/]+",
+    model=r"[^/]+",
+    strategy=r"[^/]+",
+    regime=r"full|k\d+r\d+",
+    fold=r"\d+",
+    size=r"\d+",
+    k=r"\d+",
+    rep=r"\d+",

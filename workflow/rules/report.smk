@@ -1,0 +1,45 @@
+# Report stage: all cells -> one table -> summary over folds -> self-contained HTML report.
+
+
+rule aggregate:
+    input:
+        expand("results/cells/{cell}/{file}", cell=[c.path for c in CELLS], file=("metrics.json", "run.json")),
+    output:
+        cells=report("results/cells.parquet", caption="../report/cells.rst", category="Tables"),
+        summary="results/summary.parquet",
+        csv=report("results/summary.csv", caption="../report/summary.rst", category="Tables"),
+    params:
+        cells=[f"results/cells/{c.path}" for c in CELLS],
+    log:
+        "results/logs/aggregate.log",
+    shell:
+        "ftbench aggregate --cells {params.cells} --cells-out {output.cells} --summary {output.summary} 2> {log}"
+
+
+rule grid_list:
+    output:
+        "results/grid.txt",
+    params:
+        cells=[c.path for c in CELLS],
+    log:
+        "results/logs/grid_list.log",
+    run:
+        Path(output[0]).write_text("\n".join(params.cells) + "\n")
+
+
+rule report:
+    input:
+        cells="results/cells.parquet",
+        summary="results/summary.parquet",
+        grid="results/grid.txt",
+        data_reports=expand("results/tasks/{task}/data_report.json", task=TASKS),
+        rejects=expand("results/data/{dataset}/rejects.csv", dataset=DATASETS),
+    output:
+        report("results/report/index.html", caption="../report/index.rst", category="Report"),
+    params:
+        title=config["report"]["title"],
+    log:
+        "results/logs/report.log",
+    shell:
+        "ftbench report --cells {input.cells} --summary {input.summary} --expected {input.grid} "
+        "--data-reports {input.data_reports} --rejects {input.rejects} --title {params.title:q} --out {output} 2> {log}"
