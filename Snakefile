@@ -1,10 +1,12 @@
 # ftbench: benchmark of fine-tuning strategies for prognosis from chest X-rays.
 # Cheap to parse on purpose (no torch import): every Slurm job re-parses this file.
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
-configfile: "config.yaml"
+configfile: str(Path(workflow.basedir) / "config.yaml")
 
 
 include: "workflow/rules/common.smk"

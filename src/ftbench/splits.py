@@ -31,7 +31,13 @@ def kfold(task_table: pl.DataFrame, folds: int, val_fraction: float, seed: int, 
     rows = []
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for fold, (rest, test) in enumerate(splitter.split(ids, labels)):
-        train, val = train_test_split(rest, test_size=val_fraction, stratify=labels[rest], random_state=seed + fold)
+        for cls in (0, 1):
+            n = int((labels[rest] == cls).sum())
+            if n < 2:
+                raise ValueError(f"task '{task}', fold {fold}: class {cls} ({CLASS_NAMES[cls]}) has {n} patients in the "
+                                 "training part, too few to carve a validation part with both classes")
+        n_val = min(max(2, round(val_fraction * len(rest))), len(rest) - 2)
+        train, val = train_test_split(rest, test_size=n_val, stratify=labels[rest], random_state=seed + fold)
         for part, index in (("train", train), ("val", val), ("test", test)):
             rows += [(fold, pid, part) for pid in ids[index]]
     return pl.DataFrame(rows, schema={"fold": pl.Int32, "patient_id": pl.String, "part": pl.String}, orient="row")

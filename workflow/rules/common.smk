@@ -2,7 +2,8 @@
 import json
 import sys
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
 
 from ftbench import DATA_VERSION, SPLIT_VERSION
 from ftbench.config import ConfigError, selected, validate
@@ -18,6 +19,16 @@ DATASETS = {name: config["datasets"][name] for name in dict.fromkeys(t["dataset"
 CELLS = grid.cells(config)
 for (model, strategy), reason in grid.excluded(config).items():
     print(f"ftbench: not in the grid: {model} x {strategy}: {reason}", file=sys.stderr)
+
+
+def _python() -> str:
+    """The interpreter of the rules: the conda env's under --sdm conda, else the one running Snakemake."""
+    methods = getattr(workflow.deployment_settings, "deployment_method", ()) or ()
+    return "python" if any("conda" in str(m).lower() for m in methods) else sys.executable
+
+
+# Rules call the ftbench CLI of this checkout, whatever is installed (conda env, venv, cluster node).
+FTBENCH = f"PYTHONPATH={SRC}${{PYTHONPATH:+:$PYTHONPATH}} {_python()} -m ftbench"
 
 
 def to_json(value) -> str:

@@ -11,10 +11,12 @@ rule download_dataset:
     params:
         url=lambda w: DATASETS[w.dataset]["url"],
         sha256=lambda w: DATASETS[w.dataset].get("sha256") or "",
+    conda:
+        "../../envs/ftbench.yaml"
     log:
         "results/logs/download/{dataset}.log",
     shell:
-        "ftbench download --url {params.url:q} --sha256 {params.sha256:q} "
+        "{FTBENCH} download --url {params.url:q} --sha256 {params.sha256:q} "
         "--out resources/datasets/{wildcards.dataset} --done {output.done} 2> {log}"
 
 
@@ -31,10 +33,12 @@ rule dataset_table:
     params:
         spec=lambda w: to_json(DATASETS[w.dataset]),
         version=DATA_VERSION,
+    conda:
+        "../../envs/ftbench.yaml"
     log:
         "results/logs/data/{dataset}.log",
     shell:
-        "ftbench dataset --name {wildcards.dataset} --spec {params.spec:q} --resources resources "
+        "{FTBENCH} dataset --name {wildcards.dataset} --spec {params.spec:q} --resources resources "
         "--table {output.table} --rejects {output.rejects} 2> {log}"
 
 
@@ -45,10 +49,12 @@ rule image_store:
         "results/data/{dataset}/images_{size}.npy",
     params:
         version=DATA_VERSION,
+    conda:
+        "../../envs/ftbench.yaml"
     log:
         "results/logs/data/{dataset}_store_{size}.log",
     shell:
-        "ftbench store --table {input.table} --side {wildcards.size} --out {output} 2> {log}"
+        "{FTBENCH} store --table {input.table} --side {wildcards.size} --out {output} 2> {log}"
 
 
 rule task_table:
@@ -60,8 +66,10 @@ rule task_table:
     params:
         spec=lambda w: to_json(TASKS[w.task]),
         version=DATA_VERSION,
+    conda:
+        "../../envs/ftbench.yaml"
     log:
         "results/logs/tasks/{task}.log",
     shell:
-        "ftbench task --name {wildcards.task} --spec {params.spec:q} --table {input.table} "
+        "{FTBENCH} task --name {wildcards.task} --spec {params.spec:q} --table {input.table} "
         "--out {output.table} --report {output.report} 2> {log}"

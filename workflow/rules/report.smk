@@ -10,10 +10,12 @@ rule aggregate:
         csv=report("results/summary.csv", caption="../report/summary.rst", category="Tables"),
     params:
         cells=[f"results/cells/{c.path}" for c in CELLS],
+    conda:
+        "../../envs/ftbench.yaml"
     log:
         "results/logs/aggregate.log",
     shell:
-        "ftbench aggregate --cells {params.cells} --cells-out {output.cells} --summary {output.summary} 2> {log}"
+        "{FTBENCH} aggregate --cells {params.cells} --cells-out {output.cells} --summary {output.summary} 2> {log}"
 
 
 rule grid_list:
@@ -38,8 +40,10 @@ rule report:
         report("results/report/index.html", caption="../report/index.rst", category="Report"),
     params:
         title=config["report"]["title"],
+    conda:
+        "../../envs/ftbench.yaml"
     log:
         "results/logs/report.log",
     shell:
-        "ftbench report --cells {input.cells} --summary {input.summary} --expected {input.grid} "
+        "{FTBENCH} report --cells {input.cells} --summary {input.summary} --expected {input.grid} "
         "--data-reports {input.data_reports} --rejects {input.rejects} --title {params.title:q} --out {output} 2> {log}"

@@ -11,10 +11,12 @@ rule folds:
         val_fraction=config["validation"]["val_fraction"],
         seed=config["validation"]["seed"],
         version=SPLIT_VERSION,
+    conda:
+        "../../envs/ftbench.yaml"
     log:
         "results/logs/splits/{task}_folds.log",
     shell:
-        "ftbench folds --task {wildcards.task} --task-table {input} --folds {params.folds} "
+        "{FTBENCH} folds --task {wildcards.task} --task-table {input} --folds {params.folds} "
         "--val-fraction {params.val_fraction} --seed {params.seed} --out {output} 2> {log}"
 
 
@@ -27,8 +29,10 @@ rule fewshot:
     params:
         seed=config["validation"]["seed"],
         version=SPLIT_VERSION,
+    conda:
+        "../../envs/ftbench.yaml"
     log:
         "results/logs/splits/{task}_k{k}r{rep}.log",
     shell:
-        "ftbench fewshot --task {wildcards.task} --task-table {input.table} --split {input.split} "
+        "{FTBENCH} fewshot --task {wildcards.task} --task-table {input.table} --split {input.split} "
         "--k {wildcards.k} --repetition {wildcards.rep} --seed {params.seed} --out {output} 2> {log}"

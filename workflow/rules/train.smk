@@ -33,9 +33,11 @@ rule train:
         settings=lambda w: to_json(grid.cell_settings(config, cell_of(w))),
         fewshot=lambda w, input: f"--fewshot {input.fewshot}" if "fewshot" in input.keys() else "",
     threads: config["training"]["threads"]
+    conda:
+        "../../envs/ftbench.yaml"
     log:
         "results/logs/train/{task}/{model}/{strategy}/{regime}/fold{fold}.log",
     shell:
-        "ftbench train --settings {params.settings:q} --task-table {input.table} --split {input.split} "
+        "{FTBENCH} train --settings {params.settings:q} --task-table {input.table} --split {input.split} "
         "--store {input.store} {params.fewshot} --threads {threads} "
         "--out-dir $(dirname {output.metrics}) 2> {log}"

@@ -1,0 +1,33 @@
+# The two commands of the README:  `make demo` (set up + run the demo)  and  `make test` (set up + tests).
+PYTHON ?= python3.11
+VENV ?= .venv
+# torch/torchvision releases that pip finds on this project's machines without a download; override
+# e.g. `make TORCH="torch torchvision"` elsewhere.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+CORES ?= 2
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup demo test test-fast clean
+
+$(BIN)/ftbench: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(BIN)/ftbench
+
+demo: setup
+	$(BIN)/snakemake --configfile workflow/presets/demo.yaml --cores $(CORES)
+	@echo "report: results/report/index.html"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,109 @@
+"""Dataset adapters on their inputs: synthetic, the real Cohen sample, a user's manifest."""
+
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from ftbench.data import store, tasks
+from ftbench.data.adapters import STANDARD, build_table
+
+
+def test_synthetic_is_deterministic_and_lists_corrupt_files(tmp_path):
+    spec = {"adapter": "synthetic", "synthetic": {"patients": 12, "side": 32, "corrupt": 2, "centres": 3}}
+    t1, r1 = build_table("s", spec, tmp_path / "a")
+    t2, _ = build_table("s", spec, tmp_path / "b")
+    assert list(t1.columns[:6]) == list(STANDARD)
+    assert r1.height == 2 and r1["reason"].str.contains("unreadable").all()
+    s1, s2 = store.build(t1, 32, tmp_path / "s1.npy"), store.build(t2, 32, tmp_path / "s2.npy")
+    assert np.array_equal(np.load(s1), np.load(s2))
+    assert t1.height + r1.height == t1["patient_id"].n_unique() * 0 + t1.height + 2
+    assert set(t1["centre"].unique()) <= {"centre0", "centre1", "centre2"}
+
+
+def test_synthetic_signal_separates_classes(tmp_path):
+    spec = {"adapter": "synthetic", "synthetic": {"patients": 40, "side": 32, "signal": 1.0, "positive_rate": 0.5}}
+    table, _ = build_table("s", spec, tmp_path)
+    pixels = np.load(store.build(table, 32, tmp_path / "s.npy")).astype(float)
+    lower_lungs = pixels[:, 18:24, 6:26].mean(axis=(1, 2))
+    poor = (table["outcome"] == "poor").to_numpy()
+    assert lower_lungs[poor].mean() > lower_lungs[~poor].mean() + 10
+
+
+def _counts_from_csv(csv_path, label, positive, negative):
+    """Task counts computed independently of the adapter: plain csv module."""
+    import csv
+
+    with open(csv_path, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["view"] in ("PA", "AP", "AP Supine") and r[label] in positive + negative]
+    images = {c: sum((r[label] in positive) == bool(c) for r in rows) for c in (0, 1)}
+    patients = {c: len({r["patientid"] for r in rows if (r[label] in positive) == bool(c)}) for c in (0, 1)}
+    return images, patients
+
+
+@pytest.mark.parametrize("label, positive, negative", [
+    ("survival", ["N"], ["Y"]), ("went_icu", ["Y"], ["N"]), ("intubated", ["Y"], ["N"])])
+def test_cohen_task_counts_match_metadata(cohen_sample, tmp_path, label, positive, negative):
+    table, rejects = build_table("cohen", {"adapter": "cohen", "path": str(cohen_sample)}, tmp_path)
+    assert rejects.height == 0 and table.height == 101
+    spec = {"dataset": "cohen", "label": label, "positive": positive, "negative": negative,
+            "filter": {"view": ["PA", "AP", "AP Supine"]}}
+    rows, report = tasks.build(table, spec, label)
+    images, patients = _counts_from_csv(cohen_sample / "metadata.csv", label, positive, negative)
+    assert report["images_per_class"] == {str(c): images[c] for c in (0, 1)}
+    assert report["patients_per_class"] == {str(c): patients[c] for c in (0, 1)}
+
+
+def test_cohen_sample_images_decode_into_a_store(cohen_sample, tmp_path):
+    table, _ = build_table("cohen", {"adapter": "cohen", "path": str(cohen_sample)}, tmp_path)
+    pixels = np.load(store.build(table.head(6), 64, tmp_path / "c.npy"))
+    assert pixels.shape == (6, 64, 64) and pixels.std() > 10
+
+
+def test_cohen_corrupt_and_missing_images_are_rejected_with_reasons(cohen_sample, tmp_path):
+    copy = tmp_path / "cohen"
+    shutil.copytree(cohen_sample, copy)
+    meta = pl.read_csv(copy / "metadata.csv", infer_schema=False)
+    broken, gone = meta["filename"][0], meta["filename"][1]
+    (copy / "images" / broken).write_bytes((copy / "images" / broken).read_bytes()[:500])
+    (copy / "images" / gone).unlink()
+    table, rejects = build_table("cohen", {"adapter": "cohen", "path": str(copy)}, tmp_path)
+    assert table.height == 99
+    reasons = dict(zip(rejects["file"].str.split("/").list.last(), rejects["reason"]))
+    assert set(reasons) == {broken, gone}
+    assert "No such file" in reasons[gone] and "unreadable image" in reasons[broken]
+
+
+def test_manifest_adapter_resolves_inside_root_and_rejects_escapes(tmp_path):
+    root = tmp_path / "hospital"
+    (root / "img").mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((20, 20), i * 40, np.uint8)).save(root / "img" / f"{i}.png")
+    (tmp_path / "secret.png").write_bytes((root / "img" / "0.png").read_bytes())
+    csv = root / "manifest.csv"
+    csv.write_text("path,pid,death,site\nimg/0.png,a,1,X\nimg/1.png,a,1,X\nimg/2.png,b,0,Y\n"
+                   "img/3.png,c,0,Y\n../secret.png,d,1,X\n")
+    spec = {"adapter": "manifest", "path": str(csv), "root": str(root),
+            "columns": {"file": "path", "patient_id": "pid", "centre": "site"}}
+    table, rejects = build_table("mine", spec, tmp_path)
+    assert table.height == 4 and set(table["centre"]) == {"X", "Y"} and "death" in table.columns
+    assert rejects.height == 1 and "escapes root" in rejects["reason"][0] and "line 6" in rejects["reason"][0]
+
+
+def test_task_rejects_contradicting_patient_labels(tmp_path):
+    table = pl.DataFrame({"image_id": ["1", "2", "3"], "patient_id": ["a", "a", "b"], "file": ["x"] * 3,
+                          "centre": [None] * 3, "view": ["PA"] * 3, "time": [0.0, 1.0, 0.0], "y": ["1", "0", "0"]})
+    with pytest.raises(ValueError, match=r"patient\(s\) \['a'\] have images with both labels"):
+        tasks.build(table, {"dataset": "d", "label": "y", "positive": ["1"]}, "t")
+
+
+def test_task_image_policy_first_and_last():
+    table = pl.DataFrame({"image_id": list("abcd"), "patient_id": ["p", "p", "q", "q"], "file": ["x"] * 4,
+                          "centre": [None] * 4, "view": ["PA"] * 4, "time": [5.0, 1.0, 0.0, 2.0],
+                          "y": ["1", "1", "0", "0"]})
+    first, rep = tasks.build(table, {"dataset": "d", "label": "y", "positive": ["1"], "images": "first"}, "t")
+    last, _ = tasks.build(table, {"dataset": "d", "label": "y", "positive": ["1"], "images": "last"}, "t")
+    assert sorted(first["image_id"]) == ["b", "c"] and sorted(last["image_id"]) == ["a", "d"]
+    assert rep["images_policy"] == "first"
