@@ -6,4 +6,5 @@ __version__ = "0.1.0"
 # (rule params carry it). Refactors that keep results bit-identical leave them alone: nothing reruns.
 DATA_VERSION = 1  # dataset tables and image stores
 SPLIT_VERSION = 1  # folds and few-shot draws
+EMBEDDING_VERSION = 1  # embedding caches of frozen backbones
 TRAINING_VERSION = 1  # training cells

@@ -42,10 +42,20 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
 class Classifier(nn.Module):
     """Backbone features -> linear head with two logits. Strategies always train ``head``."""
 
-    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int = 2):
+    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int = 2, seed: int = 0):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(num_features, num_classes)
+        self.init_head(seed)
+
+    def init_head(self, seed: int) -> None:
+        """nn.Linear's default initialisation from a generator of its own: the head starts the same
+        whatever was drawn for the backbone (so a probe on cached features equals one on the backbone)."""
+        gen = torch.Generator().manual_seed(seed)
+        bound = 1 / self.head.in_features**0.5
+        with torch.no_grad():
+            self.head.weight.uniform_(-bound, bound, generator=gen)
+            self.head.bias.uniform_(-bound, bound, generator=gen)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -55,8 +65,14 @@ class Classifier(nn.Module):
 
 
 def build(entry: ZooEntry, weights: str | Path | None = None) -> Classifier:
-    """The classifier for ``entry``; ``weights`` (a local file) replace the random initialisation."""
-    backbone = LOADERS[entry.loader](entry)
+    """The classifier for ``entry``; ``weights`` (a local file) replace the random initialisation.
+
+    The random initialisation has a fixed seed: a random-weight backbone is the same in every cell and
+    in the embedding cache, as a pretrained one would be.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        backbone = LOADERS[entry.loader](entry)
     if weights is not None:
         missing, unexpected = backbone.load_state_dict(load_state(weights), strict=False)
         if missing:

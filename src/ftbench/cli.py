@@ -79,7 +79,16 @@ def cmd_fewshot(args) -> None:
 def cmd_train(args) -> None:
     from ftbench.training import run_cell
 
-    run_cell(args.settings, args.task_table, args.split, args.store, args.out_dir, args.fewshot, args.threads)
+    run_cell(args.settings, args.task_table, args.split, args.store, args.out_dir, args.fewshot, args.threads,
+             args.embeddings)
+
+
+def cmd_embed(args) -> None:
+    from ftbench import embeddings
+
+    info = embeddings.build(args.model, args.store, args.out, args.batch_size, args.threads)
+    log.info("embedding cache %s: %d images x %d features in %.1fs", args.out, info["images"], info["dim"],
+             info["seconds"])
 
 
 def cmd_aggregate(args) -> None:
@@ -164,10 +173,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--task-table", required=True)
     s.add_argument("--split", required=True)
     s.add_argument("--fewshot")
-    s.add_argument("--store", required=True)
+    s.add_argument("--store", help="image store (not needed with --embeddings)")
     s.add_argument("--out-dir", required=True)
     s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--embeddings", help="embedding cache to train a frozen-backbone strategy from")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("embed", help="cache a frozen backbone's features of every image of a store")
+    s.add_argument("--model", type=_json, required=True, help="the model's cell settings as JSON")
+    s.add_argument("--store", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=cmd_embed)
 
     s = sub.add_parser("aggregate", help="collect cells into one table and summarise over folds")
     s.add_argument("--cells", nargs="*", default=[], help="cell directories")

@@ -13,6 +13,9 @@ from ftbench import TRAINING_VERSION
 from ftbench.config import selected
 from ftbench.zoo import resolve
 
+# Strategy kinds whose backbone stays frozen: their cells train from the embedding cache.
+CACHEABLE_KINDS = frozenset({"lp"})
+
 TRAINING_KEYS = ("batch_size", "max_epochs", "patience", "lr", "weight_decay", "augment", "seed")
 
 
@@ -80,6 +83,19 @@ def cells(config: dict) -> list[Cell]:
     ]
 
 
+def uses_cache(config: dict, cell: Cell) -> bool:
+    """Whether the cell trains from the (dataset, model) embedding cache instead of the images."""
+    kind = config["strategies"][cell.strategy]["kind"]
+    return config["training"].get("embedding_cache", True) and kind in CACHEABLE_KINDS
+
+
+def model_settings(config: dict, model: str) -> dict:
+    """The resolved settings of a model: what its cells and its embedding cache depend on."""
+    spec = dict(config["models"][model], name=model)
+    spec["img_size"] = model_img_size(config, model)
+    return spec
+
+
 def model_img_size(config: dict, model: str) -> int:
     spec = config["models"][model]
     return spec.get("img_size") or resolve(spec["arch"]).img_size
@@ -87,8 +103,7 @@ def model_img_size(config: dict, model: str) -> int:
 
 def cell_settings(config: dict, cell: Cell) -> dict:
     """The resolved settings of one cell: everything that changes its result, nothing else."""
-    model = dict(config["models"][cell.model], name=cell.model)
-    model["img_size"] = model_img_size(config, cell.model)
+    model = model_settings(config, cell.model)
     strategy = dict(config["strategies"][cell.strategy], name=cell.strategy)
     training = {key: config["training"][key] for key in TRAINING_KEYS}
     for key in ("lr", "weight_decay", "max_epochs"):

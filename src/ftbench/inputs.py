@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from ftbench.zoo import ZooEntry
 
 
-def load_rows(store: np.ndarray, rows: np.ndarray) -> torch.Tensor:
-    """(N, 1, S, S) uint8 tensor of the store rows, read from the memory map in ascending row order."""
+def load_rows(array: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    """Rows of a memory-mapped array (image store or embedding cache), read in ascending row order."""
     order = np.argsort(rows, kind="stable")
-    block = np.empty((len(rows),) + store.shape[1:], dtype=np.uint8)
-    block[order] = store[rows[order]]
-    return torch.from_numpy(block).unsqueeze(1)
+    block = np.empty((len(rows),) + array.shape[1:], dtype=array.dtype)
+    block[order] = array[rows[order]]
+    return torch.from_numpy(block)
 
 
 class Preprocess:
@@ -51,9 +51,20 @@ class Preprocess:
         return ((x - 0.5) * contrast + 0.5 + brightness).clamp(0, 1)
 
     def __call__(self, batch: torch.Tensor, train: bool) -> torch.Tensor:
-        x = batch.to(self.device, non_blocking=True).float().div_(255.0)
+        """(B, S, S) uint8 rows of the store -> (B, 3, side, side) normalised float input."""
+        x = batch.to(self.device, non_blocking=True).unsqueeze(1).float().div_(255.0)
         if train and self.augment:
             x = self._augment(x)
         if x.shape[-1] != self.side:
             x = F.interpolate(x, size=(self.side, self.side), mode="bilinear", antialias=True, align_corners=False)
         return (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+
+
+class Features:
+    """Input of a probe trained from the embedding cache: features go to the device unchanged."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __call__(self, batch: torch.Tensor, train: bool) -> torch.Tensor:
+        return batch.to(self.device, non_blocking=True).float()

@@ -44,8 +44,9 @@ class Part:
 
 
 def partitions(task_table: pl.DataFrame, split: pl.DataFrame, fold: int, fewshot: pl.DataFrame | None,
-               store: np.ndarray) -> dict[str, Part]:
-    """train / val / test images of ``fold``; a few-shot draw replaces the train patients."""
+               source: np.ndarray) -> dict[str, Part]:
+    """train / val / test rows of ``fold`` from ``source`` (image store or embedding cache);
+    a few-shot draw replaces the train patients."""
     mine = split.filter(pl.col("fold") == fold)
     ids = {part: mine.filter(pl.col("part") == part)["patient_id"] for part in ("train", "val", "test")}
     if fewshot is not None:
@@ -54,7 +55,7 @@ def partitions(task_table: pl.DataFrame, split: pl.DataFrame, fold: int, fewshot
     for part, patients in ids.items():
         frame = task_table.filter(pl.col("patient_id").is_in(patients.implode())).sort("row")
         rows = frame["row"].to_numpy().astype(np.int64)
-        out[part] = Part(inputs.load_rows(store, rows), torch.from_numpy(frame["label"].to_numpy().astype(np.int64)), frame)
+        out[part] = Part(inputs.load_rows(source, rows), torch.from_numpy(frame["label"].to_numpy().astype(np.int64)), frame)
     for part in ("train", "val", "test"):
         if out[part].y.numel() == 0:
             raise ValueError(f"fold {fold}: the {part} part has no images")
@@ -161,26 +162,53 @@ def write_atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def run_cell(settings: dict, task_table: str, split: str, store: str, out_dir: str,
-             fewshot: str | None = None, threads: int = 1) -> dict:
-    """Train and evaluate one cell; write predictions.parquet, metrics.json and run.json into ``out_dir``."""
+def build_model(settings: dict, cached: bool, device: torch.device):
+    """(model, strategy plan, input transform) of a cell.
+
+    With ``cached`` the backbone is already applied (embedding cache): the model is the head alone on the
+    features, and the full model is only instantiated on the meta device to report its size.
+    """
+    model_spec, strategy, training = settings["model"], settings["strategy"], settings["training"]
+    seed = training["seed"] + settings["fold"]
+    entry = resolve(model_spec["arch"], model_spec.get("img_size"), model_spec.get("pretrained", False))
+    if cached:
+        with torch.device("meta"):
+            full = backbones.build(entry)
+        model = backbones.Classifier(torch.nn.Identity(), full.head.in_features, seed=seed)
+        plan = strategies.apply(model, entry, strategy, training)
+        backbone_params = sum(p.numel() for p in full.backbone.parameters())
+        return model.to(device), plan, inputs.Features(device), backbone_params
+    model = backbones.build(entry, model_spec.get("weights"))
+    model.init_head(seed)
+    plan = strategies.apply(model, entry, strategy, training)
+    # a frozen feature extractor sees un-augmented images, exactly as the embedding cache does
+    frozen = not any(p.requires_grad for p in model.backbone.parameters())
+    prep = inputs.Preprocess(entry, device, training["augment"] and not frozen,
+                              torch.Generator().manual_seed(seed))
+    return model.to(device), plan, prep, 0
+
+
+def run_cell(settings: dict, task_table: str, split: str, store: str | None, out_dir: str,
+             fewshot: str | None = None, threads: int = 1, embeddings: str | None = None) -> dict:
+    """Train and evaluate one cell; write predictions.parquet, metrics.json and run.json into ``out_dir``.
+
+    ``embeddings`` (a frozen-backbone strategy's cache, see ``ftbench.embeddings``) replaces ``store``.
+    """
     started = time.perf_counter()
     torch.set_num_threads(threads)
     training, model_spec, strategy = settings["training"], settings["model"], settings["strategy"]
     generator = seed_everything(training["seed"] + settings["fold"])
     device = pick_device(settings.get("device", "auto"))
     table = pl.read_parquet(task_table)
+    source = np.load(embeddings, mmap_mode="r") if embeddings else image_store.load(store)
     parts = partitions(table, pl.read_parquet(split), settings["fold"],
-                       pl.read_parquet(fewshot) if fewshot else None, image_store.load(store))
-    entry = resolve(model_spec["arch"], model_spec.get("img_size"), model_spec.get("pretrained", False))
-    model = backbones.build(entry, model_spec.get("weights"))
-    plan = strategies.apply(model, entry, strategy, training)
-    model.to(device)
+                       pl.read_parquet(fewshot) if fewshot else None, source)
+    model, plan, prep, frozen_params = build_model(settings, embeddings is not None, device)
     trainable, total = backbones.count_parameters(model)
+    total += frozen_params
     log.info("cell %s: %s / %s / %s / fold %d | train %d, val %d, test %d images | %d of %d parameters train",
              settings["task"], model_spec["name"], strategy["name"], settings["regime"]["name"], settings["fold"],
              len(parts["train"].y), len(parts["val"].y), len(parts["test"].y), trainable, total)
-    prep = inputs.Preprocess(entry, device, training["augment"], generator)
     status, error, history = "ok", None, {}
     try:
         history = fit(model, plan, parts, prep, training, generator)
@@ -206,6 +234,7 @@ def run_cell(settings: dict, task_table: str, split: str, store: str, out_dir: s
         "peak_memory_mb": peak_memory_mb(device), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": threads, "seed": training["seed"] + settings["fold"], "versions": library_versions(),
+        "embedding_cache": embeddings,
         "settings": settings, "history": history,
     }
     write_atomic(out / "run.json", lambda p: p.write_text(json.dumps(run, indent=1, default=str)))

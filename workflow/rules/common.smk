@@ -5,7 +5,7 @@ import sys
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 
-from ftbench import DATA_VERSION, SPLIT_VERSION
+from ftbench import DATA_VERSION, EMBEDDING_VERSION, SPLIT_VERSION
 from ftbench.config import ConfigError, selected, validate
 from ftbench import grid
 

@@ -15,8 +15,11 @@ def train_inputs(w):
     inputs = {
         "table": f"results/tasks/{cell.task}/images.parquet",
         "split": f"results/splits/{cell.task}/folds.parquet",
-        "store": f"results/data/{dataset}/images_{size}.npy",
     }
+    if grid.uses_cache(config, cell):
+        inputs["embeddings"] = f"results/embeddings/{dataset}/{cell.model}.npy"
+    else:
+        inputs["store"] = f"results/data/{dataset}/images_{size}.npy"
     if cell.regime != "full":
         inputs["fewshot"] = f"results/splits/{cell.task}/fewshot/{cell.regime}.parquet"
     return inputs
@@ -32,6 +35,8 @@ rule train:
     params:
         settings=lambda w: to_json(grid.cell_settings(config, cell_of(w))),
         fewshot=lambda w, input: f"--fewshot {input.fewshot}" if "fewshot" in input.keys() else "",
+        source=lambda w, input: (f"--embeddings {input.embeddings}" if "embeddings" in input.keys()
+                                 else f"--store {input.store}"),
     threads: config["training"]["threads"]
     conda:
         "../../envs/ftbench.yaml"
@@ -39,5 +44,5 @@ rule train:
         "results/logs/train/{task}/{model}/{strategy}/{regime}/fold{fold}.log",
     shell:
         "{FTBENCH} train --settings {params.settings:q} --task-table {input.table} --split {input.split} "
-        "--store {input.store} {params.fewshot} --threads {threads} "
+        "{params.source} {params.fewshot} --threads {threads} "
         "--out-dir $(dirname {output.metrics}) 2> {log}"
