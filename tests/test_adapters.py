@@ -107,3 +107,14 @@ def test_task_image_policy_first_and_last():
     last, _ = tasks.build(table, {"dataset": "d", "label": "y", "positive": ["1"], "images": "last"}, "t")
     assert sorted(first["image_id"]) == ["b", "c"] and sorted(last["image_id"]) == ["a", "d"]
     assert rep["images_policy"] == "first"
+
+
+def test_task_label_value_outside_the_declared_ones_names_value_and_image():
+    table = pl.DataFrame({"image_id": ["1", "2", "3"], "patient_id": ["a", "b", "c"], "file": ["f1", "f2", "f3"],
+                          "centre": [None] * 3, "view": ["PA"] * 3, "time": [0.0] * 3, "y": ["Y", "N", "maybe"]})
+    with pytest.raises(ValueError, match=r"column 'y' has value\(s\) \['maybe'\] outside .* image 3 \(f3\)"):
+        tasks.build(table, {"dataset": "d", "label": "y", "positive": ["N"], "negative": ["Y"]}, "t")
+    # empty values are unknown labels: counted, not an error
+    table = table.with_columns(pl.Series("y", ["Y", "N", ""]))
+    rows, report = tasks.build(table, {"dataset": "d", "label": "y", "positive": ["N"], "negative": ["Y"]}, "t")
+    assert rows.height == 2 and report["unlabelled_images"] == 1

@@ -28,10 +28,17 @@ def build(table: pl.DataFrame, task: dict, name: str) -> tuple[pl.DataFrame, dic
         steps[f"after filter {column}"] = rows.height
     positive = _as_text(task["positive"])
     lab = pl.col(label)
+    known = lab.is_not_null() & (lab.str.strip_chars() != "")
     if task.get("negative"):
         negative = lab.is_in(_as_text(task["negative"]))
+        stray = rows.filter(known & ~lab.is_in(positive) & ~negative)
+        if stray.height:
+            values = sorted(stray[label].unique().to_list())
+            raise ValueError(f"task '{name}': column '{label}' has value(s) {values} outside the declared positive "
+                             f"{positive} and negative {_as_text(task['negative'])} (config key 'tasks.{name}'), e.g. "
+                             f"image {stray['image_id'][0]} ({stray['file'][0]}); declare them or filter the rows")
     else:
-        negative = lab.is_not_null() & (lab != "") & ~lab.is_in(positive)
+        negative = known & ~lab.is_in(positive)
     unknown = rows.filter(~lab.is_in(positive) & ~negative)
     rows = rows.filter(lab.is_in(positive) | negative).with_columns(
         lab.is_in(positive).cast(pl.Int8).alias("label"))
