@@ -89,3 +89,29 @@ def test_view_from_view_position_or_descriptions(tmp_path, fields, view):
 def test_non_chest_body_part_is_not_kept(tmp_path):
     header = dicom.header(make_dicom(tmp_path / "a.dcm", radiograph(), body_part="ABDOMEN", view="AP"))
     assert "ABDOMEN" in dicom.not_frontal_chest(header)
+
+
+def test_rgb_secondary_capture_becomes_luminance(tmp_path):
+    from pydicom import dcmread
+
+    gray = radiograph(high=255)
+    path = make_dicom(tmp_path / "g.dcm", gray, bits_stored=8)
+    ds = dcmread(path)
+    ds.set_pixel_data(np.repeat(gray[..., None], 3, axis=2), photometric_interpretation="RGB", bits_stored=8)
+    ds.save_as(path)
+    out = decode(path)
+    assert out.shape == gray.shape and _bright_left(out)
+
+
+@pytest.mark.parametrize("syntax", ["RLELossless", "JPEG2000Lossless"])
+def test_compressed_transfer_syntaxes_decode_like_the_uncompressed_file(tmp_path, syntax):
+    import pydicom.uid
+    from pydicom import dcmread
+
+    path = make_dicom(tmp_path / "c.dcm", (4095 - radiograph()).astype(np.uint16), photometric="MONOCHROME1")
+    plain = decode(path)
+    ds = dcmread(path)
+    ds.compress(getattr(pydicom.uid, syntax))  # RLE natively, JPEG 2000 through pylibjpeg-openjpeg
+    ds.save_as(path)
+    assert dcmread(path).file_meta.TransferSyntaxUID == getattr(pydicom.uid, syntax)
+    assert np.array_equal(decode(path), plain)

@@ -4,7 +4,6 @@ clinical sheet (CSV for NY-SBU, Excel with a title row for AR), frontal filterin
 import json
 
 import numpy as np
-import polars as pl
 import pytest
 import yaml
 from conftest import ROOT

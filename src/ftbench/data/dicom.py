@@ -56,9 +56,10 @@ def pixels(path: str | Path) -> np.ndarray:
         syntax = ds.file_meta.get("TransferSyntaxUID", "unknown transfer syntax")
         raise ValueError(f"pixel data cannot be decoded ({getattr(syntax, 'name', syntax)}): {err}") from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):  # RGB/YBR secondary captures: luminance
-        rgb = arr if photometric == "RGB" else pydicom.pixels.convert_color_space(arr, photometric, "RGB")
-        return np.asarray(rgb, dtype=np.float64) @ np.array([0.299, 0.587, 0.114])
+    if int(ds.get("SamplesPerPixel", 1)) == 3:  # colour secondary captures (pydicom gives YBR as RGB): luminance
+        return np.asarray(arr, dtype=np.float64) @ np.array([0.299, 0.587, 0.114])
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"photometric interpretation {photometric} is not a grayscale radiograph")
     values = np.asarray(apply_voi_lut(apply_modality_lut(arr, ds), ds), dtype=np.float64)
     return -values if photometric == "MONOCHROME1" else values
 
