@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 # Bump a constant when a change alters results, so Snakemake reruns exactly the outputs it feeds
 # (rule params carry it). Refactors that keep results bit-identical leave them alone: nothing reruns.
-DATA_VERSION = 1  # dataset tables and image stores
-SPLIT_VERSION = 1  # folds and few-shot draws
+DATA_VERSION = 2  # dataset tables and image stores (2: DICOM decoding, rejects.csv gains "kind")
+SPLIT_VERSION = 2  # folds and few-shot draws (2: validation schemes; validation part carved per class)
 EMBEDDING_VERSION = 1  # embedding caches of frozen backbones
 TRAINING_VERSION = 1  # training cells

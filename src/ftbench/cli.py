@@ -16,11 +16,10 @@ def _json(text: str) -> dict:
 
 
 def cmd_download(args) -> None:
-    from ftbench.data.download import extract, fetch
+    from ftbench.data.adapters import download
 
-    archive = fetch(args.url, Path(args.out) / "archive", args.sha256)
-    extract(archive, args.out)
-    Path(args.done).write_text(args.url + "\n")
+    download(args.adapter, args.source, args.out)
+    Path(args.done).write_text(json.dumps(args.source, sort_keys=True) + "\n")
 
 
 def cmd_dataset(args) -> None:
@@ -48,7 +47,8 @@ def cmd_task(args) -> None:
 
     from ftbench.data import tasks
 
-    rows, report = tasks.build(pl.read_parquet(args.table), args.spec, args.name)
+    rejects = pl.read_csv(args.rejects, infer_schema=False) if args.rejects else None
+    rows, report = tasks.build(pl.read_parquet(args.table), args.spec, args.name, rejects)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     rows.write_parquet(args.out)
     Path(args.report).write_text(json.dumps(report, indent=1))
@@ -60,9 +60,13 @@ def cmd_folds(args) -> None:
 
     from ftbench import splits
 
-    split = splits.kfold(pl.read_parquet(args.task_table), args.folds, args.val_fraction, args.seed, args.task)
+    split, summary = splits.make(pl.read_parquet(args.task_table), args.validation, args.task)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     split.write_parquet(args.out)
+    Path(args.summary).write_text(json.dumps({"task": args.task, "validation": args.validation, "folds": summary}, indent=1))
+    for fold in summary:
+        log.info("task %s fold %d (test: %s): %s", args.task, fold["fold"], fold["test"],
+                 {k: v for k, v in fold.items() if k.endswith("_patients")})
 
 
 def cmd_fewshot(args) -> None:
@@ -120,9 +124,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ftbench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("download", help="fetch and unpack a dataset archive into resources/")
-    s.add_argument("--url", required=True)
-    s.add_argument("--sha256")
+    s = sub.add_parser("download", help="fetch a dataset's source into resources/ (resumable)")
+    s.add_argument("--adapter", required=True, help="the dataset's adapter (which download to run)")
+    s.add_argument("--source", type=_json, required=True, help="what to fetch, as JSON (adapters.download_source)")
     s.add_argument("--out", required=True)
     s.add_argument("--done", required=True, help="marker file written when complete")
     s.set_defaults(func=cmd_download)
@@ -145,17 +149,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--name", required=True)
     s.add_argument("--spec", type=_json, required=True)
     s.add_argument("--table", required=True)
+    s.add_argument("--rejects", help="the dataset's rejects.csv, summarised in the data report")
     s.add_argument("--out", required=True)
     s.add_argument("--report", required=True)
     s.set_defaults(func=cmd_task)
 
-    s = sub.add_parser("folds", help="stratified k-fold by patient with a validation part")
+    s = sub.add_parser("folds", help="folds by patient (kfold, holdout, loco) with a validation part")
     s.add_argument("--task", default="")
     s.add_argument("--task-table", required=True)
-    s.add_argument("--folds", type=int, default=5)
-    s.add_argument("--val-fraction", type=float, default=0.2)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--validation", type=_json, required=True, help="the task's validation settings as JSON")
     s.add_argument("--out", required=True)
+    s.add_argument("--summary", required=True, help="JSON: what each fold tests and its patients per part and class")
     s.set_defaults(func=cmd_folds)
 
     s = sub.add_parser("fewshot", help="K training patients per class for each fold")

@@ -10,11 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftbench import TRAINING_VERSION
-from ftbench.config import selected
+from ftbench.config import selected, task_validation
 from ftbench.zoo import resolve
 
 # Strategy kinds whose backbone stays frozen: their cells train from the embedding cache.
 CACHEABLE_KINDS = frozenset({"lp"})
+
+# How many folds a validation scheme makes, from the config alone (the grid is built before any data):
+# LOCO lists its centres in the config for exactly this reason (see splits.py).
+FOLD_COUNTS = {
+    "kfold": lambda v: v["folds"],
+    "holdout": lambda v: 1,
+    "loco": lambda v: len(v["centres"]),
+}
 
 TRAINING_KEYS = ("batch_size", "max_epochs", "patience", "lr", "weight_decay", "augment", "seed")
 
@@ -68,10 +76,15 @@ def excluded(config: dict) -> dict[tuple[str, str], str]:
     return out
 
 
+def fold_count(config: dict, task: str) -> int:
+    """The number of folds of a task under its validation scheme."""
+    validation = task_validation(config, task)
+    return FOLD_COUNTS[validation["scheme"]](validation)
+
+
 def cells(config: dict) -> list[Cell]:
     """Every training cell of the selected grid, in a stable order."""
     skip = excluded(config)
-    folds = config["validation"]["folds"]
     return [
         Cell(task, model, strategy, regime, fold)
         for task in config["benchmark"]["tasks"]
@@ -79,7 +92,7 @@ def cells(config: dict) -> list[Cell]:
         for strategy in config["benchmark"]["strategies"]
         if (model, strategy) not in skip
         for regime in regimes(config)
-        for fold in range(folds)
+        for fold in range(fold_count(config, task))
     ]
 
 

@@ -84,6 +84,28 @@ def predict(model: torch.nn.Module, part: Part, prep: inputs.Preprocess, batch_s
     return torch.cat(probs).numpy().astype(np.float64)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, part: Part, prep, batch_size: int) -> None:
+    """Re-estimate BatchNorm running statistics on the training images with the current weights.
+
+    With few optimizer steps per epoch (small prognostic datasets), the running averages lag far behind
+    the weights, and an eval-mode model scores the validation part with stale statistics: early
+    stopping then picks an epoch for the wrong reason. One extra forward pass (cumulative average,
+    no augmentation) fixes that ("precise BN"). Frozen backbones keep their statistics.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over this pass
+    for i in range(0, len(part.x), batch_size):
+        model(prep(part.x[i:i + batch_size], train=False))
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+
+
 def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], prep: inputs.Preprocess,
         training: dict, generator: torch.Generator) -> dict:
     """Train with early stopping on validation loss; restore the best epoch. Returns the history."""
@@ -112,6 +134,7 @@ def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], p
             optimizer.step()
             total += loss.item() * len(idx)
             seen += len(idx)
+        recalibrate_batchnorm(model, train, prep, bs)
         val_probs = predict(model, parts["val"], prep, bs)
         val_y = parts["val"].y.numpy()
         val_loss = float(F.cross_entropy(

@@ -1,23 +1,25 @@
-# Splits: k-fold by patient with a validation part, and seeded few-shot draws inside each fold.
+# Splits: folds by patient under each task's validation scheme (kfold, holdout, loco) with a validation
+# part, and seeded few-shot draws inside each fold. The number of folds comes from the config alone
+# (grid.fold_count; LOCO lists its centres), so the whole grid is planned before any data exists.
+from ftbench.config import task_validation
 
 
 rule folds:
     input:
         "results/tasks/{task}/images.parquet",
     output:
-        "results/splits/{task}/folds.parquet",
+        split="results/splits/{task}/folds.parquet",
+        summary="results/splits/{task}/folds.json",
     params:
-        folds=config["validation"]["folds"],
-        val_fraction=config["validation"]["val_fraction"],
-        seed=config["validation"]["seed"],
+        validation=lambda w: to_json(task_validation(config, w.task)),
         version=SPLIT_VERSION,
     conda:
         "../../envs/ftbench.yaml"
     log:
         "results/logs/splits/{task}_folds.log",
     shell:
-        "{FTBENCH} folds --task {wildcards.task} --task-table {input} --folds {params.folds} "
-        "--val-fraction {params.val_fraction} --seed {params.seed} --out {output} 2> {log}"
+        "{FTBENCH} folds --task {wildcards.task} --task-table {input} --validation {params.validation:q} "
+        "--out {output.split} --summary {output.summary} 2> {log}"
 
 
 rule fewshot:
@@ -27,7 +29,7 @@ rule fewshot:
     output:
         "results/splits/{task}/fewshot/k{k}r{rep}.parquet",
     params:
-        seed=config["validation"]["seed"],
+        seed=lambda w: task_validation(config, w.task)["seed"],
         version=SPLIT_VERSION,
     conda:
         "../../envs/ftbench.yaml"
