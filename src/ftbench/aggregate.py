@@ -13,10 +13,10 @@ HEADLINE = ("mcc", "pr_auc", "roc_auc", "balanced_accuracy", "f1", "sensitivity"
 RUN_FIELDS = ("trainable_params", "total_params", "trainable_fraction", "wall_seconds", "peak_memory_mb", "device")
 
 
-def collect(cell_dirs: list[str | Path]) -> pl.DataFrame:
-    """One row per cell: its keys, status, metrics and cost (from metrics.json and run.json)."""
+def collect(job_dirs: list[str | Path]) -> pl.DataFrame:
+    """One row per cell found in the job folders: keys, status, metrics and cost (metrics.json, run.json)."""
     rows = []
-    for cell in map(Path, cell_dirs):
+    for cell in sorted(m.parent for job in map(Path, job_dirs) for m in job.rglob("metrics.json")):
         row = json.loads((cell / "metrics.json").read_text())
         run = json.loads((cell / "run.json").read_text())
         row.update({k: run.get(k) for k in RUN_FIELDS})

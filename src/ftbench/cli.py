@@ -74,17 +74,18 @@ def cmd_fewshot(args) -> None:
 
     from ftbench import splits
 
-    draw = splits.fewshot(pl.read_parquet(args.task_table), pl.read_parquet(args.split), args.k, args.repetition,
-                          args.seed, args.task)
+    table, split = pl.read_parquet(args.task_table), pl.read_parquet(args.split)
+    draw = pl.concat([splits.fewshot(table, split, args.k, rep, args.seed, args.task).with_columns(
+        pl.lit(rep, pl.Int32).alias("repetition")) for rep in range(args.repetitions)])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     draw.write_parquet(args.out)
 
 
 def cmd_train(args) -> None:
-    from ftbench.training import run_cell
+    from ftbench.training import run_job
 
-    run_cell(args.settings, args.task_table, args.split, args.store, args.out_dir, args.fewshot, args.threads,
-             args.embeddings)
+    run_job(args.job, args.task_table, args.split, args.store, args.out_dir, args.checkpoints, args.fewshot,
+            args.threads, args.embeddings)
 
 
 def cmd_embed(args) -> None:
@@ -98,7 +99,7 @@ def cmd_embed(args) -> None:
 def cmd_aggregate(args) -> None:
     from ftbench import aggregate
 
-    cells = aggregate.collect(args.cells)
+    cells = aggregate.collect(args.jobs)
     summary = aggregate.summarise(cells)
     cells.write_parquet(args.cells_out)
     summary.write_parquet(args.summary)
@@ -109,11 +110,12 @@ def cmd_report(args) -> None:
     import polars as pl
 
     from ftbench import aggregate, report
+    from ftbench.grid import Cell
 
     cells = pl.read_parquet(args.cells)
     reports = [json.loads(Path(p).read_text()) for p in args.data_reports]
     rejects = {Path(p).parent.name: pl.read_csv(p).height for p in args.rejects}
-    have = {f"{t}/{m}/{s}/{r}/fold{f}" for t, m, s, r, f in cells.select(*aggregate.KEYS).iter_rows()} if cells.height else set()
+    have = {Cell(*key).path for key in cells.select(*aggregate.KEYS).iter_rows()} if cells.height else set()
     missing = [c for c in (Path(args.expected).read_text().split() if args.expected else []) if c not in have]
     page = report.build(cells, pl.read_parquet(args.summary), reports, rejects, missing, args.title)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -162,23 +164,24 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--summary", required=True, help="JSON: what each fold tests and its patients per part and class")
     s.set_defaults(func=cmd_folds)
 
-    s = sub.add_parser("fewshot", help="K training patients per class for each fold")
+    s = sub.add_parser("fewshot", help="K training patients per class for each fold and repetition")
     s.add_argument("--task", default="")
     s.add_argument("--task-table", required=True)
     s.add_argument("--split", required=True)
     s.add_argument("--k", type=int, required=True)
-    s.add_argument("--repetition", type=int, required=True)
+    s.add_argument("--repetitions", type=int, required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_fewshot)
 
-    s = sub.add_parser("train", help="train and evaluate one cell")
-    s.add_argument("--settings", type=_json, required=True, help="the cell's resolved settings as JSON")
+    s = sub.add_parser("train", help="train and evaluate the cells of one job")
+    s.add_argument("--job", type=_json, required=True, help="the job's resolved settings and cells as JSON")
     s.add_argument("--task-table", required=True)
     s.add_argument("--split", required=True)
     s.add_argument("--fewshot")
     s.add_argument("--store", help="image store (not needed with --embeddings)")
     s.add_argument("--out-dir", required=True)
+    s.add_argument("--checkpoints", required=True, help="folder for finished cells and training state until the job ends")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--embeddings", help="embedding cache to train a frozen-backbone strategy from")
     s.set_defaults(func=cmd_train)
@@ -192,7 +195,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_embed)
 
     s = sub.add_parser("aggregate", help="collect cells into one table and summarise over folds")
-    s.add_argument("--cells", nargs="*", default=[], help="cell directories")
+    s.add_argument("--jobs", nargs="*", default=[], help="training job folders (each holds cell folders)")
     s.add_argument("--cells-out", required=True)
     s.add_argument("--summary", required=True)
     s.set_defaults(func=cmd_aggregate)

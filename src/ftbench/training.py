@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -224,8 +225,10 @@ def run_cell(settings: dict, task_table: str, split: str, store: str | None, out
     device = pick_device(settings.get("device", "auto"))
     table = pl.read_parquet(task_table)
     source = np.load(embeddings, mmap_mode="r") if embeddings else image_store.load(store)
-    parts = partitions(table, pl.read_parquet(split), settings["fold"],
-                       pl.read_parquet(fewshot) if fewshot else None, source)
+    draw = None
+    if fewshot:
+        draw = pl.read_parquet(fewshot).filter(pl.col("repetition") == settings["regime"]["repetition"])
+    parts = partitions(table, pl.read_parquet(split), settings["fold"], draw, source)
     model, plan, prep, frozen_params = build_model(settings, embeddings is not None, device)
     trainable, total = backbones.count_parameters(model)
     total += frozen_params
@@ -264,3 +267,40 @@ def run_cell(settings: dict, task_table: str, split: str, store: str | None, out
     log.info("cell done in %.1fs: %s", run["wall_seconds"],
              ", ".join(f"{k} {result[k]:.3f}" for k in ("mcc", "pr_auc", "roc_auc") if k in result) or status)
     return run
+
+
+OUTPUTS = ("predictions.parquet", "metrics.json", "run.json")
+
+
+def _finished(folder: Path, settings: dict) -> bool:
+    """Whether ``folder`` holds a completed cell trained with exactly ``settings``."""
+    try:
+        return all((folder / f).is_file() for f in OUTPUTS) and \
+            json.loads((folder / "run.json").read_text())["settings"] == settings
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def run_job(job: dict, task_table: str, split: str, store: str | None, out_dir: str, checkpoints: str,
+            fewshot: str | None = None, threads: int = 1, embeddings: str | None = None) -> None:
+    """Train every cell of a job (see ``grid.Job``) into ``out_dir/<cell leaf>``.
+
+    Cells are trained into ``checkpoints`` first, which Snakemake never deletes: when a job dies (time
+    limit, preemption, a crash in a later cell), its rerun skips the cells already finished there.
+    The finished job moves them into ``out_dir`` and removes its checkpoints.
+    """
+    shared = {k: v for k, v in job.items() if k not in ("cells", "group")}
+    work, out = Path(checkpoints), Path(out_dir)
+    for number, cell in enumerate(job["cells"], start=1):
+        settings = shared | {"regime": cell["regime"], "fold": cell["fold"]}
+        folder = work / cell["leaf"]
+        if _finished(folder, settings):
+            log.info("cell %d/%d (%s) already finished in %s", number, len(job["cells"]), cell["leaf"], folder)
+            continue
+        log.info("cell %d/%d: %s", number, len(job["cells"]), cell["leaf"])
+        run_cell(settings, task_table, split, store, str(folder), fewshot, threads, embeddings)
+    for cell in job["cells"]:
+        (out / cell["leaf"]).mkdir(parents=True, exist_ok=True)
+        for name in OUTPUTS:
+            os.replace(work / cell["leaf"] / name, out / cell["leaf"] / name)
+    shutil.rmtree(work, ignore_errors=True)

@@ -3,19 +3,17 @@
 
 rule aggregate:
     input:
-        expand("results/cells/{cell}/{file}", cell=[c.path for c in CELLS], file=("metrics.json", "run.json")),
+        jobs=[f"results/cells/{job.path}" for job in JOBS],
     output:
         cells=report("results/cells.parquet", caption="../report/cells.rst", category="Tables"),
         summary="results/summary.parquet",
         csv=report("results/summary.csv", caption="../report/summary.rst", category="Tables"),
-    params:
-        cells=[f"results/cells/{c.path}" for c in CELLS],
     conda:
         "../../envs/ftbench.yaml"
     log:
         "results/logs/aggregate.log",
     shell:
-        "{FTBENCH} aggregate --cells {params.cells} --cells-out {output.cells} --summary {output.summary} 2> {log}"
+        "{FTBENCH} aggregate --jobs {input.jobs} --cells-out {output.cells} --summary {output.summary} 2> {log}"
 
 
 rule grid_list:

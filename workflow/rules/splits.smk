@@ -27,14 +27,15 @@ rule fewshot:
         table="results/tasks/{task}/images.parquet",
         split="results/splits/{task}/folds.parquet",
     output:
-        "results/splits/{task}/fewshot/k{k}r{rep}.parquet",
+        "results/splits/{task}/fewshot/k{k}.parquet",
     params:
         seed=lambda w: task_validation(config, w.task)["seed"],
+        repetitions=config["regimes"].get("fewshot", {}).get("repetitions", 5),
         version=SPLIT_VERSION,
     conda:
         "../../envs/ftbench.yaml"
     log:
-        "results/logs/splits/{task}_k{k}r{rep}.log",
+        "results/logs/splits/{task}_k{k}.log",
     shell:
         "{FTBENCH} fewshot --task {wildcards.task} --task-table {input.table} --split {input.split} "
-        "--k {wildcards.k} --repetition {wildcards.rep} --seed {params.seed} --out {output} 2> {log}"
+        "--k {wildcards.k} --repetitions {params.repetitions} --seed {params.seed} --out {output} 2> {log}"

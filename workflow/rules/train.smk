@@ -1,27 +1,28 @@
-# Training cells: one job per (task, model, strategy, regime, fold).
-# params.settings holds only the cell's resolved settings (plus the training-code version), so editing
-# one strategy reruns only its cells, and refactoring code reruns nothing.
-CELL_BY_PATH = {cell.path: cell for cell in CELLS}
+# Training: one job per (task, model, strategy, regime group) trains all its folds (and few-shot
+# repetitions) into results/cells/<task>/<model>/<strategy>/<group>/[r<R>/]fold<F>/.
+# params.job holds only the resolved settings of those cells (plus the training-code version), so
+# editing one strategy reruns only its jobs, and refactoring code reruns nothing.
+JOBS = grid.jobs(config)
+JOB_BY_PATH = {job.path: job for job in JOBS}
 
 
-def cell_of(w) -> "grid.Cell":
-    return CELL_BY_PATH[f"{w.task}/{w.model}/{w.strategy}/{w.regime}/fold{w.fold}"]
+def job_of(w) -> "grid.Job":
+    return JOB_BY_PATH[f"{w.task}/{w.model}/{w.strategy}/{w.group}"]
 
 
 def train_inputs(w):
-    cell = cell_of(w)
-    dataset = TASKS[cell.task]["dataset"]
-    size = grid.model_img_size(config, cell.model)
+    job = job_of(w)
+    dataset = TASKS[job.task]["dataset"]
     inputs = {
-        "table": f"results/tasks/{cell.task}/images.parquet",
-        "split": f"results/splits/{cell.task}/folds.parquet",
+        "table": f"results/tasks/{job.task}/images.parquet",
+        "split": f"results/splits/{job.task}/folds.parquet",
     }
-    if grid.uses_cache(config, cell):
-        inputs["embeddings"] = f"results/embeddings/{dataset}/{cell.model}.npy"
+    if grid.uses_cache(config, job.strategy):
+        inputs["embeddings"] = f"results/embeddings/{dataset}/{job.model}.npy"
     else:
-        inputs["store"] = f"results/data/{dataset}/images_{size}.npy"
-    if cell.regime != "full":
-        inputs["fewshot"] = f"results/splits/{cell.task}/fewshot/{cell.regime}.parquet"
+        inputs["store"] = f"results/data/{dataset}/images_{grid.model_img_size(config, job.model)}.npy"
+    if job.group != "full":
+        inputs["fewshot"] = f"results/splits/{job.task}/fewshot/{job.group}.parquet"
     return inputs
 
 
@@ -29,20 +30,19 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        predictions="results/cells/{task}/{model}/{strategy}/{regime}/fold{fold}/predictions.parquet",
-        metrics="results/cells/{task}/{model}/{strategy}/{regime}/fold{fold}/metrics.json",
-        run="results/cells/{task}/{model}/{strategy}/{regime}/fold{fold}/run.json",
+        directory("results/cells/{task}/{model}/{strategy}/{group}"),
     params:
-        settings=lambda w: to_json(grid.cell_settings(config, cell_of(w))),
-        fewshot=lambda w, input: f"--fewshot {input.fewshot}" if "fewshot" in input.keys() else "",
+        job=lambda w: to_json(grid.job_settings(config, job_of(w), JOBS[job_of(w)])),
         source=lambda w, input: (f"--embeddings {input.embeddings}" if "embeddings" in input.keys()
                                  else f"--store {input.store}"),
+        fewshot=lambda w, input: f"--fewshot {input.fewshot}" if "fewshot" in input.keys() else "",
     threads: config["training"]["threads"]
     conda:
         "../../envs/ftbench.yaml"
     log:
-        "results/logs/train/{task}/{model}/{strategy}/{regime}/fold{fold}.log",
+        "results/logs/train/{task}/{model}/{strategy}/{group}.log",
     shell:
-        "{FTBENCH} train --settings {params.settings:q} --task-table {input.table} --split {input.split} "
-        "{params.source} {params.fewshot} --threads {threads} "
-        "--out-dir $(dirname {output.metrics}) 2> {log}"
+        "{FTBENCH} train --job {params.job:q} --task-table {input.table} --split {input.split} "
+        "{params.source} {params.fewshot} --threads {threads} --out-dir {output} "
+        "--checkpoints results/checkpoints/{wildcards.task}/{wildcards.model}/{wildcards.strategy}/{wildcards.group} "
+        "2> {log}"
