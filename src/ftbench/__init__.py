@@ -6,4 +6,4 @@ __version__ = "0.1.0"
 # (rule params carry it). Refactors that keep results bit-identical leave them alone: nothing reruns.
 DATA_VERSION = 1  # dataset tables and image stores
 SPLIT_VERSION = 1  # folds and few-shot draws
-TRAINING_VERSION = 1  # training cells
+TRAINING_VERSION = 2  # training cells (2: LoRA targets of ViTs are the block linears only)

@@ -76,10 +76,23 @@ def cmd_fewshot(args) -> None:
     draw.write_parquet(args.out)
 
 
+def cmd_weights(args) -> None:
+    from ftbench import weights
+    from ftbench.zoo import resolve
+
+    entry = resolve(args.arch, pretrained=True)
+    file = weights.fetch(entry, Path(args.out).parent)
+    weights.check(args.model, entry, file)
+    manifest = weights.write_manifest(args.out, args.model, entry, file)
+    log.info("model %s: %s (%d bytes, sha256 %s) from %s", args.model, file, manifest["bytes"], manifest["sha256"],
+             entry.source)
+
+
 def cmd_train(args) -> None:
     from ftbench.training import run_cell
 
-    run_cell(args.settings, args.task_table, args.split, args.store, args.out_dir, args.fewshot, args.threads)
+    run_cell(args.settings, args.task_table, args.split, args.store, args.out_dir, args.fewshot, args.threads,
+             args.weights)
 
 
 def cmd_aggregate(args) -> None:
@@ -159,12 +172,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_fewshot)
 
+    s = sub.add_parser("weights", help="download a model's pretrained weights, check them, write their manifest")
+    s.add_argument("--model", required=True, help="the model's name in the config (named in every message)")
+    s.add_argument("--arch", required=True, help="zoo key or timm name whose weight source to fetch")
+    s.add_argument("--out", required=True, help="manifest to write (weights.json); the weights go into its folder")
+    s.set_defaults(func=cmd_weights)
+
     s = sub.add_parser("train", help="train and evaluate one cell")
     s.add_argument("--settings", type=_json, required=True, help="the cell's resolved settings as JSON")
     s.add_argument("--task-table", required=True)
     s.add_argument("--split", required=True)
     s.add_argument("--fewshot")
     s.add_argument("--store", required=True)
+    s.add_argument("--weights", help="pretrained weights: a manifest of the weights stage, a file or a folder")
     s.add_argument("--out-dir", required=True)
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(func=cmd_train)

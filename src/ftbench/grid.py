@@ -89,6 +89,7 @@ def cell_settings(config: dict, cell: Cell) -> dict:
     """The resolved settings of one cell: everything that changes its result, nothing else."""
     model = dict(config["models"][cell.model], name=cell.model)
     model["img_size"] = model_img_size(config, cell.model)
+    model.pop("weights", None)  # a path: the cell gets the file as an input, so its content, not its name, counts
     strategy = dict(config["strategies"][cell.strategy], name=cell.strategy)
     training = {key: config["training"][key] for key in TRAINING_KEYS}
     for key in ("lr", "weight_decay", "max_epochs"):

@@ -23,7 +23,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from ftbench import backbones, inputs, metrics, strategies
+from ftbench import backbones, inputs, metrics, strategies, weights
 from ftbench.data import store as image_store
 from ftbench.zoo import resolve
 
@@ -142,9 +142,10 @@ def library_versions() -> dict[str, str]:
     import sklearn
     import timm
 
+    hubs = {name: sys.modules[name].__version__ for name in ("open_clip", "transformers") if name in sys.modules}
     return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
             "peft": peft.__version__, "numpy": np.__version__, "polars": pl.__version__,
-            "scikit-learn": sklearn.__version__}
+            "scikit-learn": sklearn.__version__} | hubs
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -162,7 +163,7 @@ def write_atomic(path: Path, write) -> None:
 
 
 def run_cell(settings: dict, task_table: str, split: str, store: str, out_dir: str,
-             fewshot: str | None = None, threads: int = 1) -> dict:
+             fewshot: str | None = None, threads: int = 1, weights_path: str | None = None) -> dict:
     """Train and evaluate one cell; write predictions.parquet, metrics.json and run.json into ``out_dir``."""
     started = time.perf_counter()
     torch.set_num_threads(threads)
@@ -173,10 +174,11 @@ def run_cell(settings: dict, task_table: str, split: str, store: str, out_dir: s
     parts = partitions(table, pl.read_parquet(split), settings["fold"],
                        pl.read_parquet(fewshot) if fewshot else None, image_store.load(store))
     entry = resolve(model_spec["arch"], model_spec.get("img_size"), model_spec.get("pretrained", False))
-    model = backbones.build(entry, model_spec.get("weights"))
+    model = weights.build(model_spec["name"], entry, weights_path)
     plan = strategies.apply(model, entry, strategy, training)
     model.to(device)
     trainable, total = backbones.count_parameters(model)
+    gflops = backbones.forward_gflops(model, entry.img_size)
     log.info("cell %s: %s / %s / %s / fold %d | train %d, val %d, test %d images | %d of %d parameters train",
              settings["task"], model_spec["name"], strategy["name"], settings["regime"]["name"], settings["fold"],
              len(parts["train"].y), len(parts["val"].y), len(parts["test"].y), trainable, total)
@@ -202,7 +204,7 @@ def run_cell(settings: dict, task_table: str, split: str, store: str, out_dir: s
         cell | {"status": status, "error": error} | result, indent=1, allow_nan=True)))
     run = cell | {
         "status": status, "trainable_params": trainable, "total_params": total,
-        "trainable_fraction": trainable / total, "wall_seconds": time.perf_counter() - started,
+        "trainable_fraction": trainable / total, "gflops": gflops, "wall_seconds": time.perf_counter() - started,
         "peak_memory_mb": peak_memory_mb(device), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": threads, "seed": training["seed"] + settings["fold"], "versions": library_versions(),

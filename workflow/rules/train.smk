@@ -1,6 +1,8 @@
 # Training cells: one job per (task, model, strategy, regime, fold).
 # params.settings holds only the cell's resolved settings (plus the training-code version), so editing
 # one strategy reruns only its cells, and refactoring code reruns nothing.
+import shlex
+
 CELL_BY_PATH = {cell.path: cell for cell in CELLS}
 
 
@@ -19,6 +21,8 @@ def train_inputs(w):
     }
     if cell.regime != "full":
         inputs["fewshot"] = f"results/splits/{cell.task}/fewshot/{cell.regime}.parquet"
+    if weights := model_weights(cell.model):
+        inputs["weights"] = weights
     return inputs
 
 
@@ -32,12 +36,15 @@ rule train:
     params:
         settings=lambda w: to_json(grid.cell_settings(config, cell_of(w))),
         fewshot=lambda w, input: f"--fewshot {input.fewshot}" if "fewshot" in input.keys() else "",
+        weights=lambda w, input: f"--weights {shlex.quote(input.weights)}" if "weights" in input.keys() else "",
     threads: config["training"]["threads"]
     conda:
         "../../envs/ftbench.yaml"
     log:
         "results/logs/train/{task}/{model}/{strategy}/{regime}/fold{fold}.log",
+    # the hubs are forced offline: a cell loads only the local weights it was given, it never downloads
     shell:
+        "HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "
         "{FTBENCH} train --settings {params.settings:q} --task-table {input.table} --split {input.split} "
-        "--store {input.store} {params.fewshot} --threads {threads} "
+        "--store {input.store} {params.fewshot} {params.weights} --threads {threads} "
         "--out-dir $(dirname {output.metrics}) 2> {log}"
