@@ -188,7 +188,7 @@ def build(model: str, entry: ZooEntry, path: str | Path | None):
     state = load(model, entry, path)
     try:
         return backbones.build(entry, state)
-    except (RuntimeError, ValueError) as err:
+    except (RuntimeError, ValueError, KeyError) as err:  # missing / unexpected / misshapen tensors
         raise WeightsError(f"model '{model}': the weights in {path} do not fit '{entry.name}': {err}") from err
 
 
