@@ -287,6 +287,13 @@ def test_missing_or_corrupt_weights_name_model_and_path(hub, monkeypatch, tmp_pa
         weights.build("tiny", entry, None)
 
 
+def test_a_source_without_the_weight_file_names_model_and_source(hub, tmp_path):
+    entry = dataclasses.replace(ZOO["pubmedclip"], source="hf-hub:org/empty")
+    with pytest.raises(weights.WeightsError, match=r"model 'pubmedclip': cannot fetch hf-hub:org/empty .* none of the "
+                                                   r"weight files \['model.safetensors', 'pytorch_model.bin'\]"):
+        weights.fetch("pubmedclip", entry, tmp_path)
+
+
 def test_weights_of_another_architecture_are_refused_with_the_path(tmp_path):
     import timm
 

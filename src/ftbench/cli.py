@@ -81,7 +81,7 @@ def cmd_weights(args) -> None:
     from ftbench.zoo import resolve
 
     entry = resolve(args.arch, pretrained=True)
-    file = weights.fetch(entry, Path(args.out).parent)
+    file = weights.fetch(args.model, entry, Path(args.out).parent)
     weights.check(args.model, entry, file)
     manifest = weights.write_manifest(args.out, args.model, entry, file)
     log.info("model %s: %s (%d bytes, sha256 %s) from %s", args.model, file, manifest["bytes"], manifest["sha256"],

@@ -4,7 +4,7 @@
 records the file, its size and SHA-256 next to it (``weights.json``, the output the workflow tracks). Training
 cells call :func:`build`, which reads only local files: a manifest, or a user-given file or folder. Tensors are
 read with safetensors or ``torch.load(weights_only=True)``; arbitrary pickled objects are never loaded. Every
-problem raises :class:`WeightsError` naming the model and the path.
+problem, fetching or loading, raises :class:`WeightsError` naming the model and the path or source.
 """
 
 from __future__ import annotations
@@ -75,16 +75,18 @@ SOURCES: dict[str, Callable[[str, ZooEntry, Path], Path]] = {
 }
 
 
-def fetch(entry: ZooEntry, out_dir: str | Path) -> Path:
-    """Download the pretrained weights of ``entry`` into ``out_dir``; the path of the weight file."""
-    if entry.source is None:
-        raise ValueError(f"'{entry.name}' has no pretrained weight source")
-    scheme = entry.source.partition(":")[0]
+def fetch(model: str, entry: ZooEntry, out_dir: str | Path) -> Path:
+    """Download ``model``'s pretrained weights (``entry.source``) into ``out_dir``; the path of the weight file."""
+    scheme = (entry.source or "").partition(":")[0]
     if scheme not in SOURCES:
-        raise ValueError(f"unknown weight source '{entry.source}' (known schemes: {', '.join(SOURCES)})")
+        raise WeightsError(f"model '{model}': no known weight source ('{entry.source}'; schemes: {', '.join(SOURCES)})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return SOURCES[scheme](entry.source, entry, out_dir)
+    try:
+        return SOURCES[scheme](entry.source, entry, out_dir)
+    except Exception as err:  # network, hub and archive errors alike: say which model and where from
+        raise WeightsError(f"model '{model}': cannot fetch {entry.source} into {out_dir}: "
+                           f"{type(err).__name__}: {err}") from err
 
 
 def write_manifest(path: str | Path, model: str, entry: ZooEntry, file: Path) -> dict:

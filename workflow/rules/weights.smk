@@ -22,7 +22,7 @@ rule weights:
         "resources/weights/{model}/weights.json",
     params:
         arch=lambda w: config["models"][w.model]["arch"],
-        source=lambda w: to_json([resolve(config["models"][w.model]["arch"], pretrained=True).source]),
+        source=lambda w: resolve(config["models"][w.model]["arch"], pretrained=True).source,  # a new source refetches
     conda:
         "../../envs/ftbench.yaml"
     log:
