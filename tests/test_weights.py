@@ -383,6 +383,7 @@ def test_weights_rule_runs_on_the_submitting_node(hub, tmp_path):
     preset = tmp_path / "preset.yaml"
     preset.write_text("benchmark: {models: [vit]}\nmodels: {vit: {arch: test_vit.r160_in1k, pretrained: true}}\n")
     _snakemake(tmp_path, "--configfile", str(ROOT / "workflow/presets/demo.yaml"), str(preset),
-               "--executor", "slurm", "--jobs", "1", "--slurm-init-seconds-before-status-checks", "1", "all_weights", env={"HF_ENDPOINT": hub.url})
+               "--executor", "slurm", "--jobs", "1", "--slurm-init-seconds-before-status-checks", "1", "all_weights",
+               env={"HF_ENDPOINT": hub.url})
     manifest = json.loads((tmp_path / "resources/weights/vit/weights.json").read_text())
     assert manifest["source"] == "timm:test_vit.r160_in1k" and manifest["file"] == "model.safetensors"

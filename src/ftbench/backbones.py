@@ -81,7 +81,7 @@ def _open_clip(entry: ZooEntry, state: State | None) -> nn.Module:
 
 
 def _transformers(entry: ZooEntry, state: State | None) -> nn.Module:
-    """A transformers vision model (e.g. CLIPVisionModel, SwinModel) built from the entry's config; reads its pooled output."""
+    """A transformers vision model built from the entry's config (e.g. CLIPVisionModel); reads its pooled output."""
     import transformers
 
     model_class = getattr(transformers, entry.name)

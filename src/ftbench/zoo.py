@@ -74,6 +74,7 @@ SWIN_V4_RENAMES = (
     (r"\.output\.dense\.", ".mlp.fc2."),
 )
 
+
 def _tv_cnn(name: str, features: int, blocks: str = CNN_BLOCKS, targets: tuple[str, ...] = CNN_TARGETS) -> ZooEntry:
     """An ImageNet CNN with torchvision's weights, as timm hosts them."""
     return ZooEntry("timm", name, "cnn", "cnn", f"hf-hub:timm/{name}.tv_in1k", features=features, blocks=blocks,
@@ -113,7 +114,8 @@ ZOO: dict[str, ZooEntry] = {
         license="MIT"),
     # PubMedCLIP: a CLIP ViT-B/32 fine-tuned on ROCO; transformers CLIPModel checkpoint, vision tower only
     "pubmedclip": ZooEntry(
-        "transformers", "CLIPVisionModel", "vit", "fm-biomedical", "hf-hub:flaviagiammarino/pubmed-clip-vit-base-patch32",
+        "transformers", "CLIPVisionModel", "vit", "fm-biomedical",
+        "hf-hub:flaviagiammarino/pubmed-clip-vit-base-patch32",
         prefix="vision_model.", ignore=r"embeddings\.position_ids", mean=CLIP_MEAN, std=CLIP_STD, features=768,
         pool="token", blocks=r"model\.encoder\.layers\.\d+", targets=HF_CLIP_TARGETS, license="MIT",
         options={"config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
@@ -122,12 +124,14 @@ ZOO: dict[str, ZooEntry] = {
     # `vision_model.model` (torchvision ResNet-50 whose `fc` is the projection, or transformers' Swin-Tiny).
     # The zip URLs are those of MedCLIP's medclip/medclip_{resnet,vit}_weight.txt pointers.
     "medclip_resnet50": ZooEntry(
-        "torchvision", "resnet50", "cnn", "fm-biomedical", "https://storage.googleapis.com/pytrial/medclip-pretrained.zip",
+        "torchvision", "resnet50", "cnn", "fm-biomedical",
+        "https://storage.googleapis.com/pytrial/medclip-pretrained.zip",
         files=("pytorch_model.bin",), prefix="vision_model.model.", ignore=r"fc\.weight", mean=MEDCLIP_MEAN,
         std=MEDCLIP_STD, features=2048, blocks=r"layer\d", targets=CNN_TARGETS, license="MIT (MedCLIP repository)",
         options={"head": "fc"}),
     "medclip_vit": ZooEntry(
-        "transformers", "SwinModel", "vit", "fm-biomedical", "https://storage.googleapis.com/pytrial/medclip-vit-pretrained.zip",
+        "transformers", "SwinModel", "vit", "fm-biomedical",
+        "https://storage.googleapis.com/pytrial/medclip-vit-pretrained.zip",
         files=("pytorch_model.bin",), prefix="vision_model.model.", renames=SWIN_V4_RENAMES,
         ignore=r".*relative_position_index", mean=MEDCLIP_MEAN, std=MEDCLIP_STD, features=768,
         blocks=r"model\.encoder\.layers\.\d+\.blocks\.\d+", targets=SWIN_TARGETS, license="MIT (MedCLIP repository)",
