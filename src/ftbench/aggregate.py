@@ -10,7 +10,8 @@ import polars as pl
 KEYS = ("task", "model", "strategy", "regime", "fold")
 HEADLINE = ("mcc", "pr_auc", "roc_auc", "balanced_accuracy", "f1", "sensitivity", "specificity", "brier", "ece",
             "mcc@0.5")
-RUN_FIELDS = ("trainable_params", "total_params", "trainable_fraction", "wall_seconds", "peak_memory_mb", "device")
+RUN_FIELDS = ("trainable_params", "total_params", "trainable_fraction", "gflops", "wall_seconds", "peak_memory_mb",
+              "device")
 
 
 def collect(job_dirs: list[str | Path]) -> pl.DataFrame:
@@ -40,7 +41,7 @@ def summarise(cells: pl.DataFrame) -> pl.DataFrame:
     ok = cells.filter(pl.col("status") == "ok")
     groups = ["task", "model", "strategy", "regime_group"]
     aggs = [pl.len().alias("cells"),
-            pl.col("trainable_params").first(), pl.col("trainable_fraction").first(),
+            pl.col("trainable_params").first(), pl.col("trainable_fraction").first(), pl.col("gflops").first(),
             pl.col("wall_seconds").sum().alias("wall_seconds_total"), pl.col("peak_memory_mb").max()]
     for m in HEADLINE:
         aggs += [pl.col(m).mean().alias(f"{m}_mean"), pl.col(m).std().alias(f"{m}_sd")]

@@ -81,17 +81,29 @@ def cmd_fewshot(args) -> None:
     draw.write_parquet(args.out)
 
 
+def cmd_weights(args) -> None:
+    from ftbench import weights
+    from ftbench.zoo import resolve
+
+    entry = resolve(args.arch, pretrained=True)
+    file = weights.fetch(args.model, entry, Path(args.out).parent)
+    weights.check(args.model, entry, file)
+    manifest = weights.write_manifest(args.out, args.model, entry, file)
+    log.info("model %s: %s (%d bytes, sha256 %s) from %s", args.model, file, manifest["bytes"], manifest["sha256"],
+             entry.source)
+
+
 def cmd_train(args) -> None:
     from ftbench.training import run_job
 
     run_job(args.job, args.task_table, args.split, args.store, args.out_dir, args.checkpoints, args.fewshot,
-            args.threads, args.embeddings)
+            args.threads, args.embeddings, args.weights)
 
 
 def cmd_embed(args) -> None:
     from ftbench import embeddings
 
-    info = embeddings.build(args.model, args.store, args.out, args.batch_size, args.threads)
+    info = embeddings.build(args.model, args.store, args.out, args.batch_size, args.threads, weights_path=args.weights)
     log.info("embedding cache %s: %d images x %d features in %.1fs", args.out, info["images"], info["dim"],
              info["seconds"])
 
@@ -174,12 +186,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_fewshot)
 
+    s = sub.add_parser("weights", help="download a model's pretrained weights, check them, write their manifest")
+    s.add_argument("--model", required=True, help="the model's name in the config (named in every message)")
+    s.add_argument("--arch", required=True, help="zoo key or timm name whose weight source to fetch")
+    s.add_argument("--out", required=True, help="manifest to write (weights.json); the weights go into its folder")
+    s.set_defaults(func=cmd_weights)
+
     s = sub.add_parser("train", help="train and evaluate the cells of one job")
     s.add_argument("--job", type=_json, required=True, help="the job's resolved settings and cells as JSON")
     s.add_argument("--task-table", required=True)
     s.add_argument("--split", required=True)
     s.add_argument("--fewshot")
     s.add_argument("--store", help="image store (not needed with --embeddings)")
+    s.add_argument("--weights", help="pretrained weights: a manifest of the weights stage, a file or a folder")
     s.add_argument("--out-dir", required=True)
     s.add_argument("--checkpoints", required=True, help="folder for finished cells and training state until the job ends")
     s.add_argument("--threads", type=int, default=1)
@@ -189,6 +208,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("embed", help="cache a frozen backbone's features of every image of a store")
     s.add_argument("--model", type=_json, required=True, help="the model's cell settings as JSON")
     s.add_argument("--store", required=True)
+    s.add_argument("--weights", help="pretrained weights: a manifest of the weights stage, a file or a folder")
     s.add_argument("--out", required=True)
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--threads", type=int, default=1)

@@ -89,9 +89,11 @@ def check_references(config: dict) -> None:
                 f"(known: {', '.join(sorted(config['datasets']))})"
             )
     for name in bench["models"]:
-        arch = config["models"][name]["arch"]
-        if not is_known_arch(arch):
-            raise ConfigError(f"config key 'models.{name}.arch': unknown architecture '{arch}'")
+        spec = config["models"][name]
+        if not is_known_arch(spec["arch"]):
+            raise ConfigError(f"config key 'models.{name}.arch': unknown architecture '{spec['arch']}'")
+        if spec.get("weights") and not Path(spec["weights"]).exists():
+            raise ConfigError(f"config key 'models.{name}.weights': weight path {spec['weights']} does not exist")
     for name in bench["strategies"]:
         if config["strategies"][name].get("kind") is None:
             raise ConfigError(f"config key 'strategies.{name}.kind' is missing")

@@ -142,6 +142,7 @@ def model_settings(config: dict, model: str) -> dict:
     """The resolved settings of a model: what its cells and its embedding cache depend on."""
     spec = dict(config["models"][model], name=model)
     spec["img_size"] = model_img_size(config, model)
+    spec.pop("weights", None)  # a path: jobs get the file as an input, so its content, not its name, counts
     return spec
 
 

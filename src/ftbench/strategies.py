@@ -56,15 +56,19 @@ def bitfit(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Pl
 
 
 def adapter_targets(backbone: nn.Module, patterns: tuple[str, ...] | list[str]) -> list[str]:
-    """Names of the Linear / ungrouped Conv2d modules whose full name matches one of ``patterns``."""
+    """Names of the Linear / ungrouped Conv2d / MultiheadAttention modules whose full name matches one of ``patterns``.
+
+    peft adapts a MultiheadAttention (open_clip's CLIP blocks) on its fused q/k/v and its output projection.
+    """
     regex = re.compile("|".join(f"(?:{p})" for p in patterns))
     names = [
         name for name, module in backbone.named_modules()
-        if (isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1))
+        if (isinstance(module, (nn.Linear, nn.MultiheadAttention))
+            or (isinstance(module, nn.Conv2d) and module.groups == 1))
         and regex.fullmatch(name)
     ]
     if not names:
-        raise ValueError(f"no Linear/Conv2d module matches the adapter targets {list(patterns)}")
+        raise ValueError(f"no Linear/Conv2d/MultiheadAttention module matches the adapter targets {list(patterns)}")
     return names
 
 

@@ -24,7 +24,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from ftbench import backbones, inputs, metrics, strategies
+from ftbench import backbones, inputs, metrics, strategies, weights
 from ftbench.data import store as image_store
 from ftbench.zoo import resolve
 
@@ -167,9 +167,10 @@ def library_versions() -> dict[str, str]:
     import sklearn
     import timm
 
+    hubs = {name: sys.modules[name].__version__ for name in ("open_clip", "transformers") if name in sys.modules}
     return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
             "peft": peft.__version__, "numpy": np.__version__, "polars": pl.__version__,
-            "scikit-learn": sklearn.__version__}
+            "scikit-learn": sklearn.__version__} | hubs
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -186,11 +187,11 @@ def write_atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def build_model(settings: dict, cached: bool, device: torch.device):
-    """(model, strategy plan, input transform) of a cell.
+def build_model(settings: dict, cached: bool, device: torch.device, weights_path: str | None = None):
+    """(model, strategy plan, input transform, frozen parameters not in the model, forward GFLOPs) of a cell.
 
     With ``cached`` the backbone is already applied (embedding cache): the model is the head alone on the
-    features, and the full model is only instantiated on the meta device to report its size.
+    features, and the full model is only instantiated on the meta device to report its size and cost.
     """
     model_spec, strategy, training = settings["model"], settings["strategy"], settings["training"]
     seed = training["seed"] + settings["fold"]
@@ -201,19 +202,20 @@ def build_model(settings: dict, cached: bool, device: torch.device):
         model = backbones.Classifier(torch.nn.Identity(), full.head.in_features, seed=seed)
         plan = strategies.apply(model, entry, strategy, training)
         backbone_params = sum(p.numel() for p in full.backbone.parameters())
-        return model.to(device), plan, inputs.Features(device), backbone_params
-    model = backbones.build(entry, model_spec.get("weights"))
+        return model.to(device), plan, inputs.Features(device), backbone_params, backbones.forward_gflops(full, entry.img_size)
+    model = weights.build(model_spec["name"], entry, weights_path)
     model.init_head(seed)
     plan = strategies.apply(model, entry, strategy, training)
     # a frozen feature extractor sees un-augmented images, exactly as the embedding cache does
     frozen = not any(p.requires_grad for p in model.backbone.parameters())
     prep = inputs.Preprocess(entry, device, training["augment"] and not frozen,
                               torch.Generator().manual_seed(seed))
-    return model.to(device), plan, prep, 0
+    return model.to(device), plan, prep, 0, backbones.forward_gflops(model, entry.img_size)
 
 
 def run_cell(settings: dict, task_table: str, split: str, store: str | None, out_dir: str,
-             fewshot: str | None = None, threads: int = 1, embeddings: str | None = None) -> dict:
+             fewshot: str | None = None, threads: int = 1, embeddings: str | None = None,
+             weights_path: str | None = None) -> dict:
     """Train and evaluate one cell; write predictions.parquet, metrics.json and run.json into ``out_dir``.
 
     ``embeddings`` (a frozen-backbone strategy's cache, see ``ftbench.embeddings``) replaces ``store``.
@@ -229,7 +231,7 @@ def run_cell(settings: dict, task_table: str, split: str, store: str | None, out
     if fewshot:
         draw = pl.read_parquet(fewshot).filter(pl.col("repetition") == settings["regime"]["repetition"])
     parts = partitions(table, pl.read_parquet(split), settings["fold"], draw, source)
-    model, plan, prep, frozen_params = build_model(settings, embeddings is not None, device)
+    model, plan, prep, frozen_params, gflops = build_model(settings, embeddings is not None, device, weights_path)
     trainable, total = backbones.count_parameters(model)
     total += frozen_params
     log.info("cell %s: %s / %s / %s / fold %d | train %d, val %d, test %d images | %d of %d parameters train",
@@ -256,7 +258,7 @@ def run_cell(settings: dict, task_table: str, split: str, store: str | None, out
         cell | {"status": status, "error": error} | result, indent=1, allow_nan=True)))
     run = cell | {
         "status": status, "trainable_params": trainable, "total_params": total,
-        "trainable_fraction": trainable / total, "wall_seconds": time.perf_counter() - started,
+        "trainable_fraction": trainable / total, "gflops": gflops, "wall_seconds": time.perf_counter() - started,
         "peak_memory_mb": peak_memory_mb(device), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": threads, "seed": training["seed"] + settings["fold"], "versions": library_versions(),
@@ -282,7 +284,8 @@ def _finished(folder: Path, settings: dict) -> bool:
 
 
 def run_job(job: dict, task_table: str, split: str, store: str | None, out_dir: str, checkpoints: str,
-            fewshot: str | None = None, threads: int = 1, embeddings: str | None = None) -> None:
+            fewshot: str | None = None, threads: int = 1, embeddings: str | None = None,
+            weights_path: str | None = None) -> None:
     """Train every cell of a job (see ``grid.Job``) into ``out_dir/<cell leaf>``.
 
     Cells are trained into ``checkpoints`` first, which Snakemake never deletes: when a job dies (time
@@ -298,7 +301,7 @@ def run_job(job: dict, task_table: str, split: str, store: str | None, out_dir: 
             log.info("cell %d/%d (%s) already finished in %s", number, len(job["cells"]), cell["leaf"], folder)
             continue
         log.info("cell %d/%d: %s", number, len(job["cells"]), cell["leaf"])
-        run_cell(settings, task_table, split, store, str(folder), fewshot, threads, embeddings)
+        run_cell(settings, task_table, split, store, str(folder), fewshot, threads, embeddings, weights_path)
     for cell in job["cells"]:
         (out / cell["leaf"]).mkdir(parents=True, exist_ok=True)
         for name in OUTPUTS:

@@ -1,5 +1,6 @@
 # Shared setup: validate the config and expose the grid to the rules.
 import json
+import shlex
 import sys
 
 SRC = str(Path(workflow.basedir) / "src")
@@ -29,6 +30,11 @@ def _python() -> str:
 
 # Rules call the ftbench CLI of this checkout, whatever is installed (conda env, venv, cluster node).
 FTBENCH = f"PYTHONPATH={SRC}${{PYTHONPATH:+:$PYTHONPATH}} {_python()} -m ftbench"
+
+
+def optional(flag: str, name: str):
+    """Params function: ``--flag <input.name>`` when the job has that input, else nothing."""
+    return lambda w, input: f"--{flag} {shlex.quote(input[name])}" if name in input.keys() else ""
 
 
 def to_json(value) -> str:

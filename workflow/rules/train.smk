@@ -21,6 +21,8 @@ def train_inputs(w):
         inputs["embeddings"] = f"results/embeddings/{dataset}/{job.model}.npy"
     else:
         inputs["store"] = f"results/data/{dataset}/images_{grid.model_img_size(config, job.model)}.npy"
+        if weights := model_weights(job.model):
+            inputs["weights"] = weights
     if job.group != "full":
         inputs["fewshot"] = f"results/splits/{job.task}/fewshot/{job.group}.parquet"
     return inputs
@@ -33,16 +35,20 @@ rule train:
         directory("results/cells/{task}/{model}/{strategy}/{group}"),
     params:
         job=lambda w: to_json(grid.job_settings(config, job_of(w), JOBS[job_of(w)])),
-        source=lambda w, input: (f"--embeddings {input.embeddings}" if "embeddings" in input.keys()
-                                 else f"--store {input.store}"),
-        fewshot=lambda w, input: f"--fewshot {input.fewshot}" if "fewshot" in input.keys() else "",
+        store=optional("store", "store"),
+        embeddings=optional("embeddings", "embeddings"),
+        weights=optional("weights", "weights"),
+        fewshot=optional("fewshot", "fewshot"),
     threads: config["training"]["threads"]
     conda:
         "../../envs/ftbench.yaml"
     log:
         "results/logs/train/{task}/{model}/{strategy}/{group}.log",
+    # the hubs are forced offline: a job loads only the local weights it was given, it never downloads
     shell:
+        "HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "
         "{FTBENCH} train --job {params.job:q} --task-table {input.table} --split {input.split} "
-        "{params.source} {params.fewshot} --threads {threads} --out-dir {output} "
+        "{params.store} {params.embeddings} {params.weights} {params.fewshot} --threads {threads} "
+        "--out-dir {output} "
         "--checkpoints results/checkpoints/{wildcards.task}/{wildcards.model}/{wildcards.strategy}/{wildcards.group} "
         "2> {log}"
