@@ -99,7 +99,8 @@ def validations(table: pl.DataFrame):
 
 CLEAR_ERRORS = (r"task 't': class \d \((negative|positive)\) has \d+ patients, fewer than the \d folds asked for",
                 r"task 't', fold \d+ \(test: .+\): class \d \((negative|positive)\) has [01] patients in the training "
-                r"part, too few to carve a validation part with both classes")
+                r"part, too few to carve a validation part with both classes",
+                r"task 't', fold \d+ \(test: .+\): the test part has no patient of class \d \((negative|positive)\)")
 
 
 @settings(max_examples=150, deadline=None)
@@ -120,7 +121,7 @@ def test_property_every_scheme_keeps_patients_whole_and_both_classes_in_training
         mine = split.filter(pl.col("fold") == fold)
         assert mine["patient_id"].is_unique().all(), "a patient is in two partitions of one fold"
         assert set(mine["patient_id"]) == set(labels)
-        for part in ("train", "val"):
+        for part in ("train", "val", "test"):
             assert {labels[p] for p in mine.filter(pl.col("part") == part)["patient_id"]} == {0, 1}
     tests = split.filter(pl.col("part") == "test")
     if validation["scheme"] != "holdout":  # every patient is tested exactly once

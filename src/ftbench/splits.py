@@ -86,8 +86,8 @@ SCHEMES: dict[str, Callable[[np.ndarray, np.ndarray, pl.DataFrame, dict, str], l
 def make(task_table: pl.DataFrame, validation: dict, task: str = "") -> tuple[pl.DataFrame, list[dict]]:
     """The folds of ``validation['scheme']`` with a validation part in each, and a summary per fold.
 
-    Raises ``ValueError`` naming the task, fold and class when a training part holds fewer than two
-    patients of a class (one for training, one for validation).
+    Raises ``ValueError`` naming the task, fold and class when a test part lacks a class, or a training
+    part holds fewer than two patients of a class (one for training, one for validation).
     """
     pats = patients(task_table)
     ids, labels = pats["patient_id"].to_numpy(), pats["label"].to_numpy()
@@ -95,6 +95,10 @@ def make(task_table: pl.DataFrame, validation: dict, task: str = "") -> tuple[pl
     for fold, (test, what) in enumerate(SCHEMES[validation["scheme"]](ids, labels, task_table, validation, task)):
         rest = np.setdiff1d(np.arange(len(ids)), test)
         for cls in (0, 1):
+            if not (labels[test] == cls).any():
+                raise ValueError(f"task '{task}', fold {fold} (test: {what}): the test part has no patient of class "
+                                 f"{cls} ({CLASS_NAMES[cls]}), so ROC-AUC, PR-AUC and MCC are undefined there; "
+                                 "leave that centre out of validation.centres or use another scheme")
             n = int((labels[rest] == cls).sum())
             if n < 2:
                 raise ValueError(f"task '{task}', fold {fold} (test: {what}): class {cls} ({CLASS_NAMES[cls]}) has {n} "
