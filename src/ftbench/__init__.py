@@ -7,3 +7,4 @@ __version__ = "0.1.0"
 DATA_VERSION = 1  # dataset tables and image stores
 SPLIT_VERSION = 1  # folds and few-shot draws
 TRAINING_VERSION = 1  # training cells
+REPORT_VERSION = 1  # summary tables, statistics and the report
