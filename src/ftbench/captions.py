@@ -21,11 +21,11 @@ CAPTIONS = {
                "over folds and repetitions, bars and bands their 95% bootstrap CIs. A flat curve that reaches the "
                "full-data level early is a strategy that needs few labels.",
     "cd_mcc": "Critical-difference diagrams of MCC, one per model family and regime. Each strategy sits at its mean "
-              "rank over blocks (one block = one test fold of one task seen by one model; 1 = best, on the right). "
+              "rank over blocks (one block = one test fold of one task seen by one model; 1 = best, on the left). "
               "A thick bar joins strategies the Nemenyi post-hoc test cannot tell apart at the report's alpha; the "
               "CD line above the axis is the critical difference of mean ranks. Read it only when Friedman's p is "
               "small; with few blocks nothing can be significant.",
-    "cd_pr_auc": "Critical-difference diagrams of PR-AUC, read as those of MCC: mean ranks (1 = best, right), bars "
+    "cd_pr_auc": "Critical-difference diagrams of PR-AUC, read as those of MCC: mean ranks (1 = best, left), bars "
                  "join strategies not significantly different (Nemenyi), one panel per model family and regime.",
     "efficiency": "Cost against MCC on full data: trainable parameters, compute time summed over the folds, and "
                   "peak memory, one point per model (shape) and strategy (colour), bars are 95% CIs. The dashed "

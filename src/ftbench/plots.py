@@ -91,8 +91,7 @@ def heatmap(summary: pl.DataFrame, task: str, metric: str) -> str | None:
     strategies = sorted(data["strategy"].unique().to_list())
     family = dict(data.select("model", "family").unique().iter_rows())
     diverging = metric == "mcc"
-    cmap = plt.get_cmap("RdBu" if diverging else "Blues").copy()
-    cmap.set_bad("#f0f0f0")
+    cmap = plt.get_cmap("RdBu" if diverging else "Blues").with_extremes(bad="#f0f0f0")
     vmin = -1.0 if diverging else 0.0
     width = 1.0 + 0.95 * len(strategies)
     fig, axes = plt.subplots(1, len(regimes), figsize=(width * len(regimes) + 1.6, 0.62 * len(models) + 1.1),

@@ -59,8 +59,8 @@ dl{display:grid;grid-template-columns:max-content 1fr;gap:.1rem .9rem;margin:.3r
 """
 
 SCRIPT = """
-document.querySelectorAll('table.sortable th').forEach(function(th,i){th.addEventListener('click',function(){
- var t=th.closest('table'),b=t.tBodies[0],rows=Array.from(b.rows),asc=!th.classList.contains('asc');
+document.querySelectorAll('table.sortable th').forEach(function(th){th.addEventListener('click',function(){
+ var t=th.closest('table'),b=t.tBodies[0],rows=Array.from(b.rows),asc=!th.classList.contains('asc'),i=th.cellIndex;
  t.querySelectorAll('th').forEach(function(h){h.classList.remove('asc','desc');});th.classList.add(asc?'asc':'desc');
  rows.sort(function(x,y){var a=x.cells[i].dataset.v,c=y.cells[i].dataset.v;
   if(a===''&&c!=='')return 1;if(c===''&&a!=='')return -1;
@@ -220,12 +220,14 @@ def _grid_line(res: Results) -> str:
     frame = pl.concat([res.cells.select("task", "model", "strategy", "regime", "fold"),
                        _missing_keys(res.missing)]) if res.cells.height or res.missing.height else res.cells
     if frame.height == 0:
-        return '<p class="note">No cell has a result yet: nothing to show beyond the data reports.</p>'
+        return '<p class="note">The grid has no cells: nothing to report beyond the data.</p>'
     plural = {"task": "tasks", "model": "models", "strategy": "strategies"}
     parts = [f"{frame[c].n_unique()} {c if frame[c].n_unique() == 1 else plural[c]}" for c in plural]
     regimes = plots.regime_order({r if not r.startswith("k") else r.split("r")[0] for r in frame["regime"].unique()})
+    empty = ('<p class="note">No cell has a result yet: the report lists the grid\'s cells and the data reports.</p>'
+             if res.cells.height == 0 else "")
     return (f'<p>Grid: {", ".join(parts)}; regimes {esc(", ".join(regimes))}; {frame["fold"].n_unique()} folds '
-            f'— {frame.height:,} cells.</p>')
+            f'— {frame.height:,} cells.</p>{empty}')
 
 
 def _missing_keys(missing: pl.DataFrame) -> pl.DataFrame:
@@ -367,7 +369,7 @@ def build(res: Results, figs: list[Figure]) -> str:
                 ("tasks", "Results per task"), ("fewshot", "Few-shot" if "fewshot" in by_kind else ""),
                 ("stats", "Statistics"), ("cost", "Cost"), ("imbalance", "Imbalance" if "imbalance" in by_kind else ""),
                 ("table", "All results"), ("data", "Data"), ("methods", "Methods")]
-    nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in sections if t)
+    nav = "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in sections if t)
     p = [f"<header><h1>{esc(res.title)}</h1><p class='muted small'>ftbench {__version__} · generated "
          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · self-contained: works offline and prints</p></header>",
          f"<nav class='nop'>{nav}</nav>",

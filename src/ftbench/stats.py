@@ -11,7 +11,10 @@ every strategy saw the same test patients through the same backbone, which is wh
 from __future__ import annotations
 
 import itertools
+import math
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -27,16 +30,18 @@ FEW_BLOCKS = 10  # scipy: Friedman's chi-square p-value is only reliable beyond 
 # --- bootstrap confidence intervals, resampling patients -------------------------------------------------
 
 def weighted_mcc(labels: np.ndarray, preds: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """MCC of 0/1 ``preds`` for each row of ``weights`` (resamples x images); 0 where undefined, as scikit-learn.
+    """MCC of 0/1 ``preds`` for each row of ``weights`` (resamples x images), all resamples at once.
 
     The same number as ``sklearn.metrics.matthews_corrcoef(labels, preds, sample_weight=w)`` for every row
-    ``w``, computed for all resamples at once (scikit-learn would take one call per resample).
+    ``w`` (scikit-learn would take one call per resample), except where a resample holds one class only:
+    scikit-learn says 0 there, this says NaN, so that such a resample does not count as a chance-level cell.
     """
     y, p = labels.astype(bool), preds.astype(bool)
     tp, fp = weights @ (y & p), weights @ (~y & p)
     fn, tn = weights @ (y & ~p), weights @ (~y & ~p)
     den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return np.divide(tp * tn - fp * fn, den, out=np.zeros_like(den, dtype=float), where=den > 0)
+    mcc = np.divide(tp * tn - fp * fn, den, out=np.zeros_like(den, dtype=float), where=den > 0)
+    return np.where((tp + fn > 0) & (tn + fp > 0), mcc, np.nan)
 
 
 def weighted_average_precision(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -67,27 +72,35 @@ def bootstrap_ci(rows: pl.DataFrame, n_resamples: int = 1000, seed: int = 0,
 
     ``rows``: the test predictions of the cells of one (task, model, strategy, regime group), with columns
     ``cell`` (which fold / repetition), ``patient_id``, ``label``, ``prob`` and ``pred`` (0/1 at the cell's
-    threshold). A resample draws patients with replacement (scipy.stats.bootstrap); every image of a drawn
-    patient comes along, in every cell where the patient is tested, so the CI respects that images of one
-    patient are not independent. The statistic is the one the summary reports: the metric per cell, averaged
-    over cells (cells where a resample leaves a metric undefined are left out of that average).
+    threshold). A resample draws patients with replacement, positive and negative patients separately so that
+    every resample keeps the class balance (scipy.stats.bootstrap with one sample per class); every image of a
+    drawn patient comes along, in every cell where the patient is tested, so the CI respects that images of
+    one patient are not independent. The statistic is the one the summary reports: the metric per cell,
+    averaged over cells (a cell left without one class by a resample is undefined and left out of the mean).
+    NaN bounds when the data cannot give a CI (one class only, or resamples with no cell defined).
     """
     patients, codes = np.unique(rows["patient_id"].to_numpy(), return_inverse=True)
-    cells = [(np.flatnonzero(c == rows["cell"].to_numpy())) for c in rows["cell"].unique(maintain_order=True)]
+    cells = [np.flatnonzero(c == rows["cell"].to_numpy()) for c in rows["cell"].unique(maintain_order=True)]
     y, prob, pred = (rows[c].to_numpy() for c in ("label", "prob", "pred"))
+    patient_label = np.zeros(len(patients), dtype=int)
+    patient_label[codes] = y  # one label per patient (tasks check this)
+    by_class = tuple(np.flatnonzero(patient_label == c) for c in (0, 1))
+    undefined = {name: (math.nan, math.nan) for name in CI_METRICS}
+    if not all(len(s) for s in by_class):
+        return undefined
 
-    def statistic(drawn: np.ndarray, axis: int = -1) -> np.ndarray:
-        drawn = np.atleast_2d(drawn)
+    def statistic(negatives: np.ndarray, positives: np.ndarray, axis: int = -1) -> np.ndarray:
+        drawn = np.concatenate([np.atleast_2d(negatives), np.atleast_2d(positives)], axis=-1)
         offsets = np.arange(drawn.shape[0])[:, None] * len(patients)
-        counts = np.bincount((drawn + offsets).ravel(), minlength=drawn.size).reshape(drawn.shape[0], len(patients))
-        weights = counts[:, codes].astype(float)
+        counts = np.bincount((drawn + offsets).ravel(), minlength=drawn.shape[0] * len(patients))
+        weights = counts.reshape(drawn.shape[0], len(patients))[:, codes].astype(float)
         per_cell = np.stack([[fn(y[i], prob[i], pred[i], weights[:, i]) for i in cells] for fn in CI_METRICS.values()])
-        with np.errstate(all="ignore"):
-            return _nanmean(per_cell, axis=1)
+        return _nanmean(per_cell, axis=1)
 
-    result = ss.bootstrap((np.arange(len(patients)),), statistic, n_resamples=n_resamples, vectorized=True,
-                          method="percentile", confidence_level=confidence, rng=np.random.default_rng(seed),
-                          batch=250)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ss.DegenerateDataWarning)  # reported as NaN bounds instead
+        result = ss.bootstrap(by_class, statistic, n_resamples=n_resamples, vectorized=True, method="percentile",
+                              confidence_level=confidence, rng=np.random.default_rng(seed), batch=250)
     low, high = result.confidence_interval
     return {name: (float(low[i]), float(high[i])) for i, name in enumerate(CI_METRICS)}
 
@@ -101,30 +114,6 @@ def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
 
 # --- comparisons of strategies across the grid ----------------------------------------------------------
 
-@dataclass
-class Comparisons:
-    """The tables of :func:`compare`, one row per (family, regime group, metric) and what it tests."""
-
-    friedman: pl.DataFrame  # statistic, p-value, blocks, critical difference, and a note when not testable
-    ranks: pl.DataFrame  # mean rank (1 = best) and mean value of each strategy
-    posthoc: pl.DataFrame  # Nemenyi p-value of each strategy pair
-    wilcoxon: pl.DataFrame  # paired Wilcoxon of each strategy pair, Holm-corrected within the group
-
-    def write(self, out_dir) -> None:
-        from pathlib import Path
-
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        for name in ("friedman", "ranks", "posthoc", "wilcoxon"):
-            getattr(self, name).write_csv(Path(out_dir) / f"{name}.csv")
-
-    @classmethod
-    def read(cls, out_dir) -> "Comparisons":
-        from pathlib import Path
-
-        return cls(*(pl.read_csv(Path(out_dir) / f"{n}.csv", infer_schema_length=None)
-                     for n in ("friedman", "ranks", "posthoc", "wilcoxon")))
-
-
 FRIEDMAN_SCHEMA = {"family": pl.String, "regime_group": pl.String, "metric": pl.String, "strategies": pl.Int64,
                    "blocks": pl.Int64, "incomplete_blocks": pl.Int64, "statistic": pl.Float64,
                    "p_value": pl.Float64, "critical_difference": pl.Float64, "note": pl.String}
@@ -136,6 +125,26 @@ WILCOXON_SCHEMA = {"family": pl.String, "regime_group": pl.String, "metric": pl.
                    "b": pl.String, "pairs": pl.Int64, "mean_diff": pl.Float64, "median_diff": pl.Float64,
                    "wins": pl.Int64, "ties": pl.Int64, "losses": pl.Int64, "statistic": pl.Float64,
                    "p_value": pl.Float64, "p_holm": pl.Float64, "significant": pl.Boolean, "note": pl.String}
+SCHEMAS = {"friedman": FRIEDMAN_SCHEMA, "ranks": RANKS_SCHEMA, "posthoc": POSTHOC_SCHEMA, "wilcoxon": WILCOXON_SCHEMA}
+
+
+@dataclass
+class Comparisons:
+    """The tables of :func:`compare`, one row per (family, regime group, metric) and what it tests."""
+
+    friedman: pl.DataFrame  # statistic, p-value, blocks, critical difference, and a note when not testable
+    ranks: pl.DataFrame  # mean rank (1 = best) and mean value of each strategy
+    posthoc: pl.DataFrame  # Nemenyi p-value of each strategy pair
+    wilcoxon: pl.DataFrame  # paired Wilcoxon of each strategy pair, Holm-corrected within the group
+
+    def write(self, out_dir: str | Path) -> None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        for name in SCHEMAS:
+            getattr(self, name).write_csv(Path(out_dir) / f"{name}.csv")
+
+    @classmethod
+    def read(cls, out_dir: str | Path) -> "Comparisons":
+        return cls(**{name: pl.read_csv(Path(out_dir) / f"{name}.csv", schema=schema) for name, schema in SCHEMAS.items()})
 
 
 def critical_difference(k: int, n: int, alpha: float = 0.05) -> float:
@@ -175,7 +184,7 @@ def friedman_nemenyi(wide: pl.DataFrame, strategies: list[str], alpha: float) ->
     p_matrix = sp.posthoc_nemenyi_friedman(values)
     posthoc = [{"a": strategies[i], "b": strategies[j], "p_nemenyi": float(p_matrix.iloc[i, j])}
                for i, j in itertools.combinations(range(k), 2)]
-    note = f"few blocks ({n}): p-value approximate" if n < FEW_BLOCKS else None
+    note = "few blocks: p approximate" if n < FEW_BLOCKS else None
     return (row | {"statistic": float(result.statistic), "p_value": float(result.pvalue),
                    "critical_difference": critical_difference(k, n, alpha), "note": note}, rank_rows, posthoc)
 
@@ -225,8 +234,7 @@ def compare(cells: pl.DataFrame, metrics: tuple[str, ...] = ("mcc", "pr_auc"), a
             out["ranks"] += [key | r for r in ranks]
             out["posthoc"] += [key | r for r in posthoc]
             out["wilcoxon"] += [key | r for r in paired_wilcoxon(wide, strategies, alpha)]
-    schemas = {"friedman": FRIEDMAN_SCHEMA, "ranks": RANKS_SCHEMA, "posthoc": POSTHOC_SCHEMA, "wilcoxon": WILCOXON_SCHEMA}
-    return Comparisons(**{name: pl.DataFrame(rows, schema=schemas[name]) for name, rows in out.items()})
+    return Comparisons(**{name: pl.DataFrame(rows, schema=SCHEMAS[name]) for name, rows in out.items()})
 
 
 # --- cost versus performance ----------------------------------------------------------------------------
