@@ -90,13 +90,12 @@ def heatmap(summary: pl.DataFrame, task: str, metric: str) -> str | None:
     models = model_order(data)
     strategies = sorted(data["strategy"].unique().to_list())
     family = dict(data.select("model", "family").unique().iter_rows())
-    diverging = metric == "mcc"
-    cmap = plt.get_cmap("RdBu" if diverging else "Blues").with_extremes(bad="#f0f0f0")
-    vmin = -1.0 if diverging else 0.0
+    cmap = plt.get_cmap("RdBu" if metric == "mcc" else "Blues")
+    norm = matplotlib.colors.Normalize(-1.0 if metric == "mcc" else 0.0, 1.0)
     width = 1.0 + 0.95 * len(strategies)
     fig, axes = plt.subplots(1, len(regimes), figsize=(width * len(regimes) + 1.6, 0.62 * len(models) + 1.1),
                              squeeze=False, sharey=True)
-    image = None
+    mesh = None
     for ax, regime in zip(axes[0], regimes):
         sub = data.filter(pl.col("regime_group") == regime)
         grid = np.full((len(models), len(strategies)), np.nan)
@@ -104,21 +103,24 @@ def heatmap(summary: pl.DataFrame, task: str, metric: str) -> str | None:
             for j, strategy in enumerate(strategies):
                 row = sub.filter((pl.col("model") == model) & (pl.col("strategy") == strategy))
                 mean = _value(row, f"{metric}_mean")
-                if mean is not None:
-                    grid[i, j] = mean
-                text = ("–" if row.height == 0 else "failed" if mean is None
-                        else f"{mean:.2f}{_ci_text(row, metric)}")
-                dark = mean is not None and abs(mean - (0 if diverging else 0.5)) > (0.55 if diverging else 0.3) \
-                    and (diverging or mean > 0.5)
+                text = "–" if row.height == 0 else "failed" if mean is None else f"{mean:.2f}{_ci_text(row, metric)}"
+                red, green, blue, _ = cmap(norm(mean)) if mean is not None else (1, 1, 1, 1)
+                dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.55  # white text on dark cells
                 ax.text(j, i, text, ha="center", va="center", fontsize=7.5, color="white" if dark else "#1b1f24")
-        image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=1.0, aspect="auto")
+                grid[i, j] = np.nan if mean is None else mean
+        # vector cells (crisp in print); missing ones show the grey background
+        mesh = ax.pcolormesh(np.arange(len(strategies) + 1) - 0.5, np.arange(len(models) + 1) - 0.5,
+                             np.ma.masked_invalid(grid), cmap=cmap, norm=norm, edgecolors="white", linewidth=1)
+        ax.set_facecolor("#eef0f2")
+        ax.set_xlim(-0.5, len(strategies) - 0.5)
+        ax.set_ylim(len(models) - 0.5, -0.5)  # first model on top
         ax.set_xticks(range(len(strategies)), strategies, rotation=30, ha="right")
         ax.set_yticks(range(len(models)), [f"{m}\n({family.get(m) or 'unknown'})" for m in models])
         ax.set_title(regime if regime == "full" else f"few-shot {regime}")
         ax.tick_params(length=0)
         for side in ax.spines.values():
             side.set_visible(False)
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.85, pad=0.02, label=LABELS.get(metric, metric))
+    fig.colorbar(mesh, ax=axes[0].tolist(), shrink=0.85, pad=0.02, label=LABELS.get(metric, metric))
     return to_svg(fig)
 
 

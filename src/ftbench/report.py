@@ -54,8 +54,9 @@ details summary{cursor:pointer;color:#0969da;margin:.3rem 0}
 code{background:var(--soft);padding:0 .25em;border-radius:3px;font-size:12.5px}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.1rem .9rem;margin:.3rem 0}dt{color:var(--muted)}dd{margin:0}
 @media print{nav,.nop{display:none}main{max-width:none;padding:0}th{position:static}
- .wrap{max-height:none;overflow:visible;border:0}h2{break-after:avoid}h3{break-after:avoid}
- body{font-size:11px}a{color:inherit;text-decoration:none}}
+ .wrap{max-height:none;overflow:visible;border:0;display:block}h2{break-after:avoid}h3{break-after:avoid}
+ body{font-size:11px}a{color:inherit;text-decoration:none}table{font-size:9px}
+ th,td{white-space:normal;padding:.1rem .3rem}td.long{min-width:0}table.sortable th:after{content:none}tr{break-inside:avoid}}
 """
 
 SCRIPT = """
