@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import polars as pl
 import pytest
-from browser import visit
+from browser import chromium, visit
 from fake_grid import build_report, make_results
 
 from ftbench.captions import CAPTIONS
@@ -54,7 +54,14 @@ def test_report_shows_every_view_with_a_caption_and_finds_the_best_strategy(demo
     assert "images per view" in html and "unreadable image: truncated" in html  # the data report, rendered generically
 
 
-def test_report_in_headless_chromium(demo_like, tmp_path):
+@pytest.fixture
+def browser_ready():
+    """Skip before building anything when there is no browser to open the page."""
+    chromium()
+    pytest.importorskip("websocket", reason="websocket-client is needed to drive chromium")
+
+
+def test_report_in_headless_chromium(browser_ready, demo_like, tmp_path):
     _, page = demo_like
     sort_mcc = ("(() => { const t = document.querySelector('#table ~ .wrap table'); "
                 "const th = [...t.tHead.rows[0].cells].find(c => c.textContent.trim() === 'mcc'); "

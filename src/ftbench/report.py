@@ -346,8 +346,9 @@ patients; threshold-based ones (MCC, sensitivity, ...) at the threshold that max
 part. Few-shot regimes <code>k{K}</code> pool the repetitions of K-shot draws.</li>
 <li><b>Mean ± SD</b> are over the folds (and few-shot repetitions) of a (task, model, strategy, regime).</li>
 <li><b>95% CIs</b> are percentile bootstraps (scipy.stats.bootstrap, {resamples} resamples) of that mean, drawing
-patients with replacement so that all images of a patient move together; models and thresholds stay fixed, so the
-CI describes test-sample uncertainty, not training variability (that is the SD).</li>
+patients with replacement within each class, so that all images of a patient move together and the class balance
+stays; models and thresholds stay fixed, so the CI describes test-sample uncertainty, not training variability
+(that is the SD). A fold that a resample leaves without one class is left out of that resample's mean.</li>
 <li><b>Friedman test</b> (scipy) per model family, regime and metric compares the strategies over blocks; a block
 is one test fold of one task seen by one model of the family (repetitions averaged), and only blocks where every
 strategy has a result enter. <b>Nemenyi</b> post-hoc p-values (scikit-posthocs) draw the critical-difference
