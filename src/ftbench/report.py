@@ -49,6 +49,7 @@ figcaption{color:var(--muted);font-size:12.5px;max-width:62rem;margin-top:.3rem}
 figcaption b{color:var(--fg)}
 .note{background:#fff8c5;border:1px solid #eac54f;border-radius:6px;padding:.45rem .8rem;max-width:62rem}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:.4rem 1.4rem;align-items:start}
+.grid table{width:100%}
 .bar{display:inline-block;height:.75em;background:#8cb4e0;border-radius:2px;vertical-align:-1px}
 details summary{cursor:pointer;color:#0969da;margin:.3rem 0}
 code{background:var(--soft);padding:0 .25em;border-radius:3px;font-size:12.5px}
