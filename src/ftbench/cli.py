@@ -111,27 +111,59 @@ def cmd_embed(args) -> None:
 def cmd_aggregate(args) -> None:
     from ftbench import aggregate
 
-    cells = aggregate.collect(args.jobs)
-    summary = aggregate.summarise(cells)
-    cells.write_parquet(args.cells_out)
-    summary.write_parquet(args.summary)
+    grid = Path(args.grid).read_text().split() if args.grid else None
+    cells, predictions = aggregate.collect(aggregate.discover(args.cells_root, grid))
+    summary = aggregate.summarise(cells, predictions, args.bootstrap, args.seed)
+    for frame, path in ((cells, args.cells_out), (predictions, args.predictions_out), (summary, args.summary)):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(path)
     summary.write_csv(Path(args.summary).with_suffix(".csv"))
+    log.info("aggregated %d cells (%d ok) into %d summary rows", cells.height,
+             cells.filter(cells["status"] == "ok").height, summary.height)
+
+
+def cmd_stats(args) -> None:
+    import polars as pl
+
+    from ftbench import stats
+
+    stats.compare(pl.read_parquet(args.cells), alpha=args.alpha).write(args.out_dir)
+
+
+def job_of_cell(cell: str) -> str:
+    """The training job (log name) of a cell path: its first four parts (see ``grid.Cell.path``)."""
+    return "/".join(cell.split("/")[:4])
+
+
+def missing_cells(expected: list[str], have: set[str], logs: str | None) -> "pl.DataFrame":
+    """The grid's cells without a result, each with the last line of its training log (None: no log)."""
+    import polars as pl
+
+    rows = []
+    for cell in (c for c in expected if c not in have):
+        path = Path(logs, job_of_cell(cell) + ".log") if logs else None
+        lines = path.read_text(errors="replace").strip().splitlines() if path and path.is_file() else []
+        rows.append({"cell": cell, "log": lines[-1][-300:] if lines else None})
+    return pl.DataFrame(rows, schema={"cell": pl.String, "log": pl.String})
 
 
 def cmd_report(args) -> None:
     import polars as pl
 
-    from ftbench import aggregate, report
-    from ftbench.grid import Cell
+    from ftbench import report, stats
 
     cells = pl.read_parquet(args.cells)
-    reports = [json.loads(Path(p).read_text()) for p in args.data_reports]
-    rejects = {Path(p).parent.name: pl.read_csv(p).height for p in args.rejects}
-    have = {Cell(*key).path for key in cells.select(*aggregate.KEYS).iter_rows()} if cells.height else set()
-    missing = [c for c in (Path(args.expected).read_text().split() if args.expected else []) if c not in have]
-    page = report.build(cells, pl.read_parquet(args.summary), reports, rejects, missing, args.title)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(page, encoding="utf-8")
+    expected = Path(args.expected).read_text().split() if args.expected else []
+    res = report.Results(
+        cells=cells, summary=pl.read_parquet(args.summary), predictions=pl.read_parquet(args.predictions),
+        comparisons=stats.Comparisons.read(args.stats_dir),
+        data_reports=[json.loads(Path(p).read_text()) for p in args.data_reports],
+        rejects={Path(p).parent.name: pl.read_csv(p) for p in args.rejects},
+        missing=missing_cells(expected, set(cells["cell"].to_list()), args.logs),
+        alpha=args.alpha, resamples=args.bootstrap, title=args.title)
+    figs = report.write(res, args.out, args.figures_dir)
+    log.info("report %s: %d figures, %d cells missing, %d failed", args.out, len(figs), res.missing.height,
+             cells.filter(pl.col("status") != "ok").height)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -205,29 +237,37 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--embeddings", help="embedding cache to train a frozen-backbone strategy from")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("embed", help="cache a frozen backbone's features of every image of a store")
-    s.add_argument("--model", type=_json, required=True, help="the model's cell settings as JSON")
-    s.add_argument("--store", required=True)
-    s.add_argument("--weights", help="pretrained weights: a manifest of the weights stage, a file or a folder")
-    s.add_argument("--out", required=True)
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--threads", type=int, default=1)
-    s.set_defaults(func=cmd_embed)
-
-    s = sub.add_parser("aggregate", help="collect cells into one table and summarise over folds")
-    s.add_argument("--jobs", nargs="*", default=[], help="training job folders (each holds cell folders)")
+    s = sub.add_parser("aggregate", help="collect cells into tables and summarise them over folds")
+    s.add_argument("--cells-root", nargs="+", required=True,
+                   help="folders of cells (results/cells, and results/checkpoints for a partial report)")
+    s.add_argument("--grid", help="file listing the grid's cells (results/grid.txt): read only those")
     s.add_argument("--cells-out", required=True)
-    s.add_argument("--summary", required=True)
+    s.add_argument("--predictions-out", required=True)
+    s.add_argument("--summary", required=True, help="summary .parquet (a .csv is written beside it)")
+    s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the CIs (0: none)")
+    s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_aggregate)
 
-    s = sub.add_parser("report", help="write the self-contained HTML report")
+    s = sub.add_parser("stats", help="Friedman + Nemenyi and paired Wilcoxon + Holm across the grid")
+    s.add_argument("--cells", required=True)
+    s.add_argument("--alpha", type=float, default=0.05)
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(func=cmd_stats)
+
+    s = sub.add_parser("report", help="write the self-contained HTML report (and its figures as SVG files)")
     s.add_argument("--cells", required=True)
     s.add_argument("--summary", required=True)
+    s.add_argument("--predictions", required=True)
+    s.add_argument("--stats-dir", required=True)
     s.add_argument("--data-reports", nargs="*", default=[])
     s.add_argument("--rejects", nargs="*", default=[])
     s.add_argument("--expected", help="file listing every cell of the grid, to name the missing ones")
+    s.add_argument("--logs", help="folder of the training logs (results/logs/train), to say why a cell is missing")
+    s.add_argument("--alpha", type=float, default=0.05)
+    s.add_argument("--bootstrap", type=int, default=1000, help="resamples behind the CIs (for the methods text)")
     s.add_argument("--title", default="ftbench report")
     s.add_argument("--out", required=True)
+    s.add_argument("--figures-dir", help="also write each figure as <dir>/<kind>/<name>.svg")
     s.set_defaults(func=cmd_report)
     return p
 
