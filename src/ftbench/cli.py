@@ -237,6 +237,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--embeddings", help="embedding cache to train a frozen-backbone strategy from")
     s.set_defaults(func=cmd_train)
 
+    s = sub.add_parser("embed", help="cache a frozen backbone's features of every image of a store")
+    s.add_argument("--model", type=_json, required=True, help="the model's settings as JSON")
+    s.add_argument("--store", required=True)
+    s.add_argument("--weights", help="pretrained weights: a manifest of the weights stage, a file or a folder")
+    s.add_argument("--out", required=True)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=cmd_embed)
+
     s = sub.add_parser("aggregate", help="collect cells into tables and summarise them over folds")
     s.add_argument("--cells-root", nargs="+", required=True,
                    help="folders of cells (results/cells, and results/checkpoints for a partial report)")
