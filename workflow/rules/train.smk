@@ -1,6 +1,9 @@
 # Training cells: one job per (task, model, strategy, regime, fold).
 # params.settings holds only the cell's resolved settings (plus the training-code version), so editing
 # one strategy reruns only its cells, and refactoring code reruns nothing.
+# resources/group say what a cell asks of a cluster (src/ftbench/cluster.py); the Slurm profile adds the GPU.
+from ftbench import cluster
+
 CELL_BY_PATH = {cell.path: cell for cell in CELLS}
 
 
@@ -33,6 +36,11 @@ rule train:
         settings=lambda w: to_json(grid.cell_settings(config, cell_of(w))),
         fewshot=lambda w, input: f"--fewshot {input.fewshot}" if "fewshot" in input.keys() else "",
     threads: config["training"]["threads"]
+    resources:
+        runtime=lambda w, attempt: cluster.runtime_min(config, cell_of(w), attempt),
+        mem_mb=lambda w, attempt: cluster.mem_mb(config, cell_of(w), attempt),
+    group:
+        lambda w: cluster.group(cell_of(w))
     conda:
         "../../envs/ftbench.yaml"
     log:

@@ -1,0 +1,93 @@
+"""Rerun semantics: after a run, Snakemake plans exactly the cells whose definition changed.
+
+The workflow is copied to a temporary folder so that its sources can be edited like a developer would.
+"""
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from smk import DEMO, REDUCED, planned, snakemake, write_config
+
+pytestmark = pytest.mark.slow
+
+CELLS = {f"results/cells/synthetic_outcome/{model}/{strategy}/{regime}/fold{fold}"
+         for model in ["tiny_resnet"] for strategy in ["lp", "bitfit"] for regime in ["full", "k4r0"]
+         for fold in [0, 1]}
+DOWNSTREAM = {"aggregate": {"results"}, "report": {"results/report"}, "all": {""}}
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory) -> dict:
+    """A copy of the workflow and a finished run of the reduced demo."""
+    tmp = tmp_path_factory.mktemp("rerun")
+    repo = tmp / "repo"
+    shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".*", "__pycache__", "*.egg-info", "results", "resources",
+                                                              "tests"))
+    configs = ["--configfile", str(DEMO), str(write_config(tmp / "reduced.yaml", REDUCED))]
+    work = tmp / "work"
+    snakemake(repo, work, *configs, "--cores", "2")
+    return {"tmp": tmp, "repo": repo, "work": work, "configs": configs}
+
+
+def plan(done: dict, *extra_configs: Path, args: tuple[str, ...] = (), python: str | None = None) -> dict[str, set[str]]:
+    """The dry-run plan with the run's configs (plus extra ones) and extra Snakemake arguments."""
+    kwargs = {"python": python} if python else {}
+    return planned(snakemake(done["repo"], done["work"], *done["configs"], *map(str, extra_configs), "-n", *args,
+                             **kwargs))
+
+
+def test_nothing_to_do_after_the_run(done):
+    assert plan(done) == {}
+
+
+def test_changing_one_learning_rate_reruns_only_that_strategy(done):
+    lr = write_config(done["tmp"] / "lr.yaml", {"strategies": {"lp": {"kind": "lp", "lr": 0.05}}})
+    jobs = plan(done, lr)
+    assert jobs.pop("train") == {cell for cell in CELLS if "/lp/" in cell}
+    assert jobs == DOWNSTREAM
+
+
+def test_adding_a_model_runs_only_its_cells(done):
+    models = write_config(done["tmp"] / "models.yaml", {"benchmark": {"models": ["tiny_resnet", "tiny_vit"]}})
+    jobs = plan(done, models)
+    assert jobs.pop("train") == {cell.replace("tiny_resnet", "tiny_vit") for cell in CELLS}
+    # the list of expected cells is an input of the report: it is rewritten, nothing else upstream reruns
+    assert jobs == {**DOWNSTREAM, "grid_list": {"results"}}
+
+
+def test_refactoring_code_or_changing_the_interpreter_reruns_nothing(done):
+    for module in ("training.py", "grid.py", "strategies.py"):
+        path = done["repo"] / "src" / "ftbench" / module
+        path.write_text(path.read_text() + "\n# a refactor that keeps results bit-identical\n")
+    assert plan(done) == {}
+    # {FTBENCH} in the shell commands holds the interpreter path; Snakemake's code trigger compares the
+    # rule's command template, not the formatted command, so another path to the same Python changes nothing
+    other = next((str(p) for p in Path(sys.executable).parent.glob("python3*")
+                  if re.fullmatch(r"python3(\.\d+)?", p.name) and str(p) != sys.executable), None)
+    if other:
+        assert plan(done, python=other) == {}
+
+
+def test_forcing_one_cell(done):
+    cell = sorted(CELLS)[0]
+    jobs = plan(done, args=("--forcerun", f"{cell}/metrics.json"))
+    assert jobs.pop("train") == {cell}
+    assert jobs == DOWNSTREAM
+
+
+def test_bumping_the_training_version_reruns_every_cell(done):
+    init = done["repo"] / "src" / "ftbench" / "__init__.py"
+    original = init.read_text()
+    bumped, n = re.subn(r"TRAINING_VERSION = (\d+)", lambda m: f"TRAINING_VERSION = {int(m[1]) + 1}", original)
+    assert n == 1
+    init.write_text(bumped)
+    try:
+        jobs = plan(done)
+    finally:
+        init.write_text(original)
+    assert jobs.pop("train") == CELLS
+    assert jobs == DOWNSTREAM
