@@ -4,8 +4,8 @@
     python bench/dryrun.py --configfile X.yaml  # config.yaml overridden by X.yaml
 
 Plans the whole grid in an empty working directory (nothing is run) and prints:
-- the wall time of `snakemake -n --quiet` (parse + DAG + job stats), without and with the Slurm profile
-  (slurm/), as a user runs it, and of a dry run that also schedules every job;
+- the wall and CPU time of `snakemake -n --quiet` (parse + DAG + job stats), without and with the Slurm
+  profile (slurm/), and of a plain `snakemake -n` that lists every job, as a user runs them;
 - the jobs of the plan by rule, and the Slurm jobs they become with the profile's grouping, next to the
   count without grouping. Local rules and the target rule `all` run in the Snakemake process: not counted.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import resource
 import subprocess
 import sys
 import tempfile
@@ -25,13 +26,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed_dry_run(workdir: Path, *args: str) -> float:
-    """Seconds of `snakemake -n --quiet` in a fresh interpreter, as a user runs it."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "-n", "--quiet",
-           *args]
+def timed_dry_run(workdir: Path, *args: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of `snakemake -n ...` in a fresh interpreter, as a user runs it; CPU time does not
+    depend on what else the machine runs."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "-n", *args]
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
-    return time.perf_counter() - start
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - cpu.ru_utime) + (after.ru_stime - cpu.ru_stime)
 
 
 def planned_submissions(workdir: Path, *args: str) -> tuple[Counter, Counter, int]:
@@ -84,8 +88,9 @@ def main() -> None:
     config_args = ["--configfile", *extra] if extra else []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        plain = timed_dry_run(workdir, *config_args)
-        profiled = timed_dry_run(workdir, "--profile", "slurm", *config_args)
+        quiet = timed_dry_run(workdir, "--quiet", *config_args)
+        profiled = timed_dry_run(workdir, "--quiet", "--profile", "slurm", *config_args)
+        listed = timed_dry_run(workdir, *config_args)
         start = time.perf_counter()
         jobs, submitted, ungrouped = planned_submissions(workdir, *config_args)
         scheduled = time.perf_counter() - start
@@ -96,9 +101,14 @@ def main() -> None:
           f"({', '.join(f'{k} {n}' for k, n in submitted.most_common())})")
     print(f"Slurm jobs without grouping: {ungrouped}  "
           f"(grouping submits {ungrouped / sum(submitted.values()):.1f}x fewer jobs)")
-    print(f"`snakemake -n --quiet` (parse, DAG, job stats): {plain:.1f} s; with --profile slurm: {profiled:.1f} s "
-          f"(ratio {profiled / plain:.2f}); {1000 * plain / sum(jobs.values()):.2f} ms per job")
-    print(f"dry run that also schedules every job (`-n --quiet all --profile slurm`, in-process): {scheduled:.1f} s")
+    n = sum(jobs.values())
+    print(f"`snakemake -n --quiet` (parse, DAG, job stats): {quiet[0]:.1f} s wall, {quiet[1]:.1f} s CPU "
+          f"({1000 * quiet[1] / n:.2f} ms CPU per job)")
+    print(f"  with --profile slurm (+ grouping): {profiled[0]:.1f} s wall, {profiled[1]:.1f} s CPU "
+          f"(x{profiled[1] / quiet[1]:.2f} CPU)")
+    print(f"  `snakemake -n` listing every job: {listed[0]:.1f} s wall, {listed[1]:.1f} s CPU "
+          f"(x{listed[1] / quiet[1]:.2f} CPU)")
+    print(f"  in-process dry run scheduling every job (--profile slurm, the count above): {scheduled:.1f} s wall")
 
 
 if __name__ == "__main__":

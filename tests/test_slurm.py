@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -71,18 +70,23 @@ def _ok(*cmd: str) -> bool:
     return subprocess.run(cmd, capture_output=True).returncode == 0
 
 
-def _node_line() -> str:
-    """`NodeName=<hostname> CPUs=... RealMemory=...` of this machine, as slurmd measures it."""
+def _node() -> tuple[str, str]:
+    """This machine's node name and CPU layout, as slurmd sees them (`slurmd -C`)."""
     out = subprocess.run([_sbin("slurmd"), "-C"], capture_output=True, text=True, check=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("NodeName="))
-    return re.sub(r"^NodeName=\S+", f"NodeName={socket.gethostname()}", line)
+    name = line.split()[0].removeprefix("NodeName=")
+    cpus = " ".join(f for f in line.split()[1:] if f.split("=")[0] in ("CPUs", "Boards", "SocketsPerBoard",
+                                                                       "CoresPerSocket", "ThreadsPerCore"))
+    return name, cpus
 
 
 def _slurm_conf(state: Path) -> str:
-    host = socket.gethostname()
+    # The node is addressed by 127.0.0.1 (no DNS needed) and trusted for its memory (config_overrides), so
+    # the jobs' memory requests fit on a small machine too.
+    host, cpus = _node()
     return f"""{MARK}
 ClusterName=ftbench-test
-SlurmctldHost={host}
+SlurmctldHost={host}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -102,7 +106,8 @@ JobAcctGatherType=jobacct_gather/none
 MinJobAge=3600
 ReturnToService=2
 MpiDefault=none
-{_node_line()} State=UNKNOWN
+SlurmdParameters=config_overrides
+NodeName={host} NodeAddr=127.0.0.1 {cpus} RealMemory=32000 State=UNKNOWN
 PartitionName=local Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
 
