@@ -33,11 +33,10 @@ def done(tmp_path_factory) -> dict:
     return {"tmp": tmp, "repo": repo, "work": work, "configs": configs}
 
 
-def plan(done: dict, *extra_configs: Path, args: tuple[str, ...] = (), python: str | None = None) -> dict[str, set[str]]:
-    """The dry-run plan with the run's configs (plus extra ones) and extra Snakemake arguments."""
-    kwargs = {"python": python} if python else {}
-    return planned(snakemake(done["repo"], done["work"], *done["configs"], *map(str, extra_configs), "-n", *args,
-                             **kwargs))
+def plan(done: dict, *extra_configs: Path, args: tuple[str, ...] = (), python: str = sys.executable) -> dict:
+    """The dry-run plan (rule -> jobs) with the run's configs, extra ones and extra Snakemake arguments."""
+    configs = [*done["configs"], *map(str, extra_configs)]
+    return planned(snakemake(done["repo"], done["work"], *configs, "-n", *args, python=python))
 
 
 def test_nothing_to_do_after_the_run(done):
