@@ -206,9 +206,10 @@ def test_cells_ran_as_slurm_jobs(slurm_run):
     assert {"rule_dataset_table", "rule_folds", "rule_aggregate", "rule_report"} <= set(kinds)
     # the controller ran every one of them to a clean exit on the partition named in the environment
     completed = set(re.findall(r"_job_complete: JobId=(\d+) WEXITSTATUS 0", slurm_run["ctld"]))
-    allocated = set(re.findall(r"sched: Allocate JobId=(\d+) NodeList=\S+ #CPUs=\d+ Partition=local",
-                               slurm_run["ctld"]))
-    assert set(submitted) <= completed & allocated
+    # started by the main scheduler ("Allocate ... Partition=local") or by backfill ("Started ... in local")
+    started = {a or b for a, b in re.findall(r"Allocate JobId=(\d+) NodeList=\S+ #CPUs=\d+ Partition=local"
+                                              r"|Started JobId=(\d+) in local on", slurm_run["ctld"])}
+    assert set(submitted) <= completed & started
     history = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%i %T"], capture_output=True,
                              text=True, check=True).stdout
     states = dict(line.split() for line in history.splitlines())
