@@ -186,7 +186,9 @@ def slurm_run(slurm, tmp_path_factory):
         "--group-components", "fewshot_cells=2", "fewshot_splits=20",
         "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
         cwd=ROOT,  # `--profile slurm` is found in the repository root, as users run it
-        env={"FTBENCH_SLURM_PARTITION": "local"},
+        # the partition through the profile's environment variable; none of the caller's other settings
+        env={"FTBENCH_SLURM_PARTITION": "local", "FTBENCH_SLURM_ACCOUNT": "", "FTBENCH_SLURM_GPU_PARTITION": "",
+             "FTBENCH_SLURM_GPU_MODEL": ""},
     )
     return {"work": work, "log": proc.stdout + proc.stderr, "ctld": (slurm / "slurmctld.log").read_text()}
 
