@@ -177,12 +177,14 @@ def _stop(pid: int) -> None:
 
 @pytest.fixture(scope="module")
 def slurm_run(slurm, tmp_path_factory):
-    """The reduced demo through `--profile slurm`: CPU-only (no GPU asked), few-shot cells in batches of 2."""
+    """The reduced demo through `--profile slurm`: CPU-only, few-shot cells in batches of 2."""
     tmp = tmp_path_factory.mktemp("slurm_run")
     work = tmp / "work"
     proc = snakemake(
         ROOT, work, "--profile", "slurm", "--configfile", str(DEMO), str(write_config(tmp / "reduced.yaml", REDUCED)),
-        "--set-resources", "train:gpu=0",  # the test node has no GPU
+        # the README's recipe for CPU-only partitions: no GPU, and --cores (>= training.threads) stacks a
+        # batch's cells in series as the GPU limit does on GPU partitions
+        "--set-resources", "train:gpu=0", "--cores", "1",
         "--group-components", "fewshot_cells=2", "fewshot_splits=20",
         "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
         cwd=ROOT,  # `--profile slurm` is found in the repository root, as users run it
@@ -212,6 +214,10 @@ def test_cells_ran_as_slurm_jobs(slurm_run):
     started = {a or b for a, b in re.findall(r"Allocate JobId=(\d+) NodeList=\S+ #CPUs=\d+ Partition=local"
                                               r"|Started JobId=(\d+) in local on", slurm_run["ctld"])}
     assert set(submitted) <= completed & started
+    # a batch asks for the CPUs of one cell and the summed wall time of its cells (2 x 1 min)
+    for job in (job for job, kind in submitted.items() if kind.startswith("group_fewshot_cells")):
+        info = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+        assert "NumCPUs=1 " in info and "TimeLimit=00:02:00 " in info, info
     history = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%i %T"], capture_output=True,
                              text=True, check=True).stdout
     states = dict(line.split() for line in history.splitlines())
