@@ -24,6 +24,9 @@ def complete_cells_fingerprint(w) -> str:
     return digest.hexdigest()
 
 
+localrules: grid_list  # writes a text file: not worth a cluster job
+
+
 rule grid_list:
     output:
         "results/grid.txt",

@@ -2,6 +2,9 @@
 # repetitions) into results/cells/<task>/<model>/<strategy>/<group>/[r<R>/]fold<F>/.
 # params.job holds only the resolved settings of those cells (plus the training-code version), so
 # editing one strategy reruns only its jobs, and refactoring code reruns nothing.
+# resources/group say what a job asks of a cluster (src/ftbench/cluster.py); the Slurm profile adds the GPU.
+from ftbench import cluster
+
 JOBS = grid.jobs(config)
 JOB_BY_PATH = {job.path: job for job in JOBS}
 
@@ -40,6 +43,11 @@ rule train:
         weights=optional("weights", "weights"),
         fewshot=optional("fewshot", "fewshot"),
     threads: config["training"]["threads"]
+    resources:
+        runtime=lambda w, attempt: cluster.runtime_min(config, job_of(w), len(JOBS[job_of(w)]), attempt),
+        mem_mb=lambda w, attempt: cluster.mem_mb(config, job_of(w), attempt),
+    group:
+        lambda w: cluster.group(job_of(w))
     conda:
         "../../envs/ftbench.yaml"
     log:
