@@ -7,4 +7,4 @@ __version__ = "0.1.0"
 DATA_VERSION = 1  # dataset tables and image stores
 SPLIT_VERSION = 1  # folds and few-shot draws
 EMBEDDING_VERSION = 1  # embedding caches of frozen backbones
-TRAINING_VERSION = 1  # training cells
+TRAINING_VERSION = 2  # training cells (2: ViT adapters on linears only, not the patch embedding)
