@@ -9,7 +9,8 @@ from ftbench.config import ConfigError, validate
 
 def test_demo_and_default_configs_are_valid(demo_config):
     assert demo_config["validation"]["folds"] == 5  # default filled in by the schema
-    assert len(grid.cells(demo_config)) == 2 * 4 * 2 * 5
+    # 2 regimes x 5 folds x (7 strategies on both models + VPT on the ViT only)
+    assert len(grid.cells(demo_config)) == 2 * 5 * (2 * 7 + 1)
 
 
 @pytest.mark.parametrize("mutate, key", [

@@ -46,7 +46,7 @@ def test_entry_builds_the_published_architecture(key):
     assert features.shape == (2, entry.features) and model.head.in_features == entry.features
     blocks = backbones.blocks(model.backbone, entry)
     assert len(blocks) >= 4
-    targets = strategies.adapter_targets(model.backbone, entry.targets)
+    targets = strategies.adapter_targets(model.backbone, entry.targets, convs=entry.kind == "cnn")
     assert all(any(t == b or t.startswith(b + ".") for t in targets) for b in blocks)  # every block gets adapters
 
 
@@ -84,7 +84,7 @@ def test_any_timm_name_builds_with_generic_blocks_and_targets():
     with torch.device("meta"):
         assert backbones.blocks(backbones.build(cnn).backbone, cnn) == [f"stages.{i}" for i in range(4)]
         vit_model = backbones.build(vit)
-    assert strategies.adapter_targets(vit_model.backbone, vit.targets)[:4] == [
+    assert strategies.adapter_targets(vit_model.backbone, vit.targets, convs=False)[:4] == [
         "blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"]
 
 

@@ -7,5 +7,5 @@ __version__ = "0.1.0"
 DATA_VERSION = 2  # dataset tables and image stores (2: DICOM decoding, rejects.csv gains "kind")
 SPLIT_VERSION = 2  # folds and few-shot draws (2: validation schemes; validation part carved per class)
 EMBEDDING_VERSION = 1  # embedding caches of frozen backbones
-TRAINING_VERSION = 2  # training cells (2: LoRA targets of ViTs are the block linears only)
+TRAINING_VERSION = 2  # training cells (2: ViT adapters on block linears only, not the patch embedding)
 REPORT_VERSION = 1  # summary tables, statistics and the report

@@ -151,12 +151,9 @@ def build(entry: ZooEntry, state: State | None = None) -> Classifier:
 
 def blocks(backbone: nn.Module, entry: ZooEntry) -> list[str]:
     """Names of the backbone's blocks, input to output: the modules matching ``entry.blocks`` that hold parameters."""
-    regex = re.compile(entry.blocks)
-    names = [name for name, module in backbone.named_modules()
-             if regex.fullmatch(name) and next(module.parameters(), None) is not None]
-    if not names:
-        raise ValueError(f"no module of '{entry.name}' matches the block pattern {entry.blocks!r}")
-    return names
+    from ftbench.blocks import blocks as split
+
+    return [block.name for block in split(backbone, entry.blocks) if block.name != "stem"]
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -24,6 +24,18 @@ FOLD_COUNTS = {
     "loco": lambda v: len(v["centres"]),
 }
 
+# Strategy kinds that work on some backbone kinds only: kind -> (those backbone kinds, why not the others).
+# Every other kind of ftbench.strategies applies to CNNs and ViTs. Torch-free, so that the Snakefile leaves
+# such (model, strategy) pairs out of the grid; tests/test_strategies.py checks it against the strategies.
+KIND_LIMITS: dict[str, tuple[tuple[str, ...], str]] = {
+    "vera": (("vit",), "peft's VeRA adapts Linear layers only, and a CNN's adapter targets are convolutions"),
+    "fourierft": (("vit",), "peft's FourierFT adapts Linear layers only, and a CNN's adapter targets are convolutions"),
+    "oft": (("vit",), "peft's OFT on Conv2d rotates unfolded input patches and folds them back by summing overlaps: "
+                      "it is not the identity at initialisation and fails on feature maps smaller than the kernel"),
+    "ln_tuning": (("vit",), "it tunes LayerNorms, which a BatchNorm CNN does not have"),
+    "vpt": (("vit",), "prompts are extra tokens, and a CNN has no token sequence"),
+}
+
 TRAINING_KEYS = ("batch_size", "max_epochs", "patience", "lr", "weight_decay", "augment", "seed")
 
 
@@ -100,6 +112,12 @@ def model_kind(config: dict, model: str) -> str:
     return resolve(spec["arch"]).kind
 
 
+def not_applicable(strategy_kind: str, backbone_kind: str) -> str | None:
+    """Why a strategy kind cannot work on a backbone kind (see :data:`KIND_LIMITS`); None if it can."""
+    kinds, reason = KIND_LIMITS.get(strategy_kind, ((backbone_kind,), ""))
+    return None if backbone_kind in kinds else reason
+
+
 def excluded(config: dict) -> dict[tuple[str, str], str]:
     """(model, strategy) pairs left out of the grid, with the reason printed to the user."""
     out = {}
@@ -109,6 +127,8 @@ def excluded(config: dict) -> dict[tuple[str, str], str]:
             kind = model_kind(config, model)
             if allowed and kind not in allowed:
                 out[(model, strategy)] = f"strategy '{strategy}' applies to {allowed}, model '{model}' is a {kind}"
+            elif reason := not_applicable(spec["kind"], kind):
+                out[(model, strategy)] = f"strategy '{strategy}' ({spec['kind']}) does not apply to a {kind}: {reason}"
     return out
 
 

@@ -1,7 +1,9 @@
-"""Where fine-tuning strategies are set up: which parameters train and with which learning rates.
+"""Where fine-tuning strategies are set up: which parameters train, how fast, and what else the loop does.
 
-Each strategy is a function ``(model, spec, training) -> Plan`` in :data:`STRATEGIES`; it freezes or
-adapts the model in place and returns the optimizer parameter groups. The head always trains.
+Each strategy is a function ``(model, entry, spec, training) -> Plan`` in :data:`STRATEGIES`; it freezes
+or adapts the model in place and returns the optimizer parameter groups plus, where the strategy needs
+them, an extra loss term and per-epoch / per-step hooks that ``training.fit`` calls. The head always
+trains. Which backbone kinds a strategy applies to is declared torch-free in ``ftbench.grid``.
 """
 
 from __future__ import annotations
@@ -10,17 +12,47 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
+from ftbench import blocks, tuners
 from ftbench.backbones import Classifier
+from ftbench.grid import not_applicable
 from ftbench.zoo import ZooEntry
+
+NORM_LAYERS = (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm)
+
+
+class NotApplicable(ValueError):
+    """The strategy cannot work on this backbone (the grid leaves such pairs out; see ``grid.KIND_LIMITS``)."""
 
 
 @dataclass
 class Plan:
-    """What the training loop needs from a strategy."""
+    """What the training loop needs from a strategy.
+
+    ``param_groups`` hold every parameter the strategy ever trains (schedules may unfreeze some later;
+    AdamW skips a parameter while it has no gradient). Hooks receive the optimizer, whose groups are these.
+    """
 
     param_groups: list[dict]
+    penalty: Callable[[], torch.Tensor] | None = None  # added to each training batch's loss
+    on_epoch: Callable[[torch.optim.Optimizer, int], bool] | None = None  # before each epoch; True = new phase
+    on_step: Callable[[torch.optim.Optimizer, int, int], None] | None = None  # after each step: (step, total)
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The distinct parameters of the groups."""
+        return list({id(p): p for g in self.param_groups for p in g["params"]}.values())
+
+    def trains(self, module: nn.Module) -> bool:
+        """Whether any parameter of ``module`` trains at some point."""
+        mine = {id(p) for p in self.parameters()}
+        return any(id(p) in mine for p in module.parameters())
+
+
+def count_parameters(model: nn.Module, plan: Plan) -> tuple[int, int]:
+    """(parameters the strategy trains at some point, all parameters of the adapted model)."""
+    return sum(p.numel() for p in plan.parameters()), sum(p.numel() for p in model.parameters())
 
 
 def _freeze_backbone(model: Classifier) -> None:
@@ -37,9 +69,16 @@ def _trainable_backbone_group(model: Classifier, training: dict) -> dict:
             "name": "backbone"}
 
 
+def _backbone_and_head(model: Classifier, spec: dict, training: dict) -> Plan:
+    return Plan([_trainable_backbone_group(model, training), _head_group(model, spec, training)])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Strategies that choose which existing parameters train (S1, S2, S3)
+
 def fft(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     """Full fine-tuning: every parameter trains."""
-    return Plan([_trainable_backbone_group(model, training), _head_group(model, spec, training)])
+    return _backbone_and_head(model, spec, training)
 
 
 def lp(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
@@ -52,51 +91,360 @@ def bitfit(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Pl
     """BitFit: only the backbone's biases (and the head) train."""
     for name, p in model.backbone.named_parameters():
         p.requires_grad_(name.endswith("bias"))
-    return Plan([_trainable_backbone_group(model, training), _head_group(model, spec, training)])
+    return _backbone_and_head(model, spec, training)
 
 
-def adapter_targets(backbone: nn.Module, patterns: tuple[str, ...] | list[str]) -> list[str]:
-    """Names of the Linear / ungrouped Conv2d / MultiheadAttention modules whose full name matches one of ``patterns``.
+def last_block(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
+    """Last-block tuning: the top ``last_blocks`` blocks (with the final norm) and the head train."""
+    _freeze_backbone(model)
+    for block in blocks.blocks(model.backbone, entry.blocks or None)[-spec.get("last_blocks", 1):]:
+        for _, p in block.params:
+            p.requires_grad_(True)
+    return _backbone_and_head(model, spec, training)
 
-    peft adapts a MultiheadAttention (open_clip's CLIP blocks) on its fused q/k/v and its output projection.
+
+def llrd(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
+    """Layer-wise learning-rate decay: block k from the top learns at ``lr * lr_decay**k`` (head: k = 0)."""
+    decay, stack = spec.get("lr_decay", 0.75), blocks.blocks(model.backbone, entry.blocks or None)
+    groups = [{"params": [p for _, p in block.params], "lr": training["lr"] * decay ** (len(stack) - i),
+               "name": block.name} for i, block in enumerate(stack)]
+    return Plan(groups + [_head_group(model, spec, training)])
+
+
+def l2_sp(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
+    """L2-SP (Li et al. 2018): all train; the loss gets ``sp_alpha/2 * ||w - w0||^2`` over the backbone.
+
+    The head, which has no starting point, gets plain L2 as AdamW weight decay ``sp_beta``; the backbone
+    gets no weight decay (it would pull towards zero instead of towards the pretrained weights).
     """
+    alpha, params = spec.get("sp_alpha", 0.01), list(model.backbone.parameters())
+    starts = [p.detach().clone() for p in params]
+
+    def penalty() -> torch.Tensor:
+        if starts[0].device != params[0].device:  # the model moved to its device after the plan was made
+            starts[:] = [s.to(p.device) for s, p in zip(starts, params)]
+        return alpha / 2 * sum(((p - s) ** 2).sum() for p, s in zip(params, starts))
+
+    backbone = _trainable_backbone_group(model, training) | {"weight_decay": 0.0}
+    head = _head_group(model, spec, training) | {"weight_decay": spec.get("sp_beta", 0.01)}
+    return Plan([backbone, head], penalty=penalty)
+
+
+def lp_ft(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
+    """LP-FT (Kumar et al. 2022): ``lp_epochs`` of linear probing at ``lp_lr``, then every parameter
+    trains at the (small) ``lr`` from that head; early-stopping patience restarts with phase 2."""
+    _freeze_backbone(model)
+    lp_epochs, ft_head_lr = spec.get("lp_epochs", 5), _head_group(model, spec, training)["lr"]
+    head = _head_group(model, spec, training) | {"lr": spec.get("lp_lr", 10 * training["lr"])}
+    backbone = {"params": list(model.backbone.parameters()), "lr": training["lr"], "name": "backbone"}
+
+    def on_epoch(optimizer: torch.optim.Optimizer, epoch: int) -> bool:
+        if epoch != lp_epochs:
+            return False
+        for p in model.backbone.parameters():
+            p.requires_grad_(True)
+        for g in optimizer.param_groups:
+            if g["name"] == "head":
+                g["lr"] = ft_head_lr
+        return True
+
+    return Plan([backbone, head], on_epoch=on_epoch)
+
+
+def gradual_unfreezing(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
+    """Gradual unfreezing (Howard & Ruder 2018): the head alone first, then one more block from the top
+    every ``unfreeze_every`` epochs; early-stopping patience restarts at each unfreezing."""
+    _freeze_backbone(model)
+    every, stack = spec.get("unfreeze_every", 2), blocks.blocks(model.backbone, entry.blocks or None)
+    backbone = {"params": list(model.backbone.parameters()), "lr": training["lr"], "name": "backbone"}
+
+    def on_epoch(optimizer: torch.optim.Optimizer, epoch: int) -> bool:
+        opened = epoch // every
+        if epoch % every or not 1 <= opened <= len(stack):
+            return False
+        for _, p in stack[-opened].params:
+            p.requires_grad_(True)
+        return True
+
+    return Plan([backbone, _head_group(model, spec, training)], on_epoch=on_epoch)
+
+
+def _layers(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
+    """Each module's own parameters (a layer's weight and bias) as one entry, in registration order."""
+    out = [(name or "root", list(m.parameters(recurse=False))) for name, m in model.named_modules()]
+    return [(name, params) for name, params in out if params]
+
+
+def auto_rgn(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
+    """Auto-RGN (Lee et al. 2023): every layer is a group whose learning rate is rescaled each epoch by
+    its relative gradient norm |g|/|w|, averaged over the previous epoch's steps and divided by the
+    largest; the first epoch runs at the base rates, and a layer whose weights are all 0 (no relative
+    scale) keeps its base rate."""
+    head_lr = _head_group(model, spec, training)["lr"]
+    groups = [{"params": params, "lr": head_lr if name == "head" else training["lr"], "name": name}
+              for name, params in _layers(model)]
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    sums: dict = {"rgn": 0, "steps": 0}
+
+    @torch.no_grad()
+    def on_step(optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> None:
+        rgn = []
+        for g in optimizer.param_groups:
+            weight = torch.linalg.vector_norm(torch.stack([p.norm() for p in g["params"]]))
+            grad = torch.linalg.vector_norm(torch.stack(
+                [p.grad.norm() if p.grad is not None else p.new_zeros(()) for p in g["params"]]))
+            rgn.append(torch.where(weight > 0, grad / weight, torch.nan))
+        sums["rgn"] = sums["rgn"] + torch.stack(rgn).float()
+        sums["steps"] += 1
+
+    def on_epoch(optimizer: torch.optim.Optimizer, epoch: int) -> bool:
+        if sums["steps"]:
+            rgn = sums["rgn"] / sums["steps"]
+            known = ~torch.isnan(rgn)
+            top = rgn[known].max() if known.any() else rgn.new_zeros(())
+            scale = torch.where(known & (top > 0), rgn / top.clamp_min(1e-30), 1.0)
+            for g, s in zip(optimizer.param_groups, scale.tolist()):
+                g["lr"] = g["base_lr"] * s
+            sums.update(rgn=0, steps=0)
+        return False
+
+    return Plan(groups, on_epoch=on_epoch, on_step=on_step)
+
+
+def ln_tuning(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
+    """LayerNorm tuning (peft LN tuning): trainable copies of the LayerNorms' scales and shifts, + head."""
+    from peft import LNTuningConfig
+
+    names = [n for n, m in model.backbone.named_modules() if isinstance(m, nn.LayerNorm)]
+    if not names:
+        raise NotApplicable(f"'{entry.name}' has no LayerNorm")
+    _inject(model, LNTuningConfig(target_modules=_exactly(names)))
+    return _backbone_and_head(model, spec, training)
+
+
+def ssf(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
+    """SSF (Lian et al. 2022): a per-channel scale and shift after every adapter target, every
+    normalisation layer and, in a ViT, the patch embedding; only those (and the head) train."""
+    _freeze_backbone(model)
+    targets = adapter_targets(model.backbone, spec.get("target_modules") or entry.targets, convs=True)
+    norms = [n for n, m in model.backbone.named_modules() if isinstance(m, NORM_LAYERS)]
+    stem = [n for n, m in model.backbone.named_modules() if entry.kind == "vit" and isinstance(m, nn.Conv2d)]
+    tuners.add_ssf(model.backbone, sorted(set(targets) | set(norms) | set(stem)))
+    return _backbone_and_head(model, spec, training)
+
+
+def vpt(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
+    """VPT (Jia et al. 2022): ``prompt_tokens`` learnable tokens per block (``deep``) or before the first
+    block only; only the prompts and the head train."""
+    _freeze_backbone(model)
+    try:
+        tuners.add_prompts(model.backbone, spec.get("prompt_tokens", 10), spec.get("deep", True))
+    except TypeError as err:
+        raise NotApplicable(str(err)) from None
+    return _backbone_and_head(model, spec, training)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# peft adapters: the backbone is frozen, adapters on the zoo entry's target modules train (S1, S3)
+
+def adapter_targets(backbone: nn.Module, patterns: tuple[str, ...] | list[str], convs: bool) -> list[str]:
+    """Names of the Linear / MultiheadAttention (and with ``convs`` the ungrouped Conv2d) modules whose full
+    name matches one of ``patterns``. A ViT's adapters go on its attention and MLP linears only, not the patch
+    embedding; peft adapts a MultiheadAttention (open_clip's CLIP blocks) on its fused q/k/v and output."""
     regex = re.compile("|".join(f"(?:{p})" for p in patterns))
     names = [
         name for name, module in backbone.named_modules()
         if (isinstance(module, (nn.Linear, nn.MultiheadAttention))
-            or (isinstance(module, nn.Conv2d) and module.groups == 1))
+            or (convs and isinstance(module, nn.Conv2d) and module.groups == 1))
         and regex.fullmatch(name)
     ]
     if not names:
-        raise ValueError(f"no Linear/Conv2d/MultiheadAttention module matches the adapter targets {list(patterns)}")
+        kinds = "Linear/Conv2d" if convs else "Linear"
+        raise ValueError(f"no {kinds} module matches the adapter targets {list(patterns)}")
     return names
 
 
-def lora(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
-    """LoRA (peft) on the attention/MLP linears of a ViT or the convolutions of a CNN."""
-    from peft import LoraConfig, inject_adapter_in_model
+def _exactly(names: list[str]) -> str:
+    """A peft ``target_modules`` that selects exactly ``names`` (peft matches a list by name suffix,
+    so ``norm`` would also catch ``blocks.0.attn.norm``; a string is matched in full)."""
+    return "|".join(re.escape(n) for n in names)
+
+
+def _targets(model: Classifier, entry: ZooEntry, spec: dict) -> str:
+    return _exactly(adapter_targets(model.backbone, spec.get("target_modules") or entry.targets,
+                                    convs=entry.kind == "cnn"))
+
+
+def _inject(model: Classifier, config) -> nn.Module:
+    """Inject peft's adapter for ``config`` into the backbone in place; returns peft's tuner object.
+
+    The tuner class is called directly rather than through ``inject_adapter_in_model`` because VeRA
+    keeps its shared projections on it and AdaLoRA's rank allocation runs through it; the backbone
+    stays the same module with the same parameter names. peft marks only the adapters trainable.
+    """
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
+    return PEFT_TYPE_TO_TUNER_MAPPING[config.peft_type](model.backbone, config, "default")
+
+
+def _lora_config(spec: dict, targets: str, dora: bool = False):
+    from peft import LoraConfig
 
     rank = spec.get("rank", 8)
-    config = LoraConfig(
-        r=rank, lora_alpha=spec.get("alpha", 2 * rank), lora_dropout=spec.get("dropout", 0.0),
-        target_modules=adapter_targets(model.backbone, spec.get("target_modules") or entry.targets),
-    )
-    model.backbone = inject_adapter_in_model(config, model.backbone)
-    for name, p in model.backbone.named_parameters():
-        p.requires_grad_("lora_" in name)
-    return Plan([_trainable_backbone_group(model, training), _head_group(model, spec, training)])
+    return LoraConfig(r=rank, lora_alpha=spec.get("alpha", 2 * rank), lora_dropout=spec.get("dropout", 0.0),
+                      target_modules=targets, use_dora=dora)
+
+
+def lora(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
+    """LoRA (Hu et al. 2021): rank-``rank`` updates B·A (B starts at 0) on the targets."""
+    _inject(model, _lora_config(spec, _targets(model, entry, spec)))
+    return _backbone_and_head(model, spec, training)
+
+
+def dora(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
+    """DoRA (Liu et al. 2024): LoRA on the direction of each weight plus a trainable magnitude vector."""
+    _inject(model, _lora_config(spec, _targets(model, entry, spec), dora=True))
+    return _backbone_and_head(model, spec, training)
+
+
+def vera(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
+    """VeRA (Kopiczko et al. 2024): frozen random projections shared by all targets; only the scaling
+    vectors d (rank ``rank``) and b (output width, starts at 0) train."""
+    from peft import VeraConfig
+
+    _inject(model, VeraConfig(r=spec.get("rank", 256), vera_dropout=spec.get("dropout", 0.0),
+                              target_modules=_targets(model, entry, spec)))
+    return _backbone_and_head(model, spec, training)
+
+
+def ia3(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
+    """IA3 (Liu et al. 2022): a learned vector (starts at 1) rescales each target's output, or its input
+    for the feed-forward targets (``feedforward_modules``, default: the MLP's second linear)."""
+    from peft import IA3Config
+
+    targets = adapter_targets(model.backbone, spec.get("target_modules") or entry.targets, convs=entry.kind == "cnn")
+    ff = re.compile("|".join(f"(?:{p})" for p in spec.get("feedforward_modules", [r".*\.fc2"])))
+    _inject(model, IA3Config(target_modules=_exactly(targets),
+                             feedforward_modules=_exactly([t for t in targets if ff.fullmatch(t)])))
+    return _backbone_and_head(model, spec, training)
+
+
+def loha(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
+    """LoHa (Hyeon-Woo et al. 2022): the update is the Hadamard product of two rank-``rank`` products."""
+    from peft import LoHaConfig
+
+    rank = spec.get("rank", 8)
+    _inject(model, LoHaConfig(r=rank, alpha=spec.get("alpha", 2 * rank), module_dropout=spec.get("dropout", 0.0),
+                              target_modules=_targets(model, entry, spec)))
+    return _backbone_and_head(model, spec, training)
+
+
+def lokr(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
+    """LoKr (Yeh et al. 2024): the update is a Kronecker product, its larger factor of rank ``rank``."""
+    from peft import LoKrConfig
+
+    rank = spec.get("rank", 8)
+    _inject(model, LoKrConfig(r=rank, alpha=spec.get("alpha", 2 * rank), module_dropout=spec.get("dropout", 0.0),
+                              target_modules=_targets(model, entry, spec)))
+    return _backbone_and_head(model, spec, training)
+
+
+def oft(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
+    """OFT (Qiu et al. 2023): a block-diagonal orthogonal rotation (blocks of ``block_size``) of each
+    target's input, starting at the identity."""
+    from peft import OFTConfig
+
+    _inject(model, OFTConfig(r=0, oft_block_size=spec.get("block_size", 32), module_dropout=spec.get("dropout", 0.0),
+                             target_modules=_targets(model, entry, spec)))
+    return _backbone_and_head(model, spec, training)
+
+
+def boft(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
+    """BOFT (Liu et al. 2024): OFT whose orthogonal matrix is a product of ``butterfly_factor`` butterfly
+    factors of ``block_size`` blocks, plus a trainable output scale."""
+    from peft import BOFTConfig
+
+    _inject(model, BOFTConfig(boft_block_size=spec.get("block_size", 8),
+                              boft_n_butterfly_factor=spec.get("butterfly_factor", 1),
+                              boft_dropout=spec.get("dropout", 0.0), target_modules=_targets(model, entry, spec)))
+    return _backbone_and_head(model, spec, training)
+
+
+def fourierft(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
+    """FourierFT (Gao et al. 2024): ``n_frequency`` trainable spectral coefficients per target at fixed
+    random frequencies; the update is their inverse 2-D DFT times ``scaling``. Starts at 0 (identity)."""
+    from peft import FourierFTConfig
+
+    _inject(model, FourierFTConfig(n_frequency=spec.get("n_frequency", 1000), scaling=spec.get("scaling", 150.0),
+                                   init_weights=True, target_modules=_targets(model, entry, spec)))
+    return _backbone_and_head(model, spec, training)
+
+
+def adalora(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
+    """AdaLoRA (Zhang et al. 2023): SVD-shaped LoRA starting at rank ``init_rank`` whose rank budget is
+    pruned by importance to ``rank`` on average, between ``warmup_fraction`` and ``1 - final_fraction``
+    of the training steps; plus peft's orthogonality penalty on P and Q (``orth_reg_weight``)."""
+    from peft import AdaLoraConfig
+
+    rank = spec.get("rank", 8)
+    tuner = _inject(model, AdaLoraConfig(
+        target_r=rank, init_r=spec.get("init_rank", rank * 3 // 2), lora_alpha=spec.get("alpha", 2 * rank),
+        lora_dropout=spec.get("dropout", 0.0), target_modules=_targets(model, entry, spec),
+        total_step=1))  # the real step count is known in the loop: set at the first step
+    config = tuner.peft_config["default"]
+    factors = [(p, "lora_A" in n) for n, p in model.backbone.named_parameters() if "lora_A" in n or "lora_B" in n]
+    weight = spec.get("orth_reg_weight", 0.5)
+
+    def penalty() -> torch.Tensor:
+        gram = [p @ p.T if is_a else p.T @ p for p, is_a in factors]
+        return weight * torch.stack([torch.linalg.matrix_norm(g - torch.eye(len(g), device=g.device))
+                                     for g in gram]).mean()
+
+    def on_step(optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> None:
+        if step == 1:
+            config.total_step = total_steps
+            config.tinit = int(spec.get("warmup_fraction", 0.1) * total_steps)
+            config.tfinal = int(spec.get("final_fraction", 0.3) * total_steps)
+        tuner.update_and_allocate(step)
+
+    return Plan(_backbone_and_head(model, spec, training).param_groups, penalty=penalty, on_step=on_step)
 
 
 STRATEGIES: dict[str, Callable[[Classifier, ZooEntry, dict, dict], Plan]] = {
+    # S1
     "fft": fft,
     "lp": lp,
     "lora": lora,
+    "vera": vera,
+    "ia3": ia3,
     "bitfit": bitfit,
+    # S2
+    "lp_ft": lp_ft,
+    "gradual_unfreezing": gradual_unfreezing,
+    "l2_sp": l2_sp,
+    "auto_rgn": auto_rgn,
+    "llrd": llrd,
+    "last_block": last_block,
+    # S3
+    "dora": dora,
+    "loha": loha,
+    "lokr": lokr,
+    "adalora": adalora,
+    "oft": oft,
+    "boft": boft,
+    "fourierft": fourierft,
+    "ln_tuning": ln_tuning,
+    "ssf": ssf,
+    "vpt": vpt,
 }
 
 
 def apply(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     """Set ``model`` up for the strategy ``spec['kind']``; the head always trains."""
+    reason = not_applicable(spec["kind"], entry.kind)
+    if reason:
+        raise NotApplicable(f"strategy kind '{spec['kind']}' does not apply to '{entry.name}' ({entry.kind}): {reason}")
     plan = STRATEGIES[spec["kind"]](model, entry, spec, training)
     for p in model.head.parameters():
         p.requires_grad_(True)

@@ -115,12 +115,14 @@ def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], p
     optimizer = torch.optim.AdamW(plan.param_groups, weight_decay=training["weight_decay"])
     best = {"loss": math.inf, "epoch": -1, "state": None}
     history = []
-    frozen_backbone = not any(p.requires_grad for p in model.backbone.parameters())
     train, bs = parts["train"], training["batch_size"]
+    step, total_steps, phase_start = 0, training["max_epochs"] * math.ceil(len(train.x) / bs), 0
     for epoch in range(training["max_epochs"]):
         start = time.perf_counter()
+        if plan.on_epoch is not None and plan.on_epoch(optimizer, epoch):
+            phase_start = epoch  # a new phase (LP-FT, gradual unfreezing): patience restarts
         model.train()
-        if frozen_backbone:
+        if not any(p.requires_grad for p in model.backbone.parameters()):
             model.backbone.eval()  # a frozen feature extractor keeps its normalisation statistics
         order = torch.randperm(len(train.x), generator=generator)
         total, seen = 0.0, 0
@@ -128,11 +130,16 @@ def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], p
             idx = order[i:i + bs]
             logits = model(prep(train.x[idx], train=True))
             loss = F.cross_entropy(logits, train.y[idx].to(device), weight=weights)
+            if plan.penalty is not None:
+                loss = loss + plan.penalty()  # L2-SP, AdaLoRA's orthogonality
             if not torch.isfinite(loss):
                 raise Diverged(f"epoch {epoch}: training loss is {loss.item()}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            step += 1
+            if plan.on_step is not None:
+                plan.on_step(optimizer, step, total_steps)
             total += loss.item() * len(idx)
             seen += len(idx)
         recalibrate_batchnorm(model, train, prep, bs)
@@ -149,7 +156,7 @@ def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], p
                  history[-1]["seconds"])
         if val_loss < best["loss"] - 1e-6:
             best = {"loss": val_loss, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
-        elif epoch - best["epoch"] >= training["patience"]:
+        elif epoch - max(best["epoch"], phase_start - 1) >= training["patience"]:
             log.info("early stop: no validation improvement for %d epochs", training["patience"])
             break
     model.load_state_dict(best["state"])
@@ -207,7 +214,7 @@ def build_model(settings: dict, cached: bool, device: torch.device, weights_path
     model.init_head(seed)
     plan = strategies.apply(model, entry, strategy, training)
     # a frozen feature extractor sees un-augmented images, exactly as the embedding cache does
-    frozen = not any(p.requires_grad for p in model.backbone.parameters())
+    frozen = not plan.trains(model.backbone)
     prep = inputs.Preprocess(entry, device, training["augment"] and not frozen,
                               torch.Generator().manual_seed(seed))
     return model.to(device), plan, prep, 0, backbones.forward_gflops(model, entry.img_size)
@@ -232,7 +239,7 @@ def run_cell(settings: dict, task_table: str, split: str, store: str | None, out
         draw = pl.read_parquet(fewshot).filter(pl.col("repetition") == settings["regime"]["repetition"])
     parts = partitions(table, pl.read_parquet(split), settings["fold"], draw, source)
     model, plan, prep, frozen_params, gflops = build_model(settings, embeddings is not None, device, weights_path)
-    trainable, total = backbones.count_parameters(model)
+    trainable, total = strategies.count_parameters(model, plan)
     total += frozen_params
     log.info("cell %s: %s / %s / %s / fold %d | train %d, val %d, test %d images | %d of %d parameters train",
              settings["task"], model_spec["name"], strategy["name"], settings["regime"]["name"], settings["fold"],
