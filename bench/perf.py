@@ -48,10 +48,9 @@ def prepare(workdir: Path, patients: int, side: int) -> dict:
     split.write_parquet(workdir / "folds.parquet")
     draws = {}
     for k in (4, 16):
-        for rep in range(5):
-            path = workdir / f"k{k}r{rep}.parquet"
-            splits.fewshot(task, split, k, rep, 0, "bench").write_parquet(path)
-            draws[f"k{k}r{rep}"] = str(path)
+        path = workdir / f"k{k}.parquet"
+        splits.fewshot_draws(task, split, k, 5, 0, "bench").write_parquet(path)
+        draws.update({f"k{k}r{rep}": str(path) for rep in range(5)})
     return {"table": table, "store": str(store), "task": str(workdir / "task.parquet"),
             "split": str(workdir / "folds.parquet"), "draws": draws}
 

@@ -78,8 +78,7 @@ def cmd_fewshot(args) -> None:
     from ftbench import splits
 
     table, split = pl.read_parquet(args.task_table), pl.read_parquet(args.split)
-    draw = pl.concat([splits.fewshot(table, split, args.k, rep, args.seed, args.task).with_columns(
-        pl.lit(rep, pl.Int32).alias("repetition")) for rep in range(args.repetitions)])
+    draw = splits.fewshot_draws(table, split, args.k, args.repetitions, args.seed, args.task)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     draw.write_parquet(args.out)
 

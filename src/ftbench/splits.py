@@ -141,3 +141,10 @@ def fewshot(task_table: pl.DataFrame, split: pl.DataFrame, k: int, repetition: i
             order = rng.permutation(len(pool))
             rows += [(fold, pool[i]) for i in order[:k]]
     return pl.DataFrame(rows, schema={"fold": pl.Int32, "patient_id": pl.String}, orient="row")
+
+
+def fewshot_draws(task_table: pl.DataFrame, split: pl.DataFrame, k: int, repetitions: int, seed: int,
+                  task: str = "") -> pl.DataFrame:
+    """Every repetition's draw of K patients per class and fold, with a ``repetition`` column."""
+    return pl.concat([fewshot(task_table, split, k, rep, seed, task).with_columns(
+        pl.lit(rep, pl.Int32).alias("repetition")) for rep in range(repetitions)])
