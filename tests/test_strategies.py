@@ -108,6 +108,10 @@ def test_registry_grid_and_schema_name_the_same_kinds():
     enum = schema["properties"]["strategies"]["additionalProperties"]["properties"]["kind"]["enum"]
     assert sorted(enum) == sorted(strategies.STRATEGIES) == sorted(EXPECTED)
     assert set(grid.KIND_LIMITS) <= set(strategies.STRATEGIES)
+    # each kind has exactly one list of accepted keys in the schema
+    listed = [k for rule in schema["properties"]["strategies"]["additionalProperties"]["allOf"]
+              for k in rule["if"]["properties"]["kind"].get("enum", [rule["if"]["properties"]["kind"].get("const")])]
+    assert sorted(listed) == sorted(strategies.STRATEGIES)
     assert all(set(kinds) <= {"cnn", "vit"} and reason for kinds, reason in grid.KIND_LIMITS.values())
 
 
