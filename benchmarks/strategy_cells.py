@@ -57,7 +57,8 @@ def main() -> None:
     missing = [a for c in grid.cells(config) if c.fold == 0 for a in cell_inputs(config, c)[1::2]
                if not (ROOT / a).exists()]
     if missing:
-        sys.exit(f"prepare the demo inputs first (snakemake --configfile {args.preset} <files>): {sorted(set(missing))}")
+        sys.exit(f"prepare the demo inputs first (snakemake --configfile {args.preset} <files>): "
+                 f"{sorted(set(missing))}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:

@@ -41,9 +41,9 @@ def test_l2_sp_penalty_is_zero_at_the_start_and_grows_with_distance(arch):
     _step(model, plan, optimizer)
     first = plan.penalty().item()
     assert first > 0
+    start = backbones.build(resolve(arch, img_size=32)).backbone  # the same fixed-seed initialisation
     with torch.no_grad():
-        delta = sum((p - q).pow(2).sum() for p, q in zip(model.backbone.parameters(),
-                                                         backbones.build(resolve(arch, img_size=32)).backbone.parameters()))
+        delta = sum((p - q).pow(2).sum() for p, q in zip(model.backbone.parameters(), start.parameters()))
     assert first == pytest.approx(0.1 / 2 * delta.item(), rel=1e-4)  # alpha/2 * ||w - w0||^2 over the backbone
     decays = {g["name"]: g["weight_decay"] for g in optimizer.param_groups}
     assert decays == {"backbone": 0.0, "head": 0.05}  # no pull to zero for the backbone; plain L2 on the head
