@@ -12,6 +12,7 @@ configfile: str(Path(workflow.basedir) / "config.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/splits.smk"
+include: "workflow/rules/weights.smk"
 include: "workflow/rules/embeddings.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"

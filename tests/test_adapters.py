@@ -37,10 +37,11 @@ def _counts_from_csv(csv_path, label, positive, negative):
     import csv
 
     with open(csv_path, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["view"] in ("PA", "AP", "AP Supine") and r[label] in positive + negative]
+        frontal = [r for r in csv.DictReader(fh) if r["view"] in ("PA", "AP", "AP Supine")]
+    rows = [r for r in frontal if r[label] in positive + negative]
     images = {c: sum((r[label] in positive) == bool(c) for r in rows) for c in (0, 1)}
     patients = {c: len({r["patientid"] for r in rows if (r[label] in positive) == bool(c)}) for c in (0, 1)}
-    return images, patients
+    return images, patients, len(frontal) - len(rows)
 
 
 @pytest.mark.parametrize("label, positive, negative", [
@@ -51,9 +52,10 @@ def test_cohen_task_counts_match_metadata(cohen_sample, tmp_path, label, positiv
     spec = {"dataset": "cohen", "label": label, "positive": positive, "negative": negative,
             "filter": {"view": ["PA", "AP", "AP Supine"]}}
     rows, report = tasks.build(table, spec, label)
-    images, patients = _counts_from_csv(cohen_sample / "metadata.csv", label, positive, negative)
+    images, patients, unlabelled = _counts_from_csv(cohen_sample / "metadata.csv", label, positive, negative)
     assert report["images_per_class"] == {str(c): images[c] for c in (0, 1)}
     assert report["patients_per_class"] == {str(c): patients[c] for c in (0, 1)}
+    assert report["unlabelled_images"] == unlabelled  # empty labels are counted, not lost
 
 
 def test_cohen_sample_images_decode_into_a_store(cohen_sample, tmp_path):
@@ -107,3 +109,39 @@ def test_task_image_policy_first_and_last():
     last, _ = tasks.build(table, {"dataset": "d", "label": "y", "positive": ["1"], "images": "last"}, "t")
     assert sorted(first["image_id"]) == ["b", "c"] and sorted(last["image_id"]) == ["a", "d"]
     assert rep["images_policy"] == "first"
+
+
+def test_task_label_value_outside_the_declared_ones_names_value_and_image():
+    table = pl.DataFrame({"image_id": ["1", "2", "3"], "patient_id": ["a", "b", "c"], "file": ["f1", "f2", "f3"],
+                          "centre": [None] * 3, "view": ["PA"] * 3, "time": [0.0] * 3, "y": ["Y", "N", "maybe"]})
+    with pytest.raises(ValueError, match=r"column 'y' has value\(s\) \['maybe'\] outside .* image 3 \(f3\)"):
+        tasks.build(table, {"dataset": "d", "label": "y", "positive": ["N"], "negative": ["Y"]}, "t")
+    # empty values are unknown labels: counted, not an error
+    table = table.with_columns(pl.Series("y", ["Y", "N", ""]))
+    rows, report = tasks.build(table, {"dataset": "d", "label": "y", "positive": ["N"], "negative": ["Y"]}, "t")
+    assert rows.height == 2 and report["unlabelled_images"] == 1
+
+
+def test_data_report_states_choices_and_counts_per_class_centre_view_and_rejects(tmp_path):
+    import json
+
+    from ftbench import cli
+
+    spec = {"adapter": "synthetic", "synthetic": {"patients": 30, "side": 16, "corrupt": 2, "centres": 3}}
+    table, rejects = build_table("s", spec, tmp_path)
+    table.write_parquet(tmp_path / "table.parquet")
+    rejects.write_csv(tmp_path / "rejects.csv")
+    task = {"dataset": "s", "label": "outcome", "positive": ["poor"], "images": "last", "split_by": "patient"}
+    assert cli.main(["task", "--name", "t", "--spec", json.dumps(task), "--table", str(tmp_path / "table.parquet"),
+                     "--rejects", str(tmp_path / "rejects.csv"), "--out", str(tmp_path / "t.parquet"),
+                     "--report", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["images_policy"] == "last" and report["split_by"] == "patient"
+    assert report["negative"] == "every other non-empty value"
+    assert report["rejects"] == {"images": 2, "by_kind": {"unreadable image": 2}}
+    per_centre = report["patients_per_centre_and_class"]
+    assert set(per_centre) <= {"centre0", "centre1", "centre2"}
+    for cls in ("0", "1"):
+        assert sum(c[cls] for c in per_centre.values()) == report["patients_per_class"][cls]
+        assert report["images_per_view_and_class"]["PA"][cls] == report["images_per_class"][cls]
+    assert report["images_per_patient"] == {"1": sum(report["patients_per_class"].values())}

@@ -1,6 +1,7 @@
 """Config validation: every mistake fails at parse time with a message naming the key."""
 
 import pytest
+from conftest import ROOT
 
 from ftbench import grid
 from ftbench.config import ConfigError, validate
@@ -44,3 +45,60 @@ def test_cell_settings_change_only_with_their_own_definition(demo_config):
     differ = {p for p in before if before[p] != after[p]}
     assert differ and all("/lp/" in p for p in differ)
     assert len(differ) == sum("/lp/" in p for p in before)
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda c: c["validation"].update(scheme="bootstrap"), "validation.scheme"),
+    (lambda c: c["validation"].update(scheme="loco"), "tasks.synthetic_outcome.validation.centres"),
+    (lambda c: c["tasks"]["synthetic_outcome"].update(validation={"scheme": "loco", "centres": ["a"]}),
+     "tasks.synthetic_outcome.validation.centres"),
+    (lambda c: c["tasks"]["synthetic_outcome"].update(validation={"folds": 1}), "tasks.synthetic_outcome.validation.folds"),
+    (lambda c: c["datasets"]["aiforcovid"].pop("path"), "datasets.aiforcovid.path"),
+    (lambda c: c["datasets"].update(x={"adapter": "tcia", "collection": "OTHER"}), "datasets.x.clinical"),
+    (lambda c: c["datasets"]["nysbu"].update(path="/data/nysbu"), "datasets.nysbu.clinical.path"),
+])
+def test_bad_validation_and_dataset_keys_are_named(raw_config, mutate, key):
+    mutate(raw_config)
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        validate(raw_config)
+
+
+def test_fold_count_is_known_from_the_config_for_every_scheme(raw_config):
+    from ftbench.config import task_validation
+
+    raw_config["tasks"]["synthetic_outcome"]["validation"] = {"scheme": "loco", "centres": ["c0", "c1", "c2"]}
+    config = validate(raw_config)
+    assert task_validation(config, "synthetic_outcome") == {"scheme": "loco", "centres": ["c0", "c1", "c2"],
+                                                           "val_fraction": 0.2, "seed": 0}
+    assert {c.fold for c in grid.cells(config)} == {0, 1, 2}
+    config["tasks"]["synthetic_outcome"]["validation"] = {"scheme": "holdout"}
+    assert task_validation(config, "synthetic_outcome")["test_fraction"] == 0.2
+    assert {c.fold for c in grid.cells(config)} == {0}
+
+
+def test_protocol_config_declares_the_six_tasks_of_the_first_study():
+    from ftbench.config import load, task_validation
+
+    config = load(ROOT / "config.yaml", ROOT / "workflow" / "presets" / "protocol.yaml")
+    assert {config["tasks"][t]["dataset"] for t in config["benchmark"]["tasks"]} == {
+        "aiforcovid", "nysbu", "covid19_ar", "cohen"}
+    assert task_validation(config, "afc_severity")["centres"] == list("ABCDEF")
+    assert grid.fold_count(config, "afc_death") == 6 and grid.fold_count(config, "nysbu_icu") == 5
+    default = load(ROOT / "config.yaml")
+    assert not {config["tasks"][t]["dataset"] for t in default["benchmark"]["tasks"]} & {"aiforcovid"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", [None, "protocol.yaml"])
+def test_dry_run_plans_the_grid_without_any_data(tmp_path, preset):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = ["--configfile", str(ROOT / "workflow" / "presets" / preset)] if preset else []
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
+                           "-n", "--quiet", "rules", *args], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "download_dataset" in proc.stdout + proc.stderr

@@ -2,12 +2,14 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
+from browser import visit
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -48,8 +50,36 @@ def test_demo_produces_report_and_all_cells(demo_run):
     assert run["trainable_params"] > 0 and run["versions"]["torch"]
     # the strong synthetic signal is learnt: the best full-data strategy is far above chance
     assert summary.filter(pl.col("regime_group") == "full")["mcc_mean"].max() >= 0.7
+    assert summary["mcc_ci_low"].is_not_null().all()  # patient-bootstrap CIs
+    friedman = pl.read_csv(results / "stats" / "friedman.csv")
+    assert friedman.height == 8 and friedman["p_value"].is_not_null().all()  # 2 families x 2 regimes x 2 metrics
+    assert len(list((results / "report" / "figures").rglob("*.svg"))) == 8
+
+
+def test_demo_report_opens_offline_in_chromium(demo_run, tmp_path):
+    page = demo_run / "results" / "report" / "index.html"
+    seen = visit(page, tmp_path / "profile", tmp_path / "demo_report.png")
+    assert seen.console_errors == []
+    assert [u for u in seen.requests if not u.startswith("data:")] == [page.resolve().as_uri()]
+    assert (tmp_path / "demo_report.png").stat().st_size > 20_000
+
+
+def test_snakemake_report_holds_the_figures(demo_run):
+    snakemake(demo_run, "--report", "smk_report.html")
+    html = (demo_run / "smk_report.html").read_text()
+    assert "Critical-difference diagrams of MCC" in html  # a figure's caption, from ftbench.captions
 
 
 def test_second_run_has_nothing_to_do(demo_run):
     proc = snakemake(demo_run, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_partial_report_lists_the_cells_a_stopped_run_lacks(demo_run):
+    """After cells are lost (a job killed, a node gone), `snakemake report_partial` reports the rest, trains nothing."""
+    lost = "synthetic_outcome/tiny_vit/lp/k4r0/fold3"
+    shutil.rmtree(demo_run / "results" / "cells" / lost)
+    proc = snakemake(demo_run, "--cores", "2", "report_partial")
+    assert "rule train" not in proc.stdout + proc.stderr
+    html = (demo_run / "results" / "partial" / "report" / "index.html").read_text()
+    assert "Missing cells (1)" in html and lost in html and ">79</b>cells done" in html

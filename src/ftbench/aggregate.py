@@ -1,51 +1,150 @@
-"""Collect the cells' outputs into one table and summarise them over folds and repetitions."""
+"""Collect the cells' outputs into tables and summarise them over folds and repetitions.
+
+Works on whatever cells exist: a cell is identified by its directory (see ``grid.Cell.path``), so a cell whose files cannot be read is still listed,
+as failed, with the reason.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import polars as pl
 
+from ftbench import stats
+from ftbench.zoo import resolve
+
 KEYS = ("task", "model", "strategy", "regime", "fold")
+GROUP = ("task", "model", "strategy", "regime_group")
 HEADLINE = ("mcc", "pr_auc", "roc_auc", "balanced_accuracy", "f1", "sensitivity", "specificity", "brier", "ece",
             "mcc@0.5")
-RUN_FIELDS = ("trainable_params", "total_params", "trainable_fraction", "wall_seconds", "peak_memory_mb", "device")
+CELL_FACTS = ("threshold", "n_test", "positive_rate")
+RUN_FIELDS = ("trainable_params", "total_params", "trainable_fraction", "gflops", "wall_seconds", "peak_memory_mb",
+              "device")
+CELL_FILES = ("metrics.json", "run.json", "predictions.parquet")
+PREDICTION_COLUMNS = {"image_id": pl.String, "patient_id": pl.String, "label": pl.Int64, "centre": pl.String,
+                      "prob": pl.Float64}
 
 
-def collect(cell_dirs: list[str | Path]) -> pl.DataFrame:
-    """One row per cell: its keys, status, metrics and cost (from metrics.json and run.json)."""
-    rows = []
-    for cell in map(Path, cell_dirs):
-        row = json.loads((cell / "metrics.json").read_text())
-        run = json.loads((cell / "run.json").read_text())
-        row.update({k: run.get(k) for k in RUN_FIELDS})
-        rows.append(row)
-    if not rows:
-        return pl.DataFrame(schema={k: pl.String for k in KEYS})
-    frame = pl.DataFrame(rows, infer_schema_length=None)
-    for col in HEADLINE:
-        if col not in frame.columns:
-            frame = frame.with_columns(pl.lit(None, pl.Float64).alias(col))
+def discover(roots: list[str | Path], grid: list[str] | None = None) -> list[Path]:
+    """The cell directories under ``roots`` that hold all of a cell's files, the first root winning; with ``grid``
+    (cell paths as in ``results/grid.txt``) only those of the grid, so cells of an older config stay out.
+
+    The roots are ``results/cells`` and, for a partial report, ``results/checkpoints``, where the finished
+    cells of a job still running (or stopped) wait until the job completes.
+    """
+    found: dict[str, Path] = {}
+    for root in map(Path, roots):
+        cells = (root / cell for cell in grid) if grid is not None else (
+            d.parent for pattern in ("*/*/*/*/fold*/metrics.json", "*/*/*/*/r*/fold*/metrics.json")
+            for d in root.glob(pattern))
+        for d in cells:
+            if all((d / f).is_file() for f in CELL_FILES):
+                found.setdefault(d.relative_to(root).as_posix(), d)
+    return [found[key] for key in sorted(found)]
+
+
+CELL_PATH = re.compile(r"(?P<task>[^/]+)/(?P<model>[^/]+)/(?P<strategy>[^/]+)/(?P<group>full|k\d+)/"
+                       r"(?:r(?P<rep>\d+)/)?fold(?P<fold>\d+)$")
+
+
+def cell_keys(cell_dir: str | Path) -> dict:
+    """The cell's keys, read from its directory: ``<task>/<model>/<strategy>/full/fold<F>`` or, few-shot,
+    ``<task>/<model>/<strategy>/k<K>/r<R>/fold<F>`` (see ``grid.Cell.path``)."""
+    match = CELL_PATH.search(Path(cell_dir).as_posix())
+    if not match or (match["group"] == "full") != (match["rep"] is None):
+        raise ValueError(f"{cell_dir}: not a cell directory (expected <task>/<model>/<strategy>/full/fold<F> "
+                         "or <task>/<model>/<strategy>/k<K>/r<R>/fold<F>)")
+    regime = match["group"] if match["rep"] is None else f"{match['group']}r{match['rep']}"
+    return {"cell": match[0], "task": match["task"], "model": match["model"], "strategy": match["strategy"],
+            "regime": regime, "fold": int(match["fold"])}
+
+
+def family(run: dict) -> str:
+    """The model family the report groups by: the config's ``family``, else the zoo's, else 'unknown'."""
+    model = run.get("settings", {}).get("model", {})
+    if model.get("family"):
+        return model["family"]
+    try:
+        return resolve(model["arch"]).family
+    except (KeyError, TypeError):
+        return "unknown"
+
+
+def read_cell(cell_dir: Path) -> tuple[dict, pl.DataFrame | None]:
+    """One cell's row (keys, status, metrics, cost) and its test predictions (None unless the cell is ok)."""
+    row = cell_keys(cell_dir)
+    try:
+        metrics = json.loads((cell_dir / "metrics.json").read_text())
+        run = json.loads((cell_dir / "run.json").read_text())
+        preds = pl.read_parquet(cell_dir / "predictions.parquet") if metrics.get("status") == "ok" else None
+    except (OSError, ValueError, pl.exceptions.PolarsError) as err:
+        return row | {"status": "failed", "error": f"unreadable cell output: {err}", "family": "unknown"}, None
+    row |= {"status": metrics.get("status", "failed"), "error": metrics.get("error"), "family": family(run)}
+    row |= {k: metrics.get(k) for k in HEADLINE + CELL_FACTS} | {k: run.get(k) for k in RUN_FIELDS}
+    if preds is not None:
+        preds = preds.select([pl.col(c).cast(t) for c, t in PREDICTION_COLUMNS.items()]).with_columns(
+            pl.lit(row["cell"]).alias("cell"),
+            (pl.col("prob") >= metrics["threshold"]).cast(pl.Int8).alias("pred"))
+    return row, preds
+
+
+def _regime_columns(frame: pl.DataFrame) -> pl.DataFrame:
     k = pl.col("regime").str.extract(r"^k(\d+)r\d+$").cast(pl.Int32)
     return frame.with_columns(
         k.alias("k"),
-        pl.col("regime").str.extract(r"r(\d+)$").cast(pl.Int32).alias("repetition"),
-        pl.when(k.is_null()).then(pl.lit("full")).otherwise(pl.format("k{}", k)).alias("regime_group"),
-    ).sort(list(KEYS))
+        pl.col("regime").str.extract(r"^k\d+r(\d+)$").cast(pl.Int32).alias("repetition"),
+        pl.when(k.is_null()).then(pl.col("regime")).otherwise(pl.format("k{}", k)).alias("regime_group"))
 
 
-def summarise(cells: pl.DataFrame) -> pl.DataFrame:
-    """Mean and SD over folds (and few-shot repetitions) per (task, model, strategy, regime group)."""
+def collect(cell_dirs: list[str | Path]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One row per cell (keys, status, metrics, cost) and one row per test image of every ok cell."""
+    rows, preds = [], []
+    for cell_dir in map(Path, cell_dirs):
+        row, pred = read_cell(cell_dir)
+        rows.append(row)
+        if pred is not None:
+            preds.append(pred)
+    schema = {"cell": pl.String, **{k: pl.String for k in KEYS}, "fold": pl.Int64, "status": pl.String,
+              "error": pl.String, "family": pl.String, **{k: pl.Float64 for k in HEADLINE + CELL_FACTS},
+              "trainable_params": pl.Int64, "total_params": pl.Int64, "trainable_fraction": pl.Float64,
+              "gflops": pl.Float64,
+              "wall_seconds": pl.Float64, "peak_memory_mb": pl.Float64, "device": pl.String}
+    cells = _regime_columns(pl.DataFrame(rows, schema=schema, strict=False)).sort(list(KEYS))
+    keys = cells.select("cell", *KEYS, "regime_group", "family")
+    pred_schema = {**PREDICTION_COLUMNS, "cell": pl.String, "pred": pl.Int8}
+    predictions = pl.concat(preds) if preds else pl.DataFrame(schema=pred_schema)
+    predictions = keys.join(predictions, on="cell", how="inner").sort([*KEYS, "image_id"])
+    return cells, predictions
+
+
+def summarise(cells: pl.DataFrame, predictions: pl.DataFrame, n_resamples: int = 1000, seed: int = 0,
+              confidence: float = 0.95) -> pl.DataFrame:
+    """Per (task, model, strategy, regime group): mean and SD over folds (and few-shot repetitions) of every
+    metric, a patient-bootstrap CI of MCC and PR-AUC (``n_resamples`` 0: none), cost, and failed cells."""
+    group = list(GROUP)
     ok = cells.filter(pl.col("status") == "ok")
-    groups = ["task", "model", "strategy", "regime_group"]
-    aggs = [pl.len().alias("cells"),
-            pl.col("trainable_params").first(), pl.col("trainable_fraction").first(),
-            pl.col("wall_seconds").sum().alias("wall_seconds_total"), pl.col("peak_memory_mb").max()]
+    aggs = [pl.len().alias("cells"), pl.col("family").first(), pl.col("k").first(),
+            pl.col("trainable_params").first(), pl.col("total_params").first(), pl.col("trainable_fraction").first(),
+            pl.col("gflops").first(), (pl.col("wall_seconds").sum() / 3600).alias("compute_hours"), pl.col("peak_memory_mb").max(),
+            pl.col("device").unique().sort().str.join(",").alias("device")]
     for m in HEADLINE:
         aggs += [pl.col(m).mean().alias(f"{m}_mean"), pl.col(m).std().alias(f"{m}_sd")]
-    summary = ok.group_by(groups).agg(aggs)
-    failed = cells.filter(pl.col("status") != "ok").group_by(groups).agg(pl.len().alias("failed"))
-    return (summary.join(failed, on=groups, how="full", coalesce=True)
-            .with_columns(pl.col("failed").fill_null(0), pl.col("cells").fill_null(0))
-            .sort(groups))
+    aggs.append(pl.col("positive_rate").mean())
+    summary = ok.group_by(group).agg(aggs)
+    failed = (cells.filter(pl.col("status") != "ok").group_by(group)
+              .agg(pl.len().alias("failed"), pl.col("family").first().alias("family_failed")))
+    summary = (summary.join(failed, on=group, how="full", coalesce=True)
+               .with_columns(pl.col("failed").fill_null(0), pl.col("cells").fill_null(0),
+                             pl.col("family").fill_null(pl.col("family_failed")))
+               .drop("family_failed"))
+    ci_rows = []
+    if n_resamples and predictions.height:
+        for key, rows in predictions.group_by(group):
+            ci = stats.bootstrap_ci(rows.sort("cell", "image_id"), n_resamples, seed, confidence)
+            ci_rows.append(dict(zip(group, key)) | {f"{m}_ci_{end}": ci[m][i] for m in ci for i, end in
+                                                     enumerate(("low", "high"))})
+    ci_schema = {**{g: pl.String for g in group}, **{f"{m}_ci_{e}": pl.Float64 for m in stats.CI_METRICS
+                                                      for e in ("low", "high")}}
+    return summary.join(pl.DataFrame(ci_rows, schema=ci_schema), on=group, how="left").sort(group)

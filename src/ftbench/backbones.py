@@ -1,42 +1,118 @@
-"""Build a backbone from its zoo entry and put a binary classification head on it."""
+"""Build a backbone from its zoo entry (random or given weights) and put a binary classification head on it."""
 
 from __future__ import annotations
 
+import copy
+import itertools
+import logging
+import re
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ftbench.zoo import ZooEntry
 
+log = logging.getLogger("ftbench.backbones")
 
-def _timm(entry: ZooEntry) -> nn.Module:
+State = dict[str, torch.Tensor]
+
+
+class Pooled(nn.Module):
+    """A transformers vision model as a feature extractor: pixel values -> its pooled output."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.num_features = model.config.hidden_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).pooler_output
+
+
+def load_strict(module: nn.Module, state: State) -> None:
+    """Load ``state`` into ``module``; every tensor must be there, with its shape, and nothing else."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{len(missing)} tensors missing (e.g. {missing[:3]}), "
+                         f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+
+
+def _timm(entry: ZooEntry, state: State | None) -> nn.Module:
     import timm
 
-    kwargs = {"img_size": entry.img_size} if entry.kind == "vit" else {}
-    if entry.kind == "vit":
-        kwargs["global_pool"] = "token"  # the classifier reads the CLS token (protocol)
-    return timm.create_model(entry.name, pretrained=False, num_classes=0, **kwargs)
+    kwargs = {"global_pool": entry.pool} | ({"img_size": entry.img_size} if entry.kind == "vit" else {})
+    if state is None:
+        return timm.create_model(entry.name, pretrained=False, num_classes=0, **kwargs)
+    # timm loads the state itself, strictly, through the architecture's checkpoint filter (which e.g. resamples
+    # DINOv2's 518-px position embeddings to img_size); built with the checkpoint's classifier, then headless.
+    classifier = timm.models.get_pretrained_cfg_value(entry.name, "classifier") or "head"
+    classifier = classifier if isinstance(classifier, str) else classifier[0]
+    weight = state.get(f"{classifier}.weight")
+    num_classes = 0 if weight is None else weight.shape[0]
+    model = timm.create_model(entry.name, pretrained=True, num_classes=num_classes,
+                              pretrained_cfg_overlay={"state_dict": state, "num_classes": num_classes}, **kwargs)
+    model.reset_classifier(0, entry.pool)
+    return model
 
 
-# loader name -> function building the randomly initialised feature extractor (``num_features`` wide)
-LOADERS: dict[str, Callable[[ZooEntry], nn.Module]] = {
+def _open_clip(entry: ZooEntry, state: State | None) -> nn.Module:
+    """open_clip's own ViT vision tower alone (no text tower), without its contrastive projection.
+
+    Models whose vision tower is a timm model (e.g. BiomedCLIP) go through the timm loader, prefix "visual.trunk.".
+    """
+    import open_clip
+    from open_clip.model import _build_vision_tower
+    from open_clip.transformer import VisionTransformer
+
+    cfg = entry.options.get("model_cfg") or open_clip.get_model_config(entry.name)
+    if cfg is None:
+        raise KeyError(f"open_clip has no model config '{entry.name}' and the zoo entry gives none (options.model_cfg)")
+    vision_cfg = dict(cfg["vision_cfg"], image_size=entry.img_size)
+    tower = _build_vision_tower(cfg["embed_dim"], vision_cfg, quick_gelu=entry.options.get("quick_gelu", False))
+    if not isinstance(tower, VisionTransformer):
+        raise ValueError(f"open_clip '{entry.name}' has a {type(tower).__name__} vision tower; only its own "
+                         f"VisionTransformer is supported (timm towers: use the timm loader, prefix 'visual.trunk.')")
+    tower.proj = None
+    tower.num_features = tower.transformer.width
+    if state is not None:
+        load_strict(tower, state)
+    return tower
+
+
+def _transformers(entry: ZooEntry, state: State | None) -> nn.Module:
+    """A transformers vision model built from the entry's config (e.g. CLIPVisionModel); reads its pooled output."""
+    import transformers
+
+    model_class = getattr(transformers, entry.name)
+    config = model_class.config_class(**entry.options.get("config", {}), image_size=entry.img_size)
+    model = model_class(config)
+    if state is not None:
+        load_strict(model, state)
+    return Pooled(model)
+
+
+def _torchvision(entry: ZooEntry, state: State | None) -> nn.Module:
+    """A torchvision model whose classifier (``options['head']``) is replaced by the identity."""
+    import torchvision
+
+    model = torchvision.models.get_model(entry.name, weights=None)
+    head = entry.options.get("head", "fc")
+    model.num_features = getattr(model, head).in_features
+    setattr(model, head, nn.Identity())
+    if state is not None:
+        load_strict(model, state)
+    return model
+
+
+# loader name -> function building the feature extractor (``num_features`` wide) with random weights, or with
+# ``state`` (tensors already renamed to the backbone's keys) loaded strictly
+LOADERS: dict[str, Callable[[ZooEntry, State | None], nn.Module]] = {
     "timm": _timm,
+    "open_clip": _open_clip,
+    "transformers": _transformers,
+    "torchvision": _torchvision,
 }
-
-
-def load_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from a safetensors file or a plain state dict; never unpickles arbitrary objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weight file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
 class Classifier(nn.Module):
@@ -64,23 +140,50 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-def build(entry: ZooEntry, weights: str | Path | None = None) -> Classifier:
-    """The classifier for ``entry``; ``weights`` (a local file) replace the random initialisation.
-
-    The random initialisation has a fixed seed: a random-weight backbone is the same in every cell and
-    in the embedding cache, as a pretrained one would be.
-    """
+def build(entry: ZooEntry, state: State | None = None) -> Classifier:
+    """The classifier for ``entry``; ``state`` (see :func:`ftbench.weights.load`) replaces the random initialisation."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        backbone = LOADERS[entry.loader](entry)
-    if weights is not None:
-        missing, unexpected = backbone.load_state_dict(load_state(weights), strict=False)
-        if missing:
-            raise ValueError(f"weight file {weights} lacks {len(missing)} tensors of '{entry.name}', e.g. {missing[:3]}")
-    return Classifier(backbone, backbone.num_features)
+        torch.manual_seed(0)  # random-weight backbones are the same in every cell and in the embedding cache
+        backbone = LOADERS[entry.loader](entry, state)
+    # timm models with a pre-logits layer (VGG's fc6/fc7) output head_hidden_size features, not num_features
+    return Classifier(backbone, getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+
+
+def blocks(backbone: nn.Module, entry: ZooEntry) -> list[str]:
+    """Names of the backbone's blocks, input to output: the modules matching ``entry.blocks`` that hold parameters."""
+    from ftbench.blocks import blocks as split
+
+    return [block.name for block in split(backbone, entry.blocks) if block.name != "stem"]
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def forward_gflops(model: nn.Module, img_size: int) -> float | None:
+    """Forward GFLOPs for one image (torch's flop counter: 2 per multiply-add), counted on a meta-device copy.
+
+    The copy costs no memory or compute, and attention is counted as matrix products whatever fused kernel
+    (uncounted on CPU) the training device would pick. None, with a warning, if the model cannot run on meta.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # deepcopy takes the meta ghosts of the parameters and buffers from the memo instead of copying them. They are
+    # read in one pass over the modules: peft's MultiheadAttention re-registers new parameter objects on every
+    # traversal, so ids gathered by separate parameters() and buffers() calls would not all be current.
+    memo = {}
+    for module in model.modules():
+        for tensor in itertools.chain(module._parameters.values(), module._buffers.values()):
+            if tensor is not None:
+                ghost = torch.empty_like(tensor, device="meta")
+                memo[id(tensor)] = nn.Parameter(ghost, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else ghost
+    try:
+        ghost_model = copy.deepcopy(model, memo).eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            ghost_model(torch.zeros(1, 3, img_size, img_size, device="meta"))
+    except Exception as err:  # an efficiency figure must never fail the cell; the warning says what went wrong
+        log.warning("forward GFLOPs not counted: %s: %s", type(err).__name__, err)
+        return None
+    return counter.get_total_flops() / 1e9

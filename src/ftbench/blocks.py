@@ -34,19 +34,23 @@ class Block:
     params: list[tuple[str, nn.Parameter]] = field(default_factory=list)
 
 
-def blocks(backbone: nn.Module) -> list[Block]:
+def blocks(backbone: nn.Module, pattern: str | None = None) -> list[Block]:
     """``[stem, block_0, ..., block_N]``, input to output; every parameter is in exactly one block.
 
+    ``pattern`` (a zoo entry's ``blocks`` regex) names the blocks; without it the first of
+    ``BLOCK_PATTERNS`` that matches is used.
     Parameters registered before the first block (patch embedding, class token, ResNet stem) make the
     ``stem``; any other parameter outside the blocks joins the block before it, so the final norm of a
     ViT belongs to its last block. Blocks without parameters are left out.
     """
     names = [name for name, _ in backbone.named_modules() if name]
-    for pattern in BLOCK_PATTERNS:
-        regex = re.compile(pattern)
+    for candidate in (pattern,) if pattern else BLOCK_PATTERNS:
+        regex = re.compile(candidate)
         found = [name for name in names if regex.fullmatch(name)]
         if found:
             break
+    else:
+        raise ValueError(f"no module of the backbone matches the block pattern {pattern!r}")
     out = [Block("stem")] + [Block(name) for name in found]
     current = out[0]
     for name, param in backbone.named_parameters():

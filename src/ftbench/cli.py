@@ -16,11 +16,10 @@ def _json(text: str) -> dict:
 
 
 def cmd_download(args) -> None:
-    from ftbench.data.download import extract, fetch
+    from ftbench.data.adapters import download
 
-    archive = fetch(args.url, Path(args.out) / "archive", args.sha256)
-    extract(archive, args.out)
-    Path(args.done).write_text(args.url + "\n")
+    download(args.adapter, args.source, args.out)
+    Path(args.done).write_text(json.dumps(args.source, sort_keys=True) + "\n")
 
 
 def cmd_dataset(args) -> None:
@@ -48,7 +47,8 @@ def cmd_task(args) -> None:
 
     from ftbench.data import tasks
 
-    rows, report = tasks.build(pl.read_parquet(args.table), args.spec, args.name)
+    rejects = pl.read_csv(args.rejects, infer_schema=False) if args.rejects else None
+    rows, report = tasks.build(pl.read_parquet(args.table), args.spec, args.name, rejects)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     rows.write_parquet(args.out)
     Path(args.report).write_text(json.dumps(report, indent=1))
@@ -60,9 +60,13 @@ def cmd_folds(args) -> None:
 
     from ftbench import splits
 
-    split = splits.kfold(pl.read_parquet(args.task_table), args.folds, args.val_fraction, args.seed, args.task)
+    split, summary = splits.make(pl.read_parquet(args.task_table), args.validation, args.task)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     split.write_parquet(args.out)
+    Path(args.summary).write_text(json.dumps({"task": args.task, "validation": args.validation, "folds": summary}, indent=1))
+    for fold in summary:
+        log.info("task %s fold %d (test: %s): %s", args.task, fold["fold"], fold["test"],
+                 {k: v for k, v in fold.items() if k.endswith("_patients")})
 
 
 def cmd_fewshot(args) -> None:
@@ -70,23 +74,36 @@ def cmd_fewshot(args) -> None:
 
     from ftbench import splits
 
-    draw = splits.fewshot(pl.read_parquet(args.task_table), pl.read_parquet(args.split), args.k, args.repetition,
-                          args.seed, args.task)
+    table, split = pl.read_parquet(args.task_table), pl.read_parquet(args.split)
+    draw = pl.concat([splits.fewshot(table, split, args.k, rep, args.seed, args.task).with_columns(
+        pl.lit(rep, pl.Int32).alias("repetition")) for rep in range(args.repetitions)])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     draw.write_parquet(args.out)
 
 
-def cmd_train(args) -> None:
-    from ftbench.training import run_cell
+def cmd_weights(args) -> None:
+    from ftbench import weights
+    from ftbench.zoo import resolve
 
-    run_cell(args.settings, args.task_table, args.split, args.store, args.out_dir, args.fewshot, args.threads,
-             args.embeddings)
+    entry = resolve(args.arch, pretrained=True)
+    file = weights.fetch(args.model, entry, Path(args.out).parent)
+    weights.check(args.model, entry, file)
+    manifest = weights.write_manifest(args.out, args.model, entry, file)
+    log.info("model %s: %s (%d bytes, sha256 %s) from %s", args.model, file, manifest["bytes"], manifest["sha256"],
+             entry.source)
+
+
+def cmd_train(args) -> None:
+    from ftbench.training import run_job
+
+    run_job(args.job, args.task_table, args.split, args.store, args.out_dir, args.checkpoints, args.fewshot,
+            args.threads, args.embeddings, args.weights)
 
 
 def cmd_embed(args) -> None:
     from ftbench import embeddings
 
-    info = embeddings.build(args.model, args.store, args.out, args.batch_size, args.threads)
+    info = embeddings.build(args.model, args.store, args.out, args.batch_size, args.threads, weights_path=args.weights)
     log.info("embedding cache %s: %d images x %d features in %.1fs", args.out, info["images"], info["dim"],
              info["seconds"])
 
@@ -94,35 +111,68 @@ def cmd_embed(args) -> None:
 def cmd_aggregate(args) -> None:
     from ftbench import aggregate
 
-    cells = aggregate.collect(args.cells)
-    summary = aggregate.summarise(cells)
-    cells.write_parquet(args.cells_out)
-    summary.write_parquet(args.summary)
+    grid = Path(args.grid).read_text().split() if args.grid else None
+    cells, predictions = aggregate.collect(aggregate.discover(args.cells_root, grid))
+    summary = aggregate.summarise(cells, predictions, args.bootstrap, args.seed)
+    for frame, path in ((cells, args.cells_out), (predictions, args.predictions_out), (summary, args.summary)):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(path)
     summary.write_csv(Path(args.summary).with_suffix(".csv"))
+    log.info("aggregated %d cells (%d ok) into %d summary rows", cells.height,
+             cells.filter(cells["status"] == "ok").height, summary.height)
+
+
+def cmd_stats(args) -> None:
+    import polars as pl
+
+    from ftbench import stats
+
+    stats.compare(pl.read_parquet(args.cells), alpha=args.alpha).write(args.out_dir)
+
+
+def job_of_cell(cell: str) -> str:
+    """The training job (log name) of a cell path: its first four parts (see ``grid.Cell.path``)."""
+    return "/".join(cell.split("/")[:4])
+
+
+def missing_cells(expected: list[str], have: set[str], logs: str | None) -> "pl.DataFrame":
+    """The grid's cells without a result, each with the last line of its training log (None: no log)."""
+    import polars as pl
+
+    rows = []
+    for cell in (c for c in expected if c not in have):
+        path = Path(logs, job_of_cell(cell) + ".log") if logs else None
+        lines = path.read_text(errors="replace").strip().splitlines() if path and path.is_file() else []
+        rows.append({"cell": cell, "log": lines[-1][-300:] if lines else None})
+    return pl.DataFrame(rows, schema={"cell": pl.String, "log": pl.String})
 
 
 def cmd_report(args) -> None:
     import polars as pl
 
-    from ftbench import aggregate, report
+    from ftbench import report, stats
 
     cells = pl.read_parquet(args.cells)
-    reports = [json.loads(Path(p).read_text()) for p in args.data_reports]
-    rejects = {Path(p).parent.name: pl.read_csv(p).height for p in args.rejects}
-    have = {f"{t}/{m}/{s}/{r}/fold{f}" for t, m, s, r, f in cells.select(*aggregate.KEYS).iter_rows()} if cells.height else set()
-    missing = [c for c in (Path(args.expected).read_text().split() if args.expected else []) if c not in have]
-    page = report.build(cells, pl.read_parquet(args.summary), reports, rejects, missing, args.title)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(page, encoding="utf-8")
+    expected = Path(args.expected).read_text().split() if args.expected else []
+    res = report.Results(
+        cells=cells, summary=pl.read_parquet(args.summary), predictions=pl.read_parquet(args.predictions),
+        comparisons=stats.Comparisons.read(args.stats_dir),
+        data_reports=[json.loads(Path(p).read_text()) for p in args.data_reports],
+        rejects={Path(p).parent.name: pl.read_csv(p) for p in args.rejects},
+        missing=missing_cells(expected, set(cells["cell"].to_list()), args.logs),
+        alpha=args.alpha, resamples=args.bootstrap, title=args.title)
+    figs = report.write(res, args.out, args.figures_dir)
+    log.info("report %s: %d figures, %d cells missing, %d failed", args.out, len(figs), res.missing.height,
+             cells.filter(pl.col("status") != "ok").height)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ftbench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("download", help="fetch and unpack a dataset archive into resources/")
-    s.add_argument("--url", required=True)
-    s.add_argument("--sha256")
+    s = sub.add_parser("download", help="fetch a dataset's source into resources/ (resumable)")
+    s.add_argument("--adapter", required=True, help="the dataset's adapter (which download to run)")
+    s.add_argument("--source", type=_json, required=True, help="what to fetch, as JSON (adapters.download_source)")
     s.add_argument("--out", required=True)
     s.add_argument("--done", required=True, help="marker file written when complete")
     s.set_defaults(func=cmd_download)
@@ -145,62 +195,88 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--name", required=True)
     s.add_argument("--spec", type=_json, required=True)
     s.add_argument("--table", required=True)
+    s.add_argument("--rejects", help="the dataset's rejects.csv, summarised in the data report")
     s.add_argument("--out", required=True)
     s.add_argument("--report", required=True)
     s.set_defaults(func=cmd_task)
 
-    s = sub.add_parser("folds", help="stratified k-fold by patient with a validation part")
+    s = sub.add_parser("folds", help="folds by patient (kfold, holdout, loco) with a validation part")
     s.add_argument("--task", default="")
     s.add_argument("--task-table", required=True)
-    s.add_argument("--folds", type=int, default=5)
-    s.add_argument("--val-fraction", type=float, default=0.2)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--validation", type=_json, required=True, help="the task's validation settings as JSON")
     s.add_argument("--out", required=True)
+    s.add_argument("--summary", required=True, help="JSON: what each fold tests and its patients per part and class")
     s.set_defaults(func=cmd_folds)
 
-    s = sub.add_parser("fewshot", help="K training patients per class for each fold")
+    s = sub.add_parser("fewshot", help="K training patients per class for each fold and repetition")
     s.add_argument("--task", default="")
     s.add_argument("--task-table", required=True)
     s.add_argument("--split", required=True)
     s.add_argument("--k", type=int, required=True)
-    s.add_argument("--repetition", type=int, required=True)
+    s.add_argument("--repetitions", type=int, required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_fewshot)
 
-    s = sub.add_parser("train", help="train and evaluate one cell")
-    s.add_argument("--settings", type=_json, required=True, help="the cell's resolved settings as JSON")
+    s = sub.add_parser("weights", help="download a model's pretrained weights, check them, write their manifest")
+    s.add_argument("--model", required=True, help="the model's name in the config (named in every message)")
+    s.add_argument("--arch", required=True, help="zoo key or timm name whose weight source to fetch")
+    s.add_argument("--out", required=True, help="manifest to write (weights.json); the weights go into its folder")
+    s.set_defaults(func=cmd_weights)
+
+    s = sub.add_parser("train", help="train and evaluate the cells of one job")
+    s.add_argument("--job", type=_json, required=True, help="the job's resolved settings and cells as JSON")
     s.add_argument("--task-table", required=True)
     s.add_argument("--split", required=True)
     s.add_argument("--fewshot")
     s.add_argument("--store", help="image store (not needed with --embeddings)")
+    s.add_argument("--weights", help="pretrained weights: a manifest of the weights stage, a file or a folder")
     s.add_argument("--out-dir", required=True)
+    s.add_argument("--checkpoints", required=True, help="folder for finished cells and training state until the job ends")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--embeddings", help="embedding cache to train a frozen-backbone strategy from")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("embed", help="cache a frozen backbone's features of every image of a store")
-    s.add_argument("--model", type=_json, required=True, help="the model's cell settings as JSON")
+    s.add_argument("--model", type=_json, required=True, help="the model's settings as JSON")
     s.add_argument("--store", required=True)
+    s.add_argument("--weights", help="pretrained weights: a manifest of the weights stage, a file or a folder")
     s.add_argument("--out", required=True)
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(func=cmd_embed)
 
-    s = sub.add_parser("aggregate", help="collect cells into one table and summarise over folds")
-    s.add_argument("--cells", nargs="*", default=[], help="cell directories")
+    s = sub.add_parser("aggregate", help="collect cells into tables and summarise them over folds")
+    s.add_argument("--cells-root", nargs="+", required=True,
+                   help="folders of cells (results/cells, and results/checkpoints for a partial report)")
+    s.add_argument("--grid", help="file listing the grid's cells (results/grid.txt): read only those")
     s.add_argument("--cells-out", required=True)
-    s.add_argument("--summary", required=True)
+    s.add_argument("--predictions-out", required=True)
+    s.add_argument("--summary", required=True, help="summary .parquet (a .csv is written beside it)")
+    s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the CIs (0: none)")
+    s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_aggregate)
 
-    s = sub.add_parser("report", help="write the self-contained HTML report")
+    s = sub.add_parser("stats", help="Friedman + Nemenyi and paired Wilcoxon + Holm across the grid")
+    s.add_argument("--cells", required=True)
+    s.add_argument("--alpha", type=float, default=0.05)
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(func=cmd_stats)
+
+    s = sub.add_parser("report", help="write the self-contained HTML report (and its figures as SVG files)")
     s.add_argument("--cells", required=True)
     s.add_argument("--summary", required=True)
+    s.add_argument("--predictions", required=True)
+    s.add_argument("--stats-dir", required=True)
     s.add_argument("--data-reports", nargs="*", default=[])
     s.add_argument("--rejects", nargs="*", default=[])
     s.add_argument("--expected", help="file listing every cell of the grid, to name the missing ones")
+    s.add_argument("--logs", help="folder of the training logs (results/logs/train), to say why a cell is missing")
+    s.add_argument("--alpha", type=float, default=0.05)
+    s.add_argument("--bootstrap", type=int, default=1000, help="resamples behind the CIs (for the methods text)")
     s.add_argument("--title", default="ftbench report")
     s.add_argument("--out", required=True)
+    s.add_argument("--figures-dir", help="also write each figure as <dir>/<kind>/<name>.svg")
     s.set_defaults(func=cmd_report)
     return p
 

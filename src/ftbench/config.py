@@ -16,6 +16,12 @@ import yaml
 from ftbench.zoo import is_known_arch
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+# Adapters that only read a user's copy (no download): what their `path:` must point at.
+LOCAL_ONLY = {"manifest": "CSV path", "aiforcovid": "folder (registration-only dataset, see README)"}
+# The settings each validation scheme reads besides scheme, val_fraction and seed (splits.SCHEMES).
+SCHEME_KEYS = {"kfold": ("folds",), "holdout": ("test_fraction",), "loco": ("centres",)}
+# TCIA collections whose clinical sheet ftbench knows (ftbench.data.tcia.COLLECTIONS; kept torch-, polars-free here).
+KNOWN_COLLECTIONS = ("COVID-19-NY-SBU", "COVID-19-AR")
 
 
 class ConfigError(ValueError):
@@ -83,15 +89,44 @@ def check_references(config: dict) -> None:
                 f"(known: {', '.join(sorted(config['datasets']))})"
             )
     for name in bench["models"]:
-        arch = config["models"][name]["arch"]
-        if not is_known_arch(arch):
-            raise ConfigError(f"config key 'models.{name}.arch': unknown architecture '{arch}'")
+        spec = config["models"][name]
+        if not is_known_arch(spec["arch"]):
+            raise ConfigError(f"config key 'models.{name}.arch': unknown architecture '{spec['arch']}'")
+        if spec.get("weights") and not Path(spec["weights"]).exists():
+            raise ConfigError(f"config key 'models.{name}.weights': weight path {spec['weights']} does not exist")
     for name in bench["strategies"]:
         if config["strategies"][name].get("kind") is None:
             raise ConfigError(f"config key 'strategies.{name}.kind' is missing")
     for name, ds in config["datasets"].items():
-        if ds["adapter"] == "manifest" and not ds.get("path"):
-            raise ConfigError(f"config key 'datasets.{name}.path': the manifest adapter needs a CSV path")
+        if ds["adapter"] in LOCAL_ONLY and not ds.get("path"):
+            raise ConfigError(f"config key 'datasets.{name}.path': the {ds['adapter']} adapter reads a local copy, "
+                              f"give its {LOCAL_ONLY[ds['adapter']]}")
+        if ds["adapter"] == "tcia":
+            if not ds.get("collection"):
+                raise ConfigError(f"config key 'datasets.{name}.collection': the tcia adapter needs the collection name")
+            if ds.get("path") and not ds.get("clinical", {}).get("path"):
+                raise ConfigError(f"config key 'datasets.{name}.clinical.path': a local copy (path:) of a TCIA "
+                                  "collection needs its clinical spreadsheet as a local file too")
+            if ds["collection"] not in KNOWN_COLLECTIONS and not {"url", "path"} & set(ds.get("clinical", {})):
+                raise ConfigError(f"config key 'datasets.{name}.clinical': collection '{ds['collection']}' has no "
+                                  "clinical sheet known to ftbench; give clinical.url or clinical.path, and clinical.id_column")
+    for name in bench["tasks"]:
+        check_validation(task_validation(config, name), name)
+
+
+def task_validation(config: dict, task: str) -> dict:
+    """The validation settings of one task: the top-level ``validation`` with the task's own keys over it,
+    reduced to the keys its scheme uses (so that, as rule params, only a change that matters reruns)."""
+    merged = {**config["validation"], **config["tasks"][task].get("validation", {})}
+    keys = ("scheme", *SCHEME_KEYS[merged["scheme"]], "val_fraction", "seed")
+    return {key: merged[key] for key in keys if key in merged}
+
+
+def check_validation(validation: dict, task: str) -> None:
+    """What the schema cannot say: LOCO needs its centres listed (the grid must be known before the data)."""
+    if validation["scheme"] == "loco" and not validation.get("centres"):
+        raise ConfigError(f"config key 'tasks.{task}.validation.centres': the loco scheme needs the list of the "
+                          "task's centres (one fold each), so the grid is known without reading data")
 
 
 def selected(config: dict, kind: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ftbench import backbones, inputs
+from ftbench import backbones, inputs, weights
 from ftbench.data import store as image_store
 from ftbench.zoo import resolve
 
@@ -30,7 +30,8 @@ def compute(model: backbones.Classifier, pixels: np.ndarray, prep: inputs.Prepro
     return torch.cat(out).numpy()
 
 
-def build(model_spec: dict, store: str, out: str, batch_size: int = 64, threads: int = 1, device: str = "auto") -> dict:
+def build(model_spec: dict, store: str, out: str, batch_size: int = 64, threads: int = 1, device: str = "auto",
+          weights_path: str | None = None) -> dict:
     """Write the cache of ``store`` for the model ``model_spec`` (a cell's ``model`` settings)."""
     from ftbench.training import pick_device
 
@@ -38,7 +39,7 @@ def build(model_spec: dict, store: str, out: str, batch_size: int = 64, threads:
     started = time.perf_counter()
     dev = pick_device(device)
     entry = resolve(model_spec["arch"], model_spec.get("img_size"), model_spec.get("pretrained", False))
-    model = backbones.build(entry, model_spec.get("weights")).to(dev)
+    model = weights.build(model_spec["name"], entry, weights_path).to(dev)
     features = compute(model, image_store.load(store), inputs.Preprocess(entry, dev, augment=False), batch_size)
     out_path = Path(out)
     tmp = out_path.with_name(out_path.name + ".tmp.npy")

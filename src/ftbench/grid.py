@@ -10,11 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftbench import TRAINING_VERSION
-from ftbench.config import selected
+from ftbench.config import selected, task_validation
 from ftbench.zoo import resolve
 
 # Strategy kinds whose backbone stays frozen: their cells train from the embedding cache.
 CACHEABLE_KINDS = frozenset({"lp"})
+
+# How many folds a validation scheme makes, from the config alone (the grid is built before any data):
+# LOCO lists its centres in the config for exactly this reason (see splits.py).
+FOLD_COUNTS = {
+    "kfold": lambda v: v["folds"],
+    "holdout": lambda v: 1,
+    "loco": lambda v: len(v["centres"]),
+}
 
 # Strategy kinds that work on some backbone kinds only: kind -> (those backbone kinds, why not the others).
 # Every other kind of ftbench.strategies applies to CNNs and ViTs. Torch-free, so that the Snakefile leaves
@@ -33,6 +41,8 @@ TRAINING_KEYS = ("batch_size", "max_epochs", "patience", "lr", "weight_decay", "
 
 @dataclass(frozen=True)
 class Cell:
+    """One training run: (task, model, strategy, regime, fold)."""
+
     task: str
     model: str
     strategy: str
@@ -40,9 +50,38 @@ class Cell:
     fold: int
 
     @property
+    def job(self) -> "Job":
+        return Job(self.task, self.model, self.strategy, regime_group(self.regime))
+
+    @property
+    def leaf(self) -> str:
+        """The cell's folder inside its job's folder: ``fold{F}``, or ``r{R}/fold{F}`` for few-shot."""
+        regime = parse_regime(self.regime)
+        return f"fold{self.fold}" if regime["name"] == "full" else f"r{regime['repetition']}/fold{self.fold}"
+
+    @property
     def path(self) -> str:
-        """Directory of the cell under ``results/cells``; matches the wildcards of the train rule."""
-        return f"{self.task}/{self.model}/{self.strategy}/{self.regime}/fold{self.fold}"
+        """Folder of the cell under ``results/cells``."""
+        return f"{self.job.path}/{self.leaf}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one Snakemake job trains: every fold (and few-shot repetition) of (task, model, strategy, group).
+
+    Cells of a job share every setting but the fold and the draw, so grouping them loses no rerun
+    precision, while it keeps the full protocol grid to hundreds of jobs instead of tens of thousands
+    (Snakemake plans it in seconds; a cluster queue takes it), and loads data and weights once.
+    """
+
+    task: str
+    model: str
+    strategy: str
+    group: str  # "full" or "k{K}"
+
+    @property
+    def path(self) -> str:
+        return f"{self.task}/{self.model}/{self.strategy}/{self.group}"
 
 
 def regimes(config: dict) -> list[str]:
@@ -61,6 +100,11 @@ def parse_regime(regime: str) -> dict:
         return {"name": "full"}
     k, _, rep = regime[1:].partition("r")
     return {"name": regime, "k": int(k), "repetition": int(rep)}
+
+
+def regime_group(regime: str) -> str:
+    """``full`` -> ``full``; ``k4r0`` -> ``k4``: the regimes one job trains together."""
+    return regime if regime == "full" else regime.partition("r")[0]
 
 
 def model_kind(config: dict, model: str) -> str:
@@ -88,10 +132,15 @@ def excluded(config: dict) -> dict[tuple[str, str], str]:
     return out
 
 
+def fold_count(config: dict, task: str) -> int:
+    """The number of folds of a task under its validation scheme."""
+    validation = task_validation(config, task)
+    return FOLD_COUNTS[validation["scheme"]](validation)
+
+
 def cells(config: dict) -> list[Cell]:
     """Every training cell of the selected grid, in a stable order."""
     skip = excluded(config)
-    folds = config["validation"]["folds"]
     return [
         Cell(task, model, strategy, regime, fold)
         for task in config["benchmark"]["tasks"]
@@ -99,13 +148,13 @@ def cells(config: dict) -> list[Cell]:
         for strategy in config["benchmark"]["strategies"]
         if (model, strategy) not in skip
         for regime in regimes(config)
-        for fold in range(folds)
+        for fold in range(fold_count(config, task))
     ]
 
 
-def uses_cache(config: dict, cell: Cell) -> bool:
-    """Whether the cell trains from the (dataset, model) embedding cache instead of the images."""
-    kind = config["strategies"][cell.strategy]["kind"]
+def uses_cache(config: dict, strategy: str) -> bool:
+    """Whether the strategy's cells train from the (dataset, model) embedding cache instead of the images."""
+    kind = config["strategies"][strategy]["kind"]
     return config["training"].get("embedding_cache", True) and kind in CACHEABLE_KINDS
 
 
@@ -113,6 +162,7 @@ def model_settings(config: dict, model: str) -> dict:
     """The resolved settings of a model: what its cells and its embedding cache depend on."""
     spec = dict(config["models"][model], name=model)
     spec["img_size"] = model_img_size(config, model)
+    spec.pop("weights", None)  # a path: jobs get the file as an input, so its content, not its name, counts
     return spec
 
 
@@ -121,20 +171,32 @@ def model_img_size(config: dict, model: str) -> int:
     return spec.get("img_size") or resolve(spec["arch"]).img_size
 
 
-def cell_settings(config: dict, cell: Cell) -> dict:
-    """The resolved settings of one cell: everything that changes its result, nothing else."""
-    model = model_settings(config, cell.model)
-    strategy = dict(config["strategies"][cell.strategy], name=cell.strategy)
+def _shared_settings(config: dict, task: str, model: str, strategy: str) -> dict:
+    spec = dict(config["strategies"][strategy], name=strategy)
     training = {key: config["training"][key] for key in TRAINING_KEYS}
     for key in ("lr", "weight_decay", "max_epochs"):
-        if key in strategy:
-            training[key] = strategy.pop(key)
-    return {
-        "version": TRAINING_VERSION,
-        "task": cell.task,
-        "model": model,
-        "strategy": strategy,
-        "training": training,
-        "regime": parse_regime(cell.regime),
-        "fold": cell.fold,
-    }
+        if key in spec:
+            training[key] = spec.pop(key)
+    return {"version": TRAINING_VERSION, "task": task, "model": model_settings(config, model), "strategy": spec,
+            "training": training}
+
+
+def cell_settings(config: dict, cell: Cell) -> dict:
+    """The resolved settings of one cell: everything that changes its result, nothing else."""
+    return _shared_settings(config, cell.task, cell.model, cell.strategy) | {
+        "regime": parse_regime(cell.regime), "fold": cell.fold}
+
+
+def jobs(config: dict) -> dict[Job, list[Cell]]:
+    """The training jobs of the grid with their cells, in a stable order."""
+    out: dict[Job, list[Cell]] = {}
+    for cell in cells(config):
+        out.setdefault(cell.job, []).append(cell)
+    return out
+
+
+def job_settings(config: dict, job: Job, job_cells: list[Cell]) -> dict:
+    """The settings of a job: the shared ones, and each cell's regime, fold and folder."""
+    return _shared_settings(config, job.task, job.model, job.strategy) | {
+        "group": job.group,
+        "cells": [{"regime": parse_regime(c.regime), "fold": c.fold, "leaf": c.leaf} for c in job_cells]}

@@ -1,125 +1,449 @@
-"""The self-contained HTML report: one file, inline SVG figures and script, opens offline and prints."""
+"""The self-contained HTML report: one file, inline SVG figures and script, opens offline and prints.
+
+:func:`figures` draws every figure (also written as separate SVG files for ``snakemake --report``) and
+:func:`build` lays out the page. Both work on whatever cells exist: missing and failed cells are listed,
+figures without data are left out, statistics that a small grid cannot support say so.
+"""
 
 from __future__ import annotations
 
 import html
 import json
 import math
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import polars as pl
 
-from ftbench import __version__, plots
+from ftbench import __version__, aggregate, plots, stats
+from ftbench.captions import CAPTIONS
 
 STYLE = """
-body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1180px;margin:0 auto;padding:1rem 1.5rem;color:#1b1f24}
-h1{font-size:1.6rem;margin:.2rem 0}h2{border-bottom:1px solid #d0d7de;padding-bottom:.2rem;margin-top:2rem}
-nav a{margin-right:1rem}.muted{color:#57606a}.cards{display:flex;gap:.8rem;flex-wrap:wrap}
-.card{border:1px solid #d0d7de;border-radius:6px;padding:.5rem .9rem;min-width:8rem}.card b{display:block;font-size:1.3rem}
-table{border-collapse:collapse;font-size:12.5px;margin:.5rem 0}th,td{padding:.2rem .5rem;border-bottom:1px solid #eaeef2;text-align:right}
-th{background:#f6f8fa;cursor:pointer;position:sticky;top:0}td:first-child,th:first-child,td.t{text-align:left}
-figure{margin:.8rem 0}figcaption{color:#57606a;font-size:12.5px;max-width:60rem}svg{max-width:100%;height:auto}
-.bad{color:#cf222e}.wrap{max-height:32rem;overflow:auto}
-@media print{nav,.nop{display:none}th{position:static}.wrap{max-height:none;overflow:visible}h2{break-before:auto}figure{break-inside:avoid}}
+:root{--fg:#1b1f24;--muted:#57606a;--line:#d0d7de;--soft:#f6f8fa;--bad:#cf222e;--ok:#1a7f37;--warn:#9a6700}
+*{box-sizing:border-box}
+body{font:14px/1.5 system-ui,-apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;color:var(--fg);margin:0}
+main{max-width:1180px;margin:0 auto;padding:1rem 1.5rem 3rem}
+header{border-bottom:1px solid var(--line);padding-bottom:.6rem}
+h1{font-size:1.55rem;margin:.2rem 0}h2{font-size:1.25rem;border-bottom:1px solid var(--line);padding-bottom:.25rem;margin-top:2.2rem}
+h3{font-size:1.05rem;margin:1.4rem 0 .4rem}
+nav{position:sticky;top:0;background:#fff;z-index:2;padding:.45rem 0;border-bottom:1px solid var(--line);font-size:13px}
+nav a{margin-right:1rem;color:#0969da;text-decoration:none}nav a:hover{text-decoration:underline}
+.muted{color:var(--muted)}.small{font-size:12.5px}.bad{color:var(--bad)}.good{color:var(--ok)}
+.cards{display:flex;gap:.7rem;flex-wrap:wrap;margin:.8rem 0}
+.card{border:1px solid var(--line);border-radius:6px;padding:.45rem .85rem;min-width:8.5rem;background:#fff}
+.card b{display:block;font-size:1.35rem;line-height:1.3}
+.progress{display:flex;height:10px;border-radius:5px;overflow:hidden;background:var(--soft);max-width:40rem;border:1px solid var(--line)}
+.progress span{display:block;height:100%}
+.legend i{display:inline-block;width:.8em;height:.8em;border-radius:2px;margin:0 .25em 0 .8em;vertical-align:-1px}
+table{border-collapse:collapse;font-size:12.5px;margin:.4rem 0;font-variant-numeric:tabular-nums}
+th,td{padding:.22rem .55rem;border-bottom:1px solid #eaeef2;text-align:right;vertical-align:top;white-space:nowrap}
+td.long{white-space:normal;min-width:18rem;max-width:34rem}
+th{background:var(--soft);position:sticky;top:0;white-space:nowrap}
+table.sortable th{cursor:pointer}table.sortable th:after{content:' \\2195';color:#afb8c1;font-size:10px}
+th.asc:after{content:' \\25B2'!important;color:var(--fg)!important}th.desc:after{content:' \\25BC'!important;color:var(--fg)!important}
+td.t,th.t{text-align:left}tbody tr:hover{background:#f6f8fa}
+.wrap{max-height:30rem;overflow:auto;border:1px solid #eaeef2;border-radius:4px;display:inline-block;max-width:100%}
+figure{margin:1rem 0 1.6rem;break-inside:avoid}figure svg{max-width:100%;height:auto;display:block}
+figcaption{color:var(--muted);font-size:12.5px;max-width:62rem;margin-top:.3rem}
+figcaption b{color:var(--fg)}
+.note{background:#fff8c5;border:1px solid #eac54f;border-radius:6px;padding:.45rem .8rem;max-width:62rem}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:.4rem 1.4rem;align-items:start}
+.grid table{width:100%}
+.bar{display:inline-block;height:.75em;background:#8cb4e0;border-radius:2px;vertical-align:-1px}
+details summary{cursor:pointer;color:#0969da;margin:.3rem 0}
+code{background:var(--soft);padding:0 .25em;border-radius:3px;font-size:12.5px}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.1rem .9rem;margin:.3rem 0}dt{color:var(--muted)}dd{margin:0}
+@media print{nav,.nop{display:none}main{max-width:none;padding:0}th{position:static}
+ .wrap{max-height:none;overflow:visible;border:0;display:block}h2{break-after:avoid}h3{break-after:avoid}
+ body{font-size:11px}a{color:inherit;text-decoration:none}table{font-size:9px}
+ th,td{white-space:normal;padding:.1rem .3rem}td.long{min-width:0}table.sortable th:after{content:none}tr{break-inside:avoid}}
 """
 
-SORT_SCRIPT = """
-document.querySelectorAll('table.sortable th').forEach(function(th,i){th.addEventListener('click',function(){
- var t=th.closest('table'),b=t.tBodies[0],rows=Array.from(b.rows),asc=th.dataset.asc!=='1';th.dataset.asc=asc?'1':'0';
- rows.sort(function(x,y){var a=x.cells[i].dataset.v||x.cells[i].textContent,c=y.cells[i].dataset.v||y.cells[i].textContent;
+SCRIPT = """
+document.querySelectorAll('table.sortable th').forEach(function(th){th.addEventListener('click',function(){
+ var t=th.closest('table'),b=t.tBodies[0],rows=Array.from(b.rows),asc=!th.classList.contains('asc'),i=th.cellIndex;
+ t.querySelectorAll('th').forEach(function(h){h.classList.remove('asc','desc');});th.classList.add(asc?'asc':'desc');
+ rows.sort(function(x,y){var a=x.cells[i].dataset.v,c=y.cells[i].dataset.v;
+  if(a===''&&c!=='')return 1;if(c===''&&a!=='')return -1;
   var na=parseFloat(a),nc=parseFloat(c);var r=(isNaN(na)||isNaN(nc))?a.localeCompare(c):na-nc;return asc?r:-r;});
  rows.forEach(function(r){b.appendChild(r);});});});
+window.addEventListener('beforeprint',function(){document.querySelectorAll('details').forEach(function(d){d.open=true;});});
 """
+
+METRIC_COLUMNS = ("mcc", "pr_auc", "roc_auc", "balanced_accuracy", "sensitivity", "specificity", "brier", "ece")
+
+
+@dataclass
+class Figure:
+    kind: str  # a key of CAPTIONS; also the figure's folder for `snakemake --report`
+    name: str  # file stem: the task, or the metric
+    svg: str
+    note: str = ""  # what this instance adds to the kind's caption
+
+    @property
+    def caption(self) -> str:
+        return CAPTIONS[self.kind] + (f" {self.note}" if self.note else "")
+
+
+@dataclass
+class Results:
+    """Everything the report shows; any table may be empty."""
+
+    cells: pl.DataFrame
+    summary: pl.DataFrame
+    predictions: pl.DataFrame
+    comparisons: stats.Comparisons
+    data_reports: list[dict] = field(default_factory=list)
+    rejects: dict[str, pl.DataFrame] = field(default_factory=dict)
+    missing: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"cell": pl.String, "log": pl.String}))
+    alpha: float = 0.05
+    resamples: int = 1000  # bootstrap resamples behind the CIs (0: none)
+    title: str = "ftbench report"
+
+
+# --- small HTML pieces ----------------------------------------------------------------------------------
+
+def esc(value) -> str:
+    return html.escape(str(value))
 
 
 def _fmt(value) -> tuple[str, str]:
-    """(shown text, sort key) of a cell value."""
+    """(shown text, sort key) of a table value."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–", ""
+    if isinstance(value, bool):
+        return ("yes" if value else "no"), str(int(value))
     if isinstance(value, float):
-        return (f"{value:.3f}" if abs(value) < 1000 else f"{value:,.0f}"), repr(value)
+        shown = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}" if abs(value) < 0.001 and value else f"{value:.3f}"
+        return shown, repr(value)
     if isinstance(value, int):
         return f"{value:,}", str(value)
-    return html.escape(str(value)), html.escape(str(value))
+    return esc(value), esc(value)
 
 
-def table_html(frame: pl.DataFrame, text_columns: tuple[str, ...] = ()) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
+def table_html(frame: pl.DataFrame, sort_keys: dict[str, str] | None = None, sortable: bool = True) -> str:
+    """A table; ``sort_keys`` maps a shown text column to a hidden numeric column that orders it."""
+    sort_keys = sort_keys or {}
+    shown = [c for c in frame.columns if c not in sort_keys.values()]
+    text = {c for c in shown if frame[c].dtype == pl.String}
+    long = {c for c in text if (frame[c].str.len_chars().max() or 0) > 40}  # wrapped; the others stay on one line
+    cls = {c: "t long" if c in long else "t" if c in text else "" for c in shown}
+    head = "".join(f'<th class="{cls[c]}">{esc(c.replace("_", " "))}</th>' for c in shown)
     body = []
-    for row in frame.iter_rows():
+    for row in frame.iter_rows(named=True):
         tds = []
-        for col, value in zip(frame.columns, row):
-            shown, key = _fmt(value)
-            cls = ' class="t"' if col in text_columns or isinstance(value, str) else ""
-            tds.append(f'<td{cls} data-v="{key}">{shown}</td>')
+        for col in shown:
+            value, key = _fmt(row[col])
+            if col in sort_keys:
+                key = _fmt(row[sort_keys[col]])[1]
+            tds.append(f'<td class="{cls[col]}" data-v="{key}">{value}</td>')
         body.append("<tr>" + "".join(tds) + "</tr>")
-    return f'<div class="wrap"><table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    cls = ' class="sortable"' if sortable else ""
+    return f'<div class="wrap"><table{cls}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
-def _mean_sd(summary: pl.DataFrame, metrics: tuple[str, ...]) -> pl.DataFrame:
-    cols = [pl.col(c) for c in ("task", "model", "strategy", "regime_group", "cells", "failed")]
-    for m in metrics:
-        cols.append(pl.format("{} ± {}", pl.col(f"{m}_mean").round(3), pl.col(f"{m}_sd").round(3)).alias(m))
-    cols.append(pl.col("trainable_params"))
-    return summary.select(cols).rename({"regime_group": "regime"})
+def figure_html(fig: Figure) -> str:
+    return f'<figure id="fig-{esc(fig.kind)}-{esc(fig.name)}">{fig.svg}<figcaption>{esc(fig.caption)}</figcaption></figure>'
 
 
-def figure(svg: str | None, caption: str) -> str:
-    return f"<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>" if svg else ""
+def _num(value, digits: int) -> str:
+    return "–" if value is None or math.isnan(value) else f"{round(value, digits) + 0.0:.{digits}f}"  # no "-0.00"
 
 
-def build(cells: pl.DataFrame, summary: pl.DataFrame, data_reports: list[dict], rejects: dict[str, int],
-          missing: list[str], title: str = "ftbench report") -> str:
-    """The report page as one HTML string."""
-    ok = cells.filter(pl.col("status") == "ok") if cells.height else cells
-    failed = cells.filter(pl.col("status") != "ok") if cells.height else cells
-    compute_h = (cells["wall_seconds"].sum() / 3600) if cells.height else 0.0
+def with_text(summary: pl.DataFrame) -> pl.DataFrame:
+    """Add ``<metric>_text`` columns: '0.812 [0.74, 0.86]' for CI metrics, '0.812 ± 0.050' for the others."""
+    texts = {}
+    for m in METRIC_COLUMNS:
+        rows = summary.select([pl.col(f"{m}_{s}") if f"{m}_{s}" in summary.columns else pl.lit(None).alias(f"{m}_{s}")
+                               for s in ("mean", "sd", "ci_low", "ci_high")]).iter_rows()
+        texts[f"{m}_text"] = [
+            "–" if mean is None else f"{_num(mean, 3)} [{_num(low, 2)}, {_num(high, 2)}]"
+            if low is not None and not math.isnan(low) else f"{_num(mean, 3)} ± {_num(sd or 0.0, 3)}"
+            for mean, sd, low, high in rows]
+    return summary.with_columns(pl.Series(k, v, dtype=pl.String) for k, v in texts.items())
+
+
+# --- sections ---------------------------------------------------------------------------------------------
+
+def figures(res: Results) -> list[Figure]:
+    """Every figure the data allow, in page order."""
+    out: list[Figure] = []
+    summary = res.summary
+    style = plots.styles(summary)
     tasks = sorted(summary["task"].unique().to_list()) if summary.height else []
-    parts = [f"<h1>{html.escape(title)}</h1>",
-             f'<p class="muted">ftbench {__version__} · generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>',
-             '<nav class="nop"><a href="#summary">Run summary</a><a href="#tasks">Results per task</a>'
-             '<a href="#table">All results</a><a href="#data">Data</a></nav>',
-             '<h2 id="summary">Run summary</h2><div class="cards">',
-             f"<div class=card><b>{ok.height}</b>cells done</div>",
-             f"<div class=card><b class={'bad' if failed.height else ''}>{failed.height}</b>cells failed</div>",
-             f"<div class=card><b class={'bad' if missing else ''}>{len(missing)}</b>cells missing</div>",
-             f"<div class=card><b>{compute_h:.2f} h</b>compute (sum of cell wall time)</div>",
-             f"<div class=card><b>{sum(rejects.values())}</b>images rejected</div></div>"]
-    if failed.height:
-        parts.append("<h3>Failed cells</h3>" + table_html(failed.select("task", "model", "strategy", "regime", "fold", "error")))
-    if missing:
-        parts.append(f"<h3>Missing cells</h3><p>These cells of the grid have no result yet; the figures use what exists.</p>"
-                     f"<pre>{html.escape(chr(10).join(missing))}</pre>")
-    parts.append('<h2 id="tasks">Results per task</h2>')
+
+    def add(kind: str, name: str, svg: str | None, note: str = "") -> None:
+        if svg:
+            out.append(Figure(kind, name, svg, note))
+
     for task in tasks:
-        parts.append(f"<h3>{html.escape(task)}</h3>")
-        parts.append(figure(plots.metric_bars(summary, task, "mcc"),
-                            "MCC on the test part at the threshold chosen on validation: bar = mean over folds (and "
-                            "few-shot repetitions), whisker = SD. Groups are models, colours strategies, panels regimes. "
-                            "0 is chance level, 1 perfect."))
-        parts.append(figure(plots.metric_bars(summary, task, "pr_auc"),
-                            "PR-AUC (average precision) on the test part, mean ± SD. Chance level equals the positive "
-                            "rate of the task, not 0.5."))
-        parts.append(figure(plots.fewshot_curves(summary, task, "mcc"),
-                            "Few-shot: MCC against K labelled patients per class (log scale), mean over folds and "
-                            "repetitions with ± SD band, one panel per model."))
-    parts.append('<h2 id="table">All results</h2><p class="muted">Mean ± SD over folds (and repetitions). '
-                 "Click a column header to sort.</p>")
-    if summary.height:
-        parts.append(table_html(_mean_sd(summary, ("mcc", "pr_auc", "roc_auc", "balanced_accuracy", "brier")),
-                                ("task", "model", "strategy", "regime")))
-    parts.append('<h2 id="data">Data</h2>')
-    for rep in data_reports:
-        counts = rep["patients_per_class"]
+        for metric in ("mcc", "pr_auc"):
+            add(f"heatmap_{metric}", task, plots.heatmap(summary, task, metric))
+        add("roc_pr", task, plots.roc_pr(res.predictions, summary, task, style))
+        add("fewshot", task, plots.fewshot_curves(summary, task, "mcc", style))
+    for metric in ("mcc", "pr_auc"):
+        add(f"cd_{metric}", metric, plots.cd_diagrams(res.comparisons, metric, style, res.alpha),
+            f"Alpha = {res.alpha}.")
+    for task in tasks:
+        add("efficiency", task, plots.efficiency(summary, task, style))
+    add("imbalance", "all", plots.imbalance(summary, style),
+        "Only one task: points stand in one column." if len(tasks) == 1 else "")
+    return out
+
+
+def _cards(res: Results) -> str:
+    cells, ok = res.cells, res.cells.filter(pl.col("status") == "ok")
+    failed, missing = cells.height - ok.height, res.missing.height
+    total = max(cells.height + missing, 1)
+    hours = (cells["wall_seconds"].sum() or 0) / 3600 if cells.height else 0.0
+    gpu = cells.filter(pl.col("device").str.starts_with("cuda")) if cells.height else cells
+    gpu_hours = (gpu["wall_seconds"].sum() or 0) / 3600 if gpu.height else 0.0
+    peak = cells["peak_memory_mb"].max() if cells.height else None
+    devices = ", ".join(sorted(cells["device"].drop_nulls().unique().to_list())) if cells.height else "none"
+    rejected = sum(r.height for r in res.rejects.values())
+
+    def card(value: str, label: str, bad: bool = False) -> str:
+        return f'<div class="card"><b class="{"bad" if bad else ""}">{value}</b>{label}</div>'
+
+    bar = "".join(f'<span style="width:{100 * n / total:.2f}%;background:{c}"></span>'
+                  for n, c in ((ok.height, "#2da44e"), (failed, "#cf222e"), (missing, "#d0d7de")))
+    return (f'<div class="cards">{card(f"{ok.height:,}", "cells done")}{card(f"{failed:,}", "cells failed", failed > 0)}'
+            f'{card(f"{missing:,}", "cells missing", missing > 0)}{card(f"{hours:,.2f} h", f"compute ({devices})")}'
+            f'{card(f"{gpu_hours:,.2f} h", "GPU-hours") if gpu_hours else ""}'
+            f'{card("–" if peak is None else f"{peak:,.0f} MB", "largest peak memory")}'
+            f'{card(f"{rejected:,}", "images rejected")}</div>'
+            f'<div class="progress" title="done / failed / missing">{bar}</div>'
+            f'<p class="small muted legend"><i style="background:#2da44e"></i>done <i style="background:#cf222e"></i>failed'
+            f' <i style="background:#d0d7de"></i>missing — {100 * ok.height / total:.0f}% of the grid has a result.</p>')
+
+
+def _grid_line(res: Results) -> str:
+    frame = pl.concat([res.cells.select("task", "model", "strategy", "regime", "fold"),
+                       _missing_keys(res.missing)]) if res.cells.height or res.missing.height else res.cells
+    if frame.height == 0:
+        return '<p class="note">The grid has no cells: nothing to report beyond the data.</p>'
+    plural = {"task": "tasks", "model": "models", "strategy": "strategies"}
+    parts = [f"{frame[c].n_unique()} {c if frame[c].n_unique() == 1 else plural[c]}" for c in plural]
+    regimes = plots.regime_order({r if not r.startswith("k") else r.split("r")[0] for r in frame["regime"].unique()})
+    empty = ('<p class="note">No cell has a result yet: the report lists the grid\'s cells and the data reports.</p>'
+             if res.cells.height == 0 else "")
+    return (f'<p>Grid: {", ".join(parts)}; regimes {esc(", ".join(regimes))}; {frame["fold"].n_unique()} folds '
+            f'— {frame.height:,} cells.</p>{empty}')
+
+
+def _missing_keys(missing: pl.DataFrame) -> pl.DataFrame:
+    rows = [aggregate.cell_keys(cell) for cell in missing["cell"]]
+    return pl.DataFrame(rows, schema={"cell": pl.String, "task": pl.String, "model": pl.String, "strategy": pl.String,
+                                      "regime": pl.String, "fold": pl.Int64}).drop("cell")
+
+
+def _key_results(res: Results) -> str:
+    s = with_text(res.summary.filter(pl.col("mcc_mean").is_not_null()))
+    if s.height == 0:
+        return ""
+    ranked = s.sort("mcc_mean", descending=True).group_by("task", "regime_group", maintain_order=True)
+    best = ranked.agg(
+        pl.format("{} · {}", pl.col("model"), pl.col("strategy")).first().alias("best (model · strategy)"),
+        pl.col("mcc_text").first().alias("MCC [95% CI]"), pl.col("mcc_mean").first().alias("_mcc"),
+        pl.col("pr_auc_text").first().alias("PR-AUC [95% CI]"), pl.col("pr_auc_mean").first().alias("_pr"),
+        pl.format("{} · {}", pl.col("model"), pl.col("strategy")).get(1, null_on_oob=True).alias("runner-up"),
+        (pl.col("mcc_mean").first() - pl.col("mcc_mean").get(1, null_on_oob=True)).alias("MCC lead"),
+        pl.len().alias("combinations"))
+    best = best.with_columns(pl.col("regime_group").alias("regime")).select(
+        "task", "regime", "best (model · strategy)", "MCC [95% CI]", "_mcc", "PR-AUC [95% CI]", "_pr", "runner-up",
+        "MCC lead", "combinations")
+    order = {r: i for i, r in enumerate(plots.regime_order(best["regime"].to_list()))}
+    best = best.sort(pl.col("task"), pl.col("regime").replace_strict(order, return_dtype=pl.Int64))
+    return ("<h3>Best per task and regime</h3><p class='small muted'>Ranked by mean MCC; the CI is a 95% patient "
+            "bootstrap of that mean. A lead smaller than the CI width is not a win: see the tests below.</p>"
+            + table_html(best, {"MCC [95% CI]": "_mcc", "PR-AUC [95% CI]": "_pr"}))
+
+
+def _tests_table(res: Results, metric: str) -> pl.DataFrame:
+    f = res.comparisons.friedman.filter(pl.col("metric") == metric)
+    if f.height == 0:
+        return f
+    best = (res.comparisons.ranks.filter(pl.col("metric") == metric).sort("mean_rank")
+            .group_by("family", "regime_group", maintain_order=True)
+            .agg(pl.format("{} ({})", pl.col("strategy"), pl.col("mean_rank").round(2)).first().alias("best mean rank")))
+    verdict = (pl.when(pl.col("p_value").is_null()).then(pl.lit("not tested"))
+               .when(pl.col("p_value") < res.alpha).then(pl.lit("strategies differ"))
+               .otherwise(pl.lit("no evidence of a difference")))
+    return (f.join(best, on=["family", "regime_group"], how="left")
+            .with_columns(verdict.alias("verdict"), pl.col("regime_group").alias("regime"))
+            .select("family", "regime", "strategies", "blocks", pl.col("incomplete_blocks").alias("blocks dropped"),
+                    pl.col("statistic").alias("chi²"), "p_value", "verdict", pl.col("critical_difference").alias("CD"),
+                    "best mean rank", "note"))
+
+
+def _missing_html(res: Results) -> str:
+    parts = []
+    failed = res.cells.filter(pl.col("status") != "ok")
+    if failed.height:
+        parts.append(f"<h3 class='bad'>Failed cells ({failed.height})</h3><p class='small muted'>These cells ran "
+                     "but produced no usable result (their metrics are left out of every figure and test).</p>"
+                     + table_html(failed.select("task", "model", "strategy", "regime", "fold", "error")))
+    if res.missing.height:
+        keys = _missing_keys(res.missing)
+        grouped = (keys.group_by("task", "model", "strategy").agg(pl.len().alias("missing cells"),
+                                                                   pl.col("regime").unique().sort().str.join(", ").alias("regimes"))
+                   .sort("task", "model", "strategy"))
+        listing = res.missing.with_columns(pl.col("log").fill_null("no log: not started"))
         parts.append(
-            f"<h3>{html.escape(rep['task'])}</h3><p>dataset <b>{html.escape(rep['dataset'])}</b>, label "
-            f"<code>{html.escape(rep['label'])}</code> positive when in {html.escape(json.dumps(rep['positive']))}; "
-            f"images used per patient: <b>{html.escape(rep['images_policy'])}</b>; "
-            f"patients negative/positive: {counts.get('0', 0)}/{counts.get('1', 0)}; "
-            f"images without a usable label: {rep['unlabelled_images']}; "
-            f"images rejected from the dataset: {rejects.get(rep['dataset'], 0)}.</p>")
-        steps = pl.DataFrame({"step": list(rep["steps"]), "images": list(rep["steps"].values())})
-        parts.append(table_html(steps, ("step",)))
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'>"
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{''.join(parts)}"
-            f"<script>{SORT_SCRIPT}</script></body></html>")
+            f"<h3 class='bad'>Missing cells ({res.missing.height})</h3><p class='small muted'>Cells of the grid with "
+            "no result: not run yet, or their job stopped without writing one (the log's last line says why). "
+            "Figures and tests use the cells that exist; rerun <code>snakemake</code> (with "
+            "<code>--keep-going</code>) to fill the grid.</p>" + table_html(grouped)
+            + f"<details><summary>every missing cell and the last line of its log</summary>"
+            + table_html(listing.rename({"log": "last log line"}).head(2000)) + "</details>")
+    return "".join(parts)
+
+
+def _data_html(res: Results) -> str:
+    if not res.data_reports:
+        return "<p class='muted'>No data report.</p>"
+    out = []
+    for rep in res.data_reports:
+        name = rep.get("task", "task")
+        facts, tables, other = [], [], []
+        for key, value in rep.items():
+            label = key.replace("_", " ")
+            if isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
+                tables.append(_count_table(label, value, classes="class" in key))
+            elif isinstance(value, (str, int, float, bool)) or value is None:
+                facts.append(f"<dt>{esc(label)}</dt><dd>{esc(value)}</dd>")
+            elif isinstance(value, list) and all(not isinstance(v, (dict, list)) for v in value):
+                facts.append(f"<dt>{esc(label)}</dt><dd>{esc(', '.join(map(str, value)))}</dd>")
+            else:
+                other.append(f"<dt>{esc(label)}</dt><dd><code>{esc(json.dumps(value))}</code></dd>")
+        rejects = res.rejects.get(rep.get("dataset", ""))
+        out.append(f"<h3>{esc(name)}</h3><dl>{''.join(facts + other)}</dl><div class='grid'>{''.join(tables)}</div>")
+        if rejects is not None and rejects.height:
+            reason = "reason" if "reason" in rejects.columns else rejects.columns[-1]
+            counts = dict(rejects.group_by(reason).agg(pl.len()).sort("len", descending=True).iter_rows())
+            title = f"images rejected from {rep.get('dataset')}"
+            out.append(f"<div class='grid'>{_count_table(title, counts)}</div>"
+                       f"<details><summary>the {rejects.height} rejected files</summary>{table_html(rejects.head(1000))}</details>")
+    return "".join(out)
+
+
+def _count_table(title: str, counts: dict, classes: bool = False) -> str:
+    """A small table of counts with inline bars (crisp in print, no figure needed)."""
+    top = max((abs(v) for v in counts.values()), default=0) or 1
+    names = {"0": "0 · negative", "1": "1 · positive"} if classes else {}
+    rows = "".join(f"<tr><td class='t'>{esc(names.get(str(k), k))}</td><td>{_fmt(v)[0]}</td>"
+                   f"<td class='t'><span class='bar' style='width:{80 * abs(v) / top:.0f}px'></span></td></tr>"
+                   for k, v in counts.items())
+    return (f"<table><thead><tr><th class='t'>{esc(title)}</th><th>n</th><th></th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>")
+
+
+METHODS = """
+<ul class="small">
+<li><b>Cells.</b> One cell = one (task, model, strategy, regime, fold). Metrics are computed on the fold's test
+patients; threshold-based ones (MCC, sensitivity, ...) at the threshold that maximised MCC on the fold's validation
+part. Few-shot regimes <code>k{K}</code> pool the repetitions of K-shot draws.</li>
+<li><b>Mean ± SD</b> are over the folds (and few-shot repetitions) of a (task, model, strategy, regime).</li>
+<li><b>95% CIs</b> are percentile bootstraps (scipy.stats.bootstrap, {resamples} resamples) of that mean, drawing
+patients with replacement within each class, so that all images of a patient move together and the class balance
+stays; models and thresholds stay fixed, so the CI describes test-sample uncertainty, not training variability
+(that is the SD). A fold that a resample leaves without one class is left out of that resample's mean.</li>
+<li><b>Friedman test</b> (scipy) per model family, regime and metric compares the strategies over blocks; a block
+is one test fold of one task seen by one model of the family (repetitions averaged), and only blocks where every
+strategy has a result enter. <b>Nemenyi</b> post-hoc p-values (scikit-posthocs) draw the critical-difference
+diagrams. <b>Paired Wilcoxon</b> signed-rank tests (scipy) compare every pair of strategies over the blocks both
+have, with <b>Holm</b> correction (statsmodels) within the family, regime and metric. Alpha = {alpha}.</li>
+<li>With few blocks these tests cannot reach significance (5 blocks: no Wilcoxon p below 0.0625); add tasks, folds
+or models before reading a 'no difference' as evidence of equivalence.</li>
+</ul>
+"""
+
+
+def build(res: Results, figs: list[Figure]) -> str:
+    """The report page as one HTML string."""
+    by_kind: dict[str, list[Figure]] = {}
+    for fig in figs:
+        by_kind.setdefault(fig.kind, []).append(fig)
+    tasks = sorted(res.summary["task"].unique().to_list()) if res.summary.height else []
+    status = _missing_html(res)
+    sections = [("overview", "Overview"), ("status", "Failed & missing" if status else ""),
+                ("tasks", "Results per task"), ("fewshot", "Few-shot" if "fewshot" in by_kind else ""),
+                ("stats", "Statistics"), ("cost", "Cost"), ("imbalance", "Imbalance" if "imbalance" in by_kind else ""),
+                ("table", "All results"), ("data", "Data"), ("methods", "Methods")]
+    nav = "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in sections if t)
+    p = [f"<header><h1>{esc(res.title)}</h1><p class='muted small'>ftbench {__version__} · generated "
+         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · self-contained: works offline and prints</p></header>",
+         f"<nav class='nop'>{nav}</nav>",
+         "<h2 id='overview'>Overview</h2>", _grid_line(res), _cards(res), _key_results(res)]
+    tests = _tests_table(res, "mcc")
+    if tests.height:
+        p.append("<h3>Do strategies differ? (MCC)</h3><p class='small muted'>Friedman test per model family and "
+                 "regime; details, PR-AUC and the pairwise tests under <a href='#stats'>Statistics</a>.</p>"
+                 + table_html(tests.select("family", "regime", "strategies", "blocks", "p_value", "verdict",
+                                           "best mean rank", "note")))
+    if status:
+        p += ["<h2 id='status'>Failed and missing cells</h2>", status]
+    p.append("<h2 id='tasks'>Results per task</h2>")
+    for task in tasks:
+        p.append(f"<h3>{esc(task)}</h3>")
+        p += [figure_html(f) for kind in ("heatmap_mcc", "heatmap_pr_auc", "roc_pr")
+              for f in by_kind.get(kind, []) if f.name == task]
+    if "fewshot" in by_kind:
+        p.append("<h2 id='fewshot'>Few-shot</h2>")
+        for f in by_kind["fewshot"]:
+            p += [f"<h3>{esc(f.name)}</h3>", figure_html(f)]
+    p.append("<h2 id='stats'>Statistics</h2>")
+    p += [figure_html(f) for kind in ("cd_mcc", "cd_pr_auc") for f in by_kind.get(kind, [])]
+    for metric, label in (("mcc", "MCC"), ("pr_auc", "PR-AUC")):
+        t = _tests_table(res, metric)
+        if t.height:
+            p.append(f"<h3>Friedman tests, {label}</h3>" + table_html(t))
+    w = res.comparisons.wilcoxon
+    if w.height:
+        w = w.select("family", pl.col("regime_group").alias("regime"), "metric", "a", "b", "pairs", "median_diff",
+                     pl.format("{} / {} / {}", "wins", "ties", "losses").alias("a wins / ties / b wins"),
+                     "p_value", "p_holm", "significant", "note")
+        p.append(f"<h3>Paired Wilcoxon tests with Holm correction</h3><p class='small muted'>Differences a − b over "
+                 f"the blocks both strategies have (positive: a better). 'significant' means Holm-adjusted "
+                 f"p &lt; {res.alpha} within the family, regime and metric. Click a header to sort.</p>"
+                 + table_html(w))
+    if not res.comparisons.friedman.height:
+        p.append("<p class='note'>No statistics: no strategy has results in two blocks yet.</p>")
+    p.append("<h2 id='cost'>Cost</h2>")
+    for f in by_kind.get("efficiency", []):
+        p += [f"<h3>{esc(f.name)}</h3>", figure_html(f)]
+    if "imbalance" in by_kind:
+        p += ["<h2 id='imbalance'>Class imbalance</h2>", *map(figure_html, by_kind["imbalance"])]
+    p.append("<h2 id='table'>All results</h2><p class='small muted'>One row per (task, model, strategy, regime): "
+             "mean [95% CI] for MCC and PR-AUC, mean ± SD otherwise. Click a header to sort.</p>")
+    if res.summary.height:
+        p.append(table_html(_results_table(res.summary), {"mcc": "_mcc", "pr_auc": "_pr"}))
+    p += ["<h2 id='data'>Data</h2>", _data_html(res),
+          "<h2 id='methods'>Methods: how the numbers are made</h2>",
+          METHODS.replace("{resamples}", f"{res.resamples:,}").replace("{alpha}", str(res.alpha))]
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+            f"<meta name=viewport content='width=device-width,initial-scale=1'><title>{esc(res.title)}</title>"
+            f"<style>{STYLE}</style></head><body><main>{''.join(p)}</main><script>{SCRIPT}</script></body></html>")
+
+
+def _results_table(summary: pl.DataFrame) -> pl.DataFrame:
+    cols = [pl.col("task"), pl.col("model"), pl.col("family"), pl.col("strategy"), pl.col("regime_group").alias("regime"),
+            pl.col("cells"), pl.col("failed"), pl.col("mcc_text").alias("mcc"), pl.col("mcc_mean").alias("_mcc"),
+            pl.col("pr_auc_text").alias("pr_auc"), pl.col("pr_auc_mean").alias("_pr")]
+    cols += [pl.col(f"{m}_text").alias(m) for m in METRIC_COLUMNS[2:]]
+    cols += [pl.col("trainable_params"), pl.col("compute_hours"), pl.col("peak_memory_mb")]
+    return with_text(summary).select(cols)
+
+
+def write(res: Results, out: str | Path, figures_dir: str | Path | None = None) -> list[Figure]:
+    """Write the page, and each figure as ``<figures_dir>/<kind>/<name>.svg`` when a folder is given."""
+    figs = figures(res)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(build(res, figs), encoding="utf-8")
+    if figures_dir is not None:
+        for fig in figs:
+            path = Path(figures_dir) / fig.kind / f"{fig.name}.svg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(fig.svg, encoding="utf-8")
+    return figs

@@ -97,7 +97,7 @@ def bitfit(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Pl
 def last_block(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     """Last-block tuning: the top ``last_blocks`` blocks (with the final norm) and the head train."""
     _freeze_backbone(model)
-    for block in blocks.blocks(model.backbone)[-spec.get("last_blocks", 1):]:
+    for block in blocks.blocks(model.backbone, entry.blocks or None)[-spec.get("last_blocks", 1):]:
         for _, p in block.params:
             p.requires_grad_(True)
     return _backbone_and_head(model, spec, training)
@@ -105,7 +105,7 @@ def last_block(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -
 
 def llrd(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     """Layer-wise learning-rate decay: block k from the top learns at ``lr * lr_decay**k`` (head: k = 0)."""
-    decay, stack = spec.get("lr_decay", 0.75), blocks.blocks(model.backbone)
+    decay, stack = spec.get("lr_decay", 0.75), blocks.blocks(model.backbone, entry.blocks or None)
     groups = [{"params": [p for _, p in block.params], "lr": training["lr"] * decay ** (len(stack) - i),
                "name": block.name} for i, block in enumerate(stack)]
     return Plan(groups + [_head_group(model, spec, training)])
@@ -155,7 +155,7 @@ def gradual_unfreezing(model: Classifier, entry: ZooEntry, spec: dict, training:
     """Gradual unfreezing (Howard & Ruder 2018): the head alone first, then one more block from the top
     every ``unfreeze_every`` epochs; early-stopping patience restarts at each unfreezing."""
     _freeze_backbone(model)
-    every, stack = spec.get("unfreeze_every", 2), blocks.blocks(model.backbone)
+    every, stack = spec.get("unfreeze_every", 2), blocks.blocks(model.backbone, entry.blocks or None)
     backbone = {"params": list(model.backbone.parameters()), "lr": training["lr"], "name": "backbone"}
 
     def on_epoch(optimizer: torch.optim.Optimizer, epoch: int) -> bool:
@@ -224,12 +224,13 @@ def ln_tuning(model: Classifier, entry: ZooEntry, spec: dict, training: dict) ->
 
 
 def ssf(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
-    """SSF (Lian et al. 2022): a per-channel scale and shift after every adapter target and every
-    normalisation layer; only those (and the head) train."""
+    """SSF (Lian et al. 2022): a per-channel scale and shift after every adapter target, every
+    normalisation layer and, in a ViT, the patch embedding; only those (and the head) train."""
     _freeze_backbone(model)
     targets = adapter_targets(model.backbone, spec.get("target_modules") or entry.targets, convs=True)
     norms = [n for n, m in model.backbone.named_modules() if isinstance(m, NORM_LAYERS)]
-    tuners.add_ssf(model.backbone, sorted(set(targets) | set(norms)))
+    stem = [n for n, m in model.backbone.named_modules() if entry.kind == "vit" and isinstance(m, nn.Conv2d)]
+    tuners.add_ssf(model.backbone, sorted(set(targets) | set(norms) | set(stem)))
     return _backbone_and_head(model, spec, training)
 
 
@@ -248,12 +249,14 @@ def vpt(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
 # peft adapters: the backbone is frozen, adapters on the zoo entry's target modules train (S1, S3)
 
 def adapter_targets(backbone: nn.Module, patterns: tuple[str, ...] | list[str], convs: bool) -> list[str]:
-    """Names of the Linear (and with ``convs`` the ungrouped Conv2d) modules whose full name matches one
-    of ``patterns``. A ViT's adapters go on its attention and MLP linears only, not the patch embedding."""
+    """Names of the Linear / MultiheadAttention (and with ``convs`` the ungrouped Conv2d) modules whose full
+    name matches one of ``patterns``. A ViT's adapters go on its attention and MLP linears only, not the patch
+    embedding; peft adapts a MultiheadAttention (open_clip's CLIP blocks) on its fused q/k/v and output."""
     regex = re.compile("|".join(f"(?:{p})" for p in patterns))
     names = [
         name for name, module in backbone.named_modules()
-        if (isinstance(module, nn.Linear) or (convs and isinstance(module, nn.Conv2d) and module.groups == 1))
+        if (isinstance(module, (nn.Linear, nn.MultiheadAttention))
+            or (convs and isinstance(module, nn.Conv2d) and module.groups == 1))
         and regex.fullmatch(name)
     ]
     if not names:

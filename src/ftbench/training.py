@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from ftbench import backbones, inputs, metrics, strategies
+from ftbench import backbones, inputs, metrics, strategies, weights
 from ftbench.data import store as image_store
 from ftbench.zoo import resolve
 
@@ -84,6 +85,28 @@ def predict(model: torch.nn.Module, part: Part, prep: inputs.Preprocess, batch_s
     return torch.cat(probs).numpy().astype(np.float64)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, part: Part, prep, batch_size: int) -> None:
+    """Re-estimate BatchNorm running statistics on the training images with the current weights.
+
+    With few optimizer steps per epoch (small prognostic datasets), the running averages lag far behind
+    the weights, and an eval-mode model scores the validation part with stale statistics: early
+    stopping then picks an epoch for the wrong reason. One extra forward pass (cumulative average,
+    no augmentation) fixes that ("precise BN"). Frozen backbones keep their statistics.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over this pass
+    for i in range(0, len(part.x), batch_size):
+        model(prep(part.x[i:i + batch_size], train=False))
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+
+
 def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], prep: inputs.Preprocess,
         training: dict, generator: torch.Generator) -> dict:
     """Train with early stopping on validation loss; restore the best epoch. Returns the history."""
@@ -119,6 +142,7 @@ def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], p
                 plan.on_step(optimizer, step, total_steps)
             total += loss.item() * len(idx)
             seen += len(idx)
+        recalibrate_batchnorm(model, train, prep, bs)
         val_probs = predict(model, parts["val"], prep, bs)
         val_y = parts["val"].y.numpy()
         val_loss = float(F.cross_entropy(
@@ -150,9 +174,10 @@ def library_versions() -> dict[str, str]:
     import sklearn
     import timm
 
+    hubs = {name: sys.modules[name].__version__ for name in ("open_clip", "transformers") if name in sys.modules}
     return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
             "peft": peft.__version__, "numpy": np.__version__, "polars": pl.__version__,
-            "scikit-learn": sklearn.__version__}
+            "scikit-learn": sklearn.__version__} | hubs
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -169,11 +194,11 @@ def write_atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def build_model(settings: dict, cached: bool, device: torch.device):
-    """(model, strategy plan, input transform) of a cell.
+def build_model(settings: dict, cached: bool, device: torch.device, weights_path: str | None = None):
+    """(model, strategy plan, input transform, frozen parameters not in the model, forward GFLOPs) of a cell.
 
     With ``cached`` the backbone is already applied (embedding cache): the model is the head alone on the
-    features, and the full model is only instantiated on the meta device to report its size.
+    features, and the full model is only instantiated on the meta device to report its size and cost.
     """
     model_spec, strategy, training = settings["model"], settings["strategy"], settings["training"]
     seed = training["seed"] + settings["fold"]
@@ -184,19 +209,20 @@ def build_model(settings: dict, cached: bool, device: torch.device):
         model = backbones.Classifier(torch.nn.Identity(), full.head.in_features, seed=seed)
         plan = strategies.apply(model, entry, strategy, training)
         backbone_params = sum(p.numel() for p in full.backbone.parameters())
-        return model.to(device), plan, inputs.Features(device), backbone_params
-    model = backbones.build(entry, model_spec.get("weights"))
+        return model.to(device), plan, inputs.Features(device), backbone_params, backbones.forward_gflops(full, entry.img_size)
+    model = weights.build(model_spec["name"], entry, weights_path)
     model.init_head(seed)
     plan = strategies.apply(model, entry, strategy, training)
     # a frozen feature extractor sees un-augmented images, exactly as the embedding cache does
     frozen = not plan.trains(model.backbone)
     prep = inputs.Preprocess(entry, device, training["augment"] and not frozen,
                               torch.Generator().manual_seed(seed))
-    return model.to(device), plan, prep, 0
+    return model.to(device), plan, prep, 0, backbones.forward_gflops(model, entry.img_size)
 
 
 def run_cell(settings: dict, task_table: str, split: str, store: str | None, out_dir: str,
-             fewshot: str | None = None, threads: int = 1, embeddings: str | None = None) -> dict:
+             fewshot: str | None = None, threads: int = 1, embeddings: str | None = None,
+             weights_path: str | None = None) -> dict:
     """Train and evaluate one cell; write predictions.parquet, metrics.json and run.json into ``out_dir``.
 
     ``embeddings`` (a frozen-backbone strategy's cache, see ``ftbench.embeddings``) replaces ``store``.
@@ -208,9 +234,11 @@ def run_cell(settings: dict, task_table: str, split: str, store: str | None, out
     device = pick_device(settings.get("device", "auto"))
     table = pl.read_parquet(task_table)
     source = np.load(embeddings, mmap_mode="r") if embeddings else image_store.load(store)
-    parts = partitions(table, pl.read_parquet(split), settings["fold"],
-                       pl.read_parquet(fewshot) if fewshot else None, source)
-    model, plan, prep, frozen_params = build_model(settings, embeddings is not None, device)
+    draw = None
+    if fewshot:
+        draw = pl.read_parquet(fewshot).filter(pl.col("repetition") == settings["regime"]["repetition"])
+    parts = partitions(table, pl.read_parquet(split), settings["fold"], draw, source)
+    model, plan, prep, frozen_params, gflops = build_model(settings, embeddings is not None, device, weights_path)
     trainable, total = strategies.count_parameters(model, plan)
     total += frozen_params
     log.info("cell %s: %s / %s / %s / fold %d | train %d, val %d, test %d images | %d of %d parameters train",
@@ -237,7 +265,7 @@ def run_cell(settings: dict, task_table: str, split: str, store: str | None, out
         cell | {"status": status, "error": error} | result, indent=1, allow_nan=True)))
     run = cell | {
         "status": status, "trainable_params": trainable, "total_params": total,
-        "trainable_fraction": trainable / total, "wall_seconds": time.perf_counter() - started,
+        "trainable_fraction": trainable / total, "gflops": gflops, "wall_seconds": time.perf_counter() - started,
         "peak_memory_mb": peak_memory_mb(device), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": threads, "seed": training["seed"] + settings["fold"], "versions": library_versions(),
@@ -248,3 +276,41 @@ def run_cell(settings: dict, task_table: str, split: str, store: str | None, out
     log.info("cell done in %.1fs: %s", run["wall_seconds"],
              ", ".join(f"{k} {result[k]:.3f}" for k in ("mcc", "pr_auc", "roc_auc") if k in result) or status)
     return run
+
+
+OUTPUTS = ("predictions.parquet", "metrics.json", "run.json")
+
+
+def _finished(folder: Path, settings: dict) -> bool:
+    """Whether ``folder`` holds a completed cell trained with exactly ``settings``."""
+    try:
+        return all((folder / f).is_file() for f in OUTPUTS) and \
+            json.loads((folder / "run.json").read_text())["settings"] == settings
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def run_job(job: dict, task_table: str, split: str, store: str | None, out_dir: str, checkpoints: str,
+            fewshot: str | None = None, threads: int = 1, embeddings: str | None = None,
+            weights_path: str | None = None) -> None:
+    """Train every cell of a job (see ``grid.Job``) into ``out_dir/<cell leaf>``.
+
+    Cells are trained into ``checkpoints`` first, which Snakemake never deletes: when a job dies (time
+    limit, preemption, a crash in a later cell), its rerun skips the cells already finished there.
+    The finished job moves them into ``out_dir`` and removes its checkpoints.
+    """
+    shared = {k: v for k, v in job.items() if k not in ("cells", "group")}
+    work, out = Path(checkpoints), Path(out_dir)
+    for number, cell in enumerate(job["cells"], start=1):
+        settings = shared | {"regime": cell["regime"], "fold": cell["fold"]}
+        folder = work / cell["leaf"]
+        if _finished(folder, settings):
+            log.info("cell %d/%d (%s) already finished in %s", number, len(job["cells"]), cell["leaf"], folder)
+            continue
+        log.info("cell %d/%d: %s", number, len(job["cells"]), cell["leaf"])
+        run_cell(settings, task_table, split, store, str(folder), fewshot, threads, embeddings, weights_path)
+    for cell in job["cells"]:
+        (out / cell["leaf"]).mkdir(parents=True, exist_ok=True)
+        for name in OUTPUTS:
+            os.replace(work / cell["leaf"] / name, out / cell["leaf"] / name)
+    shutil.rmtree(work, ignore_errors=True)

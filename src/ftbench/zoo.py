@@ -1,7 +1,10 @@
 """The model zoo: what each named backbone is, without importing torch.
 
-An entry says where the backbone comes from and how to feed and read it; ``ftbench.backbones`` turns
-an entry into a module. Any timm architecture name also works as ``arch`` (see :func:`resolve`).
+An entry says how to build the backbone (``loader``), where its pretrained weights are and how their keys map
+onto the backbone, how to feed it (input size, normalisation, grayscale handling) and how to read and adapt
+it (feature width and pooling, block structure, PEFT target modules). ``ftbench.backbones`` turns an entry
+into a module and ``ftbench.weights`` fetches and loads its weights. Adding a model is adding one entry;
+any timm architecture name also works as ``arch`` (see :func:`resolve`).
 """
 
 from __future__ import annotations
@@ -16,41 +19,124 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# MedCLIP normalises its (grayscale) CXRs with one mean / std, the same for the three replicated channels
+MEDCLIP_MEAN = (0.5862785803043838,) * 3
+MEDCLIP_STD = (0.27950088968644304,) * 3
 
 
 @dataclass(frozen=True)
 class ZooEntry:
-    """One backbone: its builder (``loader``), weight source and how to feed and read it."""
+    """One backbone: how to build, load, feed, read and adapt it."""
 
     loader: str  # key of ftbench.backbones.LOADERS
     name: str  # architecture name understood by the loader
-    kind: str  # "cnn" or "vit": which strategies and PEFT targets apply
+    kind: str  # "cnn" or "vit": which strategies and default PEFT targets apply
     family: str = "custom"  # report grouping: cnn, fm-general, fm-biomedical
-    source: str | None = None  # pretrained weight source (hub id / pretrained tag), None = random init only
-    img_size: int = 224
+    # Pretrained weights: "hf-hub:<repo id>", an https URL (a file or a .zip holding it) or "timm:<name>" (timm's
+    # own source for that name); None = random initialisation only.
+    source: str | None = None
+    files: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")  # weight file names in the source, first found wins
+    # Checkpoint key mapping: keep the keys under `prefix` (stripped; the rest, e.g. a text tower, is not ours), apply
+    # the `renames` (regex, replacement) in order, then leave out keys matching `ignore` (projection heads, stale buffers).
+    prefix: str = ""
+    renames: tuple[tuple[str, str], ...] = ()
+    ignore: str | None = None
+    img_size: int = 224  # native input side; a model config's img_size overrides it
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    license: str = "see source"
+    grayscale: str = "replicate"  # how 1-channel CXRs are fed: replicated to 3 channels, pretrained first conv unchanged
+    features: int | None = None  # width of the feature the head reads
+    pool: str = "avg"  # how the feature is read: "token" (CLS token after the final norm) or "avg" (global average pool)
+    blocks: str = ""  # regex of the block module names, input to output (for layer-wise strategies)
     targets: tuple[str, ...] = field(default=())  # module-name regexes PEFT adapters attach to
+    license: str = "see source"
+    options: dict = field(default_factory=dict)  # loader-specific architecture settings (no download needed to build)
 
 
-VIT_TARGETS = (r".*\.(qkv|proj|fc1|fc2)$",)
+# Module-name regexes (full match). PEFT adapters go on the attention and MLP linears of ViT blocks and on the
+# convolutions of CNNs; blocks are the units layer-wise strategies unfreeze or give learning rates to.
+VIT_TARGETS = (r"(?:.*\.)?blocks\.\d+\.(?:attn\.(?:qkv|proj)|mlp\.fc[12])",)
 CNN_TARGETS = (r".*conv\d*$",)
+VIT_BLOCKS = r"(?:.*\.)?blocks\.\d+"
+CNN_BLOCKS = r"layer\d|stages\.\d+|blocks\.\d+|features\.denseblock\d"
+
+TORCHVISION_LICENSE = "BSD-3-Clause (torchvision weights, trained on ImageNet-1k)"
+HF_CLIP_TARGETS = (r"model\.encoder\.layers\.\d+\.(?:self_attn\.(?:q|k|v|out)_proj|mlp\.fc[12])",)
+SWIN_TARGETS = (r"model\.encoder\.layers\.\d+\.blocks\.\d+\.(?:attention\.[qkvo]_proj|mlp\.fc[12])",)
+# Swin checkpoints saved by transformers 4.x (MedCLIP's) use module names that transformers 5 renamed
+SWIN_V4_RENAMES = (
+    (r"\.attention\.self\.query\.", ".attention.q_proj."),
+    (r"\.attention\.self\.key\.", ".attention.k_proj."),
+    (r"\.attention\.self\.value\.", ".attention.v_proj."),
+    (r"\.attention\.self\.relative_position_bias_table$", ".attention.relative_position_bias.relative_position_bias_table"),
+    (r"\.attention\.output\.dense\.", ".attention.o_proj."),
+    (r"\.intermediate\.dense\.", ".mlp.fc1."),
+    (r"\.output\.dense\.", ".mlp.fc2."),
+)
+
+
+def _tv_cnn(name: str, features: int, blocks: str = CNN_BLOCKS, targets: tuple[str, ...] = CNN_TARGETS) -> ZooEntry:
+    """An ImageNet CNN with torchvision's weights, as timm hosts them."""
+    return ZooEntry("timm", name, "cnn", "cnn", f"hf-hub:timm/{name}.tv_in1k", features=features, blocks=blocks,
+                    targets=targets, license=TORCHVISION_LICENSE)
+
+
+def _dinov2(size: str, features: int) -> ZooEntry:
+    name = f"vit_{size}_patch14_dinov2"
+    return ZooEntry("timm", name, "vit", "fm-general", f"hf-hub:timm/{name}.lvd142m", img_size=518,
+                    features=features, pool="token", blocks=VIT_BLOCKS, targets=VIT_TARGETS, license="Apache-2.0")
+
 
 ZOO: dict[str, ZooEntry] = {
-    "resnet18": ZooEntry("timm", "resnet18", "cnn", "cnn", "resnet18.tv_in1k", license="BSD-3 (torchvision)"),
-    "resnet50": ZooEntry("timm", "resnet50", "cnn", "cnn", "resnet50.tv_in1k", license="BSD-3 (torchvision)"),
-    "densenet121": ZooEntry("timm", "densenet121", "cnn", "cnn", "densenet121.tv_in1k", license="BSD-3 (torchvision)"),
-    "vgg19": ZooEntry("timm", "vgg19", "cnn", "cnn", "vgg19.tv_in1k", license="BSD-3 (torchvision)"),
-    "dinov2_vits14": ZooEntry(
-        "timm", "vit_small_patch14_dinov2", "vit", "fm-general", "vit_small_patch14_dinov2.lvd142m",
-        img_size=518, license="Apache-2.0"),
-    "dinov2_vitb14": ZooEntry(
-        "timm", "vit_base_patch14_dinov2", "vit", "fm-general", "vit_base_patch14_dinov2.lvd142m",
-        img_size=518, license="Apache-2.0"),
-    "dinov2_vitl14": ZooEntry(
-        "timm", "vit_large_patch14_dinov2", "vit", "fm-general", "vit_large_patch14_dinov2.lvd142m",
-        img_size=518, license="Apache-2.0"),
+    "resnet18": _tv_cnn("resnet18", 512, r"layer\d"),
+    "resnet50": _tv_cnn("resnet50", 2048, r"layer\d"),
+    "densenet121": _tv_cnn("densenet121", 1024, r"features\.denseblock\d"),
+    # VGG has no block modules: its convolutions (and the two fc layers, as convs) are the blocks
+    "vgg19": _tv_cnn("vgg19", 4096, r"features\.\d+|pre_logits\.fc\d", (r"features\.\d+|pre_logits\.fc\d",)),
+    "dinov2_vits14": _dinov2("small", 384),
+    "dinov2_vitb14": _dinov2("base", 768),
+    "dinov2_vitl14": _dinov2("large", 1024),
+    # CLIP ViT-L/14 (OpenAI), open_clip's vision tower with QuickGELU; the feature is the CLS token before the
+    # contrastive projection (`proj`, ignored)
+    "clip_vitl14": ZooEntry(
+        "open_clip", "ViT-L-14", "vit", "fm-general", "hf-hub:timm/vit_large_patch14_clip_224.openai",
+        files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"), prefix="visual.", ignore=r"proj",
+        mean=CLIP_MEAN, std=CLIP_STD, features=1024, pool="token", blocks=r"transformer\.resblocks\.\d+",
+        targets=(r"transformer\.resblocks\.\d+\.(?:attn|mlp\.c_fc|mlp\.c_proj)",), license="MIT",
+        options={"quick_gelu": True}),
+    # BiomedCLIP: an open_clip model whose vision tower is a timm ViT-B/16 (`visual.trunk`, as in the hub's
+    # open_clip_config.json), so timm builds it; its text tower (PubMedBERT) and projection (`visual.head`) are not used
+    "biomedclip": ZooEntry(
+        "timm", "vit_base_patch16_224", "vit", "fm-biomedical",
+        "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+        files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"), prefix="visual.trunk.",
+        mean=CLIP_MEAN, std=CLIP_STD, features=768, pool="token", blocks=VIT_BLOCKS, targets=VIT_TARGETS,
+        license="MIT"),
+    # PubMedCLIP: a CLIP ViT-B/32 fine-tuned on ROCO; transformers CLIPModel checkpoint, vision tower only
+    "pubmedclip": ZooEntry(
+        "transformers", "CLIPVisionModel", "vit", "fm-biomedical",
+        "hf-hub:flaviagiammarino/pubmed-clip-vit-base-patch32",
+        prefix="vision_model.", ignore=r"embeddings\.position_ids", mean=CLIP_MEAN, std=CLIP_STD, features=768,
+        pool="token", blocks=r"model\.encoder\.layers\.\d+", targets=HF_CLIP_TARGETS, license="MIT",
+        options={"config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                            "num_attention_heads": 12, "patch_size": 32, "hidden_act": "quick_gelu"}}),
+    # MedCLIP (Wang et al. 2022): the authors' zips hold the whole model (pytorch_model.bin); the vision tower is
+    # `vision_model.model` (torchvision ResNet-50 whose `fc` is the projection, or transformers' Swin-Tiny).
+    # The zip URLs are those of MedCLIP's medclip/medclip_{resnet,vit}_weight.txt pointers.
+    "medclip_resnet50": ZooEntry(
+        "torchvision", "resnet50", "cnn", "fm-biomedical",
+        "https://storage.googleapis.com/pytrial/medclip-pretrained.zip",
+        files=("pytorch_model.bin",), prefix="vision_model.model.", ignore=r"fc\.weight", mean=MEDCLIP_MEAN,
+        std=MEDCLIP_STD, features=2048, blocks=r"layer\d", targets=CNN_TARGETS, license="MIT (MedCLIP repository)",
+        options={"head": "fc"}),
+    "medclip_vit": ZooEntry(
+        "transformers", "SwinModel", "vit", "fm-biomedical",
+        "https://storage.googleapis.com/pytrial/medclip-vit-pretrained.zip",
+        files=("pytorch_model.bin",), prefix="vision_model.model.", renames=SWIN_V4_RENAMES,
+        ignore=r".*relative_position_index", mean=MEDCLIP_MEAN, std=MEDCLIP_STD, features=768,
+        blocks=r"model\.encoder\.layers\.\d+\.blocks\.\d+", targets=SWIN_TARGETS, license="MIT (MedCLIP repository)",
+        options={"config": {"embed_dim": 96, "depths": [2, 2, 6, 2], "num_heads": [3, 6, 12, 24], "window_size": 7,
+                            "patch_size": 4}}),
 }
 
 
@@ -76,19 +162,25 @@ def is_known_arch(arch: str) -> bool:
     return arch in ZOO or arch.split(".")[0] in timm_architectures()
 
 
+def _timm_entry(arch: str) -> ZooEntry:
+    """A generic entry for a bare timm name: ViT if its name says so, else CNN; timm's own weight source."""
+    base = arch.partition(".")[0]
+    vit = re.search(r"vit|deit|beit|eva|swin|dinov2", base) is not None
+    test = base.startswith("test_")  # timm's tiny test models are normalised to [-1, 1]
+    return ZooEntry("timm", base, "vit" if vit else "cnn", "custom", f"timm:{arch}",
+                    mean=(0.5, 0.5, 0.5) if test else IMAGENET_MEAN, std=(0.5, 0.5, 0.5) if test else IMAGENET_STD,
+                    pool="token" if vit else "avg", blocks=VIT_BLOCKS if vit else CNN_BLOCKS,
+                    targets=VIT_TARGETS if vit else CNN_TARGETS)
+
+
 def resolve(arch: str, img_size: int | None = None, pretrained: bool = False) -> ZooEntry:
-    """The zoo entry for ``arch``; a bare timm name gets a generic entry (ViT if it has no convs)."""
+    """The zoo entry for ``arch`` (a bare timm name gets a generic one), at ``img_size``; no source unless pretrained."""
     if arch in ZOO:
         entry = ZOO[arch]
     elif is_known_arch(arch):
-        base, _, tag = arch.partition(".")
-        kind = "vit" if re.search(r"vit|deit|beit|eva|swin|dinov2", base) else "cnn"
-        entry = ZooEntry("timm", base, kind, "custom", arch if tag else None,
-                         mean=(0.5, 0.5, 0.5) if base.startswith("test_") else IMAGENET_MEAN,
-                         std=(0.5, 0.5, 0.5) if base.startswith("test_") else IMAGENET_STD)
+        entry = _timm_entry(arch)
     else:
         raise KeyError(f"unknown architecture '{arch}': not a zoo key ({', '.join(sorted(ZOO))}) nor a timm name")
-    entry = replace(entry, targets=entry.targets or (VIT_TARGETS if entry.kind == "vit" else CNN_TARGETS))
     if not pretrained:
         entry = replace(entry, source=None)
     return replace(entry, img_size=img_size) if img_size else entry

@@ -1,5 +1,6 @@
 # Shared setup: validate the config and expose the grid to the rules.
 import json
+import shlex
 import sys
 
 SRC = str(Path(workflow.basedir) / "src")
@@ -31,6 +32,11 @@ def _python() -> str:
 FTBENCH = f"PYTHONPATH={SRC}${{PYTHONPATH:+:$PYTHONPATH}} {_python()} -m ftbench"
 
 
+def optional(flag: str, name: str):
+    """Params function: ``--flag <input.name>`` when the job has that input, else nothing."""
+    return lambda w, input: f"--{flag} {shlex.quote(input[name])}" if name in input.keys() else ""
+
+
 def to_json(value) -> str:
     """Stable JSON for params: the same settings always give the same string (no spurious reruns)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
@@ -41,8 +47,6 @@ wildcard_constraints:
     task=r"[^/]+",
     model=r"[^/]+",
     strategy=r"[^/]+",
-    regime=r"full|k\d+r\d+",
-    fold=r"\d+",
+    group=r"full|k\d+",
     size=r"\d+",
     k=r"\d+",
-    rep=r"\d+",

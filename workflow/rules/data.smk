@@ -1,5 +1,7 @@
 # Data stage: source -> standard table (+ rejects) -> image store per size -> task table.
-from ftbench.data.adapters import needs_download
+# Sources with a download (Cohen's archive, TCIA collections) are fetched first, resumably; local copies
+# (path:) and manual-download datasets (AIforCOVID) are read where they are, when the table is built.
+from ftbench.data.adapters import download_source
 
 
 localrules: download_dataset
@@ -9,19 +11,19 @@ rule download_dataset:
     output:
         done=touch("resources/datasets/{dataset}/.downloaded"),
     params:
-        url=lambda w: DATASETS[w.dataset]["url"],
-        sha256=lambda w: DATASETS[w.dataset].get("sha256") or "",
+        adapter=lambda w: DATASETS[w.dataset]["adapter"],
+        source=lambda w: to_json(download_source(DATASETS[w.dataset])),
     conda:
         "../../envs/ftbench.yaml"
     log:
         "results/logs/download/{dataset}.log",
     shell:
-        "{FTBENCH} download --url {params.url:q} --sha256 {params.sha256:q} "
+        "{FTBENCH} download --adapter {params.adapter} --source {params.source:q} "
         "--out resources/datasets/{wildcards.dataset} --done {output.done} 2> {log}"
 
 
 def dataset_download(w):
-    return ["resources/datasets/{dataset}/.downloaded"] if needs_download(DATASETS[w.dataset]) else []
+    return ["resources/datasets/{dataset}/.downloaded"] if download_source(DATASETS[w.dataset]) else []
 
 
 rule dataset_table:
@@ -60,11 +62,12 @@ rule image_store:
 rule task_table:
     input:
         table=lambda w: f"results/data/{TASKS[w.task]['dataset']}/table.parquet",
+        rejects=lambda w: f"results/data/{TASKS[w.task]['dataset']}/rejects.csv",
     output:
         table="results/tasks/{task}/images.parquet",
         report="results/tasks/{task}/data_report.json",
     params:
-        spec=lambda w: to_json(TASKS[w.task]),
+        spec=lambda w: to_json({k: v for k, v in TASKS[w.task].items() if k != "validation"}),  # folds' business
         version=DATA_VERSION,
     conda:
         "../../envs/ftbench.yaml"
@@ -72,4 +75,4 @@ rule task_table:
         "results/logs/tasks/{task}.log",
     shell:
         "{FTBENCH} task --name {wildcards.task} --spec {params.spec:q} --table {input.table} "
-        "--out {output.table} --report {output.report} 2> {log}"
+        "--rejects {input.rejects} --out {output.table} --report {output.report} 2> {log}"

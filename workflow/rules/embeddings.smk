@@ -2,17 +2,21 @@
 # Frozen-backbone strategies (grid.CACHEABLE_KINDS) train all their folds and few-shot draws from it.
 
 
-def embedding_store(w):
-    return f"results/data/{w.dataset}/images_{grid.model_img_size(config, w.model)}.npy"
+def embedding_inputs(w):
+    inputs = {"store": f"results/data/{w.dataset}/images_{grid.model_img_size(config, w.model)}.npy"}
+    if weights := model_weights(w.model):
+        inputs["weights"] = weights
+    return inputs
 
 
 rule embeddings:
     input:
-        store=embedding_store,
+        unpack(embedding_inputs),
     output:
         "results/embeddings/{dataset}/{model}.npy",
     params:
         model=lambda w: to_json(grid.model_settings(config, w.model)),
+        weights=optional("weights", "weights"),
         version=EMBEDDING_VERSION,
     threads: config["training"]["threads"]
     conda:
@@ -20,4 +24,6 @@ rule embeddings:
     log:
         "results/logs/embeddings/{dataset}/{model}.log",
     shell:
-        "{FTBENCH} embed --model {params.model:q} --store {input.store} --threads {threads} --out {output} 2> {log}"
+        "HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "
+        "{FTBENCH} embed --model {params.model:q} --store {input.store} {params.weights} --threads {threads} "
+        "--out {output} 2> {log}"

@@ -1,21 +1,30 @@
-# Report stage: all cells -> one table -> summary over folds -> self-contained HTML report.
+# Report stage: cells -> tables with bootstrap CIs -> tests across the grid -> self-contained HTML report.
+#
+# `snakemake report_partial` writes the same report from the cells that exist now, under results/partial/,
+# listing the missing and failed ones. It trains nothing, so it works after a run that stopped
+# (`--keep-going` lets the other cells finish when some fail) and beside a run still in progress.
+import hashlib
+
+from ftbench import REPORT_VERSION
+from ftbench.captions import CAPTIONS
+
+CELL_FILES = ("metrics.json", "run.json", "predictions.parquet")
+STATS_TABLES = ("friedman", "ranks", "posthoc", "wilcoxon")
 
 
-rule aggregate:
-    input:
-        expand("results/cells/{cell}/{file}", cell=[c.path for c in CELLS], file=("metrics.json", "run.json")),
-    output:
-        cells=report("results/cells.parquet", caption="../report/cells.rst", category="Tables"),
-        summary="results/summary.parquet",
-        csv=report("results/summary.csv", caption="../report/summary.rst", category="Tables"),
-    params:
-        cells=[f"results/cells/{c.path}" for c in CELLS],
-    conda:
-        "../../envs/ftbench.yaml"
-    log:
-        "results/logs/aggregate.log",
-    shell:
-        "{FTBENCH} aggregate --cells {params.cells} --cells-out {output.cells} --summary {output.summary} 2> {log}"
+def complete_cells_fingerprint(w) -> str:
+    """Which grid cells are complete now, and when they were written: the partial report reruns when it changes."""
+    digest = hashlib.sha256()
+    for cell in CELLS:
+        for root in ("results/cells", "results/checkpoints"):
+            files = [Path(root, cell.path, f) for f in CELL_FILES]
+            if all(f.is_file() for f in files):
+                digest.update(f"{cell.path}:{files[0].stat().st_mtime_ns}\n".encode())
+                break
+    return digest.hexdigest()
+
+
+localrules: grid_list  # writes a text file: not worth a cluster job
 
 
 rule grid_list:
@@ -29,21 +38,119 @@ rule grid_list:
         Path(output[0]).write_text("\n".join(params.cells) + "\n")
 
 
+rule aggregate:
+    input:
+        jobs=[f"results/cells/{job.path}" for job in JOBS],
+        grid="results/grid.txt",
+    output:
+        cells=report("results/cells.parquet", caption="../report/cells.rst", category="Tables"),
+        predictions="results/predictions.parquet",
+        summary="results/summary.parquet",
+        csv=report("results/summary.csv", caption="../report/summary.rst", category="Tables"),
+    params:
+        bootstrap=config["report"]["bootstrap"],
+        seed=config["report"]["seed"],
+        version=REPORT_VERSION,
+        roots="results/cells",
+    conda:
+        "../../envs/ftbench.yaml"
+    log:
+        "results/logs/aggregate.log",
+    shell:
+        "{FTBENCH} aggregate --cells-root {params.roots} --grid {input.grid} --cells-out {output.cells} "
+        "--predictions-out {output.predictions} --summary {output.summary} "
+        "--bootstrap {params.bootstrap} --seed {params.seed} 2> {log}"
+
+
+rule stats:
+    input:
+        cells="results/cells.parquet",
+    output:
+        tables=report(expand("results/stats/{table}.csv", table=STATS_TABLES), caption="../report/stats.rst",
+                      category="Tables"),
+    params:
+        alpha=config["report"]["alpha"],
+        version=REPORT_VERSION,
+    conda:
+        "../../envs/ftbench.yaml"
+    log:
+        "results/logs/stats.log",
+    shell:
+        "{FTBENCH} stats --cells {input.cells} --alpha {params.alpha} --out-dir $(dirname {output.tables[0]}) 2> {log}"
+
+
 rule report:
     input:
         cells="results/cells.parquet",
         summary="results/summary.parquet",
+        predictions="results/predictions.parquet",
+        stats=expand("results/stats/{table}.csv", table=STATS_TABLES),
         grid="results/grid.txt",
         data_reports=expand("results/tasks/{task}/data_report.json", task=TASKS),
         rejects=expand("results/data/{dataset}/rejects.csv", dataset=DATASETS),
     output:
-        report("results/report/index.html", caption="../report/index.rst", category="Report"),
+        html=report("results/report/index.html", caption="../report/index.rst", category="Report"),
+        figures=report(directory("results/report/figures"), patterns=["{kind}/{name}.svg"],
+                       caption="../report/figure.rst", category="Figures", subcategory="{kind}",
+                       labels={"figure": "{kind}", "of": "{name}"}),
     params:
         title=config["report"]["title"],
+        alpha=config["report"]["alpha"],
+        bootstrap=config["report"]["bootstrap"],
+        captions=CAPTIONS,
+        version=REPORT_VERSION,
     conda:
         "../../envs/ftbench.yaml"
     log:
         "results/logs/report.log",
     shell:
-        "{FTBENCH} report --cells {input.cells} --summary {input.summary} --expected {input.grid} "
-        "--data-reports {input.data_reports} --rejects {input.rejects} --title {params.title:q} --out {output} 2> {log}"
+        "{FTBENCH} report --cells {input.cells} --summary {input.summary} --predictions {input.predictions} "
+        "--stats-dir $(dirname {input.stats[0]}) --expected {input.grid} --logs results/logs/train "
+        "--data-reports {input.data_reports} --rejects {input.rejects} --alpha {params.alpha} "
+        "--bootstrap {params.bootstrap} --title {params.title:q} --out {output.html} --figures-dir {output.figures} "
+        "2> {log}"
+
+
+# The partial report: the same three steps on the cells complete now (no cell is an input, so nothing
+# trains); the fingerprint param reruns them when cells are added or rewritten.
+use rule aggregate as aggregate_partial with:
+    input:
+        grid="results/grid.txt",
+    output:
+        cells="results/partial/cells.parquet",
+        predictions="results/partial/predictions.parquet",
+        summary="results/partial/summary.parquet",
+        csv="results/partial/summary.csv",
+    params:
+        bootstrap=config["report"]["bootstrap"],
+        seed=config["report"]["seed"],
+        version=REPORT_VERSION,
+        roots="results/cells results/checkpoints",
+        complete=complete_cells_fingerprint,
+    log:
+        "results/logs/partial/aggregate.log",
+
+
+use rule stats as stats_partial with:
+    input:
+        cells="results/partial/cells.parquet",
+    output:
+        tables=expand("results/partial/stats/{table}.csv", table=STATS_TABLES),
+    log:
+        "results/logs/partial/stats.log",
+
+
+use rule report as report_partial with:
+    input:
+        cells="results/partial/cells.parquet",
+        summary="results/partial/summary.parquet",
+        predictions="results/partial/predictions.parquet",
+        stats=expand("results/partial/stats/{table}.csv", table=STATS_TABLES),
+        grid="results/grid.txt",
+        data_reports=expand("results/tasks/{task}/data_report.json", task=TASKS),
+        rejects=expand("results/data/{dataset}/rejects.csv", dataset=DATASETS),
+    output:
+        html="results/partial/report/index.html",
+        figures=directory("results/partial/report/figures"),
+    log:
+        "results/logs/partial/report.log",

@@ -1,23 +1,25 @@
-# Splits: k-fold by patient with a validation part, and seeded few-shot draws inside each fold.
+# Splits: folds by patient under each task's validation scheme (kfold, holdout, loco) with a validation
+# part, and seeded few-shot draws inside each fold. The number of folds comes from the config alone
+# (grid.fold_count; LOCO lists its centres), so the whole grid is planned before any data exists.
+from ftbench.config import task_validation
 
 
 rule folds:
     input:
         "results/tasks/{task}/images.parquet",
     output:
-        "results/splits/{task}/folds.parquet",
+        split="results/splits/{task}/folds.parquet",
+        summary="results/splits/{task}/folds.json",
     params:
-        folds=config["validation"]["folds"],
-        val_fraction=config["validation"]["val_fraction"],
-        seed=config["validation"]["seed"],
+        validation=lambda w: to_json(task_validation(config, w.task)),
         version=SPLIT_VERSION,
     conda:
         "../../envs/ftbench.yaml"
     log:
         "results/logs/splits/{task}_folds.log",
     shell:
-        "{FTBENCH} folds --task {wildcards.task} --task-table {input} --folds {params.folds} "
-        "--val-fraction {params.val_fraction} --seed {params.seed} --out {output} 2> {log}"
+        "{FTBENCH} folds --task {wildcards.task} --task-table {input} --validation {params.validation:q} "
+        "--out {output.split} --summary {output.summary} 2> {log}"
 
 
 rule fewshot:
@@ -25,14 +27,15 @@ rule fewshot:
         table="results/tasks/{task}/images.parquet",
         split="results/splits/{task}/folds.parquet",
     output:
-        "results/splits/{task}/fewshot/k{k}r{rep}.parquet",
+        "results/splits/{task}/fewshot/k{k}.parquet",
     params:
-        seed=config["validation"]["seed"],
+        seed=lambda w: task_validation(config, w.task)["seed"],
+        repetitions=config["regimes"].get("fewshot", {}).get("repetitions", 5),
         version=SPLIT_VERSION,
     conda:
         "../../envs/ftbench.yaml"
     log:
-        "results/logs/splits/{task}_k{k}r{rep}.log",
+        "results/logs/splits/{task}_k{k}.log",
     shell:
         "{FTBENCH} fewshot --task {wildcards.task} --task-table {input.table} --split {input.split} "
-        "--k {wildcards.k} --repetition {wildcards.rep} --seed {params.seed} --out {output} 2> {log}"
+        "--k {wildcards.k} --repetitions {params.repetitions} --seed {params.seed} --out {output} 2> {log}"

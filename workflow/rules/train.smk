@@ -1,27 +1,33 @@
-# Training cells: one job per (task, model, strategy, regime, fold).
-# params.settings holds only the cell's resolved settings (plus the training-code version), so editing
-# one strategy reruns only its cells, and refactoring code reruns nothing.
-CELL_BY_PATH = {cell.path: cell for cell in CELLS}
+# Training: one job per (task, model, strategy, regime group) trains all its folds (and few-shot
+# repetitions) into results/cells/<task>/<model>/<strategy>/<group>/[r<R>/]fold<F>/.
+# params.job holds only the resolved settings of those cells (plus the training-code version), so
+# editing one strategy reruns only its jobs, and refactoring code reruns nothing.
+# resources/group say what a job asks of a cluster (src/ftbench/cluster.py); the Slurm profile adds the GPU.
+from ftbench import cluster
+
+JOBS = grid.jobs(config)
+JOB_BY_PATH = {job.path: job for job in JOBS}
 
 
-def cell_of(w) -> "grid.Cell":
-    return CELL_BY_PATH[f"{w.task}/{w.model}/{w.strategy}/{w.regime}/fold{w.fold}"]
+def job_of(w) -> "grid.Job":
+    return JOB_BY_PATH[f"{w.task}/{w.model}/{w.strategy}/{w.group}"]
 
 
 def train_inputs(w):
-    cell = cell_of(w)
-    dataset = TASKS[cell.task]["dataset"]
-    size = grid.model_img_size(config, cell.model)
+    job = job_of(w)
+    dataset = TASKS[job.task]["dataset"]
     inputs = {
-        "table": f"results/tasks/{cell.task}/images.parquet",
-        "split": f"results/splits/{cell.task}/folds.parquet",
+        "table": f"results/tasks/{job.task}/images.parquet",
+        "split": f"results/splits/{job.task}/folds.parquet",
     }
-    if grid.uses_cache(config, cell):
-        inputs["embeddings"] = f"results/embeddings/{dataset}/{cell.model}.npy"
+    if grid.uses_cache(config, job.strategy):
+        inputs["embeddings"] = f"results/embeddings/{dataset}/{job.model}.npy"
     else:
-        inputs["store"] = f"results/data/{dataset}/images_{size}.npy"
-    if cell.regime != "full":
-        inputs["fewshot"] = f"results/splits/{cell.task}/fewshot/{cell.regime}.parquet"
+        inputs["store"] = f"results/data/{dataset}/images_{grid.model_img_size(config, job.model)}.npy"
+        if weights := model_weights(job.model):
+            inputs["weights"] = weights
+    if job.group != "full":
+        inputs["fewshot"] = f"results/splits/{job.task}/fewshot/{job.group}.parquet"
     return inputs
 
 
@@ -29,20 +35,28 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        predictions="results/cells/{task}/{model}/{strategy}/{regime}/fold{fold}/predictions.parquet",
-        metrics="results/cells/{task}/{model}/{strategy}/{regime}/fold{fold}/metrics.json",
-        run="results/cells/{task}/{model}/{strategy}/{regime}/fold{fold}/run.json",
+        directory("results/cells/{task}/{model}/{strategy}/{group}"),
     params:
-        settings=lambda w: to_json(grid.cell_settings(config, cell_of(w))),
-        fewshot=lambda w, input: f"--fewshot {input.fewshot}" if "fewshot" in input.keys() else "",
-        source=lambda w, input: (f"--embeddings {input.embeddings}" if "embeddings" in input.keys()
-                                 else f"--store {input.store}"),
+        job=lambda w: to_json(grid.job_settings(config, job_of(w), JOBS[job_of(w)])),
+        store=optional("store", "store"),
+        embeddings=optional("embeddings", "embeddings"),
+        weights=optional("weights", "weights"),
+        fewshot=optional("fewshot", "fewshot"),
     threads: config["training"]["threads"]
+    resources:
+        runtime=lambda w, attempt: cluster.runtime_min(config, job_of(w), len(JOBS[job_of(w)]), attempt),
+        mem_mb=lambda w, attempt: cluster.mem_mb(config, job_of(w), attempt),
+    group:
+        lambda w: cluster.group(job_of(w))
     conda:
         "../../envs/ftbench.yaml"
     log:
-        "results/logs/train/{task}/{model}/{strategy}/{regime}/fold{fold}.log",
+        "results/logs/train/{task}/{model}/{strategy}/{group}.log",
+    # the hubs are forced offline: a job loads only the local weights it was given, it never downloads
     shell:
-        "{FTBENCH} train --settings {params.settings:q} --task-table {input.table} --split {input.split} "
-        "{params.source} {params.fewshot} --threads {threads} "
-        "--out-dir $(dirname {output.metrics}) 2> {log}"
+        "HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "
+        "{FTBENCH} train --job {params.job:q} --task-table {input.table} --split {input.split} "
+        "{params.store} {params.embeddings} {params.weights} {params.fewshot} --threads {threads} "
+        "--out-dir {output} "
+        "--checkpoints results/checkpoints/{wildcards.task}/{wildcards.model}/{wildcards.strategy}/{wildcards.group} "
+        "2> {log}"

@@ -12,8 +12,9 @@ from pathlib import Path
 CHUNK = 1 << 20
 
 
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
+def hexdigest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Checksum of a file, read in chunks (TCIA publishes MD5s, archives get SHA-256s)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(CHUNK), b""):
             digest.update(block)
@@ -24,6 +25,8 @@ def fetch(url: str, dest: str | Path, expected_sha256: str | None = None, timeou
     """Download ``url`` to ``dest``; a partial ``dest.part`` left by an interrupted run is resumed.
 
     The file appears at ``dest`` only once complete and verified, so a half download never looks done.
+    A connection that closes before the announced Content-Length raises ``ConnectionError`` and keeps the
+    bytes received (urllib's chunked reads end quietly there, so the length is checked here).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -31,10 +34,14 @@ def fetch(url: str, dest: str | Path, expected_sha256: str | None = None, timeou
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     with urllib.request.urlopen(request, timeout=timeout) as response:
-        resumed = have and response.status == 206
-        with open(part, "ab" if resumed else "wb") as out:
+        start = have if have and response.status == 206 else 0
+        announced = response.headers.get("Content-Length")
+        with open(part, "ab" if start else "wb") as out:
             shutil.copyfileobj(response, out, CHUNK)
-    if expected_sha256 and (got := sha256(part)) != expected_sha256:
+    if announced is not None and (size := part.stat().st_size) != start + int(announced):
+        raise ConnectionError(f"{url}: transfer cut after {size - start} of {announced} bytes; "
+                              f"the {size} bytes in {part} are resumed by the next attempt")
+    if expected_sha256 and (got := hexdigest(part)) != expected_sha256:
         part.unlink()
         raise ValueError(f"{url}: checksum mismatch, expected sha256 {expected_sha256}, got {got}; the partial file was removed")
     part.replace(dest)

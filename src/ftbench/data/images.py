@@ -1,14 +1,21 @@
-"""Decode one image file into a grayscale uint8 array, whatever its format, mode or bit depth."""
+"""Decode one image file into a grayscale uint8 array, whatever its format, mode or bit depth.
+
+DICOM files (``*.dcm`` or a ``DICM`` preamble) go through :mod:`ftbench.data.dicom`; everything else
+through Pillow (JPEG, PNG, TIFF, ...).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ftbench.data import dicom
+
 # Errors that mean "this file is not a usable image"; anything else is a bug and propagates.
-DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, *dicom.READ_ERRORS)
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -22,7 +29,7 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.round((pixels - lo) / (hi - lo) * 255.0).astype(np.uint8)
 
 
-def decode(path: str | Path) -> np.ndarray:
+def _raster(path: str | Path) -> np.ndarray:
     """Grayscale uint8 (H, W) from a JPEG/PNG/... file in mode L, RGB, RGBA, P, LA, I;16 or I.
 
     Alpha is dropped (composited on black), palette images are expanded, 16-bit and 32-bit images are
@@ -37,6 +44,19 @@ def decode(path: str | Path) -> np.ndarray:
             background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
             img = Image.alpha_composite(background, rgba)
         return np.asarray(img.convert("L"), dtype=np.uint8)
+
+
+def _dicom(path: str | Path) -> np.ndarray:
+    """Grayscale uint8 (H, W) of a DICOM radiograph after its modality and VOI LUTs (MONOCHROME1 inverted)."""
+    return to_uint8(dicom.pixels(path))
+
+
+DECODERS: dict[str, Callable[[str | Path], np.ndarray]] = {"dicom": _dicom, "raster": _raster}
+
+
+def decode(path: str | Path) -> np.ndarray:
+    """Grayscale uint8 (H, W) of any supported image file; raises one of ``DECODE_ERRORS`` when unusable."""
+    return DECODERS["dicom" if dicom.is_dicom(path) else "raster"](path)
 
 
 def resize(pixels: np.ndarray, side: int) -> np.ndarray:

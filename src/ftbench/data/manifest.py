@@ -34,7 +34,8 @@ def read(csv: str | Path, root: str | Path | None = None, columns: dict | None =
     for line, (image_id, file) in enumerate(meta.select("image_id", "file").iter_rows(), start=2):
         path = (root / file).resolve()
         if not path.is_relative_to(root):
-            rejects.append({"image_id": image_id, "file": file, "reason": f"{csv} line {line}: path escapes root {root}"})
+            rejects.append({"image_id": image_id, "file": file, "kind": "path escapes root",
+                            "reason": f"{csv} line {line}: path escapes root {root}"})
             files.append(None)
         else:
             files.append(str(path))

@@ -1,7 +1,9 @@
 """From a dataset table to one task: filter rows, binarise the label, pick images per patient.
 
 The task table keeps ``row`` (the image's row in the dataset's store) and a 0/1 ``label``. What the
-filter and the label leave out is counted in the data report, never dropped without a trace.
+filter and the label leave out is counted in the data report, never dropped without a trace; the report
+also states the task's choices (label, classes, images per patient, unit of splitting) and the counts per
+class, centre, view and patient, and what the dataset rejected before the task saw it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ def _as_text(values: list) -> list[str]:
     return [str(v) for v in values]
 
 
-def build(table: pl.DataFrame, task: dict, name: str) -> tuple[pl.DataFrame, dict]:
-    """The task's image table and a data report (counts per step, class, centre, view)."""
+def build(table: pl.DataFrame, task: dict, name: str, rejects: pl.DataFrame | None = None) -> tuple[pl.DataFrame, dict]:
+    """The task's image table and its data report (``rejects``: the dataset's rejected images)."""
     label = task["label"]
     if label not in table.columns:
         raise ValueError(f"task '{name}': label column '{label}' is not in dataset '{task['dataset']}' "
@@ -28,13 +30,20 @@ def build(table: pl.DataFrame, task: dict, name: str) -> tuple[pl.DataFrame, dic
         steps[f"after filter {column}"] = rows.height
     positive = _as_text(task["positive"])
     lab = pl.col(label)
+    present = lab.is_not_null() & (lab.str.strip_chars() != "")
     if task.get("negative"):
         negative = lab.is_in(_as_text(task["negative"]))
+        stray = rows.filter(present & ~lab.is_in(positive) & ~negative)
+        if stray.height:
+            values = sorted(stray[label].unique().to_list())
+            raise ValueError(f"task '{name}': column '{label}' has value(s) {values} outside the declared positive "
+                             f"{positive} and negative {_as_text(task['negative'])} (config key 'tasks.{name}'), e.g. "
+                             f"image {stray['image_id'][0]} ({stray['file'][0]}); declare them or filter the rows")
     else:
-        negative = lab.is_not_null() & (lab != "") & ~lab.is_in(positive)
-    unknown = rows.filter(~lab.is_in(positive) & ~negative)
-    rows = rows.filter(lab.is_in(positive) | negative).with_columns(
-        lab.is_in(positive).cast(pl.Int8).alias("label"))
+        negative = present & ~lab.is_in(positive)
+    known = (lab.is_in(positive) | negative).fill_null(False)  # an empty label is unknown, and counted
+    unknown = rows.filter(~known)
+    rows = rows.filter(known).with_columns(lab.is_in(positive).cast(pl.Int8).alias("label"))
     steps["with a known label"] = rows.height
     conflicts = rows.group_by("patient_id").agg(pl.col("label").n_unique().alias("n")).filter(pl.col("n") > 1)
     if conflicts.height:
@@ -53,9 +62,12 @@ def build(table: pl.DataFrame, task: dict, name: str) -> tuple[pl.DataFrame, dic
     report = {
         "task": name,
         "dataset": task["dataset"],
+        "description": task.get("description", ""),
         "label": label,
         "positive": positive,
+        "negative": _as_text(task["negative"]) if task.get("negative") else "every other non-empty value",
         "images_policy": policy,
+        "split_by": task.get("split_by", "patient"),
         "steps": steps,
         "unlabelled_images": unknown.height,
         "images_per_class": _counts(rows, "label"),
@@ -63,8 +75,24 @@ def build(table: pl.DataFrame, task: dict, name: str) -> tuple[pl.DataFrame, dic
         "images_per_centre": _counts(rows, "centre"),
         "images_per_view": _counts(rows, "view"),
         "images_per_patient": _counts(rows.group_by("patient_id").agg(pl.len().alias("images")), "images"),
+        "patients_per_centre_and_class": _per_class(rows.unique("patient_id"), "centre"),
+        "images_per_view_and_class": _per_class(rows, "view"),
+        "rejects": _rejects(rejects),
     }
     return rows, report
+
+
+def _per_class(frame: pl.DataFrame, column: str) -> dict[str, dict[str, int]]:
+    """{value of column: {"0": negatives, "1": positives}}: where the classes are (LOCO needs both per centre)."""
+    return {key: {"0": 0, "1": 0, **_counts(group, "label")}
+            for key, group in sorted(((str(k[0]), g) for k, g in frame.group_by(column)), key=lambda kv: kv[0])}
+
+
+def _rejects(rejects: pl.DataFrame | None) -> dict:
+    """How many of the dataset's images were rejected before any task, by kind (details in rejects.csv)."""
+    if rejects is None:
+        return {"images": 0, "by_kind": {}}
+    return {"images": rejects.height, "by_kind": _counts(rejects, "kind")}
 
 
 def _counts(frame: pl.DataFrame, column: str) -> dict[str, int]:

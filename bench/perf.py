@@ -1,0 +1,206 @@
+"""Side-by-side performance measurements of ftbench's design choices, in one run on this machine.
+
+    .venv/bin/python bench/perf.py            # all parts, CPU sizes (a few minutes on 2 cores)
+    .venv/bin/python bench/perf.py --part lp  # one part: lp | pipeline | dryrun | gpu
+
+1. lp: a linear-probing grid (5 folds x K in {4, 16} x 5 repetitions = 50 cells) trained from the
+   embedding cache vs end to end through the frozen backbone; prints the time ratio (target >= 20x).
+2. pipeline: training images/s of the real input pipeline (memory-mapped uint8 store -> device ->
+   augment/normalise there) vs the same loop on tensors already in memory (target >= 0.9), and vs a
+   plain decode-every-epoch loader (PIL + torchvision transforms).
+3. dryrun: `snakemake -n` time and job count of the default config's full grid.
+4. gpu (only with CUDA): images/s and peak memory of ViT-B/16 LoRA and ResNet-50 FFT at 224 px, bf16 vs fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+
+from ftbench import backbones, embeddings, inputs, splits, strategies
+from ftbench.data import store as image_store
+from ftbench.data import tasks
+from ftbench.data.adapters import build_table
+from ftbench.training import run_cell
+from ftbench.zoo import resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def prepare(workdir: Path, patients: int, side: int) -> dict:
+    """A synthetic dataset prepared the way the workflow prepares one."""
+    spec = {"adapter": "synthetic", "synthetic": {"patients": patients, "side": side, "seed": 1, "positive_rate": 0.5}}
+    table, _ = build_table("bench", spec, workdir)
+    store = image_store.build(table, side, workdir / f"images_{side}.npy")
+    task, _ = tasks.build(table, {"dataset": "bench", "label": "outcome", "positive": ["poor"]}, "bench")
+    task.write_parquet(workdir / "task.parquet")
+    split = splits.kfold(task, 5, 0.2, 0, "bench")
+    split.write_parquet(workdir / "folds.parquet")
+    draws = {}
+    for k in (4, 16):
+        for rep in range(5):
+            path = workdir / f"k{k}r{rep}.parquet"
+            splits.fewshot(task, split, k, rep, 0, "bench").write_parquet(path)
+            draws[f"k{k}r{rep}"] = str(path)
+    return {"table": table, "store": str(store), "task": str(workdir / "task.parquet"),
+            "split": str(workdir / "folds.parquet"), "draws": draws}
+
+
+def lp_grid(arch: str, side: int, patients: int, epochs: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data = prepare(work, patients, side)
+        model = {"name": arch, "arch": arch, "img_size": side}
+        training = {"batch_size": 32, "max_epochs": epochs, "patience": epochs, "lr": 1e-2, "weight_decay": 0.0,
+                    "augment": True, "seed": 0}
+        cells = [(regime, fold) for regime in data["draws"] for fold in range(5)]
+
+        def grid(cache: str | None) -> float:
+            start = time.perf_counter()
+            for regime, fold in cells:
+                k, rep = map(int, regime[1:].split("r"))
+                settings = {"task": "bench", "fold": fold, "regime": {"name": regime, "k": k, "repetition": rep},
+                            "model": model, "strategy": {"name": "lp", "kind": "lp"}, "training": training}
+                run_cell(settings, data["task"], data["split"], data["store"], str(work / "cells" / regime / str(fold)),
+                         data["draws"][regime], threads=torch.get_num_threads(), embeddings=cache)
+            return time.perf_counter() - start
+
+        start = time.perf_counter()
+        embeddings.build(model, data["store"], str(work / "emb.npy"), threads=torch.get_num_threads())
+        cache_build = time.perf_counter() - start
+        cached = grid(str(work / "emb.npy"))
+        e2e = grid(None)
+        print(f"[lp] {arch} at {side}px, {data['table'].height} images, {len(cells)} cells x {epochs} epochs")
+        print(f"[lp] end to end through the backbone: {e2e:8.1f} s")
+        print(f"[lp] from the cache: {cache_build:6.1f} s to build + {cached:6.1f} s to train = {cache_build + cached:8.1f} s")
+        print(f"[lp] ratio end-to-end / cached: {e2e / (cache_build + cached):.1f}x  (target >= 20x)")
+
+
+def _train_loop(model, optimizer, batches, prep_fn, steps: int, autocast: torch.dtype | None = None) -> float:
+    """images/s of `steps` training steps; batches() yields (x, y) and prep_fn(x) makes model input."""
+    device = next(model.parameters()).device
+    seen, start = 0, None
+    for step, (x, y) in enumerate(batches()):
+        if step == 2:  # warm-up steps excluded
+            start, seen = time.perf_counter(), 0
+        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            loss = F.cross_entropy(model(prep_fn(x)).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seen += len(y)
+        if step + 1 >= steps + 2:
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - start)
+
+
+def pipeline(arch: str, side: int, patients: int, steps: int, batch: int) -> None:
+    import torchvision.transforms.v2 as T
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = prepare(Path(tmp), patients, side)
+        entry = resolve(arch, side)
+        device = torch.device("cpu")
+        store = image_store.load(data["store"])
+        n = len(store)
+        labels = torch.from_numpy((data["table"]["outcome"] == "poor").to_numpy().astype(np.int64))
+        gen = torch.Generator().manual_seed(0)
+
+        def fresh():
+            model = backbones.build(entry)
+            plan = strategies.apply(model, entry, {"kind": "fft"}, {"lr": 1e-4})
+            return model.train(), torch.optim.AdamW(plan.param_groups)
+
+        def cycle(make):
+            while True:
+                for i in range(0, n - batch + 1, batch):
+                    yield make(i)
+
+        # 1. the real pipeline: rows of the memory-mapped store -> uint8 tensor -> device-side prep
+        prep = inputs.Preprocess(entry, device, augment=True, generator=gen)
+        rows = np.random.default_rng(0).permutation(n)
+        real = _train_loop(*fresh(), lambda: cycle(lambda i: (inputs.load_rows(store, rows[i:i + batch]),
+                                                               labels[rows[i:i + batch]])),
+                           lambda x: prep(x, train=True), steps)
+        # 2. the same loop on model-ready tensors already in memory (no loading, no augmentation)
+        ready = prep(torch.from_numpy(np.array(store)), train=False)
+        memory = _train_loop(*fresh(), lambda: cycle(lambda i: (ready[i:i + batch], labels[i:i + batch])),
+                             lambda x: x, steps)
+        # 3. a plain loader: decode every file every epoch with PIL + torchvision transforms
+        transform = T.Compose([T.Grayscale(3), T.Resize((side, side)), T.RandomAffine(6, (0.06, 0.06), (0.9, 1.1)),
+                               T.ColorJitter(0.08, 0.15), T.ToImage(), T.ToDtype(torch.float32, scale=True),
+                               T.Normalize(entry.mean, entry.std)])
+        files = data["table"]["file"].to_list()
+        plain = _train_loop(*fresh(), lambda: cycle(lambda i: (
+            torch.stack([transform(Image.open(files[j]).convert("L")) for j in range(i, i + batch)]),
+            labels[i:i + batch])), lambda x: x, steps)
+        print(f"[pipeline] {arch} FFT at {side}px, batch {batch}, {steps} steps, {torch.get_num_threads()} threads")
+        print(f"[pipeline] real pipeline (memmap uint8 + device-side augment): {real:7.1f} images/s")
+        print(f"[pipeline] tensors already in memory:                         {memory:7.1f} images/s")
+        print(f"[pipeline] decode every epoch (PIL + torchvision):             {plain:7.1f} images/s")
+        print(f"[pipeline] real / in-memory: {real / memory:.2f}  (target >= 0.9);  real / decode: {real / plain:.2f}x")
+
+
+def dryrun() -> None:
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "-s", str(ROOT / "Snakefile"), "-d", str(ROOT)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    seconds = time.perf_counter() - start
+    total = re.search(r"^total\s+(\d+)", proc.stdout + proc.stderr, re.M)
+    print(f"[dryrun] default config.yaml: {total.group(1) if total else '?'} jobs planned in {seconds:.1f} s")
+
+
+def gpu() -> None:
+    if not torch.cuda.is_available():
+        print("[gpu] no CUDA device: skipped")
+        return
+    device = torch.device("cuda")
+    for arch, kind in (("vit_base_patch16_224", "lora"), ("resnet50", "fft")):
+        for dtype in (torch.float32, torch.bfloat16):
+            entry = resolve(arch, 224)
+            model = backbones.build(entry)
+            plan = strategies.apply(model, entry, {"kind": kind, "rank": 8}, {"lr": 1e-4})
+            model = model.to(device, memory_format=torch.channels_last).train()
+            optimizer = torch.optim.AdamW(plan.param_groups, fused=True)
+            x = torch.randint(0, 255, (64, 224, 224), dtype=torch.uint8, device=device)
+            y = torch.randint(0, 2, (64,), device=device)
+            prep = inputs.Preprocess(entry, device, augment=True)
+            torch.cuda.reset_peak_memory_stats()
+            rate = _train_loop(model, optimizer, lambda: iter(lambda: (x, y), None),
+                               lambda batch: prep(batch, train=True).contiguous(memory_format=torch.channels_last), 30,
+                               autocast=torch.bfloat16 if dtype == torch.bfloat16 else None)
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            print(f"[gpu] {arch} {kind} {str(dtype).split('.')[-1]}: {rate:8.1f} images/s, peak {peak:.1f} GiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["lp", "pipeline", "dryrun", "gpu", "all"], default="all")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.part in ("lp", "all"):
+        lp_grid("resnet18", side=64, patients=120, epochs=10)
+    if args.part in ("pipeline", "all"):
+        pipeline("resnet18", side=128, patients=120, steps=12, batch=32)
+    if args.part in ("dryrun", "all"):
+        dryrun()
+    if args.part in ("gpu", "all"):
+        gpu()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""What each figure of the report shows and how to read it.
+
+Light on purpose (no plotting imports): the report rule passes these to ``snakemake --report`` as params,
+and the HTML report prints the same text under each figure.
+"""
+
+CAPTIONS = {
+    "heatmap_mcc": "MCC of every model (rows) and strategy (columns) on the test parts, at the decision threshold "
+                   "chosen on validation: mean over folds (and few-shot repetitions), with its 95% bootstrap CI "
+                   "(patients resampled) below. Blue is better, white is chance (0), red is worse than chance; "
+                   "'–' marks a combination not in the results, 'failed' one whose cells all failed.",
+    "heatmap_pr_auc": "PR-AUC (average precision) of every model and strategy: mean over folds (and repetitions) "
+                      "with its 95% bootstrap CI. Darker is better. Chance level is the task's positive rate, "
+                      "not 0.5: compare with the class-imbalance view.",
+    "roc_pr": "ROC (left) and precision-recall (right) curves of the three best model and strategy pairs by mean "
+              "MCC on full data, pooling the test predictions of all folds (each patient once). The legend gives "
+              "the pooled AUC / average precision, which can differ slightly from the mean over folds. Up and to "
+              "the left (ROC) and up and to the right (PR) is better; dotted lines are chance.",
+    "fewshot": "Few-shot learning curves: MCC against K labelled training patients per class (and full data, "
+               "squares, right of the dashed line), one panel per model, one colour per strategy. Points are means "
+               "over folds and repetitions, bars and bands their 95% bootstrap CIs. A flat curve that reaches the "
+               "full-data level early is a strategy that needs few labels.",
+    "cd_mcc": "Critical-difference diagrams of MCC, one per model family and regime. Each strategy sits at its mean "
+              "rank over blocks (one block = one test fold of one task seen by one model; 1 = best, on the left). "
+              "A thick bar joins strategies the Nemenyi post-hoc test cannot tell apart at the report's alpha; the "
+              "CD line above the axis is the critical difference of mean ranks. Read it only when Friedman's p is "
+              "small; with few blocks nothing can be significant.",
+    "cd_pr_auc": "Critical-difference diagrams of PR-AUC, read as those of MCC: mean ranks (1 = best, left), bars "
+                 "join strategies not significantly different (Nemenyi), one panel per model family and regime.",
+    "efficiency": "Cost against MCC on full data: trainable parameters, compute time summed over the folds, and "
+                  "peak memory, one point per model (shape) and strategy (colour), bars are 95% CIs. The dashed "
+                  "step line is the Pareto front: points with a black edge are not beaten by any cheaper point. Up "
+                  "and to the left is better.",
+    "imbalance": "Class imbalance: mean MCC (left) and PR-AUC (right) on full data of every model and strategy, "
+                 "placed at the positive rate of the task (task names above the plot). PR-AUC's chance level rises "
+                 "with the positive rate (dotted diagonal); MCC's stays at 0. A strategy whose points fall as "
+                 "the positive rate falls is sensitive to imbalance; this needs several tasks to read.",
+}

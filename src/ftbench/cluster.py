@@ -1,0 +1,60 @@
+"""What a training job asks of a cluster: wall time, host memory and its Slurm batch.
+
+Torch-free (the Snakefile imports it; every Slurm job re-parses the Snakefile). Requests scale with the
+backbone's size class, read from its architecture name, and with the image side; each retry (Snakemake's
+``attempt``) asks for proportionally more, so a cell killed for time or memory gets through on retry.
+The figures are generous first guesses for Cohen-sized data on one GPU; calibrate them with
+``--slurm-efficiency-report`` and override with ``--set-resources train:runtime=...``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+from ftbench import grid
+from ftbench.zoo import resolve
+
+# Size class -> (minutes per full-data cell at 224 px, minutes per few-shot cell, host memory MB).
+SIZE_CLASSES: dict[str, tuple[int, int, int]] = {
+    "xs": (5, 2, 2000),  # timm's test_* models of the demo and tests
+    "s": (30, 5, 8000),  # ResNet-18/34, ViT-S, MobileNets: < ~30 M parameters
+    "m": (60, 8, 12000),  # ResNet-50, DenseNet-121, ViT-B: ~30-100 M
+    "l": (120, 15, 24000),  # ViT-L, VGG, ResNet-101/152: ~100-350 M
+    "xl": (240, 30, 48000),  # ViT-H/g: > 350 M
+}
+# First match wins, on "<arch> <loader name>" in lower case; an unknown backbone counts as "m".
+SIZE_PATTERNS: tuple[tuple[str, str], ...] = (
+    (r"(^|\s)test_", "xs"),
+    (r"huge|giant|vit[-_]?[hg](\b|\d)", "xl"),
+    (r"large|vit[-_]?l(\b|\d)|vgg|resnet(101|152)|resnext101|densenet(161|169|201)|convnext_(base|large)", "l"),
+    (r"base|vit[-_]?b(\b|\d)|resnet50|resnext50|densenet121|convnext_(tiny|small)|efficientnet_b[3-7]", "m"),
+    (r"small|tiny|vit[-_]?s(\b|\d)|resnet(18|34)|mobilenet|efficientnet_b[0-2]", "s"),
+)
+FEWSHOT_GROUP = "fewshot_cells"
+
+
+@functools.lru_cache(maxsize=None)
+def size_class(arch: str) -> str:
+    """The size class of an architecture (a zoo key or a timm name), from its name alone."""
+    text = f"{arch} {resolve(arch).name}".lower()
+    return next((cls for pattern, cls in SIZE_PATTERNS if re.search(pattern, text)), "m")
+
+
+def runtime_min(config: dict, job: grid.Job, cells: int, attempt: int = 1) -> int:
+    """Wall time (minutes) for a job of ``cells`` cells: size class x image area x cells x attempt."""
+    full, fewshot, _ = SIZE_CLASSES[size_class(config["models"][job.model]["arch"])]
+    minutes = full if job.group == "full" else fewshot
+    area = (grid.model_img_size(config, job.model) / 224) ** 2
+    return max(1, round(minutes * max(area, 0.25) * cells)) * attempt
+
+
+def mem_mb(config: dict, job: grid.Job, attempt: int = 1) -> int:
+    """Host memory (MB) for a job (its cells run one after another): size class x attempt."""
+    return SIZE_CLASSES[size_class(config["models"][job.model]["arch"])][2] * attempt
+
+
+def group(job: grid.Job) -> str | None:
+    """Slurm batch of a job: few-shot jobs (many short cells) are packed together by the profile
+    (``group-components``); a full-data job is a Slurm job of its own."""
+    return None if job.group == "full" else FEWSHOT_GROUP

@@ -1,0 +1,72 @@
+"""AIforCOVID (Soda et al., Medical Image Analysis 2021): one admission CXR per COVID-19 patient from six
+Italian hospitals, with the outcome (mild / severe) and death. Access requires registration, so it is
+read from the user's local copy as distributed:
+
+    <path>/AIforCOVID.xlsx (+ AIforCOVID_r2.xlsx, ... for later releases)
+        ImageFile (image and patient id), Hospital (centre, A-F), Prognosis (MILD / SEVERE), Death, ...
+    <path>/imgs/<ImageFile>.dcm (+ imgs_r2/, ... for later releases)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from ftbench.data import clinical, dicom
+
+ID, CENTRE = "ImageFile", "Hospital"
+INSTRUCTIONS = (
+    "AIforCOVID is distributed only after registration: request access at https://aiforcovid.radiomica.it/ , "
+    "download every release, and put (or point datasets.<name>.path at) one folder holding AIforCOVID.xlsx "
+    "(AIforCOVID_r2.xlsx, ... for later releases: columns ImageFile, Hospital, Prognosis, Death) and imgs/ "
+    "(imgs_r2/, ...) with one <ImageFile>.dcm per patient"
+)
+
+
+def read(root: str | Path) -> tuple[pl.DataFrame, list[dict]]:
+    """The standard table (patient = image, centre = hospital, every sheet column as a label) and rejects.
+
+    Sheet rows whose image is missing and images that no sheet lists are rejected with the reason.
+    """
+    root = Path(root)
+    sheets = sorted(root.glob("AIforCOVID*.xlsx")) if root.is_dir() else []
+    if not sheets:
+        raise FileNotFoundError(f"{root}: {'no AIforCOVID*.xlsx sheet in this folder' if root.is_dir() else 'not found'}. "
+                                f"{INSTRUCTIONS}")
+    table = pl.concat([clinical.read(sheet, ID).with_columns(pl.lit(sheet.name).alias("sheet")) for sheet in sheets],
+                      how="diagonal")
+    twice = table.filter(pl.col("patient_id").is_duplicated())["patient_id"].unique().sort().to_list()
+    if twice:
+        raise ValueError(f"{root}: {ID} value(s) {twice[:10]} are listed in more than one AIforCOVID*.xlsx sheet")
+    if CENTRE not in table.columns:
+        raise ValueError(f"{root}: the sheets have no '{CENTRE}' column (the centre); columns are {table.columns}")
+    images: dict[str, Path] = {}
+    for file in sorted(root.glob("imgs*/*.dcm")):
+        if file.stem in images:
+            raise ValueError(f"{root}: image {file.stem} is in two folders: {images[file.stem]} and {file}")
+        images[file.stem] = file.resolve()
+    listed = set(table["patient_id"])
+    rejects = [{"image_id": stem, "file": str(file), "kind": "not in the clinical sheets",
+                "reason": f"no row with {ID} = {stem} in {[s.name for s in sheets]}"}
+               for stem, file in images.items() if stem not in listed]
+    missing = table.filter(~pl.col("patient_id").is_in(list(images)))
+    rejects += [{"image_id": pid, "file": str(root / "imgs" / f"{pid}.dcm"), "kind": "image missing",
+                 "reason": f"{sheet} lists {ID} {pid} but no imgs*/{pid}.dcm exists"}
+                for pid, sheet in missing.select("patient_id", "sheet").iter_rows()]
+    table = table.filter(pl.col("patient_id").is_in(list(images)))
+    files = [str(images[pid]) for pid in table["patient_id"]]
+    views = [_view(f) for f in files]
+    table = table.with_columns(
+        pl.col("patient_id").alias("image_id"), pl.Series("file", files, dtype=pl.String),
+        pl.col(CENTRE).alias("centre"), pl.Series("view", views, dtype=pl.String), pl.lit(None, pl.Float64).alias("time"),
+    ).drop(CENTRE)
+    return table, rejects
+
+
+def _view(file: str) -> str:
+    """The view the DICOM header states; an unreadable header is left to the decoding check to reject."""
+    try:
+        return dicom.header(file)["view"]
+    except dicom.READ_ERRORS:
+        return "unknown"

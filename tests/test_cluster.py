@@ -1,0 +1,71 @@
+"""What cells ask of a cluster, and the Slurm profile as Snakemake reads it (fast: no Slurm needed)."""
+
+import os
+
+import pytest
+from conftest import ROOT
+
+from ftbench import cluster, grid
+
+
+@pytest.mark.parametrize(("arch", "size"), [
+    ("test_vit", "xs"), ("resnet18", "s"), ("dinov2_vits14", "s"), ("resnet50", "m"), ("densenet121", "m"),
+    ("dinov2_vitb14", "m"), ("vgg19", "l"), ("dinov2_vitl14", "l"), ("vit_huge_patch14_224", "xl"),
+])
+def test_size_class_from_the_architecture_name(arch, size):
+    assert cluster.size_class(arch) == size
+
+
+def test_requests_grow_with_model_size_image_side_cells_and_attempt(demo_config):
+    config = {**demo_config, "models": {
+        "small": {"arch": "resnet18"}, "large": {"arch": "dinov2_vitl14", "img_size": 224},
+        "large_hires": {"arch": "dinov2_vitl14", "img_size": 448}}}
+    job = {name: grid.Job("t", name, "lp", "full") for name in config["models"]}
+    runtime = {name: cluster.runtime_min(config, j, 5) for name, j in job.items()}
+    assert runtime["small"] < runtime["large"] < runtime["large_hires"]
+    assert cluster.runtime_min(config, job["large"], 10) == 2 * runtime["large"]  # time for each of its cells
+    assert cluster.mem_mb(config, job["small"]) < cluster.mem_mb(config, job["large"])
+    # a retry asks for proportionally more, so a job killed for time or memory gets through
+    assert cluster.runtime_min(config, job["large"], 5, attempt=3) == 3 * runtime["large"]
+    assert cluster.mem_mb(config, job["large"], attempt=2) == 2 * cluster.mem_mb(config, job["large"])
+    fewshot = grid.Job("t", "large", "lp", "k4")
+    assert cluster.runtime_min(config, fewshot, 5) < runtime["large"]
+
+
+def test_only_fewshot_jobs_are_batched():
+    assert cluster.group(grid.Job("t", "m", "lp", "k4")) == cluster.FEWSHOT_GROUP
+    assert cluster.group(grid.Job("t", "m", "lp", "full")) is None
+
+
+def read_profile(monkeypatch, **environ) -> dict:
+    """The Slurm profile as `snakemake --profile slurm` run from the repository root reads it."""
+    from snakemake.cli import get_profile_dir
+    from snakemake.profiles import ProfileConfigFileParser
+
+    for name in [n for n in os.environ if n.startswith("FTBENCH_SLURM_")]:
+        monkeypatch.delenv(name)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(ROOT)
+    _, path = get_profile_dir("slurm")
+    with open(path) as stream:
+        return ProfileConfigFileParser().parse(stream)
+
+
+def test_profile_is_found_and_takes_account_and_partitions_from_the_environment(monkeypatch):
+    profile = read_profile(monkeypatch, FTBENCH_SLURM_ACCOUNT="proj42", FTBENCH_SLURM_PARTITION="cpu",
+                           FTBENCH_SLURM_GPU_PARTITION="gpu", FTBENCH_SLURM_GPU_MODEL="a100")
+    assert profile["executor"] == "slurm"
+    assert {"slurm_account=proj42", "slurm_partition=cpu"} <= set(profile["default-resources"])
+    assert {"train:gpu=1", "train:gpu_model=a100", "train:slurm_partition=gpu"} <= set(profile["set-resources"])
+    # data, splits and report jobs ask for no GPU: only the training rule gets one
+    assert not any("gpu" in entry for entry in profile["default-resources"])
+    assert all(entry.startswith("train:") for entry in profile["set-resources"])
+    assert profile["set-resource-scopes"] == ["gpu=local"]  # one GPU per submitted job, not for the workflow
+
+
+def test_profile_without_environment_leaves_account_and_partition_to_slurm(monkeypatch):
+    profile = read_profile(monkeypatch)
+    assert not any(entry.startswith(("slurm_account", "slurm_partition")) for entry in profile["default-resources"])
+    assert profile["set-resources"] == ["train:gpu=1"]
+    assert profile["keep-going"] == "True" and int(profile["retries"]) >= 1

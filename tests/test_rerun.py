@@ -1,0 +1,95 @@
+"""Rerun semantics: after a run, Snakemake plans exactly the training jobs whose definition changed.
+
+The workflow is copied to a temporary folder so that its sources can be edited like a developer would.
+"""
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from smk import DEMO, REDUCED, planned, snakemake, write_config
+
+pytestmark = pytest.mark.slow
+
+# training jobs (every fold, and few-shot repetition, of a regime group) of the reduced demo
+JOBS = {f"results/cells/synthetic_outcome/{model}/{strategy}/{group}"
+        for model in ["tiny_resnet"] for strategy in ["lp", "bitfit"] for group in ["full", "k4"]}
+DOWNSTREAM = {"aggregate": {"results/cells.parquet"}, "stats": {"results/stats/friedman.csv"},
+              "report": {"results/report/index.html"}, "all": {""}}
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory) -> dict:
+    """A copy of the workflow and a finished run of the reduced demo."""
+    tmp = tmp_path_factory.mktemp("rerun")
+    repo = tmp / "repo"
+    shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".*", "__pycache__", "*.egg-info", "results", "resources",
+                                                              "tests"))
+    configs = ["--configfile", str(DEMO), str(write_config(tmp / "reduced.yaml", REDUCED))]
+    work = tmp / "work"
+    snakemake(repo, work, *configs, "--cores", "2")
+    return {"tmp": tmp, "repo": repo, "work": work, "configs": configs}
+
+
+def plan(done: dict, *extra_configs: Path, args: tuple[str, ...] = (), python: str = sys.executable) -> dict:
+    """The dry-run plan (rule -> jobs) with the run's configs, extra ones and extra Snakemake arguments."""
+    configs = [*done["configs"], *map(str, extra_configs)]
+    return planned(snakemake(done["repo"], done["work"], *configs, "-n", *args, python=python))
+
+
+def test_nothing_to_do_after_the_run(done):
+    assert plan(done) == {}
+
+
+def test_changing_one_learning_rate_reruns_only_that_strategy(done):
+    lr = write_config(done["tmp"] / "lr.yaml", {"strategies": {"lp": {"kind": "lp", "lr": 0.05}}})
+    jobs = plan(done, lr)
+    assert jobs.pop("train") == {job for job in JOBS if "/lp/" in job}
+    assert jobs == DOWNSTREAM
+
+
+def test_adding_a_model_runs_only_its_cells(done):
+    models = write_config(done["tmp"] / "models.yaml", {"benchmark": {"models": ["tiny_resnet", "tiny_vit"]}})
+    jobs = plan(done, models)
+    assert jobs.pop("train") == {job.replace("tiny_resnet", "tiny_vit") for job in JOBS}
+    # its linear probes need its embedding cache; the list of expected cells is an input of the report:
+    # it is rewritten, nothing else upstream reruns
+    assert jobs == {**DOWNSTREAM, "embeddings": {"results/embeddings/synthetic/tiny_vit.npy"},
+                    "grid_list": {"results/grid.txt"}}
+
+
+def test_refactoring_code_or_changing_the_interpreter_reruns_nothing(done):
+    for module in ("training.py", "grid.py", "strategies.py"):
+        path = done["repo"] / "src" / "ftbench" / module
+        path.write_text(path.read_text() + "\n# a refactor that keeps results bit-identical\n")
+    assert plan(done) == {}
+    # {FTBENCH} in the shell commands holds the interpreter path; Snakemake's code trigger compares the
+    # rule's command template, not the formatted command, so another path to the same Python changes nothing
+    other = next((str(p) for p in Path(sys.executable).parent.glob("python3*")
+                  if re.fullmatch(r"python3(\.\d+)?", p.name) and str(p) != sys.executable), None)
+    if other:
+        assert plan(done, python=other) == {}
+
+
+def test_forcing_one_job(done):
+    job = sorted(JOBS)[0]
+    jobs = plan(done, args=("--forcerun", job))
+    assert jobs.pop("train") == {job}
+    assert jobs == DOWNSTREAM
+
+
+def test_bumping_the_training_version_reruns_every_cell(done):
+    init = done["repo"] / "src" / "ftbench" / "__init__.py"
+    original = init.read_text()
+    bumped, n = re.subn(r"TRAINING_VERSION = (\d+)", lambda m: f"TRAINING_VERSION = {int(m[1]) + 1}", original)
+    assert n == 1
+    init.write_text(bumped)
+    try:
+        jobs = plan(done)
+    finally:
+        init.write_text(original)
+    assert jobs.pop("train") == JOBS
+    assert jobs == DOWNSTREAM

@@ -1,0 +1,109 @@
+"""The model zoo: every entry builds as the published architecture, reads its stated feature and adapts as stated."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from ftbench import backbones, inputs, strategies, weights
+from ftbench.zoo import ZOO, resolve
+
+PROTOCOL = {"resnet18", "resnet50", "densenet121", "vgg19", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14",
+            "clip_vitl14", "biomedclip", "pubmedclip", "medclip_resnet50", "medclip_vit"}
+
+# Backbone parameters (millions, classifier excluded) and forward GFLOPs per 224-px image (2 per multiply-add,
+# attention included): the published architectures, e.g. ResNet-50 4.1 GMACs, ViT-B/16 17.6, Swin-T 4.5, ViT-B/32 4.4.
+PUBLISHED = {
+    "resnet18": (11.18, 3.63), "resnet50": (23.51, 8.17), "densenet121": (6.95, 5.67), "vgg19": (139.57, 39.26),
+    "dinov2_vits14": (21.63, 12.25), "dinov2_vitb14": (85.72, 46.32), "dinov2_vitl14": (303.23, 162.02),
+    "clip_vitl14": (303.18, 162.02), "biomedclip": (85.80, 35.13), "pubmedclip": (87.46, 8.82),
+    "medclip_resnet50": (23.51, 8.17), "medclip_vit": (27.52, 8.98),
+}
+# Built for real on CPU and run at a small input size: one per loader and kind (all are checked on meta above)
+SMALL = {"resnet18": 64, "dinov2_vits14": 56, "pubmedclip": 64, "medclip_resnet50": 64}
+
+
+def test_registry_has_the_protocol_models_and_states_everything():
+    assert PROTOCOL <= set(ZOO)
+    for key, entry in ZOO.items():
+        assert entry.loader in backbones.LOADERS, key
+        assert entry.source.partition(":")[0] in weights.SOURCES, key
+        assert entry.license != "see source" and entry.features and entry.blocks and entry.targets, key
+        assert entry.pool in ("token", "avg") and entry.grayscale == "replicate", key
+        assert len(entry.mean) == len(entry.std) == 3 and entry.family in ("cnn", "fm-general", "fm-biomedical"), key
+
+
+@pytest.mark.parametrize("key", sorted(PUBLISHED))
+def test_entry_builds_the_published_architecture(key):
+    """Built on the meta device (no memory, no download): size, cost, feature, blocks and PEFT targets."""
+    entry = resolve(key, img_size=224)
+    with torch.device("meta"):
+        model = backbones.build(entry)
+        features = model.backbone(torch.zeros(2, 3, 224, 224))
+    params, gflops = PUBLISHED[key]
+    assert sum(p.numel() for p in model.backbone.parameters()) / 1e6 == pytest.approx(params, abs=0.01)
+    assert backbones.forward_gflops(model, 224) == pytest.approx(gflops, rel=0.01)
+    assert features.shape == (2, entry.features) and model.head.in_features == entry.features
+    blocks = backbones.blocks(model.backbone, entry)
+    assert len(blocks) >= 4
+    targets = strategies.adapter_targets(model.backbone, entry.targets, convs=entry.kind == "cnn")
+    assert all(any(t == b or t.startswith(b + ".") for t in targets) for b in blocks)  # every block gets adapters
+
+
+@pytest.mark.parametrize("key", sorted(SMALL))
+def test_small_entries_classify_grayscale_images(key):
+    """Random weights at a small input size: uint8 grayscale batches in, finite logits out, gradients reach the stem."""
+    entry = resolve(key, img_size=SMALL[key])
+    torch.manual_seed(0)
+    model = backbones.build(entry)
+    prep = inputs.Preprocess(entry, torch.device("cpu"), augment=False)
+    x = prep(torch.randint(0, 256, (2, 40, 40), dtype=torch.uint8), train=False)
+    assert x.shape == (2, 3, entry.img_size, entry.img_size)
+    logits = model(x)
+    assert logits.shape == (2, 2) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    first = next(p for p in model.backbone.parameters() if p.ndim == 4)  # the stem's convolution / patch embedding
+    assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+def test_inputs_are_normalised_with_each_models_statistics():
+    """A pixel at the model's mean intensity becomes 0 in every channel: MedCLIP's gray mean, ImageNet's per channel."""
+    medclip, resnet = resolve("medclip_resnet50", img_size=8), resolve("resnet18", img_size=8)
+    gray = torch.full((1, 8, 8), round(medclip.mean[0] * 255), dtype=torch.uint8)
+    x = inputs.Preprocess(medclip, torch.device("cpu"), augment=False)(gray, train=False)
+    assert x.abs().max() < 0.01
+    x = inputs.Preprocess(resnet, torch.device("cpu"), augment=False)(gray, train=False)
+    expected = (gray[0, 0, 0] / 255 - torch.tensor(resnet.mean)) / torch.tensor(resnet.std)
+    assert torch.allclose(x[0, :, 0, 0], expected) and x[0, 0, 0, 0] != x[0, 2, 0, 0]
+
+
+def test_any_timm_name_builds_with_generic_blocks_and_targets():
+    cnn, vit = resolve("convnext_atto", img_size=32), resolve("vit_tiny_patch16_224", img_size=32)
+    assert (cnn.kind, vit.kind, cnn.source, resolve("convnext_atto", pretrained=True).source) == (
+        "cnn", "vit", None, "timm:convnext_atto")
+    with torch.device("meta"):
+        assert backbones.blocks(backbones.build(cnn).backbone, cnn) == [f"stages.{i}" for i in range(4)]
+        vit_model = backbones.build(vit)
+    assert strategies.adapter_targets(vit_model.backbone, vit.targets, convs=False)[:4] == [
+        "blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"]
+
+
+def test_lora_adapts_clip_attention_and_starts_as_the_identity():
+    """open_clip's blocks use nn.MultiheadAttention: peft adapts its fused q/k/v and output projections."""
+    entry = dataclasses.replace(ZOO["clip_vitl14"], img_size=32, options={"quick_gelu": True, "model_cfg": {
+        "embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16}}})
+    torch.manual_seed(0)
+    model = backbones.build(entry).eval()
+    x = torch.randn(2, 3, 32, 32)
+    before, gflops = model(x), backbones.forward_gflops(model, 32)
+    plan = strategies.apply(model, entry, {"kind": "lora", "rank": 4}, {"lr": 1e-2, "weight_decay": 0.0})
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "backbone.transformer.resblocks.0.attn.lora_A.default.weight" in trainable
+    assert "backbone.transformer.resblocks.1.mlp.c_proj.lora_B.default.weight" in trainable
+    assert all("lora_" in n or n.startswith("head.") for n in trainable)
+    assert torch.allclose(before, model.eval()(x), atol=1e-6)
+    assert backbones.forward_gflops(model, 32) > gflops  # the adapters' products are counted
+    optimizer = torch.optim.AdamW(plan.param_groups)
+    model.train()(x).sum().backward()
+    optimizer.step()
+    assert not torch.allclose(before, model.eval()(x), atol=1e-4)
