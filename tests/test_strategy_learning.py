@@ -29,7 +29,7 @@ CNN_SPEC = {  # peft's BOFT multiplies dense (C*k*k)^2 butterfly matrices every 
     "boft": {"target_modules": [r"layer[12]\..*conv\d"]},  # the ResNet, this cell takes ~90 s on CPU
 }
 PAIRS = [(k, a) for k in sorted(strategies.STRATEGIES) for a in ("test_vit", "test_resnet")
-         if not grid.not_applicable(k, resolve(a).kind)]
+         if not grid.not_applicable(k, resolve(a))]
 
 
 @pytest.fixture(scope="module")
