@@ -67,5 +67,6 @@ def test_profile_is_found_and_takes_account_and_partitions_from_the_environment(
 def test_profile_without_environment_leaves_account_and_partition_to_slurm(monkeypatch):
     profile = read_profile(monkeypatch)
     assert not any(entry.startswith(("slurm_account", "slurm_partition")) for entry in profile["default-resources"])
-    assert profile["set-resources"] == ["train:gpu=1"]
+    assert profile["set-resources"] == ["train:gpu=1", "train:slurm_extra='--signal=USR1@300'"]
+    assert profile["slurm-requeue"] == "True"  # preempted jobs come back, and resume from their saved state
     assert profile["keep-going"] == "True" and int(profile["retries"]) >= 1

@@ -77,9 +77,9 @@ def test_second_run_has_nothing_to_do(demo_run):
 
 def test_partial_report_lists_the_cells_a_stopped_run_lacks(demo_run):
     """After cells are lost (a job killed, a node gone), `snakemake report_partial` reports the rest, trains nothing."""
-    lost = "synthetic_outcome/tiny_vit/lp/k4r0/fold3"
+    lost = "synthetic_outcome/tiny_vit/lp/k4/r0/fold3"
     shutil.rmtree(demo_run / "results" / "cells" / lost)
     proc = snakemake(demo_run, "--cores", "2", "report_partial")
     assert "rule train" not in proc.stdout + proc.stderr
     html = (demo_run / "results" / "partial" / "report" / "index.html").read_text()
-    assert "Missing cells (1)" in html and lost in html and ">79</b>cells done" in html
+    assert "Missing cells (1)" in html and lost in html and ">149</b>cells done" in html

@@ -8,7 +8,10 @@ import logging
 import sys
 from pathlib import Path
 
+from ftbench.errors import Preempted
+
 log = logging.getLogger("ftbench")
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal with its state saved; a rerun resumes
 
 
 def _json(text: str) -> dict:
@@ -286,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
+    except Preempted as err:
+        log.warning("%s: run the job again to resume", err)
+        return EXIT_PREEMPTED
     except (ValueError, FileNotFoundError, KeyError) as err:
         log.error("%s", err)
         return 1

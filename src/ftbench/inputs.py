@@ -63,6 +63,8 @@ class Preprocess:
 class Features:
     """Input of a probe trained from the embedding cache: features go to the device unchanged."""
 
+    generator = None  # no augmentation, nothing random
+
     def __init__(self, device: torch.device):
         self.device = device
 

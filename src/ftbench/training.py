@@ -14,6 +14,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 from ftbench import backbones, inputs, metrics, strategies, weights
 from ftbench.data import store as image_store
+from ftbench.errors import Preempted
 from ftbench.zoo import resolve
 
 log = logging.getLogger("ftbench.train")
@@ -107,17 +109,107 @@ def recalibrate_batchnorm(model: torch.nn.Module, part: Part, prep, batch_size: 
         m.momentum = momentum
 
 
+class StopSignals:
+    """Records SIGTERM / SIGUSR1 while training runs.
+
+    SIGUSR1 (what the Slurm profile asks for some minutes before the time limit) lets the current epoch
+    finish and be saved; SIGTERM (preemption, the limit itself) stops at the next batch, resuming later
+    from the last saved epoch.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: int | None = None
+
+    def __enter__(self):
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        log.warning("received %s", signal.Signals(signum).name)
+        self.received = signum
+
+    @property
+    def stop_now(self) -> bool:
+        return self.received == signal.SIGTERM
+
+
+class Checkpoint:
+    """The training state of one cell in one file, written atomically at epoch ends (at most every
+    ``every`` seconds, and when a stop signal came) and read back when the cell is run again.
+
+    Holds everything an epoch depends on: weights, optimizer, best epoch so far, history, step counter and
+    every random generator, so a resumed cell gives bit-identical predictions (on CPU) to an uninterrupted one.
+    """
+
+    def __init__(self, path: Path | None, every: float):
+        self.path, self.every, self.saved_at = path, every, time.monotonic()
+
+    def load(self) -> dict | None:
+        if self.path is None or not self.path.is_file():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+    def save(self, state: dict, force: bool = False) -> None:
+        if self.path is None or (not force and time.monotonic() - self.saved_at < self.every):
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, lambda tmp: torch.save(state, tmp))
+        self.saved_at = time.monotonic()
+
+    def clear(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
 def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], prep: inputs.Preprocess,
-        training: dict, generator: torch.Generator) -> dict:
-    """Train with early stopping on validation loss; restore the best epoch. Returns the history."""
+        training: dict, generator: torch.Generator, checkpoint: Checkpoint | None = None) -> dict:
+    """Train with early stopping on validation loss; restore the best epoch. Returns the history.
+
+    With a ``checkpoint`` the state is saved at epoch ends and a previous run's state is resumed.
+    """
+    checkpoint = checkpoint or Checkpoint(None, 0)
     device = prep.device
     weights = class_weights(parts["train"].y).to(device)
     optimizer = torch.optim.AdamW(plan.param_groups, weight_decay=training["weight_decay"])
     best = {"loss": math.inf, "epoch": -1, "state": None}
     history = []
     train, bs = parts["train"], training["batch_size"]
-    step, total_steps, phase_start = 0, training["max_epochs"] * math.ceil(len(train.x) / bs), 0
-    for epoch in range(training["max_epochs"]):
+    step, total_steps, phase_start, first = 0, training["max_epochs"] * math.ceil(len(train.x) / bs), 0, 0
+    saved = checkpoint.load()
+    if saved is not None:
+        for epoch in range(saved["epoch"] + 1):  # replay the schedule: phases, unfrozen blocks, groups
+            if plan.on_epoch is not None and plan.on_epoch(optimizer, epoch):
+                phase_start = epoch
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        best, history, step = saved["best"], saved["history"], saved["step"]
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        if prep.generator is not None:
+            prep.generator.set_state(saved["prep_generator"])
+        first = saved["epoch"] + 1
+        log.info("resumed from %s after epoch %d", checkpoint.path, saved["epoch"])
+    with StopSignals() as stop:
+        history = _epochs(model, plan, parts, prep, training, generator, optimizer, weights, best, history,
+                          step, total_steps, phase_start, first, checkpoint, stop)
+    model.load_state_dict(history["best"]["state"])
+    checkpoint.clear()
+    return {"best_epoch": history["best"]["epoch"], "best_val_loss": history["best"]["loss"],
+            "epochs": history["epochs"]}
+
+
+def _epochs(model, plan, parts, prep, training, generator, optimizer, weights, best, history, step, total_steps,
+            phase_start, first, checkpoint: Checkpoint, stop: StopSignals) -> dict:
+    """The epoch loop of :func:`fit`, from epoch ``first``."""
+    device = prep.device
+    train, bs = parts["train"], training["batch_size"]
+    for epoch in range(first, training["max_epochs"]):
         start = time.perf_counter()
         if plan.on_epoch is not None and plan.on_epoch(optimizer, epoch):
             phase_start = epoch  # a new phase (LP-FT, gradual unfreezing): patience restarts
@@ -127,6 +219,8 @@ def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], p
         order = torch.randperm(len(train.x), generator=generator)
         total, seen = 0.0, 0
         for i in range(0, len(order), bs):
+            if stop.stop_now:
+                raise Preempted(f"stopped in epoch {epoch}; resumes after epoch {epoch - 1} from {checkpoint.path}")
             idx = order[i:i + bs]
             logits = model(prep(train.x[idx], train=True))
             loss = F.cross_entropy(logits, train.y[idx].to(device), weight=weights)
@@ -159,8 +253,14 @@ def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], p
         elif epoch - max(best["epoch"], phase_start - 1) >= training["patience"]:
             log.info("early stop: no validation improvement for %d epochs", training["patience"])
             break
-    model.load_state_dict(best["state"])
-    return {"best_epoch": best["epoch"], "best_val_loss": best["loss"], "epochs": history}
+        checkpoint.save({
+            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "best": best,
+            "history": history, "step": step, "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "prep_generator": prep.generator.get_state() if prep.generator is not None else torch.empty(0),
+        }, force=stop.received is not None)
+        if stop.received is not None:
+            raise Preempted(f"stopped after epoch {epoch}; the state is saved in {checkpoint.path}")
+    return {"best": best, "epochs": history}
 
 
 def pick_device(name: str) -> torch.device:
@@ -246,7 +346,8 @@ def run_cell(settings: dict, task_table: str, split: str, store: str | None, out
              len(parts["train"].y), len(parts["val"].y), len(parts["test"].y), trainable, total)
     status, error, history = "ok", None, {}
     try:
-        history = fit(model, plan, parts, prep, training, generator)
+        checkpoint = Checkpoint(Path(out_dir) / "state.pt", float(os.environ.get("FTBENCH_CHECKPOINT_SECONDS", 600)))
+        history = fit(model, plan, parts, prep, training, generator, checkpoint)
         threshold = metrics.best_threshold(parts["val"].y.numpy(), predict(model, parts["val"], prep, training["batch_size"]))
         probs = predict(model, parts["test"], prep, training["batch_size"])
         result = metrics.compute(parts["test"].y.numpy(), probs, threshold)
