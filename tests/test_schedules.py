@@ -147,6 +147,19 @@ def test_adalora_prunes_its_rank_budget_over_the_steps():
     assert plan.penalty().item() > 0  # P and Q are not orthogonal: the penalty pushes them to be
 
 
+def test_adalora_keeps_its_schedule_when_resumed_mid_run():
+    """A run resumed from a checkpoint calls the step hook first at a step > 1: the schedule still holds."""
+    torch.manual_seed(0)
+    model, plan, optimizer = _setup("test_vit", {"kind": "adalora", "rank": 2, "init_rank": 6,
+                                                 "warmup_fraction": 0.2, "final_fraction": 0.2},
+                                    {"lr": 1e-2, "weight_decay": 0.0})
+    sites = sum(1 for n, _ in model.named_parameters() if "lora_E" in n)
+    for step in range(11, 31):  # resumed after step 10 of 30
+        _step(model, plan, optimizer, n=4)
+        plan.on_step(optimizer, step, 30)
+    assert sum(int((p != 0).sum()) for n, p in model.named_parameters() if "lora_E" in n) <= sites * 2
+
+
 def _parts(n=24, side=32):
     gen = torch.Generator().manual_seed(0)
     frame = pl.DataFrame({"row": range(n)})

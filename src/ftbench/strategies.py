@@ -424,7 +424,7 @@ def adalora(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> P
                                      for g in gram]).mean()
 
     def on_step(optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> None:
-        if step == 1:
+        if config.total_step != total_steps:  # the first step, also of a run resumed from a checkpoint
             config.total_step = total_steps
             config.tinit = int(spec.get("warmup_fraction", 0.1) * total_steps)
             config.tfinal = int(spec.get("final_fraction", 0.3) * total_steps)
