@@ -41,9 +41,9 @@ def test_l2_sp_penalty_is_zero_at_the_start_and_grows_with_distance(arch):
     _step(model, plan, optimizer)
     first = plan.penalty().item()
     assert first > 0
+    start = backbones.build(resolve(arch, img_size=32)).backbone  # the same fixed-seed initialisation
     with torch.no_grad():
-        delta = sum((p - q).pow(2).sum() for p, q in zip(model.backbone.parameters(),
-                                                         backbones.build(resolve(arch, img_size=32)).backbone.parameters()))
+        delta = sum((p - q).pow(2).sum() for p, q in zip(model.backbone.parameters(), start.parameters()))
     assert first == pytest.approx(0.1 / 2 * delta.item(), rel=1e-4)  # alpha/2 * ||w - w0||^2 over the backbone
     decays = {g["name"]: g["weight_decay"] for g in optimizer.param_groups}
     assert decays == {"backbone": 0.0, "head": 0.05}  # no pull to zero for the backbone; plain L2 on the head
@@ -145,6 +145,19 @@ def test_adalora_prunes_its_rank_budget_over_the_steps():
         plan.on_step(optimizer, step, 20)
     assert sites * 6 > ranks() and ranks() <= sites * 2  # from init_rank per site down to rank on average
     assert plan.penalty().item() > 0  # P and Q are not orthogonal: the penalty pushes them to be
+
+
+def test_adalora_keeps_its_schedule_when_resumed_mid_run():
+    """A run resumed from a checkpoint calls the step hook first at a step > 1: the schedule still holds."""
+    torch.manual_seed(0)
+    model, plan, optimizer = _setup("test_vit", {"kind": "adalora", "rank": 2, "init_rank": 6,
+                                                 "warmup_fraction": 0.2, "final_fraction": 0.2},
+                                    {"lr": 1e-2, "weight_decay": 0.0})
+    sites = sum(1 for n, _ in model.named_parameters() if "lora_E" in n)
+    for step in range(11, 31):  # resumed after step 10 of 30
+        _step(model, plan, optimizer, n=4)
+        plan.on_step(optimizer, step, 30)
+    assert sum(int((p != 0).sum()) for n, p in model.named_parameters() if "lora_E" in n) <= sites * 2
 
 
 def _parts(n=24, side=32):

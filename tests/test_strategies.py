@@ -70,7 +70,7 @@ EXPECTED = {
 }
 STARTS_FROZEN = {"lp_ft", "gradual_unfreezing"}  # only the head trains until their schedule unfreezes
 PAIRS = [(k, a) for k in sorted(strategies.STRATEGIES) for a in ARCHS
-         if not grid.not_applicable(k, resolve(a).kind)]
+         if not grid.not_applicable(k, resolve(a))]
 EXCLUDED = [(k, a) for k in sorted(strategies.STRATEGIES) for a in ARCHS if (k, a) not in PAIRS]
 
 
@@ -108,7 +108,11 @@ def test_registry_grid_and_schema_name_the_same_kinds():
     enum = schema["properties"]["strategies"]["additionalProperties"]["properties"]["kind"]["enum"]
     assert sorted(enum) == sorted(strategies.STRATEGIES) == sorted(EXPECTED)
     assert set(grid.KIND_LIMITS) <= set(strategies.STRATEGIES)
-    assert all(set(kinds) <= {"cnn", "vit"} and reason for kinds, reason in grid.KIND_LIMITS.values())
+    # each kind has exactly one list of accepted keys in the schema
+    listed = [k for rule in schema["properties"]["strategies"]["additionalProperties"]["allOf"]
+              for k in rule["if"]["properties"]["kind"].get("enum", [rule["if"]["properties"]["kind"].get("const")])]
+    assert sorted(listed) == sorted(strategies.STRATEGIES)
+    assert all(callable(works) and reason for works, reason in grid.KIND_LIMITS.values())
 
 
 def test_every_hyper_parameter_the_code_reads_is_typed_in_the_schema():
@@ -218,10 +222,36 @@ def test_grid_leaves_out_pairs_that_cannot_work_and_says_why(demo_config):
     config["benchmark"]["strategies"] = ["fft", "vpt_test"]
     reasons = grid.excluded(config)
     assert set(reasons) == {("tiny_resnet", "vpt_test")}
-    assert "does not apply to a cnn" in reasons[("tiny_resnet", "vpt_test")]
+    assert "does not apply to model 'tiny_resnet' (cnn)" in reasons[("tiny_resnet", "vpt_test")]
     assert grid.KIND_LIMITS["vpt"][1] in reasons[("tiny_resnet", "vpt_test")]
     assert {(c.model, c.strategy) for c in grid.cells(config)} == {
         ("tiny_vit", "fft"), ("tiny_resnet", "fft"), ("tiny_vit", "vpt_test")}
+
+
+@pytest.mark.parametrize("model, works", [
+    ("dinov2_vits14", True), ("biomedclip", True),  # timm ViTs: a token sequence VPT can extend
+    ("clip_vitl14", False), ("pubmedclip", False), ("medclip_vit", False), ("resnet18", False),
+])
+def test_vpt_applies_to_timm_vits_only(model, works):
+    """open_clip / transformers towers and Swin would fail mid-run: the grid leaves them out."""
+    assert (grid.not_applicable("vpt", resolve(model)) is None) == works
+
+
+def test_only_lora_adapts_a_multihead_attention():
+    """open_clip's CLIP blocks: LoRA adapts the attention itself, the other methods the MLP linears only
+    (peft's VeRA, IA3, DoRA, LoHa, ... raise on a MultiheadAttention)."""
+    tower = torch.nn.Module()
+    tower.attn, tower.c_fc = torch.nn.MultiheadAttention(8, 2), torch.nn.Linear(8, 8)
+    assert strategies.adapter_targets(tower, [r"attn|c_fc"], convs=False) == ["c_fc"]
+    assert strategies.adapter_targets(tower, [r"attn|c_fc"], convs=False, attention=True) == ["attn", "c_fc"]
+
+
+def test_oft_and_boft_leave_out_targets_their_blocks_do_not_divide(caplog):
+    model, entry = _model("test_resnet")
+    spec = {"kind": "boft", "block_size": 8, "target_modules": [r"conv1\.0", r"layer1\.0\.conv1"]}
+    strategies.apply(model, entry, spec, TRAINING)  # the stem conv sees 3 x 3 x 3 = 27 inputs
+    assert _trainable(model) == {"backbone.layer1.0.conv1.boft_R.default", "backbone.layer1.0.conv1.boft_s.default"} | HEAD
+    assert "conv1.0" in caplog.text and "block_size 8" in caplog.text
 
 
 @pytest.mark.parametrize("spec, key", [

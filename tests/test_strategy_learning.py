@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import cell_settings
 
-from ftbench import backbones, grid, strategies
+from ftbench import backbones, grid, strategies, weights
 from ftbench.training import run_cell
 from ftbench.zoo import resolve
 
@@ -29,7 +29,7 @@ CNN_SPEC = {  # peft's BOFT multiplies dense (C*k*k)^2 butterfly matrices every 
     "boft": {"target_modules": [r"layer[12]\..*conv\d"]},  # the ResNet, this cell takes ~90 s on CPU
 }
 PAIRS = [(k, a) for k in sorted(strategies.STRATEGIES) for a in ("test_vit", "test_resnet")
-         if not grid.not_applicable(k, resolve(a).kind)]
+         if not grid.not_applicable(k, resolve(a))]
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +44,17 @@ def live_resnet(tmp_path_factory) -> str:
                 m.weight.fill_(1.0)
     path = tmp_path_factory.mktemp("weights") / "test_resnet_live.safetensors"
     save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, path)
+    loaded = weights.build("test_resnet", resolve("test_resnet", img_size=48), path)  # as run_cell loads it
+    assert loaded.backbone.layer1[0].bn2.weight.eq(1).all()  # timm's zero-initialised branch end is live
     return str(path)
 
 
 @pytest.mark.parametrize("kind, arch", PAIRS)
 def test_every_strategy_learns_the_synthetic_signal(kind, arch, synthetic_data, live_resnet, tmp_path):
-    model = {"weights": live_resnet} if arch == "test_resnet" else {}
     spec = {"head_lr": 1e-2} | SPEC.get(kind, {}) | (CNN_SPEC.get(kind, {}) if arch == "test_resnet" else {})
-    settings = cell_settings(arch, kind, 1e-3, strategy=spec,
-                             training={"patience": 15}, model=model)
+    settings = cell_settings(arch, kind, 1e-3, strategy=spec, training={"patience": 15})
     run = run_cell(settings, synthetic_data["task_path"], synthetic_data["split"], synthetic_data["store"],
-                   str(tmp_path))
+                   str(tmp_path), weights_path=live_resnet if arch == "test_resnet" else None)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "ok"
     assert metrics["mcc"] >= (0.8 if kind == "fft" else 0.5), metrics

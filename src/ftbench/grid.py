@@ -7,11 +7,12 @@ cells whose definition changed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ftbench import TRAINING_VERSION
 from ftbench.config import selected, task_validation
-from ftbench.zoo import resolve
+from ftbench.zoo import ZooEntry, resolve
 
 # Strategy kinds whose backbone stays frozen: their cells train from the embedding cache.
 CACHEABLE_KINDS = frozenset({"lp"})
@@ -24,16 +25,21 @@ FOLD_COUNTS = {
     "loco": lambda v: len(v["centres"]),
 }
 
-# Strategy kinds that work on some backbone kinds only: kind -> (those backbone kinds, why not the others).
-# Every other kind of ftbench.strategies applies to CNNs and ViTs. Torch-free, so that the Snakefile leaves
-# such (model, strategy) pairs out of the grid; tests/test_strategies.py checks it against the strategies.
-KIND_LIMITS: dict[str, tuple[tuple[str, ...], str]] = {
-    "vera": (("vit",), "peft's VeRA adapts Linear layers only, and a CNN's adapter targets are convolutions"),
-    "fourierft": (("vit",), "peft's FourierFT adapts Linear layers only, and a CNN's adapter targets are convolutions"),
-    "oft": (("vit",), "peft's OFT on Conv2d rotates unfolded input patches and folds them back by summing overlaps: "
-                      "it is not the identity at initialisation and fails on feature maps smaller than the kernel"),
-    "ln_tuning": (("vit",), "it tunes LayerNorms, which a BatchNorm CNN does not have"),
-    "vpt": (("vit",), "prompts are extra tokens, and a CNN has no token sequence"),
+# Strategy kinds that work on some backbones only: kind -> (which zoo entries, why not the others). Every
+# other kind of ftbench.strategies applies to every backbone. Torch-free, so that the Snakefile leaves such
+# (model, strategy) pairs out of the grid; tests/test_strategies.py checks it against the strategies.
+KIND_LIMITS: dict[str, tuple[Callable[[ZooEntry], bool], str]] = {
+    "vera": (lambda e: e.kind == "vit",
+             "peft's VeRA adapts Linear layers only, and a CNN's adapter targets are convolutions"),
+    "fourierft": (lambda e: e.kind == "vit",
+                  "peft's FourierFT adapts Linear layers only, and a CNN's adapter targets are convolutions"),
+    "oft": (lambda e: e.kind == "vit",
+            "peft's OFT on Conv2d rotates unfolded input patches and folds them back by summing overlaps: "
+            "it is not the identity at initialisation and fails on feature maps smaller than the kernel"),
+    "ln_tuning": (lambda e: e.kind == "vit", "it tunes LayerNorms, which a BatchNorm CNN does not have"),
+    "vpt": (lambda e: e.kind == "vit" and e.loader == "timm" and "swin" not in e.name,
+            "prompts are extra tokens of a timm ViT's sequence: a CNN has none, a Swin attends in windows, and "
+            "the open_clip / transformers towers have no hook for them here"),
 }
 
 TRAINING_KEYS = ("batch_size", "max_epochs", "patience", "lr", "weight_decay", "augment", "seed")
@@ -107,15 +113,10 @@ def regime_group(regime: str) -> str:
     return regime if regime == "full" else regime.partition("r")[0]
 
 
-def model_kind(config: dict, model: str) -> str:
-    spec = config["models"][model]
-    return resolve(spec["arch"]).kind
-
-
-def not_applicable(strategy_kind: str, backbone_kind: str) -> str | None:
-    """Why a strategy kind cannot work on a backbone kind (see :data:`KIND_LIMITS`); None if it can."""
-    kinds, reason = KIND_LIMITS.get(strategy_kind, ((backbone_kind,), ""))
-    return None if backbone_kind in kinds else reason
+def not_applicable(strategy_kind: str, entry: ZooEntry) -> str | None:
+    """Why a strategy kind cannot work on a backbone (see :data:`KIND_LIMITS`); None if it can."""
+    works, reason = KIND_LIMITS.get(strategy_kind, (lambda e: True, ""))
+    return None if works(entry) else reason
 
 
 def excluded(config: dict) -> dict[tuple[str, str], str]:
@@ -124,11 +125,12 @@ def excluded(config: dict) -> dict[tuple[str, str], str]:
     for strategy, spec in selected(config, "strategies").items():
         allowed = spec.get("applies_to")
         for model in config["benchmark"]["models"]:
-            kind = model_kind(config, model)
-            if allowed and kind not in allowed:
-                out[(model, strategy)] = f"strategy '{strategy}' applies to {allowed}, model '{model}' is a {kind}"
-            elif reason := not_applicable(spec["kind"], kind):
-                out[(model, strategy)] = f"strategy '{strategy}' ({spec['kind']}) does not apply to a {kind}: {reason}"
+            entry = resolve(config["models"][model]["arch"])
+            if allowed and entry.kind not in allowed:
+                out[(model, strategy)] = f"strategy '{strategy}' applies to {allowed}, model '{model}' is a {entry.kind}"
+            elif reason := not_applicable(spec["kind"], entry):
+                out[(model, strategy)] = (f"strategy '{strategy}' ({spec['kind']}) does not apply to model '{model}' "
+                                          f"({entry.kind}): {reason}")
     return out
 
 

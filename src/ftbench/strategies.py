@@ -8,6 +8,7 @@ trains. Which backbone kinds a strategy applies to is declared torch-free in ``f
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from ftbench import blocks, tuners
 from ftbench.backbones import Classifier
 from ftbench.grid import not_applicable
 from ftbench.zoo import ZooEntry
+
+log = logging.getLogger("ftbench.strategies")
 
 NORM_LAYERS = (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm)
 
@@ -248,19 +251,21 @@ def vpt(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
 # ---------------------------------------------------------------------------------------------------------
 # peft adapters: the backbone is frozen, adapters on the zoo entry's target modules train (S1, S3)
 
-def adapter_targets(backbone: nn.Module, patterns: tuple[str, ...] | list[str], convs: bool) -> list[str]:
-    """Names of the Linear / MultiheadAttention (and with ``convs`` the ungrouped Conv2d) modules whose full
-    name matches one of ``patterns``. A ViT's adapters go on its attention and MLP linears only, not the patch
-    embedding; peft adapts a MultiheadAttention (open_clip's CLIP blocks) on its fused q/k/v and output."""
+def adapter_targets(backbone: nn.Module, patterns: tuple[str, ...] | list[str], convs: bool,
+                    attention: bool = False) -> list[str]:
+    """Names of the Linear (with ``convs`` also the ungrouped Conv2d, with ``attention`` also the
+    MultiheadAttention) modules whose full name matches one of ``patterns``. A ViT's adapters go on its
+    attention and MLP linears only, not the patch embedding. Only peft's LoRA adapts a MultiheadAttention
+    (open_clip's CLIP blocks: fused q/k/v and output); the other methods adapt such a tower's MLP linears."""
     regex = re.compile("|".join(f"(?:{p})" for p in patterns))
+    types = (nn.Linear, nn.MultiheadAttention) if attention else nn.Linear
     names = [
         name for name, module in backbone.named_modules()
-        if (isinstance(module, (nn.Linear, nn.MultiheadAttention))
-            or (convs and isinstance(module, nn.Conv2d) and module.groups == 1))
+        if (isinstance(module, types) or (convs and isinstance(module, nn.Conv2d) and module.groups == 1))
         and regex.fullmatch(name)
     ]
     if not names:
-        kinds = "Linear/Conv2d" if convs else "Linear"
+        kinds = "/".join(["Linear"] + ["Conv2d"] * convs + ["MultiheadAttention"] * attention)
         raise ValueError(f"no {kinds} module matches the adapter targets {list(patterns)}")
     return names
 
@@ -271,9 +276,23 @@ def _exactly(names: list[str]) -> str:
     return "|".join(re.escape(n) for n in names)
 
 
-def _targets(model: Classifier, entry: ZooEntry, spec: dict) -> str:
-    return _exactly(adapter_targets(model.backbone, spec.get("target_modules") or entry.targets,
-                                    convs=entry.kind == "cnn"))
+def _targets(model: Classifier, entry: ZooEntry, spec: dict, attention: bool = False) -> list[str]:
+    return adapter_targets(model.backbone, spec.get("target_modules") or entry.targets, entry.kind == "cnn", attention)
+
+
+def _in_blocks_of(backbone: nn.Module, names: list[str], size: int) -> list[str]:
+    """The targets whose input width (a conv's in_channels x kernel area) is a multiple of ``size``: OFT
+    and BOFT rotate it in blocks of ``size``. The others (e.g. a 3-channel 7x7 stem: 147) are left out,
+    and said so."""
+    def width(m: nn.Module) -> int:
+        return m.in_features if isinstance(m, nn.Linear) else m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+
+    fit = [n for n in names if width(backbone.get_submodule(n)) % size == 0]
+    if not fit:
+        raise ValueError(f"no adapter target has an input width divisible by block_size {size}")
+    if skipped := sorted(set(names) - set(fit)):
+        log.warning("block_size %d does not divide the input width of %s: left without adapter", size, skipped)
+    return fit
 
 
 def _inject(model: Classifier, config) -> nn.Module:
@@ -298,13 +317,13 @@ def _lora_config(spec: dict, targets: str, dora: bool = False):
 
 def lora(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     """LoRA (Hu et al. 2021): rank-``rank`` updates B·A (B starts at 0) on the targets."""
-    _inject(model, _lora_config(spec, _targets(model, entry, spec)))
+    _inject(model, _lora_config(spec, _exactly(_targets(model, entry, spec, attention=True))))
     return _backbone_and_head(model, spec, training)
 
 
 def dora(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     """DoRA (Liu et al. 2024): LoRA on the direction of each weight plus a trainable magnitude vector."""
-    _inject(model, _lora_config(spec, _targets(model, entry, spec), dora=True))
+    _inject(model, _lora_config(spec, _exactly(_targets(model, entry, spec)), dora=True))
     return _backbone_and_head(model, spec, training)
 
 
@@ -314,7 +333,7 @@ def vera(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan
     from peft import VeraConfig
 
     _inject(model, VeraConfig(r=spec.get("rank", 256), vera_dropout=spec.get("dropout", 0.0),
-                              target_modules=_targets(model, entry, spec)))
+                              target_modules=_exactly(_targets(model, entry, spec))))
     return _backbone_and_head(model, spec, training)
 
 
@@ -323,7 +342,7 @@ def ia3(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     for the feed-forward targets (``feedforward_modules``, default: the MLP's second linear)."""
     from peft import IA3Config
 
-    targets = adapter_targets(model.backbone, spec.get("target_modules") or entry.targets, convs=entry.kind == "cnn")
+    targets = _targets(model, entry, spec)
     ff = re.compile("|".join(f"(?:{p})" for p in spec.get("feedforward_modules", [r".*\.fc2"])))
     _inject(model, IA3Config(target_modules=_exactly(targets),
                              feedforward_modules=_exactly([t for t in targets if ff.fullmatch(t)])))
@@ -336,7 +355,7 @@ def loha(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan
 
     rank = spec.get("rank", 8)
     _inject(model, LoHaConfig(r=rank, alpha=spec.get("alpha", 2 * rank), module_dropout=spec.get("dropout", 0.0),
-                              target_modules=_targets(model, entry, spec)))
+                              target_modules=_exactly(_targets(model, entry, spec))))
     return _backbone_and_head(model, spec, training)
 
 
@@ -346,7 +365,7 @@ def lokr(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan
 
     rank = spec.get("rank", 8)
     _inject(model, LoKrConfig(r=rank, alpha=spec.get("alpha", 2 * rank), module_dropout=spec.get("dropout", 0.0),
-                              target_modules=_targets(model, entry, spec)))
+                              target_modules=_exactly(_targets(model, entry, spec))))
     return _backbone_and_head(model, spec, training)
 
 
@@ -355,8 +374,10 @@ def oft(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     target's input, starting at the identity."""
     from peft import OFTConfig
 
-    _inject(model, OFTConfig(r=0, oft_block_size=spec.get("block_size", 32), module_dropout=spec.get("dropout", 0.0),
-                             target_modules=_targets(model, entry, spec)))
+    size = spec.get("block_size", 32)
+    targets = _in_blocks_of(model.backbone, _targets(model, entry, spec), size)
+    _inject(model, OFTConfig(r=0, oft_block_size=size, module_dropout=spec.get("dropout", 0.0),
+                             target_modules=_exactly(targets)))
     return _backbone_and_head(model, spec, training)
 
 
@@ -365,9 +386,10 @@ def boft(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan
     factors of ``block_size`` blocks, plus a trainable output scale."""
     from peft import BOFTConfig
 
-    _inject(model, BOFTConfig(boft_block_size=spec.get("block_size", 8),
-                              boft_n_butterfly_factor=spec.get("butterfly_factor", 1),
-                              boft_dropout=spec.get("dropout", 0.0), target_modules=_targets(model, entry, spec)))
+    size = spec.get("block_size", 8)
+    targets = _in_blocks_of(model.backbone, _targets(model, entry, spec), size)
+    _inject(model, BOFTConfig(boft_block_size=size, boft_n_butterfly_factor=spec.get("butterfly_factor", 1),
+                              boft_dropout=spec.get("dropout", 0.0), target_modules=_exactly(targets)))
     return _backbone_and_head(model, spec, training)
 
 
@@ -377,7 +399,7 @@ def fourierft(model: Classifier, entry: ZooEntry, spec: dict, training: dict) ->
     from peft import FourierFTConfig
 
     _inject(model, FourierFTConfig(n_frequency=spec.get("n_frequency", 1000), scaling=spec.get("scaling", 150.0),
-                                   init_weights=True, target_modules=_targets(model, entry, spec)))
+                                   init_weights=True, target_modules=_exactly(_targets(model, entry, spec))))
     return _backbone_and_head(model, spec, training)
 
 
@@ -390,7 +412,7 @@ def adalora(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> P
     rank = spec.get("rank", 8)
     tuner = _inject(model, AdaLoraConfig(
         target_r=rank, init_r=spec.get("init_rank", rank * 3 // 2), lora_alpha=spec.get("alpha", 2 * rank),
-        lora_dropout=spec.get("dropout", 0.0), target_modules=_targets(model, entry, spec),
+        lora_dropout=spec.get("dropout", 0.0), target_modules=_exactly(_targets(model, entry, spec)),
         total_step=1))  # the real step count is known in the loop: set at the first step
     config = tuner.peft_config["default"]
     factors = [(p, "lora_A" in n) for n, p in model.backbone.named_parameters() if "lora_A" in n or "lora_B" in n]
@@ -402,7 +424,7 @@ def adalora(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> P
                                      for g in gram]).mean()
 
     def on_step(optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> None:
-        if step == 1:
+        if config.total_step != total_steps:  # the first step, also of a run resumed from a checkpoint
             config.total_step = total_steps
             config.tinit = int(spec.get("warmup_fraction", 0.1) * total_steps)
             config.tfinal = int(spec.get("final_fraction", 0.3) * total_steps)
@@ -442,7 +464,7 @@ STRATEGIES: dict[str, Callable[[Classifier, ZooEntry, dict, dict], Plan]] = {
 
 def apply(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     """Set ``model`` up for the strategy ``spec['kind']``; the head always trains."""
-    reason = not_applicable(spec["kind"], entry.kind)
+    reason = not_applicable(spec["kind"], entry)
     if reason:
         raise NotApplicable(f"strategy kind '{spec['kind']}' does not apply to '{entry.name}' ({entry.kind}): {reason}")
     plan = STRATEGIES[spec["kind"]](model, entry, spec, training)
