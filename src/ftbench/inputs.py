@@ -57,7 +57,8 @@ class Preprocess:
             x = self._augment(x)
         if x.shape[-1] != self.side:
             x = F.interpolate(x, size=(self.side, self.side), mode="bilinear", antialias=True, align_corners=False)
-        return (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
 
 
 class Features:
