@@ -66,9 +66,13 @@ def partitions(task_table: pl.DataFrame, split: pl.DataFrame, fold: int, fewshot
 
 
 def seed_everything(seed: int) -> torch.Generator:
+    """Seed every generator and ask for deterministic algorithms (on CUDA too: cuBLAS needs its workspace
+    setting for that; an operation without a deterministic version warns instead of failing)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
     return torch.Generator().manual_seed(seed)
 
 
