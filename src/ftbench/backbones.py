@@ -156,12 +156,6 @@ def blocks(backbone: nn.Module, entry: ZooEntry) -> list[str]:
     return [block.name for block in split(backbone, entry.blocks) if block.name != "stem"]
 
 
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
 def forward_gflops(model: nn.Module, img_size: int) -> float | None:
     """Forward GFLOPs for one image (torch's flop counter: 2 per multiply-add), counted on a meta-device copy.
 
