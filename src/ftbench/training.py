@@ -208,12 +208,12 @@ def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], p
         first = saved["epoch"] + 1
         log.info("resumed from %s after epoch %d", checkpoint.path, saved["epoch"])
     with StopSignals() as stop:
-        history = _epochs(model, plan, parts, prep, training, generator, optimizer, weights, best, history,
+        outcome = _epochs(model, plan, parts, prep, training, generator, optimizer, weights, best, history,
                           step, total_steps, phase_start, first, checkpoint, stop)
-    model.load_state_dict(history["best"]["state"])
+    model.load_state_dict(outcome["best"]["state"])
     checkpoint.clear()
-    return {"best_epoch": history["best"]["epoch"], "best_val_loss": history["best"]["loss"],
-            "epochs": history["epochs"]}
+    return {"best_epoch": outcome["best"]["epoch"], "best_val_loss": outcome["best"]["loss"],
+            "epochs": outcome["epochs"]}
 
 
 def _epochs(model, plan, parts, prep, training, generator, optimizer, weights, best, history, step, total_steps,
