@@ -2,13 +2,16 @@
 learning rates, layer-wise decay, AdaLoRA's rank budget, and fit() calling all of it."""
 
 import math
+import os
+import signal
 
 import polars as pl
 import pytest
 import torch
 
 from ftbench import backbones, blocks, inputs, strategies
-from ftbench.training import Part, fit
+from ftbench.errors import Preempted
+from ftbench.training import Checkpoint, Part, fit
 from ftbench.zoo import resolve
 
 TRAINING = {"lr": 1e-3, "weight_decay": 0.0}
@@ -189,3 +192,43 @@ def test_fit_runs_the_hooks_and_restarts_patience_at_a_new_phase():
     steps_per_epoch = math.ceil(24 / 10)
     assert calls["steps"] == [(s, 12 * steps_per_epoch) for s in range(1, 4 * steps_per_epoch + 1)]
     assert calls["penalty"] == 4 * steps_per_epoch
+
+
+@pytest.mark.parametrize("kind, spec", [
+    ("auto_rgn", {}),
+    ("adalora", {"rank": 2, "init_rank": 6, "warmup_fraction": 0.2, "final_fraction": 0.3}),
+    ("lp_ft", {"lp_epochs": 2}),
+    ("gradual_unfreezing", {"unfreeze_every": 1}),
+])
+def test_a_schedule_resumed_after_a_stop_signal_ends_bit_identical(kind, spec, tmp_path):
+    """The hooks' own state (Auto-RGN's gradient sums, AdaLoRA's importance scores and rank pattern, the
+    phases) survives a stop and a resume: the final weights equal those of a run never stopped."""
+    entry = resolve("test_vit", img_size=32)
+    training = {"lr": 1e-2, "weight_decay": 0.0, "batch_size": 6, "max_epochs": 6, "patience": 6}
+
+    def run(stop_at_step: int | None = None) -> tuple[dict, list[float]]:
+        model = backbones.build(entry)
+        plan = strategies.apply(model, entry, {"kind": kind} | spec, training)
+        hook = plan.on_step
+
+        def on_step(optimizer, step, total):
+            if hook is not None:
+                hook(optimizer, step, total)
+            if step == stop_at_step:
+                os.kill(os.getpid(), signal.SIGUSR1)  # like Slurm before the time limit: finish the epoch, save
+
+        plan.on_step = on_step
+        prep = inputs.Preprocess(entry, torch.device("cpu"), augment=True, generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(0)
+        history = fit(model, plan, _parts(), prep, training, torch.Generator().manual_seed(0),
+                      Checkpoint(tmp_path / f"{kind}.pt", every=0))
+        return model.state_dict(), [epoch["val_loss"] for epoch in history["epochs"]]
+
+    with pytest.raises(Preempted):
+        run(stop_at_step=9)  # in epoch 2 of 6 (4 steps an epoch)
+    assert (tmp_path / f"{kind}.pt").is_file()
+    resumed, resumed_losses = run()
+    (tmp_path / f"{kind}.pt").unlink(missing_ok=True)
+    whole, whole_losses = run()
+    assert len(whole_losses) == 6 and resumed_losses == whole_losses  # every epoch, not only the best one
+    assert [k for k in whole if not torch.equal(resumed[k], whole[k])] == []

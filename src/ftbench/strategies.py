@@ -36,12 +36,16 @@ class Plan:
 
     ``param_groups`` hold every parameter the strategy ever trains (schedules may unfreeze some later;
     AdamW skips a parameter while it has no gradient). Hooks receive the optimizer, whose groups are these.
+    State the hooks carry between epochs goes through ``state`` / ``load_state``, so a checkpointed run
+    resumes exactly (the epoch-indexed schedules are replayed instead).
     """
 
     param_groups: list[dict]
     penalty: Callable[[], torch.Tensor] | None = None  # added to each training batch's loss
     on_epoch: Callable[[torch.optim.Optimizer, int], bool] | None = None  # before each epoch; True = new phase
     on_step: Callable[[torch.optim.Optimizer, int, int], None] | None = None  # after each step: (step, total)
+    state: Callable[[], dict] = dict  # the hooks' state, saved with a checkpoint
+    load_state: Callable[[dict], None] = lambda state: None  # restores it (its tensors come on the CPU)
 
     def parameters(self) -> list[nn.Parameter]:
         """The distinct parameters of the groups."""
@@ -212,7 +216,11 @@ def auto_rgn(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> 
             sums.update(rgn=0, steps=0)
         return False
 
-    return Plan(groups, on_epoch=on_epoch, on_step=on_step)
+    def load_state(state: dict) -> None:
+        device = groups[0]["params"][0].device
+        sums.update(state, rgn=state["rgn"].to(device) if torch.is_tensor(state["rgn"]) else state["rgn"])
+
+    return Plan(groups, on_epoch=on_epoch, on_step=on_step, state=lambda: dict(sums), load_state=load_state)
 
 
 def ln_tuning(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
@@ -430,7 +438,19 @@ def adalora(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> P
             config.tfinal = int(spec.get("final_fraction", 0.3) * total_steps)
         tuner.update_and_allocate(step)
 
-    return Plan(_backbone_and_head(model, spec, training).param_groups, penalty=penalty, on_step=on_step)
+    allocator, scores = tuner.rankallocator, ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+    def state() -> dict:  # the smoothed importance scores and the rank pattern pruning has reached
+        return {name: getattr(allocator, name) for name in scores} | {"rank_pattern": config.rank_pattern}
+
+    def load_state(saved: dict) -> None:
+        device = factors[0][0].device
+        for name in scores:
+            setattr(allocator, name, {key: value.to(device) for key, value in saved[name].items()})
+        config.rank_pattern = saved["rank_pattern"]
+
+    return Plan(_backbone_and_head(model, spec, training).param_groups, penalty=penalty, on_step=on_step,
+                state=state, load_state=load_state)
 
 
 STRATEGIES: dict[str, Callable[[Classifier, ZooEntry, dict, dict], Plan]] = {

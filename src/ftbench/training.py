@@ -154,8 +154,8 @@ class Checkpoint:
     """The training state of one cell in one file, written atomically at epoch ends (at most every
     ``every`` seconds, and when a stop signal came) and read back when the cell is run again.
 
-    Holds everything an epoch depends on: weights, optimizer, best epoch so far, history, step counter and
-    every random generator, so a resumed cell gives bit-identical predictions (on CPU) to an uninterrupted one.
+    Holds everything an epoch depends on: weights, optimizer, the strategy hooks' state, best epoch so far,
+    history, step counter and every random generator, so a resumed cell gives bit-identical predictions (on CPU) to an uninterrupted one.
     """
 
     def __init__(self, path: Path | None, every: float):
@@ -200,6 +200,7 @@ def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], p
                 phase_start = epoch
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        plan.load_state(saved["plan"])
         best, history, step = saved["best"], saved["history"], saved["step"]
         generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
@@ -268,7 +269,7 @@ def _epochs(model, plan, parts, prep, training, generator, optimizer, weights, b
             break
         checkpoint.save({
             "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "best": best,
-            "history": history, "step": step, "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "history": history, "step": step, "plan": plan.state(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
             "prep_generator": prep.generator.get_state() if prep.generator is not None else torch.empty(0),
         }, force=stop.received is not None)
         if stop.received is not None:
