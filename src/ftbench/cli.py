@@ -132,6 +132,26 @@ def cmd_stats(args) -> None:
     stats.compare(pl.read_parquet(args.cells), alpha=args.alpha).write(args.out_dir)
 
 
+def cmd_cost(args) -> None:
+    import polars as pl
+
+    from ftbench import cost
+
+    projected = cost.project(Path(args.grid).read_text().split(), pl.read_parquet(args.cells), args.device_name)
+    summary = cost.summarise(projected)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    summary.write_csv(args.out)
+    projected.write_csv(Path(args.out).with_name(Path(args.out).stem + "_cells.csv"))
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=160, float_precision=2):
+        print(summary)
+    done, rest = summary["done_hours"].sum(), summary["remaining_hours"].sum()
+    counts = dict(projected.group_by("source").len().iter_rows())
+    print(f"{projected.height} cells: {done:.2f} device-hours measured ({counts.get('measured', 0)} cells), "
+          f"{rest:.2f} projected for the other {projected.height - counts.get('measured', 0)} "
+          f"(from their job: {counts.get('job', 0)}, scaled: {counts.get('scaled', 0)}), "
+          f"total {done + rest:.2f}; without an estimate: {counts.get(None, 0)} cells")
+
+
 def job_of_cell(cell: str) -> str:
     """The training job (log name) of a cell path: its first four parts (see ``grid.Cell.path``)."""
     return "/".join(cell.split("/")[:4])
@@ -264,6 +284,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha", type=float, default=0.05)
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_stats)
+
+    s = sub.add_parser("cost", help="project the device-hours of every cell of the grid from the cells that ran")
+    s.add_argument("--cells", required=True, help="the cells table of `aggregate` (results/partial/cells.parquet)")
+    s.add_argument("--grid", required=True, help="file listing every cell of the grid (results/grid.txt)")
+    s.add_argument("--device-name", help="use only cells that ran on this device (a part of its name)")
+    s.add_argument("--out", required=True, help="summary .csv; the per-cell projection goes beside it (*_cells.csv)")
+    s.set_defaults(func=cmd_cost)
 
     s = sub.add_parser("report", help="write the self-contained HTML report (and its figures as SVG files)")
     s.add_argument("--cells", required=True)

@@ -384,6 +384,7 @@ def run_cell(settings: dict, task_table: str, split: str, store: str | None, out
         "status": status, "trainable_params": trainable, "total_params": total,
         "trainable_fraction": trainable / total, "gflops": gflops, "wall_seconds": time.perf_counter() - started,
         "peak_memory_mb": peak_memory_mb(device), "device": str(device),
+        "n_train": len(parts["train"].y), "n_val": len(parts["val"].y), "epochs": len(history.get("epochs", [])),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": threads, "seed": training["seed"] + settings["fold"], "versions": library_versions(),
         "embedding_cache": embeddings,

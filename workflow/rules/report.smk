@@ -4,6 +4,7 @@
 # listing the missing and failed ones. It trains nothing, so it works after a run that stopped
 # (`--keep-going` lets the other cells finish when some fail) and beside a run still in progress.
 import hashlib
+import shlex
 
 from ftbench import REPORT_VERSION
 from ftbench.captions import CAPTIONS
@@ -24,7 +25,7 @@ def complete_cells_fingerprint(w) -> str:
     return digest.hexdigest()
 
 
-localrules: grid_list  # writes a text file: not worth a cluster job
+localrules: grid_list, cost  # a text file, a small table: not worth a cluster job
 
 
 rule grid_list:
@@ -154,3 +155,20 @@ use rule report as report_partial with:
         figures=directory("results/partial/report/figures"),
     log:
         "results/logs/partial/report.log",
+
+
+# `snakemake cost`: device-hours of every cell of the grid, measured for the cells that ran and projected
+# for the others from them (see src/ftbench/cost.py). Run it after a pilot or beside a run in progress.
+rule cost:
+    input:
+        cells="results/partial/cells.parquet",
+        grid="results/grid.txt",
+    output:
+        summary=report("results/partial/cost.csv", caption="../report/cost.rst", category="Tables"),
+        cells="results/partial/cost_cells.csv",
+    params:
+        device=lambda w: f"--device-name {shlex.quote(config['report']['cost_device'])}" if config["report"]["cost_device"] else "",
+    log:
+        "results/logs/partial/cost.log",
+    shell:
+        "{FTBENCH} cost --cells {input.cells} --grid {input.grid} {params.device} --out {output.summary} 2> {log}"

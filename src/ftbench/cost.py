@@ -1,0 +1,98 @@
+"""Projected device-hours of a grid from the measured cost of the cells that already ran.
+
+Run a pilot (some jobs of the grid, on the devices the real run will use) or let the real run finish its
+first jobs, then project every cell of the grid (``snakemake cost``). A cell's seconds come from, in order:
+
+- ``measured``: the cell ran;
+- ``job``: other cells of its job (same task, model, strategy and regime group) ran: their mean, since a
+  job's cells differ only in fold and draw;
+- ``scaled``: its (model, strategy) ran elsewhere: ``fixed + rate * passes``, fitted on that pair's cells by
+  non-negative least squares, where ``passes = epochs * (n_train + n_val) + n_test`` counts the images the
+  cell puts through its model. The sizes are those measured for the cell's (task, regime group), and the
+  epochs (early stopping decides them) the pair's mean for the regime kind (full or few-shot).
+- null: nothing to go by (the pair never ran, or no cell of its task and regime group did); listed.
+
+Embedding-cache builds (one per dataset and model) are not cells and are not included.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+from scipy.optimize import nnls
+
+from ftbench.aggregate import cell_keys
+
+PAIR = ("model", "strategy")
+JOB = ("task", "model", "strategy", "regime_group")
+
+
+def measured_cells(cells: pl.DataFrame, device_name: str | None = None) -> pl.DataFrame:
+    """The cells with a measured time, all from one device (``device_name``: a substring to select it)."""
+    timed = cells.filter(pl.col("wall_seconds").is_not_null())
+    if device_name is not None:
+        timed = timed.filter(pl.col("device_name").str.contains(device_name, literal=True))
+    devices = timed.group_by("device_name").len().sort("device_name")
+    if devices.height > 1:
+        listing = ", ".join(f"'{d}' ({n} cells)" for d, n in devices.iter_rows())
+        raise ValueError(f"the measured cells ran on {devices.height} devices ({listing}): choose one with "
+                         "--device-name, since seconds on one device say nothing of another")
+    return timed.with_columns(_kind())
+
+
+def _kind() -> pl.Expr:
+    return pl.when(pl.col("regime_group") == "full").then(pl.lit("full")).otherwise(pl.lit("few-shot")).alias("kind")
+
+
+def fit_pairs(measured: pl.DataFrame) -> pl.DataFrame:
+    """Per (model, strategy): seconds = ``fixed + rate * passes``, non-negative least squares over its cells."""
+    usable = measured.filter(pl.col("n_test").is_not_null() & pl.col("n_train").is_not_null()).with_columns(
+        (pl.col("epochs") * (pl.col("n_train") + pl.col("n_val")) + pl.col("n_test")).alias("passes"))
+    rows = []
+    for (model, strategy), group in usable.group_by(PAIR, maintain_order=True):
+        design = np.column_stack([np.ones(group.height), group["passes"].to_numpy().astype(float)])
+        (fixed, rate), _ = nnls(design, group["wall_seconds"].to_numpy())
+        rows.append({"model": model, "strategy": strategy, "fixed_seconds": fixed, "seconds_per_pass": rate,
+                     "fitted_on": group.height})
+    schema = {"model": pl.String, "strategy": pl.String, "fixed_seconds": pl.Float64,
+              "seconds_per_pass": pl.Float64, "fitted_on": pl.Int64}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def project(grid: list[str], cells: pl.DataFrame, device_name: str | None = None) -> pl.DataFrame:
+    """Every cell of ``grid`` (paths as in ``results/grid.txt``) with its seconds and their ``source``."""
+    measured = measured_cells(cells, device_name)
+    target = pl.DataFrame([cell_keys(c) for c in grid], schema={
+        "cell": pl.String, "task": pl.String, "model": pl.String, "strategy": pl.String, "regime": pl.String,
+        "fold": pl.Int64}).with_columns(pl.col("regime").str.replace(r"r\d+$", "").alias("regime_group"))
+    target = target.with_columns(_kind())
+    jobs = measured.group_by(JOB).agg(pl.col("wall_seconds").mean().alias("job_seconds"))
+    sizes = measured.group_by("task", "regime_group").agg(pl.col("n_train", "n_val", "n_test").mean())
+    epochs = measured.group_by(*PAIR, "kind").agg(pl.col("epochs").mean())
+    passes = pl.col("epochs") * (pl.col("n_train") + pl.col("n_val")) + pl.col("n_test")
+    out = (target
+           .join(measured.select("cell", pl.col("wall_seconds").alias("cell_seconds")), on="cell", how="left")
+           .join(jobs, on=JOB, how="left")
+           .join(sizes, on=["task", "regime_group"], how="left")
+           .join(epochs, on=[*PAIR, "kind"], how="left")
+           .join(fit_pairs(measured), on=PAIR, how="left")
+           .with_columns((pl.col("fixed_seconds") + pl.col("seconds_per_pass") * passes).alias("scaled_seconds")))
+    return out.select(
+        "cell", "task", "model", "strategy", "regime", "fold",
+        pl.coalesce("cell_seconds", "job_seconds", "scaled_seconds").alias("seconds"),
+        pl.when(pl.col("cell_seconds").is_not_null()).then(pl.lit("measured"))
+        .when(pl.col("job_seconds").is_not_null()).then(pl.lit("job"))
+        .when(pl.col("scaled_seconds").is_not_null()).then(pl.lit("scaled")).alias("source"))
+
+
+def summarise(projected: pl.DataFrame) -> pl.DataFrame:
+    """Device-hours per (model, strategy): done (measured), projected for the rest, and cells without an estimate."""
+    hours = pl.col("seconds") / 3600
+    measured = pl.col("source") == "measured"
+    return (projected.group_by(PAIR).agg(
+        pl.len().alias("cells"), measured.sum().alias("measured_cells"),
+        hours.filter(measured).sum().alias("done_hours"),
+        hours.filter(~measured).sum().alias("remaining_hours"),
+        pl.col("source").is_null().sum().alias("unestimated_cells"))
+        .with_columns((pl.col("done_hours") + pl.col("remaining_hours")).alias("total_hours"))
+        .sort(PAIR))
