@@ -387,3 +387,20 @@ def test_weights_rule_runs_on_the_submitting_node(hub, tmp_path):
                env={"HF_ENDPOINT": hub.url})
     manifest = json.loads((tmp_path / "resources/weights/vit/weights.json").read_text())
     assert manifest["source"] == "timm:test_vit.r160_in1k" and manifest["file"] == "model.safetensors"
+
+
+@pytest.mark.parametrize("kind, key", [("open_clip", "positional_embedding"),
+                                       ("transformers_clip", "embeddings.position_embedding.weight")])
+def test_a_tower_pretrained_at_one_size_runs_at_another(kind, key, hub, monkeypatch, tmp_path):
+    """A checkpoint made at 32 px (a 4x4 patch grid) builds at 48 px (6x6): the position embedding's class
+    token is kept and its patch grid resampled bicubically; every other tensor is the checkpoint's."""
+    entry, reference, manifest = fetch(hub, monkeypatch, tmp_path, KINDS[kind])
+    model = weights.build("tiny", dataclasses.replace(entry, img_size=48), manifest).eval()
+    backbone = getattr(model.backbone, "model", model.backbone)
+    ours, theirs = backbone.state_dict(), reference.state_dict()
+    assert [k for k in ours if not torch.equal(ours[k], theirs[k])] == [key]
+    grid = theirs[key][1:].reshape(4, 4, -1).permute(2, 0, 1)[None]
+    expected = torch.nn.functional.interpolate(grid, size=(6, 6), mode="bicubic", antialias=True)
+    assert torch.equal(ours[key][0], theirs[key][0])
+    assert torch.allclose(ours[key][1:], expected[0].permute(1, 2, 0).reshape(36, -1), atol=1e-6)
+    assert torch.isfinite(model(torch.randn(2, 3, 48, 48))).all()

@@ -38,6 +38,20 @@ def load_strict(module: nn.Module, state: State) -> None:
                          f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
 
 
+def fit_position_embedding(module: nn.Module, state: State, key: str) -> State:
+    """``state`` with its absolute position embedding ``key`` (one class token, then a square patch grid)
+    resampled bicubically to ``module``'s grid, as timm does for its own ViTs: a tower pretrained at
+    224 px then runs at the config's ``img_size``. Unchanged when the grids already agree."""
+    from timm.layers import resample_abs_pos_embed
+
+    saved, wanted = state.get(key), module.state_dict().get(key)
+    if saved is None or wanted is None or saved.shape == wanted.shape:
+        return state
+    old, new = (round((len(t) - 1) ** 0.5) for t in (saved, wanted))
+    log.info("position embedding %s resampled from a %dx%d to a %dx%d patch grid", key, old, old, new, new)
+    return state | {key: resample_abs_pos_embed(saved[None], [new, new], [old, old], num_prefix_tokens=1)[0]}
+
+
 def _timm(entry: ZooEntry, state: State | None) -> nn.Module:
     import timm
 
@@ -76,7 +90,7 @@ def _open_clip(entry: ZooEntry, state: State | None) -> nn.Module:
     tower.proj = None
     tower.num_features = tower.transformer.width
     if state is not None:
-        load_strict(tower, state)
+        load_strict(tower, fit_position_embedding(tower, state, "positional_embedding"))
     return tower
 
 
@@ -87,8 +101,8 @@ def _transformers(entry: ZooEntry, state: State | None) -> nn.Module:
     model_class = getattr(transformers, entry.name)
     config = model_class.config_class(**entry.options.get("config", {}), image_size=entry.img_size)
     model = model_class(config)
-    if state is not None:
-        load_strict(model, state)
+    if state is not None:  # a CLIP tower's absolute position embedding (a Swin has none)
+        load_strict(model, fit_position_embedding(model, state, "embeddings.position_embedding.weight"))
     return Pooled(model)
 
 
