@@ -4,9 +4,9 @@
 
 A demo-sized grid of two synthetic tasks (a small one and one three times larger), two tiny models and four
 strategies, full data and few-shot, runs in a temporary folder in two steps:
-1. the pilot: every job of the small task, and of the large task only (tiny_resnet, lp);
-   then `snakemake cost` projects the large task's other (model, strategy) pairs ("scaled": each pair's
-   cost fitted on the small task, at the large task's sizes);
+1. `snakemake pilot`: every job of the small task (the pilot task), and of the large task only those of
+   (tiny_vit, lp), which give its sizes; then `snakemake cost` projects the large task's other
+   (model, strategy) pairs ("scaled": each pair's cost fitted on the small task, at the large task's sizes);
 2. the rest of the grid, after which every cell is measured.
 It prints, per pair of the large task, projected and measured seconds and their ratio, and the total.
 """
@@ -24,7 +24,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ["fft", "lp", "lora_r8", "bitfit"]
-PILOT_PAIR = ("tiny_resnet", "lp")
 
 
 def config(patients: dict[str, int]) -> dict:
@@ -52,10 +51,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "config.yaml").write_text(yaml.safe_dump(config({"small": 80, "large": 240})))
-        models = ["tiny_vit", "tiny_resnet"]
-        pilot = [f"results/cells/small/{m}/{s}/{g}" for m in models for s in STRATEGIES for g in ("full", "k4")]
-        pilot += [f"results/cells/large/{PILOT_PAIR[0]}/{PILOT_PAIR[1]}/{g}" for g in ("full", "k4")]
-        snakemake(work, args.cores, *pilot)
+        snakemake(work, args.cores, "pilot")
         snakemake(work, args.cores, "cost")
         projected = pl.read_csv(work / "results/partial/cost_cells.csv")
         snakemake(work, args.cores, "all")
@@ -69,6 +65,10 @@ def main() -> None:
     with pl.Config(tbl_rows=-1, float_precision=2):
         print("[cost] large task (3x the patients), pairs projected from the small task's cells:")
         print(both)
+    before, after = projected["seconds"].sum(), measured["seconds"].sum()
+    print(f"[cost] whole grid, {projected.height} cells: {before / 60:.1f} min projected after the pilot "
+          f"({projected.filter(pl.col('source') == 'measured').height} cells measured), {after / 60:.1f} min measured "
+          f"in the end: {before / after:.2f}")
     total = both.select(pl.col("projected_s").sum() / pl.col("measured_s").sum()).item()
     print(f"[cost] projected / measured, all {both['cells'].sum()} projected cells: {total:.2f}; "
           f"per pair from {both['ratio'].min():.2f} to {both['ratio'].max():.2f}")

@@ -32,6 +32,24 @@ def test_requests_grow_with_model_size_image_side_cells_and_attempt(demo_config)
     assert cluster.runtime_min(config, fewshot, 5) < runtime["large"]
 
 
+def test_a_cost_projection_replaces_the_guesses_where_it_has_the_job(demo_config, tmp_path):
+    projection = tmp_path / "cost_cells.csv"
+    projection.write_text("cell,seconds,source\n"
+                          "t/vit/lora/full/fold0,600,measured\nt/vit/lora/full/fold1,1200,job\n"
+                          "t/vit/fft/full/fold0,300,measured\nt/vit/fft/full/fold1,,\n")
+    config = {**demo_config, "models": {"vit": {"arch": "dinov2_vitl14"}},
+              "cluster": {"runtimes": str(projection), "runtime_margin": 1.5}}
+    lora, fft = grid.Job("t", "vit", "lora", "full"), grid.Job("t", "vit", "fft", "full")
+    # 900 s a cell on average x 1.5 x 4 cells = 90 min; twice that on a retry
+    assert cluster.runtime_min(config, lora, 4) == 90
+    assert cluster.runtime_min(config, lora, 4, attempt=2) == 180
+    # a job the projection could not estimate in full keeps the size-class guess, as does one it lacks
+    guess = {**config, "cluster": {}}
+    assert cluster.runtime_min(config, fft, 2) == cluster.runtime_min(guess, fft, 2) != 2 * 300 * 1.5 / 60
+    lp = grid.Job("t", "vit", "lp", "full")
+    assert cluster.runtime_min(config, lp, 2) == cluster.runtime_min(guess, lp, 2)
+
+
 def test_only_fewshot_jobs_are_batched():
     assert cluster.group(grid.Job("t", "m", "lp", "k4")) == cluster.FEWSHOT_GROUP
     assert cluster.group(grid.Job("t", "m", "lp", "full")) is None

@@ -31,6 +31,9 @@ def test_demo_and_default_configs_are_valid(demo_config):
     (lambda c: c["datasets"]["aiforcovid"].pop("path"), "datasets.aiforcovid.path"),
     (lambda c: c["datasets"].update(x={"adapter": "tcia", "collection": "OTHER"}), "datasets.x.clinical"),
     (lambda c: c["datasets"]["nysbu"].update(path="/data/nysbu"), "datasets.nysbu.clinical.path"),
+    (lambda c: c.update(cluster={"runtimes": "results/partial/none.csv"}), "cluster.runtimes"),
+    (lambda c: c.update(cluster={"runtime_margin": 0.5}), "cluster.runtime_margin"),
+    (lambda c: c.update(cluster={"pilot_task": "nysbu_death"}), "cluster.pilot_task"),
 ])
 def test_bad_config_names_the_key(raw_config, mutate, key):
     mutate(raw_config)

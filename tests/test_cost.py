@@ -3,6 +3,7 @@
 
 import polars as pl
 import pytest
+import yaml
 
 from ftbench import cli, cost
 
@@ -93,3 +94,23 @@ def test_cells_from_several_devices_need_a_choice(tmp_path, capsys):
     assert per_cell.height == len(GRID) and summary["measured_cells"].sum() == 3
     assert summary.filter(pl.col("model") == "cnn")["measured_cells"].item() == 3  # GRID[3:6]: the big task's cnn
     assert f"{len(GRID)} cells:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("pilot_task", [None, "second"])
+def test_the_pilot_runs_each_pair_on_one_task_and_one_cheap_pair_on_the_others(tmp_path, pilot_task):
+    from conftest import ROOT
+    from smk import DEMO, planned, snakemake, write_config
+
+    demo = yaml.safe_load(DEMO.read_text())
+    config = {"datasets": {"second": demo["datasets"]["synthetic"]},
+              "tasks": {"second": demo["tasks"]["synthetic_outcome"] | {"dataset": "second"}},
+              "benchmark": {"tasks": ["synthetic_outcome", "second"]},
+              "regimes": {"fewshot": {"k": [4, 8], "repetitions": 1}}, "cluster": {"pilot_task": pilot_task}}
+    plan = planned(snakemake(ROOT, tmp_path, "--configfile", str(DEMO), str(write_config(tmp_path / "c.yaml", config)),
+                             "-n", "pilot"))
+    jobs = {path.removeprefix("results/cells/") for path in plan["train"]}
+    pilot, other = ("synthetic_outcome", "second") if pilot_task is None else ("second", "synthetic_outcome")
+    pairs = {f"{m}/{s}" for m in ("tiny_vit", "tiny_resnet") for s in demo["benchmark"]["strategies"]} - {"tiny_resnet/vpt"}
+    # every pair at full data and the smallest K on the pilot task; the others: every group of one cached probe
+    assert jobs == {f"{pilot}/{pair}/{group}" for pair in pairs for group in ("full", "k4")} | \
+        {f"{other}/tiny_vit/lp/{group}" for group in ("full", "k4", "k8")}

@@ -3,13 +3,16 @@
 Torch-free (the Snakefile imports it; every Slurm job re-parses the Snakefile). Requests scale with the
 backbone's size class, read from its architecture name, and with the image side; each retry (Snakemake's
 ``attempt``) asks for proportionally more, so a cell killed for time or memory gets through on retry.
-The figures are generous first guesses for Cohen-sized data on one GPU; calibrate them with
-``--slurm-efficiency-report`` and override with ``--set-resources train:runtime=...``.
+The figures are generous first guesses for Cohen-sized data on one GPU. With ``cluster.runtimes`` (a
+`snakemake cost` projection, after a pilot) a job asks for its cells' measured or projected seconds times
+``cluster.runtime_margin`` instead; ``--set-resources train:runtime=...`` overrides both.
 """
 
 from __future__ import annotations
 
+import csv
 import functools
+import math
 import re
 
 from ftbench import grid
@@ -41,8 +44,30 @@ def size_class(arch: str) -> str:
     return next((cls for pattern, cls in SIZE_PATTERNS if re.search(pattern, text)), "m")
 
 
+@functools.lru_cache(maxsize=None)
+def seconds_per_cell(projection: str) -> dict[str, float]:
+    """Mean seconds of a cell of each training job (``grid.Job.path``) in a `snakemake cost` projection
+    (``results/partial/cost_cells.csv``); a job with a cell nothing could estimate is left out."""
+    jobs: dict[str, list[float]] = {}
+    unknown = set()
+    with open(projection, newline="") as rows:
+        for row in csv.DictReader(rows):
+            job = "/".join(row["cell"].split("/")[:4])
+            if row["seconds"]:
+                jobs.setdefault(job, []).append(float(row["seconds"]))
+            else:
+                unknown.add(job)
+    return {job: sum(times) / len(times) for job, times in jobs.items() if job not in unknown}
+
+
 def runtime_min(config: dict, job: grid.Job, cells: int, attempt: int = 1) -> int:
-    """Wall time (minutes) for a job of ``cells`` cells: size class x image area x cells x attempt."""
+    """Wall time (minutes) for a job of ``cells`` cells x attempt: from the projection in ``cluster.runtimes``
+    times ``cluster.runtime_margin`` where it has the job, else size class x image area."""
+    calibration = config.get("cluster", {})
+    if calibration.get("runtimes"):
+        seconds = seconds_per_cell(calibration["runtimes"]).get(job.path)
+        if seconds is not None:
+            return max(1, math.ceil(calibration["runtime_margin"] * seconds * cells / 60)) * attempt
     full, fewshot, _ = SIZE_CLASSES[size_class(config["models"][job.model]["arch"])]
     minutes = full if job.group == "full" else fewshot
     area = (grid.model_img_size(config, job.model) / 224) ** 2

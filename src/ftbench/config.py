@@ -112,6 +112,14 @@ def check_references(config: dict) -> None:
                                   "clinical sheet known to ftbench; give clinical.url or clinical.path, and clinical.id_column")
     for name in bench["tasks"]:
         check_validation(task_validation(config, name), name)
+    pilot = config.get("cluster", {}).get("pilot_task")
+    if pilot and pilot not in bench["tasks"]:
+        raise ConfigError(f"config key 'cluster.pilot_task': '{pilot}' is not a task of the benchmark "
+                          f"(benchmark.tasks: {', '.join(bench['tasks'])})")
+    runtimes = config.get("cluster", {}).get("runtimes")
+    if runtimes and not Path(runtimes).is_file():
+        raise ConfigError(f"config key 'cluster.runtimes': {runtimes} does not exist "
+                          "(`snakemake cost` writes results/partial/cost_cells.csv)")
 
 
 def task_validation(config: dict, task: str) -> dict:

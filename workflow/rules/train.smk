@@ -60,3 +60,24 @@ rule train:
         "--out-dir {output} "
         "--checkpoints results/checkpoints/{wildcards.task}/{wildcards.model}/{wildcards.strategy}/{wildcards.group} "
         "2> {log}"
+
+
+def pilot_jobs() -> list[str]:
+    """Every (model, strategy)'s full-data job and smallest-K job on the pilot task, and on each other task
+    all jobs of one cheap pair (the first that trains from the embedding cache): what `snakemake cost` needs
+    to project the rest of the grid. They are jobs of the grid itself: the full run reuses them."""
+    pilot = config["cluster"]["pilot_task"] or config["benchmark"]["tasks"][0]
+    groups = sorted({job.group for job in JOBS}, key=lambda g: (g != "full", int(g[1:]) if g != "full" else 0))
+    chosen = [job for job in JOBS if job.task == pilot and job.group in groups[:2]]
+    for task in config["benchmark"]["tasks"]:
+        jobs = [job for job in JOBS if job.task == task and task != pilot]
+        if jobs:
+            cheap = min(jobs, key=lambda job: not grid.uses_cache(config, job.strategy))
+            chosen += [job for job in jobs if (job.model, job.strategy) == (cheap.model, cheap.strategy)]
+    return [f"results/cells/{job.path}" for job in chosen]
+
+
+# `snakemake pilot` (then `snakemake cost`): the first jobs of the grid, chosen so that the rest can be projected.
+rule pilot:
+    input:
+        pilot_jobs(),
