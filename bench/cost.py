@@ -47,13 +47,16 @@ def snakemake(workdir: Path, cores: int, *targets: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--workdir", help="run there and keep it (default: a temporary folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         (work / "config.yaml").write_text(yaml.safe_dump(config({"small": 80, "large": 240})))
         snakemake(work, args.cores, "pilot")
         snakemake(work, args.cores, "cost")
         projected = pl.read_csv(work / "results/partial/cost_cells.csv")
+        (work / "results/partial/cost_cells.csv").rename(work / "results/partial/cost_cells_pilot.csv")
         snakemake(work, args.cores, "all")
         snakemake(work, args.cores, "cost")
         measured = pl.read_csv(work / "results/partial/cost_cells.csv")

@@ -7,14 +7,24 @@ import yaml
 
 from ftbench import cli, cost
 
-FIXED, RATE = {"vit": 20.0, "cnn": 5.0}, {"vit": 0.01, "cnn": 0.002}
-SIZES = {("big", "full"): (800, 200, 250), ("small", "full"): (80, 20, 25), ("big", "k4"): (8, 8, 250)}
+# the ground truth of the synthetic cells: start-up, seconds per training image, per-epoch checks per
+# training image (BatchNorm recalibration: the CNN only) and per validation image (also the test pass)
+FIXED, TRAIN = {"vit": 20.0, "cnn": 5.0}, {"vit": 0.01, "cnn": 0.002}
+CHECK_TRAIN, CHECK_VAL = {"vit": 0.0, "cnn": 0.0005}, {"vit": 0.003, "cnn": 0.001}
+SIZES = {("big", "full"): (800, 200, 250), ("small", "full"): (80, 20, 25), ("big", "k4"): (8, 200, 250)}
 EPOCHS = {"full": 10, "k4": 4}
 
 
-def _seconds(model, task, group):
+def _parts(model, task, group):
+    """(train, check, total) seconds of a cell under the ground truth."""
     n_train, n_val, n_test = SIZES[(task, group)]
-    return FIXED[model] + RATE[model] * (EPOCHS[group] * (n_train + n_val) + n_test)
+    train = EPOCHS[group] * TRAIN[model] * n_train
+    check = EPOCHS[group] * (CHECK_TRAIN[model] * n_train + CHECK_VAL[model] * n_val)
+    return train, check, FIXED[model] + train + check + CHECK_VAL[model] * n_test
+
+
+def _seconds(model, task, group):
+    return _parts(model, task, group)[2]
 
 
 def _path(task, model, group, fold, rep=0):
@@ -29,9 +39,11 @@ def _cells(paths, device="NVIDIA A40", scale=1.0):
         task, model, _, group, *rest = path.split("/")
         n_train, n_val, n_test = SIZES[(task, group)]
         slow = scale if rest[-1] == "fold0" and rest[0] in ("fold0", "r0") else 1.0
+        train, check, total = _parts(model, task, group)
         rows.append({"cell": path, "task": task, "model": model, "strategy": "lora", "regime_group": group,
-                     "status": "ok", "wall_seconds": _seconds(model, task, group) * slow, "device_name": device,
-                     "n_train": n_train, "n_val": n_val, "n_test": float(n_test), "epochs": EPOCHS[group]})
+                     "status": "ok", "wall_seconds": total * slow, "train_seconds": train * slow,
+                     "check_seconds": check * slow, "device_name": device, "n_train": n_train, "n_val": n_val,
+                     "n_test": float(n_test), "epochs": EPOCHS[group]})
     return pl.DataFrame(rows)
 
 
@@ -63,8 +75,10 @@ def test_the_fit_recovers_an_exact_cost_model_and_scales_it_to_another_task():
     cnn_big = [c for c in GRID if "/cnn/" in c and c.startswith("big/")]  # full and few-shot: two sizes
     cells = _cells(cnn_big + [_path("small", "vit", "full", 0)])  # the vit cell tells the small task's sizes
     fitted = cost.fit_pairs(cells.with_columns(cost._kind())).filter(pl.col("model") == "cnn").row(0, named=True)
-    assert fitted["fixed_seconds"] == pytest.approx(FIXED["cnn"], rel=1e-6)
-    assert fitted["seconds_per_pass"] == pytest.approx(RATE["cnn"], rel=1e-6)
+    assert fitted["fixed"] == pytest.approx(FIXED["cnn"], rel=1e-6)
+    assert fitted["train_rate"] == pytest.approx(TRAIN["cnn"], rel=1e-6)
+    assert fitted["check_rate_train"] == pytest.approx(CHECK_TRAIN["cnn"], rel=1e-6)
+    assert fitted["check_rate_val"] == pytest.approx(CHECK_VAL["cnn"], rel=1e-6)
     small = cost.project([_path("small", "cnn", "full", 1)], cells)
     assert small["source"][0] == "scaled"
     assert small["seconds"][0] == pytest.approx(_seconds("cnn", "small", "full"), rel=1e-6)

@@ -21,7 +21,7 @@ HEADLINE = ("mcc", "pr_auc", "roc_auc", "balanced_accuracy", "f1", "sensitivity"
             "mcc@0.5")
 CELL_FACTS = ("threshold", "n_test", "positive_rate")
 RUN_FIELDS = ("trainable_params", "total_params", "trainable_fraction", "gflops", "wall_seconds", "peak_memory_mb",
-              "device", "device_name", "n_train", "n_val", "epochs")
+              "device", "device_name", "n_train", "n_val", "epochs", "train_seconds", "check_seconds")
 CELL_FILES = ("metrics.json", "run.json", "predictions.parquet")
 PREDICTION_COLUMNS = {"image_id": pl.String, "patient_id": pl.String, "label": pl.Int64, "centre": pl.String,
                       "prob": pl.Float64}
@@ -111,7 +111,8 @@ def collect(cell_dirs: list[str | Path]) -> tuple[pl.DataFrame, pl.DataFrame]:
               "trainable_params": pl.Int64, "total_params": pl.Int64, "trainable_fraction": pl.Float64,
               "gflops": pl.Float64,
               "wall_seconds": pl.Float64, "peak_memory_mb": pl.Float64, "device": pl.String, "device_name": pl.String,
-              "n_train": pl.Int64, "n_val": pl.Int64, "epochs": pl.Int64}
+              "n_train": pl.Int64, "n_val": pl.Int64, "epochs": pl.Int64, "train_seconds": pl.Float64,
+              "check_seconds": pl.Float64}
     cells = _regime_columns(pl.DataFrame(rows, schema=schema, strict=False)).sort(list(KEYS))
     keys = cells.select("cell", *KEYS, "regime_group", "family")
     pred_schema = {**PREDICTION_COLUMNS, "cell": pl.String, "pred": pl.Int8}

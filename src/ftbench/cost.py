@@ -6,10 +6,18 @@ first jobs, then project every cell of the grid (``snakemake cost``). A cell's s
 - ``measured``: the cell ran;
 - ``job``: other cells of its job (same task, model, strategy and regime group) ran: their mean, since a
   job's cells differ only in fold and draw;
-- ``scaled``: its (model, strategy) ran elsewhere: ``fixed + rate * passes``, fitted on that pair's cells by
-  non-negative least squares, where ``passes = epochs * (n_train + n_val) + n_test`` counts the images the
-  cell puts through its model. The sizes are those measured for the cell's (task, regime group), and the
-  epochs (early stopping decides them) the pair's mean for the regime kind (full or few-shot).
+- ``scaled``: its (model, strategy) ran elsewhere: the pair's measured rates at the cell's task sizes (those
+  measured for its task and regime group) and the pair's mean epochs for the regime kind (full or few-shot;
+  early stopping decides them). A cell's time splits into optimisation steps (``train_seconds``, per training
+  image), per-epoch checks (``check_seconds``: BatchNorm recalibration over the training images and the
+  validation pass, so per training and per validation image), and the rest (start-up, and the test pass at
+  the validation rate)::
+
+      seconds = fixed + epochs * (train_rate * n_train + check_rate_train * n_train + check_rate_val * n_val)
+                + check_rate_val * n_test
+
+  ``train_rate`` is a ratio of sums, the two check rates a non-negative least-squares fit (full-data and
+  few-shot cells differ in training images only), ``fixed`` the mean of what is left.
 - null: nothing to go by (the pair never ran, or no cell of its task and regime group did); listed.
 
 Embedding-cache builds (one per dataset and model) are not cells and are not included.
@@ -45,17 +53,20 @@ def _kind() -> pl.Expr:
 
 
 def fit_pairs(measured: pl.DataFrame) -> pl.DataFrame:
-    """Per (model, strategy): seconds = ``fixed + rate * passes``, non-negative least squares over its cells."""
-    usable = measured.filter(pl.col("n_test").is_not_null() & pl.col("n_train").is_not_null()).with_columns(
-        (pl.col("epochs") * (pl.col("n_train") + pl.col("n_val")) + pl.col("n_test")).alias("passes"))
+    """Per (model, strategy): the rates of :func:`project`'s ``scaled`` formula, from that pair's cells."""
+    usable = measured.filter(pl.all_horizontal(pl.col(
+        "n_train", "n_val", "n_test", "train_seconds", "check_seconds").is_not_null()) & (pl.col("epochs") > 0))
     rows = []
-    for (model, strategy), group in usable.group_by(PAIR, maintain_order=True):
-        design = np.column_stack([np.ones(group.height), group["passes"].to_numpy().astype(float)])
-        (fixed, rate), _ = nnls(design, group["wall_seconds"].to_numpy())
-        rows.append({"model": model, "strategy": strategy, "fixed_seconds": fixed, "seconds_per_pass": rate,
-                     "fitted_on": group.height})
-    schema = {"model": pl.String, "strategy": pl.String, "fixed_seconds": pl.Float64,
-              "seconds_per_pass": pl.Float64, "fitted_on": pl.Int64}
+    for (model, strategy), cells in usable.group_by(PAIR, maintain_order=True):
+        c = {name: cells[name].to_numpy().astype(float) for name in cells.columns if cells[name].dtype.is_numeric()}
+        train_rate = c["train_seconds"].sum() / (c["epochs"] * c["n_train"]).sum()
+        (check_val, check_train), _ = nnls(np.column_stack([c["epochs"] * c["n_val"], c["epochs"] * c["n_train"]]),
+                                           c["check_seconds"])
+        rest = c["wall_seconds"] - c["train_seconds"] - c["check_seconds"] - check_val * c["n_test"]
+        rows.append({"model": model, "strategy": strategy, "fixed": max(rest.mean(), 0.0), "train_rate": train_rate,
+                     "check_rate_train": check_train, "check_rate_val": check_val, "fitted_on": cells.height})
+    schema = {"model": pl.String, "strategy": pl.String, "fixed": pl.Float64, "train_rate": pl.Float64,
+              "check_rate_train": pl.Float64, "check_rate_val": pl.Float64, "fitted_on": pl.Int64}
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -69,14 +80,16 @@ def project(grid: list[str], cells: pl.DataFrame, device_name: str | None = None
     jobs = measured.group_by(JOB).agg(pl.col("wall_seconds").mean().alias("job_seconds"))
     sizes = measured.group_by("task", "regime_group").agg(pl.col("n_train", "n_val", "n_test").mean())
     epochs = measured.group_by(*PAIR, "kind").agg(pl.col("epochs").mean())
-    passes = pl.col("epochs") * (pl.col("n_train") + pl.col("n_val")) + pl.col("n_test")
+    per_epoch = ((pl.col("train_rate") + pl.col("check_rate_train")) * pl.col("n_train")
+                 + pl.col("check_rate_val") * pl.col("n_val"))
+    scaled = pl.col("fixed") + pl.col("epochs") * per_epoch + pl.col("check_rate_val") * pl.col("n_test")
     out = (target
            .join(measured.select("cell", pl.col("wall_seconds").alias("cell_seconds")), on="cell", how="left")
            .join(jobs, on=JOB, how="left")
            .join(sizes, on=["task", "regime_group"], how="left")
            .join(epochs, on=[*PAIR, "kind"], how="left")
            .join(fit_pairs(measured), on=PAIR, how="left")
-           .with_columns((pl.col("fixed_seconds") + pl.col("seconds_per_pass") * passes).alias("scaled_seconds")))
+           .with_columns(scaled.alias("scaled_seconds")))
     return out.select(
         "cell", "task", "model", "strategy", "regime", "fold",
         pl.coalesce("cell_seconds", "job_seconds", "scaled_seconds").alias("seconds"),
