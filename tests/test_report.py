@@ -96,6 +96,9 @@ def test_partial_grid_report_lists_missing_and_failed_cells(tmp_path):
                  "no log: not started", "loss is nan at epoch 4", "unreadable cell output"):
         assert text in html, text
     assert ">12</b>cells done" in html  # 18 in the grid, 4 missing, 2 failed
+    # fft's fold 2 takes its job's mean; lp's few-shot cells: these fake cells record no sizes to scale by
+    fft = json.loads((cells / "fft" / "full" / "fold0" / "run.json").read_text())["wall_seconds"]
+    assert f">{fft / 3600:,.2f} h</b>projected for the missing cells (3 not estimable yet)" in html
     assert "Failed &amp; missing" in html  # and the navigation leads there
 
 

@@ -172,16 +172,21 @@ def missing_cells(expected: list[str], have: set[str], logs: str | None) -> "pl.
 def cmd_report(args) -> None:
     import polars as pl
 
-    from ftbench import report, stats
+    from ftbench import cost, report, stats
 
     cells = pl.read_parquet(args.cells)
     expected = Path(args.expected).read_text().split() if args.expected else []
+    projection = None
+    try:
+        projection = cost.project(expected, cells) if expected else None
+    except ValueError as err:  # cells from several devices: `snakemake cost` with report.cost_device
+        log.warning("no projection of the missing cells' time: %s", err)
     res = report.Results(
         cells=cells, summary=pl.read_parquet(args.summary), predictions=pl.read_parquet(args.predictions),
         comparisons=stats.Comparisons.read(args.stats_dir),
         data_reports=[json.loads(Path(p).read_text()) for p in args.data_reports],
         rejects={Path(p).parent.name: pl.read_csv(p) for p in args.rejects},
-        missing=missing_cells(expected, set(cells["cell"].to_list()), args.logs),
+        missing=missing_cells(expected, set(cells["cell"].to_list()), args.logs), projection=projection,
         alpha=args.alpha, resamples=args.bootstrap, title=args.title)
     figs = report.write(res, args.out, args.figures_dir)
     log.info("report %s: %d figures, %d cells missing, %d failed", args.out, len(figs), res.missing.height,

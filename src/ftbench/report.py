@@ -97,6 +97,7 @@ class Results:
     data_reports: list[dict] = field(default_factory=list)
     rejects: dict[str, pl.DataFrame] = field(default_factory=dict)
     missing: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"cell": pl.String, "log": pl.String}))
+    projection: pl.DataFrame | None = None  # every cell of the grid with its seconds (ftbench.cost.project)
     alpha: float = 0.05
     resamples: int = 1000  # bootstrap resamples behind the CIs (0: none)
     title: str = "ftbench report"
@@ -206,10 +207,17 @@ def _cards(res: Results) -> str:
     def card(value: str, label: str, bad: bool = False) -> str:
         return f'<div class="card"><b class="{"bad" if bad else ""}">{value}</b>{label}</div>'
 
+    to_go = ""
+    if missing and res.projection is not None:
+        rest = res.projection.filter(pl.col("cell").is_in(res.missing["cell"].implode()))
+        unknown = rest["source"].null_count()
+        to_go = card(f'{(rest["seconds"].sum() or 0) / 3600:,.2f} h', "projected for the missing cells"
+                     + (f" ({unknown:,} not estimable yet)" if unknown else ""))
+
     bar = "".join(f'<span style="width:{100 * n / total:.2f}%;background:{c}"></span>'
                   for n, c in ((ok.height, "#2da44e"), (failed, "#cf222e"), (missing, "#d0d7de")))
     return (f'<div class="cards">{card(f"{ok.height:,}", "cells done")}{card(f"{failed:,}", "cells failed", failed > 0)}'
-            f'{card(f"{missing:,}", "cells missing", missing > 0)}{card(f"{hours:,.2f} h", f"compute ({devices})")}'
+            f'{card(f"{missing:,}", "cells missing", missing > 0)}{to_go}{card(f"{hours:,.2f} h", f"compute ({devices})")}'
             f'{card(f"{gpu_hours:,.2f} h", "GPU-hours") if gpu_hours else ""}'
             f'{card("–" if peak is None else f"{peak:,.0f} MB", "largest peak memory")}'
             f'{card(f"{rejected:,}", "images rejected")}</div>'
