@@ -178,7 +178,7 @@ def cmd_report(args) -> None:
     expected = Path(args.expected).read_text().split() if args.expected else []
     projection = None
     try:
-        projection = cost.project(expected, cells) if expected else None
+        projection = cost.project(expected, cells, args.device_name) if expected else None
     except ValueError as err:  # cells from several devices: `snakemake cost` with report.cost_device
         log.warning("no projection of the missing cells' time: %s", err)
     res = report.Results(
@@ -311,6 +311,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--title", default="ftbench report")
     s.add_argument("--out", required=True)
     s.add_argument("--figures-dir", help="also write each figure as <dir>/<kind>/<name>.svg")
+    s.add_argument("--device-name", help="project the missing cells' time from the cells of this device only")
     s.set_defaults(func=cmd_report)
     return p
 

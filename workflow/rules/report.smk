@@ -27,6 +27,9 @@ def complete_cells_fingerprint(w) -> str:
 
 localrules: grid_list, cost  # a text file, a small table: not worth a cluster job
 
+# the device whose cells project the time of the others (report.cost_device; see src/ftbench/cost.py)
+COST_DEVICE = f"--device-name {shlex.quote(config['report']['cost_device'])}" if config["report"]["cost_device"] else ""
+
 
 rule grid_list:
     output:
@@ -100,6 +103,7 @@ rule report:
         bootstrap=config["report"]["bootstrap"],
         captions=CAPTIONS,
         version=REPORT_VERSION,
+        device=COST_DEVICE,
     conda:
         "../../envs/ftbench.yaml"
     log:
@@ -109,7 +113,7 @@ rule report:
         "--stats-dir $(dirname {input.stats[0]}) --expected {input.grid} --logs results/logs/train "
         "--data-reports {input.data_reports} --rejects {input.rejects} --alpha {params.alpha} "
         "--bootstrap {params.bootstrap} --title {params.title:q} --out {output.html} --figures-dir {output.figures} "
-        "2> {log}"
+        "{params.device} 2> {log}"
 
 
 # The partial report: the same three steps on the cells complete now (no cell is an input, so nothing
@@ -167,7 +171,7 @@ rule cost:
         summary=report("results/partial/cost.csv", caption="../report/cost.rst", category="Tables"),
         cells="results/partial/cost_cells.csv",
     params:
-        device=lambda w: f"--device-name {shlex.quote(config['report']['cost_device'])}" if config["report"]["cost_device"] else "",
+        device=COST_DEVICE,
     log:
         "results/logs/partial/cost.log",
     shell:
