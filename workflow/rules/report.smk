@@ -172,6 +172,8 @@ rule cost:
         cells="results/partial/cost_cells.csv",
     params:
         device=COST_DEVICE,
+    conda:
+        "../../envs/ftbench.yaml"
     log:
         "results/logs/partial/cost.log",
     shell:
