@@ -183,3 +183,29 @@ def test_unknown_collection_needs_a_clinical_sheet():
     with pytest.raises(ValueError, match="clinical.url"):
         tcia.settings({"collection": "SOMETHING-ELSE"})
     assert tcia.settings({"collection": "X", "clinical": {"url": "u", "id_column": "pid"}})["centre"] == "X"
+
+
+def test_series_are_fetched_over_several_connections_at_once(collection, tmp_path, monkeypatch):
+    """Up to `connections` series transfer at the same time, and every one ends verified."""
+    import threading
+    import time
+
+    active, peak, lock, fetch_series = [0], [0], threading.Lock(), tcia.fetch_series
+
+    def counted(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)  # long enough for the other connections to start
+        try:
+            return fetch_series(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(tcia, "fetch_series", counted)
+    out = tmp_path / "resources" / "datasets" / "ds"
+    summary = tcia.download(download_source(collection["spec"]), out, connections=3)
+    listed = [row["SeriesInstanceUID"] for row in json.loads((out / "series.json").read_text())]
+    assert summary == {"series": len(listed), "fetched": len(listed), "failed": 0} and len(listed) > 3
+    assert peak[0] == 3 and all(tcia.verified(out / "series" / uid) for uid in listed)

@@ -31,6 +31,7 @@ import time
 import urllib.parse
 import urllib.request
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -61,6 +62,9 @@ COLLECTIONS = {
 # Errors of one series transfer that a retry may cure; anything else is a bug and propagates.
 TRANSFER_ERRORS = (OSError, http.client.HTTPException, zipfile.BadZipFile, ValueError)
 MARKER = ".complete"
+# Series transfers at once: TCIA serves each one slowly, so a few connections fill the line; more risk
+# its rate limits.
+CONNECTIONS = 4
 
 
 def settings(spec: dict) -> dict:
@@ -163,8 +167,25 @@ def fetch_series(api: str, row: dict, out: Path, timeout: float = 600.0) -> int:
         archive.unlink(missing_ok=True)  # complete but unusable archives are fetched afresh next time
 
 
-def download(source: dict, out: str | Path, retries: int = 3, wait: float = 10.0) -> dict:
-    """Fetch the listing, every series not yet verified, and the clinical sheet into ``out``.
+def _fetch_with_retries(api: str, row: dict, out: Path, retries: int, wait: float) -> str | None:
+    """Fetch one series, retrying with exponential back-off; None once it is verified, else the last error."""
+    uid = row["SeriesInstanceUID"]
+    for attempt in range(retries + 1):
+        try:
+            fetch_series(api, row, out)
+            return None
+        except TRANSFER_ERRORS as err:
+            log.warning("series %s, attempt %d: %s: %s", uid, attempt + 1, type(err).__name__, err)
+            error = f"{type(err).__name__}: {err}"
+            if attempt < retries:
+                time.sleep(wait * 2**attempt)
+    return error
+
+
+def download(source: dict, out: str | Path, retries: int = 3, wait: float = 10.0,
+             connections: int = CONNECTIONS) -> dict:
+    """Fetch the listing, every series not yet verified (over ``connections`` at once), and the clinical
+    sheet into ``out``.
 
     A series still failing after ``retries`` retries is recorded in ``failed.json`` (its images become
     rejects with the error), so one broken series does not block a collection of thousands; rerunning the
@@ -177,24 +198,14 @@ def download(source: dict, out: str | Path, retries: int = 3, wait: float = 10.0
                          f"at {source['api']}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "series.json").write_text(json.dumps(listing, indent=1))
-    failed, fetched = {}, 0
-    for n, row in enumerate(listing, start=1):
-        uid = row["SeriesInstanceUID"]
-        if verified(out / "series" / uid):
-            continue
-        for attempt in range(retries + 1):
-            try:
-                fetch_series(source["api"], row, out)
-                fetched += 1
-                break
-            except TRANSFER_ERRORS as err:
-                log.warning("series %s (%d/%d), attempt %d: %s: %s", uid, n, len(listing), attempt + 1,
-                            type(err).__name__, err)
-                error = f"{type(err).__name__}: {err}"
-                if attempt < retries:
-                    time.sleep(wait * 2**attempt)
-        else:
-            failed[uid] = {"patient_id": row.get("PatientID", ""), "error": error}
+    todo = [row for row in listing if not verified(out / "series" / row["SeriesInstanceUID"])]
+    log.info("TCIA %s: %d of %d series to fetch, %d at a time", source["collection"], len(todo), len(listing),
+             connections)
+    with ThreadPoolExecutor(max_workers=connections) as pool:  # each series has its own files: no shared state
+        errors = list(pool.map(lambda row: _fetch_with_retries(source["api"], row, out, retries, wait), todo))
+    failed = {row["SeriesInstanceUID"]: {"patient_id": row.get("PatientID", ""), "error": error}
+              for row, error in zip(todo, errors) if error is not None}
+    fetched = len(todo) - len(failed)
     (out / "failed.json").write_text(json.dumps(failed, indent=1))
     if source["clinical"]:
         url = source["clinical"]["url"]
