@@ -23,15 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import torch
 import torch.nn.functional as F
 
-from ftbench import backbones, embeddings, inputs, splits, strategies
-from ftbench.data import store as image_store
-from ftbench.data import tasks
-from ftbench.data.adapters import build_table
-from ftbench.training import run_cell
+# The gpu part needs torch, timm and peft alone (it runs on a stock GPU image); the CPU parts import the
+# workflow's data and training modules where they use them.
+from ftbench import backbones, inputs, strategies
 from ftbench.zoo import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def prepare(workdir: Path, patients: int, side: int) -> dict:
     """A synthetic dataset prepared the way the workflow prepares one."""
+    from ftbench import splits
+    from ftbench.data import store as image_store
+    from ftbench.data import tasks
+    from ftbench.data.adapters import build_table
+
     spec = {"adapter": "synthetic", "synthetic": {"patients": patients, "side": side, "seed": 1, "positive_rate": 0.5}}
     table, _ = build_table("bench", spec, workdir)
     store = image_store.build(table, side, workdir / f"images_{side}.npy")
@@ -56,6 +58,9 @@ def prepare(workdir: Path, patients: int, side: int) -> dict:
 
 
 def lp_grid(arch: str, side: int, patients: int, epochs: int) -> None:
+    from ftbench import embeddings
+    from ftbench.training import run_cell
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = prepare(work, patients, side)
@@ -108,6 +113,8 @@ def _train_loop(model, optimizer, batches, prep_fn, steps: int, autocast: torch.
 def pipeline(arch: str, side: int, patients: int, steps: int, batch: int) -> None:
     import torchvision.transforms.v2 as T
     from PIL import Image
+
+    from ftbench.data import store as image_store
 
     with tempfile.TemporaryDirectory() as tmp:
         data = prepare(Path(tmp), patients, side)
