@@ -16,6 +16,13 @@ CAPTIONS = {
               "MCC on full data, pooling the test predictions of all folds (each patient once). The legend gives "
               "the pooled AUC / average precision, which can differ slightly from the mean over folds. Up and to "
               "the left (ROC) and up and to the right (PR) is better; dotted lines are chance.",
+    "calibration": "Calibration (reliability diagram) of the same three pairs: the observed rate of the positive "
+                   "class against the mean predicted probability, in ten equal-width bins of the pooled test "
+                   "predictions (empty bins left out; the same bins as the cells' ECE), and below, how many "
+                   "predictions fall in each bin. On the dotted diagonal a predicted risk is the observed one; "
+                   "above it the model under-estimates risk, below it over-estimates. The legend gives the pooled "
+                   "ECE and Brier score. Class-weighted training pulls probabilities towards balance on purpose, so "
+                   "read calibration beside discrimination, and recalibrate before using the probabilities as risks.",
     "fewshot": "Few-shot learning curves: MCC against K labelled training patients per class (and full data, "
                "squares, right of the dashed line), one panel per model, one colour per strategy. Points are means "
                "over folds and repetitions, bars and bands their 95% bootstrap CIs. A flat curve that reaches the "

@@ -269,38 +269,76 @@ def efficiency(summary: pl.DataFrame, task: str, style: Styles, metric: str = "m
     return to_svg(fig)
 
 
-def roc_pr(predictions: pl.DataFrame, summary: pl.DataFrame, task: str, style: Styles, top: int = 3) -> str | None:
-    """Pooled ROC and PR curves of the ``top`` (model, strategy) pairs by mean MCC on full data."""
+def best_pairs(predictions: pl.DataFrame, summary: pl.DataFrame, task: str,
+               top: int = 3) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """The ``top`` (model, strategy) pairs by mean MCC on full data, with their test labels and probabilities
+    pooled over folds; pairs whose pooled test parts hold one class only are left out."""
     best = (summary.filter((pl.col("task") == task) & (pl.col("regime_group") == "full")
                            & pl.col("mcc_mean").is_not_null())
             .sort("mcc_mean", descending=True).head(top))
     preds = predictions.filter((pl.col("task") == task) & (pl.col("regime_group") == "full"))
-    if best.height == 0 or preds.height == 0:
-        return None
-    fig, (roc, pr) = plt.subplots(1, 2, figsize=(8.2, 3.3))
-    dashes = ["-", "--", ":", "-."]
-    positive_rate = None
-    for i, (model, strategy) in enumerate(best.select("model", "strategy").iter_rows()):
+    out = []
+    for model, strategy in best.select("model", "strategy").iter_rows():
         rows = preds.filter((pl.col("model") == model) & (pl.col("strategy") == strategy))
         y, p = rows["label"].to_numpy(), rows["prob"].to_numpy()
-        if len(np.unique(y)) < 2:
-            continue
-        positive_rate = y.mean()
+        if len(np.unique(y)) == 2:
+            out.append((model, strategy, y, p))
+    return out
+
+
+DASHES = ["-", "--", ":", "-."]
+
+
+def roc_pr(predictions: pl.DataFrame, summary: pl.DataFrame, task: str, style: Styles, top: int = 3) -> str | None:
+    """Pooled ROC and PR curves of the ``top`` (model, strategy) pairs by mean MCC on full data."""
+    pairs = best_pairs(predictions, summary, task, top)
+    if not pairs:
+        return None
+    fig, (roc, pr) = plt.subplots(1, 2, figsize=(8.2, 3.3))
+    for i, (model, strategy, y, p) in enumerate(pairs):
         fpr, tpr, _ = skm.roc_curve(y, p)
         precision, recall, _ = skm.precision_recall_curve(y, p)
-        kw = {"color": style.colour[strategy], "ls": dashes[i % 4], "lw": 1.6}
+        kw = {"color": style.colour[strategy], "ls": DASHES[i % 4], "lw": 1.6}
         roc.plot(fpr, tpr, label=f"{model} · {strategy} (AUC {skm.roc_auc_score(y, p):.2f})", **kw)
         pr.step(recall, precision, where="post", label=f"{model} · {strategy} (AP {skm.average_precision_score(y, p):.2f})",
                 **kw)
     roc.plot([0, 1], [0, 1], color="grey", lw=0.7, ls=":")
     roc.set(xlabel="false positive rate (1 − specificity)", ylabel="true positive rate (sensitivity)",
             title="ROC", xlim=(0, 1), ylim=(0, 1.02))
-    if positive_rate is not None:
-        pr.axhline(positive_rate, color="grey", lw=0.7, ls=":", label=f"chance ({positive_rate:.2f})")
+    positive_rate = pairs[-1][2].mean()
+    pr.axhline(positive_rate, color="grey", lw=0.7, ls=":", label=f"chance ({positive_rate:.2f})")
     pr.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision-recall", xlim=(0, 1),
            ylim=(0, 1.02))
     roc.legend(loc="lower right", frameon=False, fontsize=7.5)
     pr.legend(loc="lower left", frameon=False, fontsize=7.5)
+    fig.tight_layout()
+    return to_svg(fig)
+
+
+def calibration(predictions: pl.DataFrame, summary: pl.DataFrame, task: str, style: Styles, top: int = 3,
+                bins: int = 10) -> str | None:
+    """Reliability diagram of the same pairs as :func:`roc_pr`: observed positive rate against mean predicted
+    probability in ``bins`` equal-width bins (the bins of the cells' ECE), with the predictions' histogram."""
+    from sklearn.calibration import calibration_curve
+
+    from ftbench.metrics import expected_calibration_error
+
+    pairs = best_pairs(predictions, summary, task, top)
+    if not pairs:
+        return None
+    fig, (curve, hist) = plt.subplots(2, 1, figsize=(4.6, 4.4), sharex=True, height_ratios=(3, 1))
+    edges = np.linspace(0, 1, bins + 1)
+    for i, (model, strategy, y, p) in enumerate(pairs):
+        observed, predicted = calibration_curve(y, p, n_bins=bins, strategy="uniform")
+        kw = {"color": style.colour[strategy], "ls": DASHES[i % 4], "lw": 1.4}
+        curve.plot(predicted, observed, marker=style.marker[model], ms=4, **kw,
+                   label=f"{model} · {strategy} (ECE {expected_calibration_error(y, p, bins):.2f}, "
+                         f"Brier {skm.brier_score_loss(y, p):.2f})")
+        hist.hist(p, bins=edges, histtype="step", **kw)
+    curve.plot([0, 1], [0, 1], color="grey", lw=0.7, ls=":")
+    curve.set(ylabel="observed positive rate", title="Calibration", xlim=(0, 1), ylim=(0, 1.02))
+    curve.legend(loc="upper left", frameon=False, fontsize=7)
+    hist.set(xlabel="predicted probability of the positive class", ylabel="images")
     fig.tight_layout()
     return to_svg(fig)
 

@@ -182,6 +182,7 @@ def figures(res: Results) -> list[Figure]:
         for metric in ("mcc", "pr_auc"):
             add(f"heatmap_{metric}", task, plots.heatmap(summary, task, metric))
         add("roc_pr", task, plots.roc_pr(res.predictions, summary, task, style))
+        add("calibration", task, plots.calibration(res.predictions, summary, task, style))
         add("fewshot", task, plots.fewshot_curves(summary, task, "mcc", style))
     for metric in ("mcc", "pr_auc"):
         add(f"cd_{metric}", metric, plots.cd_diagrams(res.comparisons, metric, style, res.alpha),
@@ -395,7 +396,7 @@ def build(res: Results, figs: list[Figure]) -> str:
     p.append("<h2 id='tasks'>Results per task</h2>")
     for task in tasks:
         p.append(f"<h3>{esc(task)}</h3>")
-        p += [figure_html(f) for kind in ("heatmap_mcc", "heatmap_pr_auc", "roc_pr")
+        p += [figure_html(f) for kind in ("heatmap_mcc", "heatmap_pr_auc", "roc_pr", "calibration")
               for f in by_kind.get(kind, []) if f.name == task]
     if "fewshot" in by_kind:
         p.append("<h2 id='fewshot'>Few-shot</h2>")
