@@ -128,3 +128,13 @@ def test_the_pilot_runs_each_pair_on_one_task_and_one_cheap_pair_on_the_others(t
     # every pair at full data and the smallest K on the pilot task; the others: every group of one cached probe
     assert jobs == {f"{pilot}/{pair}/{group}" for pair in pairs for group in ("full", "k4")} | \
         {f"{other}/tiny_vit/lp/{group}" for group in ("full", "k4", "k8")}
+
+
+def test_a_fitted_probe_without_epochs_is_scaled_by_its_start_up_alone():
+    probe = [{"cell": f"small/vit/knn/full/fold{f}", "task": "small", "model": "vit", "strategy": "knn",
+              "regime_group": "full", "status": "ok", "wall_seconds": 2.0 + f, "train_seconds": 0.0,
+              "check_seconds": 0.0, "device_name": "NVIDIA A40", "n_train": 80, "n_val": 20, "n_test": 25.0,
+              "epochs": 0} for f in range(3)]
+    cells = pl.concat([_cells([_path("big", "cnn", "full", 0)]), pl.DataFrame(probe)], how="diagonal_relaxed")
+    projected = cost.project(["big/vit/knn/full/fold0"], cells)  # the cnn cell tells the big task's sizes
+    assert (projected["source"][0], projected["seconds"][0]) == ("scaled", pytest.approx(3.0))  # the mean start-up

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from ftbench import backbones, blocks, grid, strategies
+from ftbench import backbones, blocks, grid, probes, strategies
 from ftbench.config import SCHEMA, ConfigError, validate
 from ftbench.zoo import resolve
 
@@ -106,18 +106,19 @@ def _names(model, params):
 def test_registry_grid_and_schema_name_the_same_kinds():
     schema = yaml.safe_load(SCHEMA.read_text())
     enum = schema["properties"]["strategies"]["additionalProperties"]["properties"]["kind"]["enum"]
-    assert sorted(enum) == sorted(strategies.STRATEGIES) == sorted(EXPECTED)
-    assert set(grid.KIND_LIMITS) <= set(strategies.STRATEGIES)
+    assert sorted(strategies.STRATEGIES) == sorted(EXPECTED)
+    assert sorted(enum) == sorted([*strategies.STRATEGIES, *probes.PROBES])
+    assert set(grid.KIND_LIMITS) <= set(strategies.STRATEGIES) and set(probes.PROBES) == grid.PROBE_KINDS
     # each kind has exactly one list of accepted keys in the schema
     listed = [k for rule in schema["properties"]["strategies"]["additionalProperties"]["allOf"]
               for k in rule["if"]["properties"]["kind"].get("enum", [rule["if"]["properties"]["kind"].get("const")])]
-    assert sorted(listed) == sorted(strategies.STRATEGIES)
+    assert sorted(listed) == sorted(enum)
     assert all(callable(works) and reason for works, reason in grid.KIND_LIMITS.values())
 
 
 def test_every_hyper_parameter_the_code_reads_is_typed_in_the_schema():
     schema = yaml.safe_load(SCHEMA.read_text())["properties"]["strategies"]["additionalProperties"]
-    source = (SCHEMA.parents[2] / "src" / "ftbench" / "strategies.py").read_text()
+    source = "".join((SCHEMA.parents[2] / "src" / "ftbench" / name).read_text() for name in ("strategies.py", "probes.py"))
     read = set(re.findall(r"spec\.get\(\"(\w+)\"", source))
     assert read and read <= set(schema["properties"]), read - set(schema["properties"])
 

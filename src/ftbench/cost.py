@@ -54,12 +54,14 @@ def _kind() -> pl.Expr:
 
 def fit_pairs(measured: pl.DataFrame) -> pl.DataFrame:
     """Per (model, strategy): the rates of :func:`project`'s ``scaled`` formula, from that pair's cells."""
+    # ok cells only (a diverged cell stopped early); a fitted probe runs no epochs: its time is all ``fixed``
     usable = measured.filter(pl.all_horizontal(pl.col(
-        "n_train", "n_val", "n_test", "train_seconds", "check_seconds").is_not_null()) & (pl.col("epochs") > 0))
+        "n_train", "n_val", "n_test", "epochs", "train_seconds", "check_seconds").is_not_null())
+        & (pl.col("status") == "ok"))
     rows = []
     for (model, strategy), cells in usable.group_by(PAIR, maintain_order=True):
         c = {name: cells[name].to_numpy().astype(float) for name in cells.columns if cells[name].dtype.is_numeric()}
-        train_rate = c["train_seconds"].sum() / (c["epochs"] * c["n_train"]).sum()
+        train_rate = c["train_seconds"].sum() / max((c["epochs"] * c["n_train"]).sum(), 1.0)
         (check_val, check_train), _ = nnls(np.column_stack([c["epochs"] * c["n_val"], c["epochs"] * c["n_train"]]),
                                            c["check_seconds"])
         rest = c["wall_seconds"] - c["train_seconds"] - c["check_seconds"] - check_val * c["n_test"]

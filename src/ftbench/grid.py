@@ -16,6 +16,8 @@ from ftbench.zoo import ZooEntry, resolve
 
 # Strategy kinds whose backbone stays frozen: their cells train from the embedding cache.
 CACHEABLE_KINDS = frozenset({"lp"})
+# Probes fitted by scikit-learn on cached features (ftbench.probes): always from the cache, seed only.
+PROBE_KINDS = frozenset({"logreg", "knn"})
 
 # How many folds a validation scheme makes, from the config alone (the grid is built before any data):
 # LOCO lists its centres in the config for exactly this reason (see splits.py).
@@ -157,7 +159,7 @@ def cells(config: dict) -> list[Cell]:
 def uses_cache(config: dict, strategy: str) -> bool:
     """Whether the strategy's cells train from the (dataset, model) embedding cache instead of the images."""
     kind = config["strategies"][strategy]["kind"]
-    return config["training"].get("embedding_cache", True) and kind in CACHEABLE_KINDS
+    return kind in PROBE_KINDS or (config["training"].get("embedding_cache", True) and kind in CACHEABLE_KINDS)
 
 
 def model_settings(config: dict, model: str) -> dict:
@@ -175,7 +177,8 @@ def model_img_size(config: dict, model: str) -> int:
 
 def _shared_settings(config: dict, task: str, model: str, strategy: str) -> dict:
     spec = dict(config["strategies"][strategy], name=strategy)
-    training = {key: config["training"][key] for key in TRAINING_KEYS}
+    keys = ("seed",) if spec["kind"] in PROBE_KINDS else TRAINING_KEYS  # what a probe's result depends on
+    training = {key: config["training"][key] for key in keys}
     for key in ("lr", "weight_decay", "max_epochs"):
         if key in spec:
             training[key] = spec.pop(key)

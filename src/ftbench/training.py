@@ -25,7 +25,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from ftbench import backbones, inputs, metrics, strategies, weights
+from ftbench import backbones, inputs, metrics, probes, strategies, weights
 from ftbench.data import store as image_store
 from ftbench.errors import Preempted
 from ftbench.zoo import resolve
@@ -309,6 +309,12 @@ def write_atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def meta_model(entry) -> backbones.Classifier:
+    """The full model on the meta device: its size and forward cost, without memory or compute."""
+    with torch.device("meta"):
+        return backbones.build(entry)
+
+
 def build_model(settings: dict, cached: bool, device: torch.device, weights_path: str | None = None):
     """(model, strategy plan, input transform, frozen parameters not in the model, forward GFLOPs) of a cell.
 
@@ -319,8 +325,7 @@ def build_model(settings: dict, cached: bool, device: torch.device, weights_path
     seed = training["seed"] + settings["fold"]
     entry = resolve(model_spec["arch"], model_spec.get("img_size"), model_spec.get("pretrained", False))
     if cached:
-        with torch.device("meta"):
-            full = backbones.build(entry)
+        full = meta_model(entry)
         model = backbones.Classifier(torch.nn.Identity(), full.head.in_features, seed=seed)
         plan = strategies.apply(model, entry, strategy, training)
         backbone_params = sum(p.numel() for p in full.backbone.parameters())
@@ -335,6 +340,39 @@ def build_model(settings: dict, cached: bool, device: torch.device, weights_path
     if device.type == "cuda" and entry.kind == "cnn":
         model = model.to(memory_format=torch.channels_last)  # the layout cuDNN's fast convolutions use
     return model.to(device), plan, prep, 0, backbones.forward_gflops(model, entry.img_size)
+
+
+def train_model(settings: dict, parts: dict[str, Part], generator: torch.Generator, device: torch.device,
+                cached: bool, weights_path: str | None, out_dir: str) -> dict:
+    """Train a cell's model with its strategy: validation and test probabilities (none if it diverged, with
+    the error), history, trainable and total parameters, forward GFLOPs."""
+    training = settings["training"]
+    model, plan, prep, frozen_params, gflops = build_model(settings, cached, device, weights_path)
+    trainable, total = strategies.count_parameters(model, plan)
+    log.info("%d of %d parameters train", trainable, total + frozen_params)
+    outcome = {"trainable": trainable, "total": total + frozen_params, "gflops": gflops, "history": {}}
+    try:
+        checkpoint = Checkpoint(Path(out_dir) / "state.pt", float(os.environ.get("FTBENCH_CHECKPOINT_SECONDS", 600)))
+        outcome["history"] = fit(model, plan, parts, prep, training, generator, checkpoint)
+    except Diverged as err:
+        log.error("cell failed: %s", err)
+        return outcome | {"error": str(err)}
+    return outcome | {part: predict(model, parts[part], prep, training["batch_size"]) for part in ("val", "test")}
+
+
+def fit_probe(settings: dict, parts: dict[str, Part]) -> dict:
+    """Fit a cell's probe (``ftbench.probes``) on cached features: the same record as :func:`train_model`,
+    the history holding each candidate's validation loss and the choice."""
+    spec = settings["model"]
+    entry = resolve(spec["arch"], spec.get("img_size"), spec.get("pretrained", False))
+    full = meta_model(entry)
+    xy = {part: (parts[part].x.numpy(), parts[part].y.numpy()) for part in ("train", "val")}
+    probe, history = probes.fit(settings["strategy"], xy["train"], xy["val"], settings["training"]["seed"] + settings["fold"])
+    learned = probes.parameters(probe)
+    log.info("probe %s chosen on validation; %d parameters learned", history["chosen"], learned)
+    return {"trainable": learned, "total": learned + sum(p.numel() for p in full.backbone.parameters()),
+            "gflops": backbones.forward_gflops(full, entry.img_size), "history": history,
+            **{part: probe.predict_proba(parts[part].x.numpy())[:, 1] for part in ("val", "test")}}
 
 
 def run_cell(settings: dict, task_table: str, split: str, store: str | None, out_dir: str,
@@ -355,22 +393,24 @@ def run_cell(settings: dict, task_table: str, split: str, store: str | None, out
     if fewshot:
         draw = pl.read_parquet(fewshot).filter(pl.col("repetition") == settings["regime"]["repetition"])
     parts = partitions(table, pl.read_parquet(split), settings["fold"], draw, source)
-    model, plan, prep, frozen_params, gflops = build_model(settings, embeddings is not None, device, weights_path)
-    trainable, total = strategies.count_parameters(model, plan)
-    total += frozen_params
-    log.info("cell %s: %s / %s / %s / fold %d | train %d, val %d, test %d images | %d of %d parameters train",
+    log.info("cell %s: %s / %s / %s / fold %d | train %d, val %d, test %d images",
              settings["task"], model_spec["name"], strategy["name"], settings["regime"]["name"], settings["fold"],
-             len(parts["train"].y), len(parts["val"].y), len(parts["test"].y), trainable, total)
-    status, error, history = "ok", None, {}
-    try:
-        checkpoint = Checkpoint(Path(out_dir) / "state.pt", float(os.environ.get("FTBENCH_CHECKPOINT_SECONDS", 600)))
-        history = fit(model, plan, parts, prep, training, generator, checkpoint)
-        threshold = metrics.best_threshold(parts["val"].y.numpy(), predict(model, parts["val"], prep, training["batch_size"]))
-        probs = predict(model, parts["test"], prep, training["batch_size"])
-        result = metrics.compute(parts["test"].y.numpy(), probs, threshold)
-    except Diverged as err:
-        log.error("cell failed: %s", err)
-        status, error, probs, result = "failed", str(err), np.full(len(parts["test"].y), np.nan), {}
+             len(parts["train"].y), len(parts["val"].y), len(parts["test"].y))
+    if strategy["kind"] in probes.PROBES:
+        if embeddings is None:
+            raise ValueError(f"strategy '{strategy['name']}' ({strategy['kind']}) is fitted on the embedding cache: "
+                             "give the cell --embeddings")
+        outcome = fit_probe(settings, parts)
+    else:
+        outcome = train_model(settings, parts, generator, device, embeddings is not None, weights_path, out_dir)
+    trainable, total, gflops, history = outcome["trainable"], outcome["total"], outcome["gflops"], outcome["history"]
+    status, error = ("failed", outcome["error"]) if "error" in outcome else ("ok", None)
+    if status == "ok":
+        probs = outcome["test"]
+        result = metrics.compute(parts["test"].y.numpy(), probs,
+                                 metrics.best_threshold(parts["val"].y.numpy(), outcome["val"]))
+    else:
+        probs, result = np.full(len(parts["test"].y), np.nan), {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     epochs = history.get("epochs", [])
