@@ -378,7 +378,8 @@ def fit_probe(settings: dict, parts: dict[str, Part]) -> dict:
 def run_cell(settings: dict, task_table: str, split: str, store: str | None, out_dir: str,
              fewshot: str | None = None, threads: int = 1, embeddings: str | None = None,
              weights_path: str | None = None) -> dict:
-    """Train and evaluate one cell; write predictions.parquet, metrics.json and run.json into ``out_dir``.
+    """Train (or, a probe, fit) and evaluate one cell; write predictions.parquet, metrics.json and run.json
+    into ``out_dir``.
 
     ``embeddings`` (a frozen-backbone strategy's cache, see ``ftbench.embeddings``) replaces ``store``.
     """
