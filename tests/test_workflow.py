@@ -12,6 +12,8 @@ import pytest
 from browser import visit
 from conftest import ROOT
 
+from ftbench.captions import CAPTIONS
+
 pytestmark = pytest.mark.slow
 
 
@@ -53,7 +55,9 @@ def test_demo_produces_report_and_all_cells(demo_run):
     assert summary["mcc_ci_low"].is_not_null().all()  # patient-bootstrap CIs
     friedman = pl.read_csv(results / "stats" / "friedman.csv")
     assert friedman.height == 8 and friedman["p_value"].is_not_null().all()  # 2 families x 2 regimes x 2 metrics
-    assert len(list((results / "report" / "figures").rglob("*.svg"))) == 8
+    figures = results / "report" / "figures"
+    kinds = sorted(f.relative_to(figures).parts[0] for f in figures.rglob("*.svg"))
+    assert kinds == sorted(CAPTIONS)  # one task: every kind of figure, once
 
 
 def test_demo_report_opens_offline_in_chromium(demo_run, tmp_path):
