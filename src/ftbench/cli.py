@@ -152,18 +152,15 @@ def cmd_cost(args) -> None:
           f"total {done + rest:.2f}; without an estimate: {counts.get(None, 0)} cells")
 
 
-def job_of_cell(cell: str) -> str:
-    """The training job (log name) of a cell path: its first four parts (see ``grid.Cell.path``)."""
-    return "/".join(cell.split("/")[:4])
-
-
 def missing_cells(expected: list[str], have: set[str], logs: str | None) -> "pl.DataFrame":
     """The grid's cells without a result, each with the last line of its training log (None: no log)."""
     import polars as pl
 
+    from ftbench import grid
+
     rows = []
     for cell in (c for c in expected if c not in have):
-        path = Path(logs, job_of_cell(cell) + ".log") if logs else None
+        path = Path(logs, grid.job_of_cell(cell) + ".log") if logs else None
         lines = path.read_text(errors="replace").strip().splitlines() if path and path.is_file() else []
         rows.append({"cell": cell, "log": lines[-1][-300:] if lines else None})
     return pl.DataFrame(rows, schema={"cell": pl.String, "log": pl.String})

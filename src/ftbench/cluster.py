@@ -52,7 +52,7 @@ def seconds_per_cell(projection: str) -> dict[str, float]:
     unknown = set()
     with open(projection, newline="") as rows:
         for row in csv.DictReader(rows):
-            job = "/".join(row["cell"].split("/")[:4])
+            job = grid.job_of_cell(row["cell"])
             if row["seconds"]:
                 jobs.setdefault(job, []).append(float(row["seconds"]))
             else:

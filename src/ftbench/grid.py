@@ -92,6 +92,11 @@ class Job:
         return f"{self.task}/{self.model}/{self.strategy}/{self.group}"
 
 
+def job_of_cell(cell: str) -> str:
+    """The path of a cell's job (its log name, its key in a cost projection): the cell path's first four parts."""
+    return "/".join(cell.split("/")[:4])
+
+
 def regimes(config: dict) -> list[str]:
     """Regime names: ``full`` and ``k{K}r{R}`` for each few-shot size K and repetition R."""
     spec = config.get("regimes", {})
