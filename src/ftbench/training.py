@@ -155,7 +155,8 @@ class Checkpoint:
     ``every`` seconds, and when a stop signal came) and read back when the cell is run again.
 
     Holds everything an epoch depends on: weights, optimizer, the strategy hooks' state, best epoch so far,
-    history, step counter and every random generator, so a resumed cell gives bit-identical predictions (on CPU) to an uninterrupted one.
+    history, step counter and every random generator, so a resumed cell gives bit-identical predictions
+    (on CPU) to an uninterrupted one.
     """
 
     def __init__(self, path: Path | None, every: float):
@@ -270,7 +271,8 @@ def _epochs(model, plan, parts, prep, training, generator, optimizer, weights, b
             break
         checkpoint.save({
             "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "best": best,
-            "history": history, "step": step, "plan": plan.state(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "history": history, "step": step, "plan": plan.state(), "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
             "prep_generator": prep.generator.get_state() if prep.generator is not None else torch.empty(0),
         }, force=stop.received is not None)
         if stop.received is not None:
