@@ -311,10 +311,18 @@ def write_atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def meta_model(entry) -> backbones.Classifier:
-    """The full model on the meta device: its size and forward cost, without memory or compute."""
+def model_entry(model_spec: dict):
+    """The zoo entry of a cell's model settings (architecture, image size, pretrained)."""
+    return resolve(model_spec["arch"], model_spec.get("img_size"), model_spec.get("pretrained", False))
+
+
+def frozen_backbone(entry) -> tuple[int, int, float | None]:
+    """(feature width, backbone parameters, forward GFLOPs) of a backbone whose features come from the
+    embedding cache: the full model is built on the meta device, without memory or compute."""
     with torch.device("meta"):
-        return backbones.build(entry)
+        full = backbones.build(entry)
+    return full.head.in_features, sum(p.numel() for p in full.backbone.parameters()), \
+        backbones.forward_gflops(full, entry.img_size)
 
 
 def build_model(settings: dict, cached: bool, device: torch.device, weights_path: str | None = None):
@@ -325,13 +333,12 @@ def build_model(settings: dict, cached: bool, device: torch.device, weights_path
     """
     model_spec, strategy, training = settings["model"], settings["strategy"], settings["training"]
     seed = training["seed"] + settings["fold"]
-    entry = resolve(model_spec["arch"], model_spec.get("img_size"), model_spec.get("pretrained", False))
+    entry = model_entry(model_spec)
     if cached:
-        full = meta_model(entry)
-        model = backbones.Classifier(torch.nn.Identity(), full.head.in_features, seed=seed)
+        width, backbone_params, gflops = frozen_backbone(entry)
+        model = backbones.Classifier(torch.nn.Identity(), width, seed=seed)
         plan = strategies.apply(model, entry, strategy, training)
-        backbone_params = sum(p.numel() for p in full.backbone.parameters())
-        return model.to(device), plan, inputs.Features(device), backbone_params, backbones.forward_gflops(full, entry.img_size)
+        return model.to(device), plan, inputs.Features(device), backbone_params, gflops
     model = weights.build(model_spec["name"], entry, weights_path)
     model.init_head(seed)
     plan = strategies.apply(model, entry, strategy, training)
@@ -365,15 +372,12 @@ def train_model(settings: dict, parts: dict[str, Part], generator: torch.Generat
 def fit_probe(settings: dict, parts: dict[str, Part]) -> dict:
     """Fit a cell's probe (``ftbench.probes``) on cached features: the same record as :func:`train_model`,
     the history holding each candidate's validation loss and the choice."""
-    spec = settings["model"]
-    entry = resolve(spec["arch"], spec.get("img_size"), spec.get("pretrained", False))
-    full = meta_model(entry)
+    _, backbone_params, gflops = frozen_backbone(model_entry(settings["model"]))
     xy = {part: (parts[part].x.numpy(), parts[part].y.numpy()) for part in ("train", "val")}
     probe, history = probes.fit(settings["strategy"], xy["train"], xy["val"], settings["training"]["seed"] + settings["fold"])
     learned = probes.parameters(probe)
     log.info("probe %s chosen on validation; %d parameters learned", history["chosen"], learned)
-    return {"trainable": learned, "total": learned + sum(p.numel() for p in full.backbone.parameters()),
-            "gflops": backbones.forward_gflops(full, entry.img_size), "history": history,
+    return {"trainable": learned, "total": learned + backbone_params, "gflops": gflops, "history": history,
             **{part: probe.predict_proba(parts[part].x.numpy())[:, 1] for part in ("val", "test")}}
 
 
