@@ -17,7 +17,7 @@ from ftbench.zoo import is_known_arch
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 # Adapters that only read a user's copy (no download): what their `path:` must point at.
-LOCAL_ONLY = {"manifest": "CSV path", "aiforcovid": "folder (registration-only dataset, see README)"}
+LOCAL_ONLY = {"manifest": "CSV path", "aiforcovid": "folder (registration-only dataset, see docs/datasets.md)"}
 # The settings each validation scheme reads besides scheme, val_fraction and seed (splits.SCHEMES).
 SCHEME_KEYS = {"kfold": ("folds",), "holdout": ("test_fraction",), "loco": ("centres",)}
 # TCIA collections whose clinical sheet ftbench knows (ftbench.data.tcia.COLLECTIONS; kept torch-, polars-free here).
