@@ -59,7 +59,7 @@ def prepare(workdir: Path, patients: int, side: int) -> dict:
 
 def lp_grid(arch: str, side: int, patients: int, epochs: int) -> None:
     from ftbench import embeddings
-    from ftbench.training import run_cell
+    from ftbench.cell import run_cell
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -8,7 +8,7 @@ import pytest
 from conftest import cell_settings
 
 from ftbench import embeddings
-from ftbench.training import run_cell
+from ftbench.cell import run_cell
 
 
 @pytest.mark.parametrize("arch", ["test_resnet", "test_vit"])

@@ -68,7 +68,7 @@ def test_killed_job_resumes_with_identical_predictions(synthetic_data, tmp_path,
 
 
 def test_finished_cells_of_a_dead_job_are_not_trained_again(synthetic_data, tmp_path):
-    from ftbench.training import run_job
+    from ftbench.job import run_job
 
     settings = cell_settings("test_resnet", "lp", 1e-2, training={"max_epochs": 2})
     job = _job(settings) | {"cells": [{"regime": {"name": "full"}, "fold": f, "leaf": f"fold{f}"} for f in (0, 1)]}

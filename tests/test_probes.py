@@ -9,7 +9,7 @@ from conftest import cell_settings
 from sklearn.metrics import matthews_corrcoef
 
 from ftbench import embeddings, grid, probes
-from ftbench.training import run_cell
+from ftbench.cell import run_cell
 
 
 def _features(n: int, rng: np.random.Generator, dim: int = 32) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ import torch
 
 from ftbench import backbones, blocks, inputs, strategies
 from ftbench.errors import Preempted
-from ftbench.training import Checkpoint, Part, fit
+from ftbench.loop import Checkpoint, Part, fit
 from ftbench.zoo import resolve
 
 TRAINING = {"lr": 1e-3, "weight_decay": 0.0}

@@ -14,7 +14,7 @@ import torch
 from conftest import cell_settings
 
 from ftbench import backbones, grid, strategies, weights
-from ftbench.training import run_cell
+from ftbench.cell import run_cell
 from ftbench.zoo import resolve
 
 pytestmark = pytest.mark.slow

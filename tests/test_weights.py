@@ -332,7 +332,7 @@ def test_config_names_a_missing_weight_path(raw_config, tmp_path):
 def test_cell_loads_local_weights_before_training_and_reports_gflops(synthetic_data, tmp_path):
     import timm
 
-    from ftbench.training import run_cell
+    from ftbench.cell import run_cell
 
     torch.save(timm.create_model("test_resnet").state_dict(), tmp_path / "w.bin")
     settings = cell_settings("test_resnet", "lp", 1e-2, training={"max_epochs": 1},

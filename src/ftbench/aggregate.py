@@ -1,18 +1,18 @@
 """Collect the cells' outputs into tables and summarise them over folds and repetitions.
 
-Works on whatever cells exist: a cell is identified by its directory (see ``grid.Cell.path``), so a cell whose files cannot be read is still listed,
-as failed, with the reason.
+Works on whatever cells exist: a cell is identified by its directory (see ``grid.Cell.path``), so a cell whose files
+cannot be read is still listed, as failed, with the reason.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import polars as pl
 
 from ftbench import stats
+from ftbench.grid import CELL_FILES, Cell
 from ftbench.zoo import resolve
 
 KEYS = ("task", "model", "strategy", "regime", "fold")
@@ -22,7 +22,6 @@ HEADLINE = ("mcc", "pr_auc", "roc_auc", "balanced_accuracy", "f1", "sensitivity"
 CELL_FACTS = ("threshold", "n_test", "positive_rate")
 RUN_FIELDS = ("trainable_params", "total_params", "trainable_fraction", "gflops", "wall_seconds", "peak_memory_mb",
               "device", "device_name", "n_train", "n_val", "epochs", "train_seconds", "check_seconds")
-CELL_FILES = ("metrics.json", "run.json", "predictions.parquet")
 PREDICTION_COLUMNS = {"image_id": pl.String, "patient_id": pl.String, "label": pl.Int64, "centre": pl.String,
                       "prob": pl.Float64}
 
@@ -45,20 +44,11 @@ def discover(roots: list[str | Path], grid: list[str] | None = None) -> list[Pat
     return [found[key] for key in sorted(found)]
 
 
-CELL_PATH = re.compile(r"(?P<task>[^/]+)/(?P<model>[^/]+)/(?P<strategy>[^/]+)/(?P<group>full|k\d+)/"
-                       r"(?:r(?P<rep>\d+)/)?fold(?P<fold>\d+)$")
-
-
 def cell_keys(cell_dir: str | Path) -> dict:
-    """The cell's keys, read from its directory: ``<task>/<model>/<strategy>/full/fold<F>`` or, few-shot,
-    ``<task>/<model>/<strategy>/k<K>/r<R>/fold<F>`` (see ``grid.Cell.path``)."""
-    match = CELL_PATH.search(Path(cell_dir).as_posix())
-    if not match or (match["group"] == "full") != (match["rep"] is None):
-        raise ValueError(f"{cell_dir}: not a cell directory (expected <task>/<model>/<strategy>/full/fold<F> "
-                         "or <task>/<model>/<strategy>/k<K>/r<R>/fold<F>)")
-    regime = match["group"] if match["rep"] is None else f"{match['group']}r{match['rep']}"
-    return {"cell": match[0], "task": match["task"], "model": match["model"], "strategy": match["strategy"],
-            "regime": regime, "fold": int(match["fold"])}
+    """The cell's keys, read from its directory (see ``grid.Cell.path``)."""
+    cell = Cell.from_path(cell_dir)
+    return {"cell": cell.path, "task": cell.task, "model": cell.model, "strategy": cell.strategy,
+            "regime": cell.regime, "fold": cell.fold}
 
 
 def family(run: dict) -> str:

@@ -96,7 +96,7 @@ def cmd_weights(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from ftbench.training import run_job
+    from ftbench.job import run_job
 
     run_job(args.job, args.task_table, args.split, args.store, args.out_dir, args.checkpoints, args.fewshot,
             args.threads, args.embeddings, args.weights)

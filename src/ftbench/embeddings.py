@@ -33,7 +33,7 @@ def compute(model: backbones.Classifier, pixels: np.ndarray, prep: inputs.Prepro
 def build(model_spec: dict, store: str, out: str, batch_size: int = 64, threads: int = 1, device: str = "auto",
           weights_path: str | None = None) -> dict:
     """Write the cache of ``store`` for the model ``model_spec`` (a cell's ``model`` settings)."""
-    from ftbench.training import pick_device
+    from ftbench.device import pick_device
 
     torch.set_num_threads(threads)
     started = time.perf_counter()

@@ -7,8 +7,10 @@ cells whose definition changed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ftbench import TRAINING_VERSION
 from ftbench.config import selected, task_validation
@@ -46,6 +48,12 @@ KIND_LIMITS: dict[str, tuple[Callable[[ZooEntry], bool], str]] = {
 
 TRAINING_KEYS = ("batch_size", "max_epochs", "patience", "lr", "weight_decay", "augment", "seed")
 
+# The cell contract: the files a finished cell leaves in its folder (see Cell.path), written by ftbench.cell,
+# moved by ftbench.job, read by ftbench.aggregate and watched by the partial report.
+CELL_FILES = ("predictions.parquet", "metrics.json", "run.json")
+CELL_PATH = re.compile(r"(?P<task>[^/]+)/(?P<model>[^/]+)/(?P<strategy>[^/]+)/(?P<group>full|k\d+)/"
+                       r"(?:r(?P<rep>\d+)/)?fold(?P<fold>\d+)$")
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -69,8 +77,19 @@ class Cell:
 
     @property
     def path(self) -> str:
-        """Folder of the cell under ``results/cells``."""
+        """Folder of the cell under ``results/cells``: ``<task>/<model>/<strategy>/full/fold<F>`` or, few-shot,
+        ``<task>/<model>/<strategy>/k<K>/r<R>/fold<F>``."""
         return f"{self.job.path}/{self.leaf}"
+
+    @classmethod
+    def from_path(cls, cell_dir: str | Path) -> "Cell":
+        """The cell whose folder ``cell_dir`` is (any prefix before the cell path is ignored)."""
+        match = CELL_PATH.search(Path(cell_dir).as_posix())
+        if not match or (match["group"] == "full") != (match["rep"] is None):
+            raise ValueError(f"{cell_dir}: not a cell directory (expected <task>/<model>/<strategy>/full/fold<F> "
+                             "or <task>/<model>/<strategy>/k<K>/r<R>/fold<F>)")
+        regime = match["group"] if match["rep"] is None else f"{match['group']}r{match['rep']}"
+        return cls(match["task"], match["model"], match["strategy"], regime, int(match["fold"]))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Each strategy is a function ``(model, entry, spec, training) -> Plan`` in :data:`STRATEGIES`; it freezes
 or adapts the model in place and returns the optimizer parameter groups plus, where the strategy needs
-them, an extra loss term and per-epoch / per-step hooks that ``training.fit`` calls. The head always
+them, an extra loss term and per-epoch / per-step hooks that ``loop.fit`` calls. The head always
 trains. Which backbone kinds a strategy applies to is declared torch-free in ``ftbench.grid``.
 """
 

@@ -7,9 +7,9 @@ import hashlib
 import shlex
 
 from ftbench import REPORT_VERSION
+from ftbench.grid import CELL_FILES
 from ftbench.captions import CAPTIONS
 
-CELL_FILES = ("metrics.json", "run.json", "predictions.parquet")
 STATS_TABLES = ("friedman", "ranks", "posthoc", "wilcoxon")
 
 

@@ -1,0 +1,271 @@
+"""The training loop of a cell: epochs of AdamW steps, a check on validation after each, early stopping on the
+validation loss (best epoch restored), checkpoints at epoch ends and stop signals (Slurm's warning, preemption).
+
+Class-weighted cross-entropy. On CPU the loop is a pure function of its inputs and generators: the same cell,
+interrupted and resumed or not, gives bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+
+from ftbench import inputs, strategies
+from ftbench.device import autocast
+from ftbench.errors import Preempted
+from ftbench.files import write_atomic
+
+log = logging.getLogger("ftbench.train")
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite: the cell fails instead of reporting metrics of garbage."""
+
+
+@dataclass
+class Part:
+    """The images of one partition: uint8 pixels (or cached features), labels and identifiers."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    frame: pl.DataFrame
+
+
+def class_weights(y: torch.Tensor) -> torch.Tensor:
+    """Inverse class frequency, normalised so that a balanced set gets weights of 1."""
+    counts = torch.bincount(y, minlength=2).float().clamp_min(1)
+    return counts.sum() / (2 * counts)
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, part: Part, prep: inputs.Preprocess, batch_size: int) -> np.ndarray:
+    """Positive-class probabilities of every image of ``part``."""
+    model.eval()
+    with autocast(prep.device):
+        probs = [torch.softmax(model(prep(part.x[i:i + batch_size], train=False)).float(), 1)[:, 1].cpu()
+                 for i in range(0, len(part.x), batch_size)]
+    return torch.cat(probs).numpy().astype(np.float64)
+
+
+def weighted_loss(probs: np.ndarray, y: np.ndarray, weights: torch.Tensor) -> float:
+    """Class-weighted cross-entropy of positive-class probabilities: what early stopping follows."""
+    logp = torch.log(torch.from_numpy(np.stack([1 - probs, probs], 1)).clamp_min(1e-12)).float()
+    return float(F.cross_entropy(logp, torch.from_numpy(y), weight=weights.cpu()))
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, part: Part, prep, batch_size: int) -> None:
+    """Re-estimate BatchNorm running statistics on the training images with the current weights.
+
+    With few optimizer steps per epoch (small prognostic datasets), the running averages lag far behind
+    the weights, and an eval-mode model scores the validation part with stale statistics: early
+    stopping then picks an epoch for the wrong reason. One extra forward pass (cumulative average,
+    no augmentation) fixes that ("precise BN"). Frozen backbones keep their statistics.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over this pass
+    for i in range(0, len(part.x), batch_size):
+        model(prep(part.x[i:i + batch_size], train=False))
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+
+
+class StopSignals:
+    """Records SIGTERM / SIGUSR1 while training runs.
+
+    SIGUSR1 (what the Slurm profile asks for some minutes before the time limit) lets the current epoch
+    finish and be saved; SIGTERM (preemption, the limit itself) stops at the next batch, resuming later
+    from the last saved epoch.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: int | None = None
+
+    def __enter__(self):
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        log.warning("received %s", signal.Signals(signum).name)
+        self.received = signum
+
+    @property
+    def stop_now(self) -> bool:
+        return self.received == signal.SIGTERM
+
+
+class Checkpoint:
+    """The training state of one cell in one file, written atomically at epoch ends (at most every
+    ``every`` seconds, and when a stop signal came) and read back when the cell is run again.
+
+    Holds everything an epoch depends on: weights, optimizer, the strategy hooks' state, best epoch so far,
+    history, step counter and every random generator, so a resumed cell gives bit-identical predictions
+    (on CPU) to an uninterrupted one.
+    """
+
+    def __init__(self, path: Path | None, every: float):
+        self.path, self.every, self.saved_at = path, every, time.monotonic()
+
+    def load(self) -> dict | None:
+        if self.path is None or not self.path.is_file():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+    def save(self, state: dict, force: bool = False) -> None:
+        if self.path is None or (not force and time.monotonic() - self.saved_at < self.every):
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, lambda tmp: torch.save(state, tmp))
+        self.saved_at = time.monotonic()
+
+    def clear(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class Progress:
+    """Where the loop is: the next epoch, optimizer steps so far, the best epoch and the history."""
+
+    epoch: int = 0
+    step: int = 0
+    phase_start: int = 0  # the epoch the current phase (LP-FT's second, an unfreezing) began: patience restarts
+    best: dict = field(default_factory=lambda: {"loss": math.inf, "epoch": -1, "state": None})
+    history: list[dict] = field(default_factory=list)
+
+
+def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], prep: inputs.Preprocess,
+        training: dict, generator: torch.Generator, checkpoint: Checkpoint | None = None) -> dict:
+    """Train with early stopping on validation loss; restore the best epoch. Returns the history.
+
+    With a ``checkpoint`` the state is saved at epoch ends and a previous run's state is resumed.
+    """
+    checkpoint = checkpoint or Checkpoint(None, 0)
+    optimizer = torch.optim.AdamW(plan.param_groups, weight_decay=training["weight_decay"],
+                                  fused=True if prep.device.type == "cuda" else None)
+    progress = _resume(checkpoint, model, plan, optimizer, prep, generator) or Progress()
+    weights = class_weights(parts["train"].y).to(prep.device)
+    total_steps = training["max_epochs"] * math.ceil(len(parts["train"].x) / training["batch_size"])
+    with StopSignals() as stop:
+        while progress.epoch < training["max_epochs"]:
+            if plan.on_epoch is not None and plan.on_epoch(optimizer, progress.epoch):
+                progress.phase_start = progress.epoch
+            started = time.perf_counter()
+            train_loss = _train_epoch(model, plan, parts["train"], prep, training, generator, optimizer, weights,
+                                      progress, total_steps, stop)
+            trained = time.perf_counter() - started  # the optimisation steps; the rest checks the model
+            val_loss = _check(model, parts, prep, training["batch_size"], weights, progress.epoch)
+            progress.history.append({"epoch": progress.epoch, "train_loss": train_loss, "val_loss": val_loss,
+                                     "seconds": time.perf_counter() - started, "train_seconds": trained})
+            log.info("epoch %3d  train loss %.4f  val loss %.4f  (%.1fs)", progress.epoch, train_loss, val_loss,
+                     progress.history[-1]["seconds"])
+            if _early_stop(model, progress, val_loss, training["patience"]):
+                break
+            _save(checkpoint, progress, model, plan, optimizer, prep, generator, force=stop.received is not None)
+            if stop.received is not None:
+                raise Preempted(f"stopped after epoch {progress.epoch}; the state is saved in {checkpoint.path}")
+            progress.epoch += 1
+    model.load_state_dict(progress.best["state"])
+    checkpoint.clear()
+    return {"best_epoch": progress.best["epoch"], "best_val_loss": progress.best["loss"], "epochs": progress.history}
+
+
+def _train_epoch(model, plan: strategies.Plan, train: Part, prep, training: dict, generator: torch.Generator,
+                 optimizer, weights: torch.Tensor, progress: Progress, total_steps: int, stop: StopSignals) -> float:
+    """One pass of optimizer steps over the shuffled training part; the mean training loss (penalty included)."""
+    model.train()
+    if not any(p.requires_grad for p in model.backbone.parameters()):
+        model.backbone.eval()  # a frozen feature extractor keeps its normalisation statistics
+    order, bs = torch.randperm(len(train.x), generator=generator), training["batch_size"]
+    total = 0.0
+    for i in range(0, len(order), bs):
+        if stop.stop_now:
+            raise Preempted(f"stopped in epoch {progress.epoch}; resumes after epoch {progress.epoch - 1}")
+        idx = order[i:i + bs]
+        with autocast(prep.device):
+            logits = model(prep(train.x[idx], train=True)).float()
+        loss = F.cross_entropy(logits, train.y[idx].to(prep.device), weight=weights)
+        if plan.penalty is not None:
+            loss = loss + plan.penalty()  # L2-SP, AdaLoRA's orthogonality
+        if not torch.isfinite(loss):
+            raise Diverged(f"epoch {progress.epoch}: training loss is {loss.item()}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress.step += 1
+        if plan.on_step is not None:
+            plan.on_step(optimizer, progress.step, total_steps)
+        total += loss.item() * len(idx)
+    return total / len(order)
+
+
+def _check(model, parts: dict[str, Part], prep, batch_size: int, weights: torch.Tensor, epoch: int) -> float:
+    """The validation loss after an epoch, BatchNorm statistics re-estimated first."""
+    recalibrate_batchnorm(model, parts["train"], prep, batch_size)
+    val_loss = weighted_loss(predict(model, parts["val"], prep, batch_size), parts["val"].y.numpy(), weights)
+    if not math.isfinite(val_loss):
+        raise Diverged(f"epoch {epoch}: validation loss is {val_loss}")
+    return val_loss
+
+
+def _early_stop(model, progress: Progress, val_loss: float, patience: int) -> bool:
+    """Keep the epoch if it is the best so far; True when ``patience`` epochs of the phase brought nothing."""
+    if val_loss < progress.best["loss"] - 1e-6:
+        progress.best = {"loss": val_loss, "epoch": progress.epoch, "state": copy.deepcopy(model.state_dict())}
+        return False
+    if progress.epoch - max(progress.best["epoch"], progress.phase_start - 1) >= patience:
+        log.info("early stop: no validation improvement for %d epochs", patience)
+        return True
+    return False
+
+
+def _save(checkpoint: Checkpoint, progress: Progress, model, plan, optimizer, prep, generator, force: bool) -> None:
+    checkpoint.save({
+        "epoch": progress.epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "best": progress.best, "history": progress.history, "step": progress.step, "plan": plan.state(),
+        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "prep_generator": prep.generator.get_state() if prep.generator is not None else torch.empty(0),
+    }, force=force)
+
+
+def _resume(checkpoint: Checkpoint, model, plan: strategies.Plan, optimizer, prep,
+            generator: torch.Generator) -> Progress | None:
+    """The progress of a previous run from its checkpoint (weights, optimizer, hooks and generators restored),
+    the strategy's schedule replayed up to its epoch; None without one."""
+    saved = checkpoint.load()
+    if saved is None:
+        return None
+    progress = Progress(epoch=saved["epoch"] + 1, step=saved["step"], best=saved["best"], history=saved["history"])
+    for epoch in range(progress.epoch):  # replay the schedule: phases, unfrozen blocks, groups
+        if plan.on_epoch is not None and plan.on_epoch(optimizer, epoch):
+            progress.phase_start = epoch
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    plan.load_state(saved["plan"])
+    generator.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    if prep.generator is not None:
+        prep.generator.set_state(saved["prep_generator"])
+    log.info("resumed from %s after epoch %d", checkpoint.path, saved["epoch"])
+    return progress
