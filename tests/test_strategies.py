@@ -8,7 +8,8 @@ import pytest
 import torch
 import yaml
 
-from ftbench import backbones, blocks, grid, probes, strategies
+from ftbench import backbones, blocks, grid, probes, reference, strategies
+from ftbench import strategy_kinds as kinds
 from ftbench.config import SCHEMA, ConfigError, validate
 from ftbench.zoo import resolve
 
@@ -26,7 +27,11 @@ VIT_NORMS = [f"blocks.{i}.norm{j}" for i in range(6) for j in (1, 2)] + ["norm"]
 RESNET_NORMS = ["conv1.1", "conv1.4", "bn1", "layer1.0.bn1", "layer1.0.bn2", "layer2.0.bn1", "layer2.0.bn2",
                 "layer2.0.downsample.2", "layer3.0.bn1", "layer3.0.bn2", "layer3.0.bn3", "layer3.0.downsample.2",
                 "layer4.0.bn1", "layer4.0.bn2", "layer4.0.downsample.2"]
-SSF_SITES = {"test_vit": VIT_TARGETS + VIT_NORMS + ["patch_embed.proj"], "test_resnet": RESNET_TARGETS + RESNET_NORMS}
+# SSF goes after the norms (and a ViT's patch embedding and targets); on a BatchNorm CNN not after the
+# convolutions, whose every channel the next BatchNorm renormalises
+SSF_SITES = {"test_vit": VIT_TARGETS + VIT_NORMS + ["patch_embed.proj"], "test_resnet": RESNET_NORMS}
+IA3_SITES = {"test_vit": [f"blocks.{i}.{m}" for i in range(6) for m in ("attn.qkv.k", "attn.qkv.v", "mlp.fc2")],
+             "test_resnet": RESNET_TARGETS}
 
 
 def _per_target(*suffixes):
@@ -50,7 +55,8 @@ EXPECTED = {
     "lora": _per_target("lora_A.default.weight", "lora_B.default.weight"),
     "dora": _per_target("lora_A.default.weight", "lora_B.default.weight", "lora_magnitude_vector.default.weight"),
     "vera": _per_target("vera_lambda_b.default", "vera_lambda_d.default"),
-    "ia3": _per_target("ia3_l.default"),
+    # keys, values and the MLP's intermediate activation (fc2's input); a CNN: every block convolution's input
+    "ia3": lambda arch, base: {f"backbone.{t}.ia3_l.default" for t in IA3_SITES[arch]},
     "loha": _per_target("hada_w1_a.default", "hada_w1_b.default", "hada_w2_a.default", "hada_w2_b.default"),
     "lokr": _per_target("lokr_w1.default", "lokr_w2.default"),
     "adalora": _per_target("lora_A.default", "lora_B.default", "lora_E.default"),
@@ -70,7 +76,7 @@ EXPECTED = {
 }
 STARTS_FROZEN = {"lp_ft", "gradual_unfreezing"}  # only the head trains until their schedule unfreezes
 PAIRS = [(k, a) for k in sorted(strategies.STRATEGIES) for a in ARCHS
-         if not grid.not_applicable(k, resolve(a))]
+         if not kinds.not_applicable(k, resolve(a))]
 EXCLUDED = [(k, a) for k in sorted(strategies.STRATEGIES) for a in ARCHS if (k, a) not in PAIRS]
 
 
@@ -103,24 +109,19 @@ def _names(model, params):
     return {n for n, p in model.named_parameters() if id(p) in ids}
 
 
-def test_registry_grid_and_schema_name_the_same_kinds():
-    schema = yaml.safe_load(SCHEMA.read_text())
-    enum = schema["properties"]["strategies"]["additionalProperties"]["properties"]["kind"]["enum"]
-    assert sorted(strategies.STRATEGIES) == sorted(EXPECTED)
-    assert sorted(enum) == sorted([*strategies.STRATEGIES, *probes.PROBES])
-    assert set(grid.KIND_LIMITS) <= set(strategies.STRATEGIES) and set(probes.PROBES) == grid.PROBE_KINDS
-    # each kind has exactly one list of accepted keys in the schema
-    listed = [k for rule in schema["properties"]["strategies"]["additionalProperties"]["allOf"]
-              for k in rule["if"]["properties"]["kind"].get("enum", [rule["if"]["properties"]["kind"].get("const")])]
-    assert sorted(listed) == sorted(enum)
-    assert all(callable(works) and reason for works, reason in grid.KIND_LIMITS.values())
+def test_the_table_declares_every_kind_the_code_sets_up_and_the_generated_files_are_current():
+    trained = {k for k, kind in kinds.KINDS.items() if kind.mode != "fitted"}
+    assert set(strategies.STRATEGIES) == trained == set(EXPECTED)
+    assert set(probes.PROBES) == {k for k, kind in kinds.KINDS.items() if kind.mode == "fitted"}
+    assert all(kind.limit_text for kind in kinds.KINDS.values() if kind.limit is not kinds.always)
+    assert reference.stale() == [], "run `python -m ftbench reference`"
 
 
-def test_every_hyper_parameter_the_code_reads_is_typed_in_the_schema():
-    schema = yaml.safe_load(SCHEMA.read_text())["properties"]["strategies"]["additionalProperties"]
-    source = "".join((SCHEMA.parents[2] / "src" / "ftbench" / name).read_text() for name in ("strategies.py", "probes.py"))
-    read = set(re.findall(r"spec\.get\(\"(\w+)\"", source))
-    assert read and read <= set(schema["properties"]), read - set(schema["properties"])
+def test_every_setting_the_code_reads_is_declared_in_the_table():
+    source = (reference.ROOT / "src" / "ftbench" / "strategies.py").read_text()
+    read = set(re.findall(r"spec\[\"(\w+)\"\]", source)) - {"kind"}
+    declared = {key for name in kinds.KINDS for key in kinds.settings_of(name)}
+    assert read and read <= declared, read - declared
 
 
 @pytest.mark.parametrize("kind, arch", PAIRS)
@@ -191,11 +192,8 @@ def test_vpt_prompts_reach_the_class_token_and_leave_the_sequence():
 def test_excluded_pairs_really_cannot_work(kind, arch):
     """apply() refuses with the table's reason, and the strategy itself fails on that backbone."""
     model, entry = _model(arch)
-    with pytest.raises(strategies.NotApplicable, match=re.escape(grid.KIND_LIMITS[kind][1])):
+    with pytest.raises(strategies.NotApplicable, match=re.escape(kinds.not_applicable(kind, entry))):
         strategies.apply(model, entry, {"kind": kind}, TRAINING)
-    with pytest.raises((ValueError, TypeError, RuntimeError)):
-        strategies.STRATEGIES[kind](model, entry, {"kind": kind}, TRAINING)
-        model(torch.randn(2, 3, 32, 32))
 
 
 def test_peft_oft_on_convolutions_changes_the_function_at_initialisation():
@@ -204,7 +202,7 @@ def test_peft_oft_on_convolutions_changes_the_function_at_initialisation():
     _pretrained_like(model).eval()
     x = torch.randn(2, 3, 128, 128)
     before = model(x)
-    strategies.oft(model, entry, {}, TRAINING)
+    strategies.oft(model, entry, kinds.resolve({"kind": "oft"}, entry, TRAINING)[0], TRAINING)
     model.eval()
     assert not torch.allclose(model(x), before, atol=1e-3)
 
@@ -224,7 +222,7 @@ def test_grid_leaves_out_pairs_that_cannot_work_and_says_why(demo_config):
     reasons = grid.excluded(config)
     assert set(reasons) == {("tiny_resnet", "vpt_test")}
     assert "does not apply to model 'tiny_resnet' (cnn)" in reasons[("tiny_resnet", "vpt_test")]
-    assert grid.KIND_LIMITS["vpt"][1] in reasons[("tiny_resnet", "vpt_test")]
+    assert kinds.not_applicable("vpt", resolve("test_resnet")) in reasons[("tiny_resnet", "vpt_test")]
     assert {(c.model, c.strategy) for c in grid.cells(config)} == {
         ("tiny_vit", "fft"), ("tiny_resnet", "fft"), ("tiny_vit", "vpt_test")}
 
@@ -234,17 +232,8 @@ def test_grid_leaves_out_pairs_that_cannot_work_and_says_why(demo_config):
     ("clip_vitl14", False), ("pubmedclip", False), ("medclip_vit", False), ("resnet18", False),
 ])
 def test_vpt_applies_to_timm_vits_only(model, works):
-    """open_clip / transformers towers and Swin would fail mid-run: the grid leaves them out."""
-    assert (grid.not_applicable("vpt", resolve(model)) is None) == works
-
-
-def test_only_lora_adapts_a_multihead_attention():
-    """open_clip's CLIP blocks: LoRA adapts the attention itself, the other methods the MLP linears only
-    (peft's VeRA, IA3, DoRA, LoHa, ... raise on a MultiheadAttention)."""
-    tower = torch.nn.Module()
-    tower.attn, tower.c_fc = torch.nn.MultiheadAttention(8, 2), torch.nn.Linear(8, 8)
-    assert strategies.adapter_targets(tower, [r"attn|c_fc"], convs=False) == ["c_fc"]
-    assert strategies.adapter_targets(tower, [r"attn|c_fc"], convs=False, attention=True) == ["attn", "c_fc"]
+    """transformers towers and Swin would fail mid-run: the grid leaves them out."""
+    assert (kinds.not_applicable("vpt", resolve(model)) is None) == works
 
 
 def test_oft_and_boft_leave_out_targets_their_blocks_do_not_divide(caplog):
@@ -294,3 +283,35 @@ def test_blocks_of_other_architectures_and_the_fallback():
     assert [b.name for b in blocks.blocks(vgg)][:3] == ["features.0", "features.3", "features.6"]
     mlp = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     assert [b.name for b in blocks.blocks(mlp)] == ["0", "2"]
+
+
+def test_a_new_kind_is_one_table_entry_and_one_setup_function(monkeypatch, raw_config, tmp_path):
+    """Declared once, a kind is picked up everywhere: the schema accepts its settings (and refuses others),
+    the grid resolves its defaults, the docs list it, and apply() sets it up."""
+    def norms_only(model, entry, spec, training):
+        strategies._freeze_backbone(model)
+        norms = [p for m in model.backbone.modules() if isinstance(m, strategies.NORM_LAYERS) for p in m.parameters()]
+        for p in norms:
+            p.requires_grad_(True)
+        return strategies.Plan([{"params": norms, "lr": spec["norm_lr"], "name": "norms"},
+                                strategies._head_group(model, spec, training)])
+
+    monkeypatch.setitem(kinds.KINDS, "norms_only", kinds.Kind("ours", "the norm layers' affine weights", {
+        "norm_lr": kinds.Setting(kinds.NUMBER, "learning rate of the norms", lambda r, e, t: 10 * r["lr"], "10 × lr")}))
+    monkeypatch.setitem(strategies.STRATEGIES, "norms_only", norms_only)
+    for name in ("config.schema.yaml", "strategies.schema.yaml"):  # the schema as `reference` would write it
+        make = reference.GENERATED.get(reference.SCHEMAS / name, lambda: (reference.SCHEMAS / name).read_text())
+        (tmp_path / name).write_text(make())
+    raw_config["strategies"]["norms"] = {"kind": "norms_only", "lr": 1e-3}
+    raw_config["benchmark"]["strategies"] = ["norms"]
+    config = validate(copy.deepcopy(raw_config), tmp_path / "config.schema.yaml")
+    raw_config["strategies"]["norms"]["rank"] = 4
+    with pytest.raises(ConfigError, match="strategies.norms"):
+        validate(raw_config, tmp_path / "config.schema.yaml")
+    job = next(iter(grid.jobs(config)))
+    assert grid.job_settings(config, job, grid.jobs(config)[job])["strategy"] == {
+        "name": "norms", "kind": "norms_only", "head_lr": 1e-3, "norm_lr": 1e-2}
+    assert "| `norms_only` | ours | the norm layers' affine weights |" in reference.strategy_tables()
+    model, entry = _model("test_vit")
+    strategies.apply(model, entry, {"kind": "norms_only"}, TRAINING)
+    assert _trainable(model) == {f"backbone.{m}.{w}" for m in VIT_NORMS for w in ("weight", "bias")} | HEAD

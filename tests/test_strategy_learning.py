@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import cell_settings
 
-from ftbench import backbones, grid, strategies, weights
+from ftbench import backbones, strategies, strategy_kinds, weights
 from ftbench.cell import run_cell
 from ftbench.zoo import resolve
 
@@ -29,7 +29,7 @@ CNN_SPEC = {  # peft's BOFT multiplies dense (C*k*k)^2 butterfly matrices every 
     "boft": {"target_modules": [r"layer[12]\..*conv\d"]},  # the ResNet, this cell takes ~90 s on CPU
 }
 PAIRS = [(k, a) for k in sorted(strategies.STRATEGIES) for a in ("test_vit", "test_resnet")
-         if not grid.not_applicable(k, resolve(a))]
+         if not strategy_kinds.not_applicable(k, resolve(a))]
 
 
 @pytest.fixture(scope="module")

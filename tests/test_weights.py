@@ -21,7 +21,6 @@ from conftest import ROOT, cell_settings
 from ftbench import cli, weights, zoo
 from ftbench.zoo import ZOO
 
-TINY_CLIP_VISION = {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16}
 
 
 class Hub(http.server.ThreadingHTTPServer):
@@ -107,20 +106,6 @@ def timm_dinov2(hub):
     return entry, source
 
 
-def open_clip_vit(hub):
-    """open_clip hub format: the whole CLIP model (text tower too) as open_clip_pytorch_model.bin only."""
-    from open_clip.model import CLIP
-
-    torch.manual_seed(2)
-    model = CLIP(16, TINY_CLIP_VISION, {"context_length": 8, "vocab_size": 50, "width": 16, "heads": 2, "layers": 1},
-                 quick_gelu=True)
-    entry = dataclasses.replace(ZOO["clip_vitl14"], source="hf-hub:org/tiny-clip", img_size=32, options={
-        "quick_gelu": True, "model_cfg": {"embed_dim": 16, "vision_cfg": TINY_CLIP_VISION}})
-    hub.files["/org/tiny-clip/resolve/main/open_clip_pytorch_model.bin"] = _bytes(torch.save, model.state_dict())
-    model.visual.proj = None
-    return entry, model.visual
-
-
 def transformers_clip(hub):
     """PubMedCLIP's format: a transformers CLIPModel state dict (older versions also saved position_ids)."""
     from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
@@ -193,7 +178,7 @@ def medclip_resnet(hub):
     return entry, model
 
 
-KINDS = {"timm": timm_dinov2, "open_clip": open_clip_vit, "transformers_clip": transformers_clip,
+KINDS = {"timm": timm_dinov2, "transformers_clip": transformers_clip,
          "transformers_swin": medclip_vit, "torchvision": medclip_resnet}
 
 
@@ -389,8 +374,7 @@ def test_weights_rule_runs_on_the_submitting_node(hub, tmp_path):
     assert manifest["source"] == "timm:test_vit.r160_in1k" and manifest["file"] == "model.safetensors"
 
 
-@pytest.mark.parametrize("kind, key", [("open_clip", "positional_embedding"),
-                                       ("transformers_clip", "embeddings.position_embedding.weight")])
+@pytest.mark.parametrize("kind, key", [("transformers_clip", "embeddings.position_embedding.weight")])
 def test_a_tower_pretrained_at_one_size_runs_at_another(kind, key, hub, monkeypatch, tmp_path):
     """A checkpoint made at 32 px (a 4x4 patch grid) builds at 48 px (6x6): the position embedding's class
     token is kept and its patch grid resampled bicubically; every other tensor is the checkpoint's."""

@@ -1,11 +1,12 @@
 """The model zoo: every entry builds as the published architecture, reads its stated feature and adapts as stated."""
 
 import dataclasses
+import re
 
 import pytest
 import torch
 
-from ftbench import backbones, inputs, strategies, weights
+from ftbench import backbones, inputs, strategies, strategy_kinds, weights
 from ftbench.zoo import ZOO, resolve
 
 PROTOCOL = {"resnet18", "resnet50", "densenet121", "vgg19", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14",
@@ -88,22 +89,39 @@ def test_any_timm_name_builds_with_generic_blocks_and_targets():
         "blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"]
 
 
-def test_lora_adapts_clip_attention_and_starts_as_the_identity():
-    """open_clip's blocks use nn.MultiheadAttention: peft adapts its fused q/k/v and output projections."""
-    entry = dataclasses.replace(ZOO["clip_vitl14"], img_size=32, options={"quick_gelu": True, "model_cfg": {
-        "embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16}}})
-    torch.manual_seed(0)
-    model = backbones.build(entry).eval()
-    x = torch.randn(2, 3, 32, 32)
-    before, gflops = model(x), backbones.forward_gflops(model, 32)
-    plan = strategies.apply(model, entry, {"kind": "lora", "rank": 4}, {"lr": 1e-2, "weight_decay": 0.0})
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert "backbone.transformer.resblocks.0.attn.lora_A.default.weight" in trainable
-    assert "backbone.transformer.resblocks.1.mlp.c_proj.lora_B.default.weight" in trainable
-    assert all("lora_" in n or n.startswith("head.") for n in trainable)
-    assert torch.allclose(before, model.eval()(x), atol=1e-6)
-    assert backbones.forward_gflops(model, 32) > gflops  # the adapters' products are counted
-    optimizer = torch.optim.AdamW(plan.param_groups)
-    model.train()(x).sum().backward()
-    optimizer.step()
-    assert not torch.allclose(before, model.eval()(x), atol=1e-4)
+# the attention projections of each layout (query, key, value; fused in timm)
+ATTENTION = {"timm_vit": r"attn\.qkv", "hf_clip": r"self_attn\.[qkv]_proj", "hf_swin": r"attention\.[qkv]_proj"}
+VITS = sorted(key for key, entry in ZOO.items() if entry.kind == "vit")
+ADAPTERS = sorted(k for k, kind in strategy_kinds.KINDS.items() if "target_modules" in kind.settings and k != "ssf")
+
+
+def _adapted(key: str, kind: str) -> set[str]:
+    """The backbone modules a strategy's adapters wrap on a zoo entry, built on the meta device (peft's BOFT
+    reads tensor values when it initialises, which meta tensors have not: its resolved targets instead)."""
+    entry, training = resolve(key, img_size=224), {"lr": 1e-3, "weight_decay": 0.0}
+    with torch.device("meta"):
+        model = backbones.build(entry)
+        if kind == "boft":
+            spec = strategy_kinds.resolve({"kind": kind}, entry, training)[0]
+            return set(strategies.adapter_targets(model.backbone, spec["target_modules"], convs=False))
+        strategies.apply(model, entry, {"kind": kind}, training)
+    return {name for name, m in model.backbone.named_modules() if hasattr(m, "base_layer")}
+
+
+@pytest.mark.parametrize("kind", ADAPTERS)
+@pytest.mark.parametrize("key", VITS)
+def test_attention_capable_strategies_adapt_the_attention_of_every_vit(key, kind):
+    """Every adapter method reaches the query/key/value projections of every ViT of the zoo, CLIP ViT-L/14
+    included (loaded with Linear q/k/v projections), not only its MLP."""
+    adapted = _adapted(key, kind)
+    assert any(re.search(ATTENTION[ZOO[key].layout], name) for name in adapted), sorted(adapted)[:6]
+
+
+@pytest.mark.parametrize("key", VITS)
+def test_ia3_rescales_keys_values_and_the_mlp_activation_only(key):
+    """IA3 as Liu et al. (2022) define it: keys, values and the feed-forward intermediate activation (the
+    input of the MLP's second linear); never queries or the attention's output projection."""
+    adapted = _adapted(key, "ia3")
+    roles = {re.sub(r".*?(attn\.qkv\.|self_attn\.|attention\.|mlp\.)", r"\1", name) for name in adapted}
+    assert roles in ({"attn.qkv.k", "attn.qkv.v", "mlp.fc2"}, {"self_attn.k_proj", "self_attn.v_proj", "mlp.fc2"},
+                     {"attention.k_proj", "attention.v_proj", "mlp.fc2"}), roles

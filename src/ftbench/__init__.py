@@ -7,5 +7,6 @@ __version__ = "0.1.0"
 DATA_VERSION = 2  # dataset tables and image stores (2: DICOM decoding, rejects.csv gains "kind")
 SPLIT_VERSION = 2  # folds and few-shot draws (2: validation schemes; validation part carved per class)
 EMBEDDING_VERSION = 1  # embedding caches of frozen backbones
-TRAINING_VERSION = 2  # training cells (2: ViT adapters on block linears only, not the patch embedding)
+TRAINING_VERSION = 3  # training cells (3: IA3 on keys/values/MLP activation and CNN inputs, SSF after norms on
+#   BatchNorm CNNs, CLIP ViT-L/14 as transformers tower; 2: ViT adapters on block linears only)
 REPORT_VERSION = 2  # summary tables, statistics and the report (2: cells table gains sizes, epochs, time split)

@@ -55,7 +55,8 @@ def fit_position_embedding(module: nn.Module, state: State, key: str) -> State:
 def _timm(entry: ZooEntry, state: State | None) -> nn.Module:
     import timm
 
-    kwargs = {"global_pool": entry.pool} | ({"img_size": entry.img_size} if entry.kind == "vit" else {})
+    kwargs = {"global_pool": entry.pool} | ({"img_size": entry.img_size} if entry.kind == "vit" else {}) \
+        | entry.options.get("model_args", {})  # architecture arguments of timm's constructor
     if state is None:
         return timm.create_model(entry.name, pretrained=False, num_classes=0, **kwargs)
     # timm loads the state itself, strictly, through the architecture's checkpoint filter (which e.g. resamples
@@ -68,30 +69,6 @@ def _timm(entry: ZooEntry, state: State | None) -> nn.Module:
                               pretrained_cfg_overlay={"state_dict": state, "num_classes": num_classes}, **kwargs)
     model.reset_classifier(0, entry.pool)
     return model
-
-
-def _open_clip(entry: ZooEntry, state: State | None) -> nn.Module:
-    """open_clip's own ViT vision tower alone (no text tower), without its contrastive projection.
-
-    Models whose vision tower is a timm model (e.g. BiomedCLIP) go through the timm loader, prefix "visual.trunk.".
-    """
-    import open_clip
-    from open_clip.model import _build_vision_tower
-    from open_clip.transformer import VisionTransformer
-
-    cfg = entry.options.get("model_cfg") or open_clip.get_model_config(entry.name)
-    if cfg is None:
-        raise KeyError(f"open_clip has no model config '{entry.name}' and the zoo entry gives none (options.model_cfg)")
-    vision_cfg = dict(cfg["vision_cfg"], image_size=entry.img_size)
-    tower = _build_vision_tower(cfg["embed_dim"], vision_cfg, quick_gelu=entry.options.get("quick_gelu", False))
-    if not isinstance(tower, VisionTransformer):
-        raise ValueError(f"open_clip '{entry.name}' has a {type(tower).__name__} vision tower; only its own "
-                         f"VisionTransformer is supported (timm towers: use the timm loader, prefix 'visual.trunk.')")
-    tower.proj = None
-    tower.num_features = tower.transformer.width
-    if state is not None:
-        load_strict(tower, fit_position_embedding(tower, state, "positional_embedding"))
-    return tower
 
 
 def _transformers(entry: ZooEntry, state: State | None) -> nn.Module:
@@ -123,7 +100,6 @@ def _torchvision(entry: ZooEntry, state: State | None) -> nn.Module:
 # ``state`` (tensors already renamed to the backbone's keys) loaded strictly
 LOADERS: dict[str, Callable[[ZooEntry, State | None], nn.Module]] = {
     "timm": _timm,
-    "open_clip": _open_clip,
     "transformers": _transformers,
     "torchvision": _torchvision,
 }

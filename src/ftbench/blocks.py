@@ -20,7 +20,6 @@ BLOCK_PATTERNS = (
     r"layers\.\d+",  # Swin
     r"features\.denseblock\d+",  # DenseNet (a transition joins the dense block before it)
     r"features\.\d+",  # VGG: every layer of the feature stack (parameter-free ones are dropped)
-    r".*resblocks\.\d+",  # open_clip vision towers
     r".*encoder\.layers?\.\d+",  # transformers CLIP vision towers
     r"[^.]+",  # fallback: the top-level children
 )

@@ -190,6 +190,17 @@ def cmd_report(args) -> None:
              cells.filter(pl.col("status") != "ok").height)
 
 
+def cmd_reference(args) -> None:
+    from ftbench import reference
+
+    if args.check:
+        if stale := reference.stale():
+            raise ValueError(f"stale generated files: {', '.join(map(str, stale))}; run `python -m ftbench reference`")
+        return
+    for path in reference.write():
+        log.info("rewrote %s", path)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ftbench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -310,6 +321,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--figures-dir", help="also write each figure as <dir>/<kind>/<name>.svg")
     s.add_argument("--device-name", help="project the missing cells' time from the cells of this device only")
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("reference", help="rewrite the files generated from the strategy table and the config schema")
+    s.add_argument("--check", action="store_true", help="only check that they are up to date (exit 1 if not)")
+    s.set_defaults(func=cmd_reference)
     return p
 
 

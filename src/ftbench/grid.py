@@ -8,18 +8,16 @@ cells whose definition changed.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ftbench import TRAINING_VERSION
+from ftbench import strategy_kinds as kinds
 from ftbench.config import selected, task_validation
 from ftbench.zoo import ZooEntry, resolve
 
-# Strategy kinds whose backbone stays frozen: their cells train from the embedding cache.
-CACHEABLE_KINDS = frozenset({"lp"})
-# Probes fitted by scikit-learn on cached features (ftbench.probes): always from the cache, seed only.
-PROBE_KINDS = frozenset({"logreg", "knn"})
+# Zoo entry fields that change no result: not part of a cell's settings
+ZOO_BOOKKEEPING = ("family", "license")
 
 # How many folds a validation scheme makes, from the config alone (the grid is built before any data):
 # LOCO lists its centres in the config for exactly this reason (see splits.py).
@@ -27,23 +25,6 @@ FOLD_COUNTS = {
     "kfold": lambda v: v["folds"],
     "holdout": lambda v: 1,
     "loco": lambda v: len(v["centres"]),
-}
-
-# Strategy kinds that work on some backbones only: kind -> (which zoo entries, why not the others). Every
-# other kind of ftbench.strategies applies to every backbone. Torch-free, so that the Snakefile leaves such
-# (model, strategy) pairs out of the grid; tests/test_strategies.py checks it against the strategies.
-KIND_LIMITS: dict[str, tuple[Callable[[ZooEntry], bool], str]] = {
-    "vera": (lambda e: e.kind == "vit",
-             "peft's VeRA adapts Linear layers only, and a CNN's adapter targets are convolutions"),
-    "fourierft": (lambda e: e.kind == "vit",
-                  "peft's FourierFT adapts Linear layers only, and a CNN's adapter targets are convolutions"),
-    "oft": (lambda e: e.kind == "vit",
-            "peft's OFT on Conv2d rotates unfolded input patches and folds them back by summing overlaps: "
-            "it is not the identity at initialisation and fails on feature maps smaller than the kernel"),
-    "ln_tuning": (lambda e: e.kind == "vit", "it tunes LayerNorms, which a BatchNorm CNN does not have"),
-    "vpt": (lambda e: e.kind == "vit" and e.loader == "timm" and "swin" not in e.name,
-            "prompts are extra tokens of a timm ViT's sequence: a CNN has none, a Swin attends in windows, and "
-            "the open_clip / transformers towers have no hook for them here"),
 }
 
 TRAINING_KEYS = ("batch_size", "max_epochs", "patience", "lr", "weight_decay", "augment", "seed")
@@ -139,12 +120,6 @@ def regime_group(regime: str) -> str:
     return regime if regime == "full" else regime.partition("r")[0]
 
 
-def not_applicable(strategy_kind: str, entry: ZooEntry) -> str | None:
-    """Why a strategy kind cannot work on a backbone (see :data:`KIND_LIMITS`); None if it can."""
-    works, reason = KIND_LIMITS.get(strategy_kind, (lambda e: True, ""))
-    return None if works(entry) else reason
-
-
 def excluded(config: dict) -> dict[tuple[str, str], str]:
     """(model, strategy) pairs left out of the grid, with the reason printed to the user."""
     out = {}
@@ -154,7 +129,7 @@ def excluded(config: dict) -> dict[tuple[str, str], str]:
             entry = resolve(config["models"][model]["arch"])
             if allowed and entry.kind not in allowed:
                 out[(model, strategy)] = f"strategy '{strategy}' applies to {allowed}, model '{model}' is a {entry.kind}"
-            elif reason := not_applicable(spec["kind"], entry):
+            elif reason := kinds.not_applicable(spec["kind"], entry):
                 out[(model, strategy)] = (f"strategy '{strategy}' ({spec['kind']}) does not apply to model '{model}' "
                                           f"({entry.kind}): {reason}")
     return out
@@ -182,16 +157,25 @@ def cells(config: dict) -> list[Cell]:
 
 def uses_cache(config: dict, strategy: str) -> bool:
     """Whether the strategy's cells train from the (dataset, model) embedding cache instead of the images."""
-    kind = config["strategies"][strategy]["kind"]
-    return kind in PROBE_KINDS or (config["training"].get("embedding_cache", True) and kind in CACHEABLE_KINDS)
+    mode = kinds.mode(config["strategies"][strategy]["kind"])
+    return mode == "fitted" or (config["training"].get("embedding_cache", True) and mode == "cached")
 
 
 def model_settings(config: dict, model: str) -> dict:
-    """The resolved settings of a model: what its cells and its embedding cache depend on."""
+    """The resolved settings of a model: what its cells and its embedding cache depend on, the zoo entry's
+    facts included (so that changing one in the zoo reruns exactly that model's cells)."""
     spec = dict(config["models"][model], name=model)
     spec["img_size"] = model_img_size(config, model)
     spec.pop("weights", None)  # a path: jobs get the file as an input, so its content, not its name, counts
+    entry = model_entry(config, model)
+    spec["zoo"] = {key: value for key, value in asdict(entry).items() if key not in ZOO_BOOKKEEPING}
     return spec
+
+
+def model_entry(config: dict, model: str) -> ZooEntry:
+    """The zoo entry a model of the config builds, at its image size."""
+    spec = config["models"][model]
+    return resolve(spec["arch"], model_img_size(config, model), spec.get("pretrained", False))
 
 
 def model_img_size(config: dict, model: str) -> int:
@@ -199,15 +183,25 @@ def model_img_size(config: dict, model: str) -> int:
     return spec.get("img_size") or resolve(spec["arch"]).img_size
 
 
+def strategy_candidates(config: dict, model: str, strategy: str) -> list[dict]:
+    """Every candidate ``{"strategy": ..., "training": ...}`` of a (model, strategy), fully resolved (defaults
+    of ``ftbench.strategy_kinds`` filled in): one, unless a setting lists values to choose from on validation."""
+    spec = config["strategies"][strategy]
+    fitted = kinds.mode(spec["kind"]) == "fitted"
+    out = []
+    for resolved in kinds.resolve(spec, model_entry(config, model), config["training"]):
+        keys = ("seed",) if fitted else TRAINING_KEYS  # what a probe's result depends on
+        training = {key: config["training"][key] for key in keys}
+        training |= {key: resolved.pop(key) for key in kinds.TRAINING_OVERRIDES if key in resolved}
+        resolved.pop("applies_to", None)  # the grid's business, not the cell's
+        out.append({"strategy": {"name": strategy} | resolved, "training": training})
+    return out
+
+
 def _shared_settings(config: dict, task: str, model: str, strategy: str) -> dict:
-    spec = dict(config["strategies"][strategy], name=strategy)
-    keys = ("seed",) if spec["kind"] in PROBE_KINDS else TRAINING_KEYS  # what a probe's result depends on
-    training = {key: config["training"][key] for key in keys}
-    for key in ("lr", "weight_decay", "max_epochs"):
-        if key in spec:
-            training[key] = spec.pop(key)
-    return {"version": TRAINING_VERSION, "task": task, "model": model_settings(config, model), "strategy": spec,
-            "training": training}
+    candidates = strategy_candidates(config, model, strategy)
+    shared = {"version": TRAINING_VERSION, "task": task, "model": model_settings(config, model)} | candidates[0]
+    return shared | ({"candidates": candidates} if len(candidates) > 1 else {})
 
 
 def cell_settings(config: dict, cell: Cell) -> dict:

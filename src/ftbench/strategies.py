@@ -3,7 +3,8 @@
 Each strategy is a function ``(model, entry, spec, training) -> Plan`` in :data:`STRATEGIES`; it freezes
 or adapts the model in place and returns the optimizer parameter groups plus, where the strategy needs
 them, an extra loss term and per-epoch / per-step hooks that ``loop.fit`` calls. The head always
-trains. Which backbone kinds a strategy applies to is declared torch-free in ``ftbench.grid``.
+trains. Each kind's settings, their defaults and the backbones it applies to are declared torch-free in
+``ftbench.strategy_kinds``; the functions here receive its settings resolved.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from torch import nn
 
 from ftbench import blocks, tuners
 from ftbench.backbones import Classifier
-from ftbench.grid import not_applicable
-from ftbench.zoo import ZooEntry
+from ftbench import strategy_kinds as kinds
+from ftbench.zoo import LAYOUTS, ZooEntry
 
 log = logging.getLogger("ftbench.strategies")
 
@@ -27,7 +28,7 @@ NORM_LAYERS = (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm)
 
 
 class NotApplicable(ValueError):
-    """The strategy cannot work on this backbone (the grid leaves such pairs out; see ``grid.KIND_LIMITS``)."""
+    """The strategy cannot work on this backbone (the grid leaves such pairs out; see ``strategy_kinds``)."""
 
 
 @dataclass
@@ -68,7 +69,7 @@ def _freeze_backbone(model: Classifier) -> None:
 
 
 def _head_group(model: Classifier, spec: dict, training: dict) -> dict:
-    return {"params": list(model.head.parameters()), "lr": spec.get("head_lr", training["lr"]), "name": "head"}
+    return {"params": list(model.head.parameters()), "lr": spec["head_lr"], "name": "head"}
 
 
 def _trainable_backbone_group(model: Classifier, training: dict) -> dict:
@@ -104,7 +105,7 @@ def bitfit(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Pl
 def last_block(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     """Last-block tuning: the top ``last_blocks`` blocks (with the final norm) and the head train."""
     _freeze_backbone(model)
-    for block in blocks.blocks(model.backbone, entry.blocks or None)[-spec.get("last_blocks", 1):]:
+    for block in blocks.blocks(model.backbone, entry.blocks or None)[-spec["last_blocks"]:]:
         for _, p in block.params:
             p.requires_grad_(True)
     return _backbone_and_head(model, spec, training)
@@ -112,7 +113,7 @@ def last_block(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -
 
 def llrd(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     """Layer-wise learning-rate decay: block k from the top learns at ``lr * lr_decay**k`` (head: k = 0)."""
-    decay, stack = spec.get("lr_decay", 0.75), blocks.blocks(model.backbone, entry.blocks or None)
+    decay, stack = spec["lr_decay"], blocks.blocks(model.backbone, entry.blocks or None)
     groups = [{"params": [p for _, p in block.params], "lr": training["lr"] * decay ** (len(stack) - i),
                "name": block.name} for i, block in enumerate(stack)]
     return Plan(groups + [_head_group(model, spec, training)])
@@ -124,7 +125,7 @@ def l2_sp(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Pla
     The head, which has no starting point, gets plain L2 as AdamW weight decay ``sp_beta``; the backbone
     gets no weight decay (it would pull towards zero instead of towards the pretrained weights).
     """
-    alpha, params = spec.get("sp_alpha", 0.01), list(model.backbone.parameters())
+    alpha, params = spec["sp_alpha"], list(model.backbone.parameters())
     starts = [p.detach().clone() for p in params]
 
     def penalty() -> torch.Tensor:
@@ -133,7 +134,7 @@ def l2_sp(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Pla
         return alpha / 2 * sum(((p - s) ** 2).sum() for p, s in zip(params, starts))
 
     backbone = _trainable_backbone_group(model, training) | {"weight_decay": 0.0}
-    head = _head_group(model, spec, training) | {"weight_decay": spec.get("sp_beta", 0.01)}
+    head = _head_group(model, spec, training) | {"weight_decay": spec["sp_beta"]}
     return Plan([backbone, head], penalty=penalty)
 
 
@@ -141,8 +142,8 @@ def lp_ft(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Pla
     """LP-FT (Kumar et al. 2022): ``lp_epochs`` of linear probing at ``lp_lr``, then every parameter
     trains at the (small) ``lr`` from that head; early-stopping patience restarts with phase 2."""
     _freeze_backbone(model)
-    lp_epochs, ft_head_lr = spec.get("lp_epochs", 5), _head_group(model, spec, training)["lr"]
-    head = _head_group(model, spec, training) | {"lr": spec.get("lp_lr", 10 * training["lr"])}
+    lp_epochs, ft_head_lr = spec["lp_epochs"], _head_group(model, spec, training)["lr"]
+    head = _head_group(model, spec, training) | {"lr": spec["lp_lr"]}
     backbone = {"params": list(model.backbone.parameters()), "lr": training["lr"], "name": "backbone"}
 
     def on_epoch(optimizer: torch.optim.Optimizer, epoch: int) -> bool:
@@ -162,7 +163,7 @@ def gradual_unfreezing(model: Classifier, entry: ZooEntry, spec: dict, training:
     """Gradual unfreezing (Howard & Ruder 2018): the head alone first, then one more block from the top
     every ``unfreeze_every`` epochs; early-stopping patience restarts at each unfreezing."""
     _freeze_backbone(model)
-    every, stack = spec.get("unfreeze_every", 2), blocks.blocks(model.backbone, entry.blocks or None)
+    every, stack = spec["unfreeze_every"], blocks.blocks(model.backbone, entry.blocks or None)
     backbone = {"params": list(model.backbone.parameters()), "lr": training["lr"], "name": "backbone"}
 
     def on_epoch(optimizer: torch.optim.Optimizer, epoch: int) -> bool:
@@ -235,12 +236,14 @@ def ln_tuning(model: Classifier, entry: ZooEntry, spec: dict, training: dict) ->
 
 
 def ssf(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
-    """SSF (Lian et al. 2022): a per-channel scale and shift after every adapter target, every
-    normalisation layer and, in a ViT, the patch embedding; only those (and the head) train."""
+    """SSF (Lian et al. 2022): a per-channel scale and shift after every normalisation layer and, in a ViT,
+    after the patch embedding; after the adapter targets too where no BatchNorm follows them (a BatchNorm
+    renormalises each channel of the convolution before it, so a scale there could change nothing). Only
+    those (and the head) train."""
     _freeze_backbone(model)
-    targets = adapter_targets(model.backbone, spec.get("target_modules") or entry.targets, convs=True)
     norms = [n for n, m in model.backbone.named_modules() if isinstance(m, NORM_LAYERS)]
     stem = [n for n, m in model.backbone.named_modules() if entry.kind == "vit" and isinstance(m, nn.Conv2d)]
+    targets = [] if LAYOUTS[entry.layout] == "batch" else _targets(model, entry, spec)
     tuners.add_ssf(model.backbone, sorted(set(targets) | set(norms) | set(stem)))
     return _backbone_and_head(model, spec, training)
 
@@ -250,7 +253,7 @@ def vpt(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     block only; only the prompts and the head train."""
     _freeze_backbone(model)
     try:
-        tuners.add_prompts(model.backbone, spec.get("prompt_tokens", 10), spec.get("deep", True))
+        tuners.add_prompts(model.backbone, spec["prompt_tokens"], spec["deep"])
     except TypeError as err:
         raise NotApplicable(str(err)) from None
     return _backbone_and_head(model, spec, training)
@@ -259,22 +262,18 @@ def vpt(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
 # ---------------------------------------------------------------------------------------------------------
 # peft adapters: the backbone is frozen, adapters on the zoo entry's target modules train (S1, S3)
 
-def adapter_targets(backbone: nn.Module, patterns: tuple[str, ...] | list[str], convs: bool,
-                    attention: bool = False) -> list[str]:
-    """Names of the Linear (with ``convs`` also the ungrouped Conv2d, with ``attention`` also the
-    MultiheadAttention) modules whose full name matches one of ``patterns``. A ViT's adapters go on its
-    attention and MLP linears only, not the patch embedding. Only peft's LoRA adapts a MultiheadAttention
-    (open_clip's CLIP blocks: fused q/k/v and output); the other methods adapt such a tower's MLP linears."""
+def adapter_targets(backbone: nn.Module, patterns: tuple[str, ...] | list[str], convs: bool) -> list[str]:
+    """Names of the Linear (with ``convs`` also the ungrouped Conv2d) modules whose full name matches one of
+    ``patterns``. An error when none does: an adapter on no module would leave the cell a linear probe."""
     regex = re.compile("|".join(f"(?:{p})" for p in patterns))
-    types = (nn.Linear, nn.MultiheadAttention) if attention else nn.Linear
     names = [
         name for name, module in backbone.named_modules()
-        if (isinstance(module, types) or (convs and isinstance(module, nn.Conv2d) and module.groups == 1))
+        if (isinstance(module, nn.Linear) or (convs and isinstance(module, nn.Conv2d) and module.groups == 1))
         and regex.fullmatch(name)
     ]
     if not names:
-        kinds = "/".join(["Linear"] + ["Conv2d"] * convs + ["MultiheadAttention"] * attention)
-        raise ValueError(f"no {kinds} module matches the adapter targets {list(patterns)}")
+        kinds_ = "Linear/Conv2d" if convs else "Linear"
+        raise ValueError(f"no {kinds_} module matches the adapter targets {list(patterns)}")
     return names
 
 
@@ -284,8 +283,8 @@ def _exactly(names: list[str]) -> str:
     return "|".join(re.escape(n) for n in names)
 
 
-def _targets(model: Classifier, entry: ZooEntry, spec: dict, attention: bool = False) -> list[str]:
-    return adapter_targets(model.backbone, spec.get("target_modules") or entry.targets, entry.kind == "cnn", attention)
+def _targets(model: Classifier, entry: ZooEntry, spec: dict) -> list[str]:
+    return adapter_targets(model.backbone, spec["target_modules"], entry.kind == "cnn")
 
 
 def _in_blocks_of(backbone: nn.Module, names: list[str], size: int) -> list[str]:
@@ -318,14 +317,13 @@ def _inject(model: Classifier, config) -> nn.Module:
 def _lora_config(spec: dict, targets: str, dora: bool = False):
     from peft import LoraConfig
 
-    rank = spec.get("rank", 8)
-    return LoraConfig(r=rank, lora_alpha=spec.get("alpha", 2 * rank), lora_dropout=spec.get("dropout", 0.0),
-                      target_modules=targets, use_dora=dora)
+    return LoraConfig(r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"], target_modules=targets,
+                      use_dora=dora)
 
 
 def lora(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     """LoRA (Hu et al. 2021): rank-``rank`` updates B·A (B starts at 0) on the targets."""
-    _inject(model, _lora_config(spec, _exactly(_targets(model, entry, spec, attention=True))))
+    _inject(model, _lora_config(spec, _exactly(_targets(model, entry, spec))))
     return _backbone_and_head(model, spec, training)
 
 
@@ -340,20 +338,23 @@ def vera(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan
     vectors d (rank ``rank``) and b (output width, starts at 0) train."""
     from peft import VeraConfig
 
-    _inject(model, VeraConfig(r=spec.get("rank", 256), vera_dropout=spec.get("dropout", 0.0),
+    _inject(model, VeraConfig(r=spec["rank"], vera_dropout=spec["dropout"],
                               target_modules=_exactly(_targets(model, entry, spec))))
     return _backbone_and_head(model, spec, training)
 
 
 def ia3(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
-    """IA3 (Liu et al. 2022): a learned vector (starts at 1) rescales each target's output, or its input
-    for the feed-forward targets (``feedforward_modules``, default: the MLP's second linear)."""
+    """IA3 (Liu et al. 2022): a learned vector (starts at 1) rescales the keys, the values and the feed-forward
+    intermediate activation: each target's output, or its input for the feed-forward targets (the MLP's second
+    linear, whose input is that activation; every convolution of a CNN, whose output a BatchNorm would
+    renormalise). A timm ViT's fused qkv is split into q, k and v first so that the queries stay as they are."""
     from peft import IA3Config
 
+    tuners.split_qkv(model.backbone)
     targets = _targets(model, entry, spec)
-    ff = re.compile("|".join(f"(?:{p})" for p in spec.get("feedforward_modules", [r".*\.fc2"])))
+    ff = re.compile("|".join(f"(?:{p})" for p in spec["feedforward_modules"]))
     _inject(model, IA3Config(target_modules=_exactly(targets),
-                             feedforward_modules=_exactly([t for t in targets if ff.fullmatch(t)])))
+                             feedforward_modules=_exactly([t for t in targets if ff.fullmatch(t)] or ["^$"])))
     return _backbone_and_head(model, spec, training)
 
 
@@ -361,8 +362,7 @@ def loha(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan
     """LoHa (Hyeon-Woo et al. 2022): the update is the Hadamard product of two rank-``rank`` products."""
     from peft import LoHaConfig
 
-    rank = spec.get("rank", 8)
-    _inject(model, LoHaConfig(r=rank, alpha=spec.get("alpha", 2 * rank), module_dropout=spec.get("dropout", 0.0),
+    _inject(model, LoHaConfig(r=spec["rank"], alpha=spec["alpha"], module_dropout=spec["dropout"],
                               target_modules=_exactly(_targets(model, entry, spec))))
     return _backbone_and_head(model, spec, training)
 
@@ -371,8 +371,7 @@ def lokr(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan
     """LoKr (Yeh et al. 2024): the update is a Kronecker product, its larger factor of rank ``rank``."""
     from peft import LoKrConfig
 
-    rank = spec.get("rank", 8)
-    _inject(model, LoKrConfig(r=rank, alpha=spec.get("alpha", 2 * rank), module_dropout=spec.get("dropout", 0.0),
+    _inject(model, LoKrConfig(r=spec["rank"], alpha=spec["alpha"], module_dropout=spec["dropout"],
                               target_modules=_exactly(_targets(model, entry, spec))))
     return _backbone_and_head(model, spec, training)
 
@@ -382,9 +381,9 @@ def oft(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     target's input, starting at the identity."""
     from peft import OFTConfig
 
-    size = spec.get("block_size", 32)
+    size = spec["block_size"]
     targets = _in_blocks_of(model.backbone, _targets(model, entry, spec), size)
-    _inject(model, OFTConfig(r=0, oft_block_size=size, module_dropout=spec.get("dropout", 0.0),
+    _inject(model, OFTConfig(r=0, oft_block_size=size, module_dropout=spec["dropout"],
                              target_modules=_exactly(targets)))
     return _backbone_and_head(model, spec, training)
 
@@ -394,10 +393,10 @@ def boft(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan
     factors of ``block_size`` blocks, plus a trainable output scale."""
     from peft import BOFTConfig
 
-    size = spec.get("block_size", 8)
+    size = spec["block_size"]
     targets = _in_blocks_of(model.backbone, _targets(model, entry, spec), size)
-    _inject(model, BOFTConfig(boft_block_size=size, boft_n_butterfly_factor=spec.get("butterfly_factor", 1),
-                              boft_dropout=spec.get("dropout", 0.0), target_modules=_exactly(targets)))
+    _inject(model, BOFTConfig(boft_block_size=size, boft_n_butterfly_factor=spec["butterfly_factor"],
+                              boft_dropout=spec["dropout"], target_modules=_exactly(targets)))
     return _backbone_and_head(model, spec, training)
 
 
@@ -406,7 +405,7 @@ def fourierft(model: Classifier, entry: ZooEntry, spec: dict, training: dict) ->
     random frequencies; the update is their inverse 2-D DFT times ``scaling``. Starts at 0 (identity)."""
     from peft import FourierFTConfig
 
-    _inject(model, FourierFTConfig(n_frequency=spec.get("n_frequency", 1000), scaling=spec.get("scaling", 150.0),
+    _inject(model, FourierFTConfig(n_frequency=spec["n_frequency"], scaling=spec["scaling"],
                                    init_weights=True, target_modules=_exactly(_targets(model, entry, spec))))
     return _backbone_and_head(model, spec, training)
 
@@ -417,14 +416,13 @@ def adalora(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> P
     of the training steps; plus peft's orthogonality penalty on P and Q (``orth_reg_weight``)."""
     from peft import AdaLoraConfig
 
-    rank = spec.get("rank", 8)
     tuner = _inject(model, AdaLoraConfig(
-        target_r=rank, init_r=spec.get("init_rank", rank * 3 // 2), lora_alpha=spec.get("alpha", 2 * rank),
-        lora_dropout=spec.get("dropout", 0.0), target_modules=_exactly(_targets(model, entry, spec)),
+        target_r=spec["rank"], init_r=spec["init_rank"], lora_alpha=spec["alpha"],
+        lora_dropout=spec["dropout"], target_modules=_exactly(_targets(model, entry, spec)),
         total_step=1))  # the real step count is known in the loop: set at the first step
     config = tuner.peft_config["default"]
     factors = [(p, "lora_A" in n) for n, p in model.backbone.named_parameters() if "lora_A" in n or "lora_B" in n]
-    weight = spec.get("orth_reg_weight", 0.5)
+    weight = spec["orth_reg_weight"]
 
     def penalty() -> torch.Tensor:
         gram = [p @ p.T if is_a else p.T @ p for p, is_a in factors]
@@ -434,8 +432,8 @@ def adalora(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> P
     def on_step(optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> None:
         if config.total_step != total_steps:  # the first step, also of a run resumed from a checkpoint
             config.total_step = total_steps
-            config.tinit = int(spec.get("warmup_fraction", 0.1) * total_steps)
-            config.tfinal = int(spec.get("final_fraction", 0.3) * total_steps)
+            config.tinit = int(spec["warmup_fraction"] * total_steps)
+            config.tfinal = int(spec["final_fraction"] * total_steps)
         tuner.update_and_allocate(step)
 
     allocator, scores = tuner.rankallocator, ("ipt", "exp_avg_ipt", "exp_avg_unc")
@@ -483,11 +481,15 @@ STRATEGIES: dict[str, Callable[[Classifier, ZooEntry, dict, dict], Plan]] = {
 
 
 def apply(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
-    """Set ``model`` up for the strategy ``spec['kind']``; the head always trains."""
-    reason = not_applicable(spec["kind"], entry)
+    """Set ``model`` up for the strategy ``spec['kind']`` (its settings resolved with the defaults of
+    ``ftbench.strategy_kinds`` where missing); the head always trains."""
+    reason = kinds.not_applicable(spec["kind"], entry)
     if reason:
         raise NotApplicable(f"strategy kind '{spec['kind']}' does not apply to '{entry.name}' ({entry.kind}): {reason}")
-    plan = STRATEGIES[spec["kind"]](model, entry, spec, training)
+    resolved = kinds.resolve(spec, entry, training)
+    if len(resolved) != 1:
+        raise ValueError(f"strategy {spec.get('name', spec['kind'])}: set up one candidate at a time")
+    plan = STRATEGIES[spec["kind"]](model, entry, resolved[0], training)
     for p in model.head.parameters():
         p.requires_grad_(True)
     plan.param_groups = [g for g in plan.param_groups if g["params"]]

@@ -71,3 +71,36 @@ def add_prompts(backbone: nn.Module, tokens: int, deep: bool) -> None:
             torch.empty(1, tokens, backbone.embed_dim), std=0.02)))
         block.register_forward_pre_hook(partial(_insert_prompts, prefix=prefix, first=i == 0), with_kwargs=True)
     stack[-1].register_forward_hook(partial(_drop_prompts, prefix=prefix, tokens=tokens))
+
+
+class QKV(nn.Module):
+    """A fused query/key/value projection as three Linear layers ``q``, ``k``, ``v``: the same function (their
+    outputs concatenated), with each part a module of its own that an adapter can target."""
+
+    def __init__(self, fused: nn.Linear):
+        super().__init__()
+        width = fused.out_features // 3
+        for i, name in enumerate("qkv"):
+            part = nn.Linear(fused.in_features, width, bias=fused.bias is not None, device=fused.weight.device,
+                             dtype=fused.weight.dtype)
+            with torch.no_grad():
+                part.weight.copy_(fused.weight[i * width:(i + 1) * width])
+                if fused.bias is not None:
+                    part.bias.copy_(fused.bias[i * width:(i + 1) * width])
+            part.weight.requires_grad_(fused.weight.requires_grad)
+            if fused.bias is not None:
+                part.bias.requires_grad_(fused.bias.requires_grad)
+            self.add_module(name, part)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.q(x), self.k(x), self.v(x)], -1)
+
+
+def split_qkv(backbone: nn.Module) -> list[str]:
+    """Replace every fused ``attn.qkv`` Linear (timm's ViTs and Swins) by a :class:`QKV`; the names replaced."""
+    names = [name for name, m in backbone.named_modules()
+             if name.endswith("attn.qkv") and isinstance(m, nn.Linear) and m.out_features == 3 * m.in_features]
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        setattr(backbone.get_submodule(parent), child, QKV(backbone.get_submodule(name)))
+    return names

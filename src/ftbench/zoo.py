@@ -32,6 +32,7 @@ class ZooEntry:
     name: str  # architecture name understood by the loader
     kind: str  # "cnn" or "vit": which strategies and default PEFT targets apply
     family: str = "custom"  # report grouping: cnn, fm-general, fm-biomedical
+    layout: str = "cnn"  # key of LAYOUTS: how its modules are named and built (per-layout strategy settings use it)
     # Pretrained weights: "hf-hub:<repo id>", an https URL (a file or a .zip holding it) or "timm:<name>" (timm's
     # own source for that name); None = random initialisation only.
     source: str | None = None
@@ -52,6 +53,20 @@ class ZooEntry:
     license: str = "see source"
     options: dict = field(default_factory=dict)  # loader-specific architecture settings (no download needed to build)
 
+
+# Module layouts: backbones whose modules are named and arranged alike, so that a strategy places its adapters
+# alike on them (a strategy's per-layout settings, e.g. the first study's adapter targets, are keyed by these
+# names), with the normalisation their layers use: a BatchNorm renormalises every channel a convolution before
+# it outputs, so a strategy must not place a per-channel scale there (ftbench.strategy_kinds).
+LAYOUTS: dict[str, str] = {
+    "timm_vit": "layer",  # timm VisionTransformer (DINOv2, BiomedCLIP): blocks.N.attn.qkv (fused), attn.proj, mlp.fc1/2
+    "timm_swin": "layer",  # timm Swin: layers.N.blocks.M.attn.qkv, ...
+    "hf_clip": "layer",  # transformers CLIP vision tower: model.encoder.layers.N.self_attn.{q,k,v,out}_proj, mlp.fc1/2
+    "hf_swin": "layer",  # transformers Swin (MedCLIP-ViT): ...blocks.M.attention.{q,k,v,o}_proj, mlp.fc1/2
+    "cnn": "batch",  # ResNet, DenseNet (timm, torchvision): every convolution is followed by a BatchNorm
+    "cnn_layernorm": "layer",  # ConvNeXt-like: LayerNorm after depth-wise convolutions
+    "vgg": "none",  # VGG: convolutions without normalisation
+}
 
 # Module-name regexes (full match). PEFT adapters go on the attention and MLP linears of ViT blocks and on the
 # convolutions of CNNs; blocks are the units layer-wise strategies unfreeze or give learning rates to.
@@ -75,15 +90,16 @@ SWIN_V4_RENAMES = (
 )
 
 
-def _tv_cnn(name: str, features: int, blocks: str = CNN_BLOCKS, targets: tuple[str, ...] = CNN_TARGETS) -> ZooEntry:
+def _tv_cnn(name: str, features: int, blocks: str = CNN_BLOCKS, targets: tuple[str, ...] = CNN_TARGETS,
+            layout: str = "cnn") -> ZooEntry:
     """An ImageNet CNN with torchvision's weights, as timm hosts them."""
-    return ZooEntry("timm", name, "cnn", "cnn", f"hf-hub:timm/{name}.tv_in1k", features=features, blocks=blocks,
+    return ZooEntry("timm", name, "cnn", "cnn", layout, f"hf-hub:timm/{name}.tv_in1k", features=features, blocks=blocks,
                     targets=targets, license=TORCHVISION_LICENSE)
 
 
 def _dinov2(size: str, features: int) -> ZooEntry:
     name = f"vit_{size}_patch14_dinov2"
-    return ZooEntry("timm", name, "vit", "fm-general", f"hf-hub:timm/{name}.lvd142m", img_size=518,
+    return ZooEntry("timm", name, "vit", "fm-general", "timm_vit", f"hf-hub:timm/{name}.lvd142m", img_size=518,
                     features=features, pool="token", blocks=VIT_BLOCKS, targets=VIT_TARGETS, license="Apache-2.0")
 
 
@@ -92,29 +108,30 @@ ZOO: dict[str, ZooEntry] = {
     "resnet50": _tv_cnn("resnet50", 2048, r"layer\d"),
     "densenet121": _tv_cnn("densenet121", 1024, r"features\.denseblock\d"),
     # VGG has no block modules: its convolutions (and the two fc layers, as convs) are the blocks
-    "vgg19": _tv_cnn("vgg19", 4096, r"features\.\d+|pre_logits\.fc\d", (r"features\.\d+|pre_logits\.fc\d",)),
+    "vgg19": _tv_cnn("vgg19", 4096, r"features\.\d+|pre_logits\.fc\d", (r"features\.\d+|pre_logits\.fc\d",), "vgg"),
     "dinov2_vits14": _dinov2("small", 384),
     "dinov2_vitb14": _dinov2("base", 768),
     "dinov2_vitl14": _dinov2("large", 1024),
-    # CLIP ViT-L/14 (OpenAI), open_clip's vision tower with QuickGELU; the feature is the CLS token before the
-    # contrastive projection (`proj`, ignored)
+    # CLIP ViT-L/14 (OpenAI), vision tower: transformers' CLIPVisionModel, as the first study ran it, with Linear
+    # q/k/v projections that every adapter method can target; the feature is the CLS token after the final norm,
+    # before the contrastive projection (`visual_projection`, outside the vision model's prefix)
     "clip_vitl14": ZooEntry(
-        "open_clip", "ViT-L-14", "vit", "fm-general", "hf-hub:timm/vit_large_patch14_clip_224.openai",
-        files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"), prefix="visual.", ignore=r"proj",
-        mean=CLIP_MEAN, std=CLIP_STD, features=1024, pool="token", blocks=r"transformer\.resblocks\.\d+",
-        targets=(r"transformer\.resblocks\.\d+\.(?:attn|mlp\.c_fc|mlp\.c_proj)",), license="MIT",
-        options={"quick_gelu": True}),
+        "transformers", "CLIPVisionModel", "vit", "fm-general", "hf_clip", "hf-hub:openai/clip-vit-large-patch14",
+        prefix="vision_model.", ignore=r"embeddings\.position_ids", mean=CLIP_MEAN, std=CLIP_STD, features=1024,
+        pool="token", blocks=r"model\.encoder\.layers\.\d+", targets=HF_CLIP_TARGETS, license="MIT",
+        options={"config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                            "num_attention_heads": 16, "patch_size": 14, "hidden_act": "quick_gelu"}}),
     # BiomedCLIP: an open_clip model whose vision tower is a timm ViT-B/16 (`visual.trunk`, as in the hub's
     # open_clip_config.json), so timm builds it; its text tower (PubMedBERT) and projection (`visual.head`) are not used
     "biomedclip": ZooEntry(
-        "timm", "vit_base_patch16_224", "vit", "fm-biomedical",
+        "timm", "vit_base_patch16_224", "vit", "fm-biomedical", "timm_vit",
         "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
         files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"), prefix="visual.trunk.",
         mean=CLIP_MEAN, std=CLIP_STD, features=768, pool="token", blocks=VIT_BLOCKS, targets=VIT_TARGETS,
         license="MIT"),
     # PubMedCLIP: a CLIP ViT-B/32 fine-tuned on ROCO; transformers CLIPModel checkpoint, vision tower only
     "pubmedclip": ZooEntry(
-        "transformers", "CLIPVisionModel", "vit", "fm-biomedical",
+        "transformers", "CLIPVisionModel", "vit", "fm-biomedical", "hf_clip",
         "hf-hub:flaviagiammarino/pubmed-clip-vit-base-patch32",
         prefix="vision_model.", ignore=r"embeddings\.position_ids", mean=CLIP_MEAN, std=CLIP_STD, features=768,
         pool="token", blocks=r"model\.encoder\.layers\.\d+", targets=HF_CLIP_TARGETS, license="MIT",
@@ -124,13 +141,13 @@ ZOO: dict[str, ZooEntry] = {
     # `vision_model.model` (torchvision ResNet-50 whose `fc` is the projection, or transformers' Swin-Tiny).
     # The zip URLs are those of MedCLIP's medclip/medclip_{resnet,vit}_weight.txt pointers.
     "medclip_resnet50": ZooEntry(
-        "torchvision", "resnet50", "cnn", "fm-biomedical",
+        "torchvision", "resnet50", "cnn", "fm-biomedical", "cnn",
         "https://storage.googleapis.com/pytrial/medclip-pretrained.zip",
         files=("pytorch_model.bin",), prefix="vision_model.model.", ignore=r"fc\.weight", mean=MEDCLIP_MEAN,
         std=MEDCLIP_STD, features=2048, blocks=r"layer\d", targets=CNN_TARGETS, license="MIT (MedCLIP repository)",
         options={"head": "fc"}),
     "medclip_vit": ZooEntry(
-        "transformers", "SwinModel", "vit", "fm-biomedical",
+        "transformers", "SwinModel", "vit", "fm-biomedical", "hf_swin",
         "https://storage.googleapis.com/pytrial/medclip-vit-pretrained.zip",
         files=("pytorch_model.bin",), prefix="vision_model.model.", renames=SWIN_V4_RENAMES,
         ignore=r".*relative_position_index", mean=MEDCLIP_MEAN, std=MEDCLIP_STD, features=768,
@@ -167,10 +184,19 @@ def _timm_entry(arch: str) -> ZooEntry:
     base = arch.partition(".")[0]
     vit = re.search(r"vit|deit|beit|eva|swin|dinov2", base) is not None
     test = base.startswith("test_")  # timm's tiny test models are normalised to [-1, 1]
-    return ZooEntry("timm", base, "vit" if vit else "cnn", "custom", f"timm:{arch}",
+    return ZooEntry("timm", base, "vit" if vit else "cnn", "custom", _timm_layout(base, vit), f"timm:{arch}",
                     mean=(0.5, 0.5, 0.5) if test else IMAGENET_MEAN, std=(0.5, 0.5, 0.5) if test else IMAGENET_STD,
                     pool="token" if vit else "avg", blocks=VIT_BLOCKS if vit else CNN_BLOCKS,
                     targets=VIT_TARGETS if vit else CNN_TARGETS)
+
+
+def _timm_layout(base: str, vit: bool) -> str:
+    """The layout of a bare timm architecture, from its name (see LAYOUTS)."""
+    if vit:
+        return "timm_swin" if "swin" in base else "timm_vit"
+    if re.match(r"vgg\d+$", base):
+        return "vgg"
+    return "cnn_layernorm" if re.search(r"convnext|convformer|caformer|poolformer", base) else "cnn"
 
 
 def resolve(arch: str, img_size: int | None = None, pretrained: bool = False) -> ZooEntry:
