@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 FRONTAL = {"PA", "AP"}
@@ -100,6 +101,14 @@ def view_of(ds: pydicom.Dataset) -> str:
     return "unknown"
 
 
+def _values(ds: pydicom.Dataset, keyword: str) -> list[str]:
+    """A multi-valued attribute (e.g. ImageType) as upper-case strings; [] when absent."""
+    value = ds.get(keyword)
+    if value in (None, ""):
+        return []
+    return [str(v).strip().upper() for v in (value if isinstance(value, MultiValue) else [value])]
+
+
 def header(path: str | Path) -> dict:
     """The standard-table fields of one file, read without its pixels."""
     ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -115,6 +124,8 @@ def header(path: str | Path) -> dict:
         "series_uid": _text(ds, "SeriesInstanceUID"),
         "series_description": _text(ds, "SeriesDescription"),
         "study_description": _text(ds, "StudyDescription"),
+        "image_type": _values(ds, "ImageType"),
+        "referenced_images": len(ds.get("ReferencedImageSequence") or []),
     }
 
 
@@ -126,6 +137,22 @@ def not_frontal_chest(fields: dict) -> str | None:
     if fields["view"] not in (*FRONTAL, "frontal"):
         described = fields["series_description"] or fields["study_description"] or "none"
         return f"view is {fields['view']} (ViewPosition/description: '{described}'), not frontal"
+    return None
+
+
+def derived(fields: dict) -> str | None:
+    """Why an image is derived from other images (None when it is not): the optional filter's reason.
+
+    Derived means ImageType DERIVED\\SECONDARY (pixel values computed from other images after the
+    examination, e.g. a subtraction) or a ReferencedImageSequence (public NY-SBU pipelines drop images that
+    reference others as possible difference images). DERIVED\\PRIMARY is not derived here: an ordinary
+    processed-for-presentation radiograph may carry it (MIMIC-CXR's images do).
+    """
+    kind = fields["image_type"]
+    if kind[:2] == ["DERIVED", "SECONDARY"]:
+        return "ImageType " + "\\".join(kind) + ": computed from other images"
+    if fields["referenced_images"]:
+        return f"references {fields['referenced_images']} other image(s) (ReferencedImageSequence)"
     return None
 
 

@@ -21,17 +21,24 @@ def hexdigest(path: str | Path, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
-def fetch(url: str, dest: str | Path, expected_sha256: str | None = None, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``dest``; a partial ``dest.part`` left by an interrupted run is resumed.
+def fetch(url: str, dest: str | Path, expected_sha256: str | None = None, timeout: float = 60.0,
+          resume: bool = True) -> Path:
+    """Download ``url`` to ``dest``; with ``resume``, a partial ``dest.part`` left by an interrupted run is
+    continued with an HTTP Range request (a server that ignores it answers 200 and the file starts afresh).
 
+    ``resume=False`` is for URLs that are streamed as they are generated (TCIA's series zips): they carry
+    no Content-Length and honour no Range, so a partial file is worthless and no Range is sent.
     The file appears at ``dest`` only once complete and verified, so a half download never looks done.
     A connection that closes before the announced Content-Length raises ``ConnectionError`` and keeps the
-    bytes received (urllib's chunked reads end quietly there, so the length is checked here).
+    bytes received (urllib's reads end quietly there, so the length is checked here). Without a
+    Content-Length, a chunked transfer cut mid-way raises ``http.client.IncompleteRead``; one delimited by
+    closing the connection cannot be told from a complete one, so the caller checks the content (zip
+    directory, MD5s).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
+    have = part.stat().st_size if resume and part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         start = have if have and response.status == 206 else 0
@@ -39,8 +46,9 @@ def fetch(url: str, dest: str | Path, expected_sha256: str | None = None, timeou
         with open(part, "ab" if start else "wb") as out:
             shutil.copyfileobj(response, out, CHUNK)
     if announced is not None and (size := part.stat().st_size) != start + int(announced):
+        then = "are resumed by the next attempt" if resume else "are discarded: the next attempt starts again"
         raise ConnectionError(f"{url}: transfer cut after {size - start} of {announced} bytes; "
-                              f"the {size} bytes in {part} are resumed by the next attempt")
+                              f"the {size} bytes in {part} {then}")
     if expected_sha256 and (got := hexdigest(part)) != expected_sha256:
         part.unlink()
         raise ValueError(f"{url}: checksum mismatch, expected sha256 {expected_sha256}, got {got}; the partial file was removed")
