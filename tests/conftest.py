@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import polars as pl
@@ -10,7 +11,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-COHEN_SAMPLE = ROOT.parent / "shared" / "data" / "cohen-sample"
+# the real sample next to the checkout, or where FTBENCH_COHEN_SAMPLE says (e.g. from a git worktree elsewhere)
+COHEN_SAMPLE = Path(os.environ.get("FTBENCH_COHEN_SAMPLE", ROOT.parent / "shared" / "data" / "cohen-sample"))
 
 
 @pytest.fixture(scope="session")

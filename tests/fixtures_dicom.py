@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import threading
 import urllib.parse
@@ -27,12 +28,19 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+_IMAGES = itertools.count(1)  # numbers every generated radiograph, so no two share their pixels
 
 
 def radiograph(rows: int = 48, cols: int = 40, high: int = 4095) -> np.ndarray:
-    """Stored values whose *display* has a bright left half (bone-like) and a dark right half, plus a ramp."""
+    """Stored values whose *display* has a bright left half (bone-like) and a dark right half, plus a ramp.
+
+    Each call's image is unique (the bottom row's last 12 pixels spell a call number), as different patients'
+    radiographs are: the dataset table refuses one image under two patients.
+    """
     img = np.tile(np.linspace(0.1, 0.3, cols), (rows, 1))
     img[:, : cols // 2] += 0.6
+    number = next(_IMAGES)
+    img[-1, cols - 12:] += [0.05 * (number >> bit & 1) for bit in range(12)]
     return np.round(img * high).astype(np.uint16 if high > 255 else np.uint8)
 
 

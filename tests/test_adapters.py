@@ -145,3 +145,118 @@ def test_data_report_states_choices_and_counts_per_class_centre_view_and_rejects
         assert sum(c[cls] for c in per_centre.values()) == report["patients_per_class"][cls]
         assert report["images_per_view_and_class"]["PA"][cls] == report["images_per_class"][cls]
     assert report["images_per_patient"] == {"1": sum(report["patients_per_class"].values())}
+
+
+# ---- issue 14: Cohen's real metadata carries free text besides Y/N; a pinned snapshot -------------------------------
+COHEN_COLUMNS = ("patientid,offset,sex,age,finding,survival,intubated,intubation_present,went_icu,in_icu,view,modality,"
+                 "date,location,folder,filename,doi,url,license,clinical_notes,other_notes,")
+COHEN_ROWS = [  # (patient, offset, finding, survival, intubated, went_icu, view): the kinds of rows upstream holds
+    ("1", "0", "COVID-19", "Y", "N", "N", "PA"), ("1", "3", "COVID-19", "Y", "N", "N", "AP"),
+    ("2", "0", "COVID-19", "N", "Y", "Y", "AP Supine"), ("3", "5", "COVID-19, ARDS", "N", "Y", "Y", "AP"),
+    ("4", "?", "COVID-19", "?", "Not visible", "Would have been stated", "PA"),  # free text meaning "not known"
+    ("5", "", "COVID-19", "Y", "N", "N", "PA"), ("6", "2", "COVID-19", "", "", "", "PA"),
+    ("7", "1", "SARS", "N", "", "", "PA"), ("8", "0", "todo", "Y", "Not visible", "Would have been stated", "PA"),
+    ("9", "4", "COVID-19", "Y", "N", "N", "L"),
+]
+
+
+def _cohen_metadata(root, rows=COHEN_ROWS):
+    """An upstream-layout folder written by the test: metadata.csv with free-text labels, one small PNG per row."""
+    (root / "images").mkdir(parents=True)
+    lines = [COHEN_COLUMNS]
+    for i, (pid, offset, finding, survival, intubated, icu, view) in enumerate(rows):
+        img = np.zeros((24, 24), np.uint8)
+        img[i, :] = 200
+        Image.fromarray(img).save(root / "images" / f"{i}.png")
+        lines.append(f'{pid},{offset},M,60,"{finding}",{survival},{intubated},,{icu},,{view},X-ray,2020,"Somewhere, X",'
+                     f'images,{i}.png,,,,"notes, with a comma",,')
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def default_cohen_tasks():
+    from conftest import ROOT
+
+    from ftbench.config import load
+
+    config = load(ROOT / "config.yaml")
+    return {name: config["tasks"][name] for name in ("cohen_death", "cohen_icu", "cohen_intubated")}
+
+
+def test_default_cohen_tasks_drop_and_count_declared_unknown_values(tmp_path, default_cohen_tasks):
+    table, rejects = build_table("cohen", {"adapter": "cohen", "path": str(_cohen_metadata(tmp_path / "c"))}, tmp_path)
+    assert rejects.height == 0 and table["time_kind"].to_list().count("number") == 8  # '?' and '' are missing
+    expected = {  # task: (declared unknown values counted, images per class, patients per class)
+        "cohen_death": ({"?": 1}, {"0": 3, "1": 2}, {"0": 2, "1": 2}),
+        "cohen_icu": ({"Would have been stated": 1}, {"0": 3, "1": 2}, {"0": 2, "1": 2}),
+        "cohen_intubated": ({"Not visible": 1}, {"0": 3, "1": 2}, {"0": 2, "1": 2}),
+    }
+    for name, spec in default_cohen_tasks.items():
+        rows, report = tasks.build(table, spec, name, rejects)
+        unknown, images, patients = expected[name]
+        assert report["images_with_a_declared_unknown_label"] == unknown, name
+        assert report["images_per_class"] == images and report["patients_per_class"] == patients, name
+        assert report["unlabelled_images"] == 2  # patient 6's empty label and the declared unknown value
+        # each filter's counts: what it left out, by value, and the images after it
+        assert report["images_filtered_out"] == {"finding: SARS": 1, "finding: todo": 1, "view: L": 1}
+        assert report["steps"] == {"images": 10, "after filter finding": 8, "after filter modality": 8,
+                                   "after filter view": 7, "with a known label": 5}
+        assert report["times_read_as"] == {"missing": 1, "number": 4}
+
+
+def test_an_undeclared_free_text_label_stays_an_error_naming_value_and_image(tmp_path, default_cohen_tasks):
+    rows = [*COHEN_ROWS, ("10", "0", "COVID-19", "Unclear", "N", "N", "PA")]
+    table, _ = build_table("cohen", {"adapter": "cohen", "path": str(_cohen_metadata(tmp_path / "c", rows))}, tmp_path)
+    with pytest.raises(ValueError, match=r"task 'cohen_death': column 'survival' has value\(s\) \['Unclear'\] outside "
+                                         r"the declared positive \['N'\] and negative \['Y'\].*image 10:10.png"):
+        tasks.build(table, default_cohen_tasks["cohen_death"], "cohen_death")
+
+
+def test_cohen_download_checks_file_checksums_and_refuses_an_archive_unlike_the_first(tmp_path):
+    import hashlib
+    import http.server
+    import io
+    import json
+    import threading
+    import zipfile
+
+    from ftbench.data.adapters import RECORD, download, download_source
+
+    def archive(comment: bytes) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as zf:
+            zf.writestr("covid-chestxray-dataset-abc/metadata.csv", "patientid,offset\n1,0\n")
+            zf.comment = comment  # the same files in other bytes: what a host rebuilding its archives may serve
+        return buffer.getvalue()
+
+    served = {"body": archive(b"first")}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(served["body"])))
+            self.end_headers()
+            self.wfile.write(served["body"])
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        metadata = hashlib.sha256(b"patientid,offset\n1,0\n").hexdigest()
+        spec = {"adapter": "cohen", "url": f"http://127.0.0.1:{server.server_address[1]}/abc.zip",
+                "checksums": {"metadata.csv": metadata}}
+        out = tmp_path / "cohen"
+        download("cohen", download_source(spec), out)
+        assert json.loads((out / RECORD).read_text()) == {spec["url"]: hashlib.sha256(served["body"]).hexdigest()}
+        served["body"] = archive(b"rebuilt")
+        with pytest.raises(ValueError, match=f"checksum mismatch.*{RECORD} holds the SHA-256 of this URL's first download"):
+            download("cohen", download_source(spec), out)
+        wrong = {**spec, "checksums": {"metadata.csv": "0" * 64}}
+        with pytest.raises(ValueError, match="metadata.csv has SHA-256 .*, the config's checksums say 0000"):
+            download("cohen", download_source(wrong), tmp_path / "other")
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -34,11 +34,34 @@ def test_demo_and_default_configs_are_valid(demo_config):
     (lambda c: c.update(cluster={"runtimes": "results/partial/none.csv"}), "cluster.runtimes"),
     (lambda c: c.update(cluster={"runtime_margin": 0.5}), "cluster.runtime_margin"),
     (lambda c: c.update(cluster={"pilot_task": "nysbu_death"}), "cluster.pilot_task"),
+    # issue 17: a value declared in two classes; an empty grid; a setting the dataset's adapter would ignore
+    (lambda c: c["tasks"]["synthetic_outcome"].update(negative=["poor", "good"]), "tasks.synthetic_outcome.negative"),
+    (lambda c: c["tasks"]["synthetic_outcome"].update(unknown=["?", "good"]), "tasks.synthetic_outcome.unknown"),
+    (lambda c: c.update(regimes={"full": False, "fewshot": {"k": []}}), "regimes.fewshot.k"),
+    (lambda c: c.update(regimes={"full": False, "fewshot": None}), "regimes"),
+    (lambda c: c["datasets"]["synthetic"].update(encoding="latin-1"), "datasets.synthetic.encoding"),
 ])
 def test_bad_config_names_the_key(raw_config, mutate, key):
     mutate(raw_config)
     with pytest.raises(ConfigError, match=f"config key '{key}'"):
         validate(raw_config)
+
+
+def test_a_value_in_two_classes_names_the_value(raw_config):
+    raw_config["tasks"]["synthetic_outcome"].update(positive=["poor"], negative=["poor", "good"])
+    with pytest.raises(ConfigError, match="'tasks.synthetic_outcome.negative': value 'poor' is also declared positive"):
+        validate(raw_config)
+
+
+def test_fewshot_null_turns_few_shot_off_and_the_grid_line_says_what_runs(raw_config):
+    from ftbench.config import merge, resolved_grid
+
+    config = validate(merge(raw_config, {"regimes": {"full": True}}))  # merged into config.yaml's: few-shot stays on
+    assert "few-shot K=4 x 1 repetition(s)" in resolved_grid(config, len(grid.cells(config)))
+    config = validate(merge(raw_config, {"regimes": {"full": True, "fewshot": None}}))
+    line = resolved_grid(config, len(grid.cells(config)))
+    assert grid.regimes(config) == ["full"] and "few-shot" not in line.partition("(")[0]
+    assert line.startswith("ftbench: grid: full data; 1 task(s), 2 model(s), 8 strategies: 75 cells")
 
 
 def test_any_timm_name_is_accepted(raw_config):

@@ -279,6 +279,39 @@ def test_a_source_without_the_weight_file_names_model_and_source(hub, tmp_path):
         weights.fetch("pubmedclip", entry, tmp_path)
 
 
+@pytest.mark.parametrize("offline_mode", [False, True])
+def test_an_unreachable_hub_is_named_not_blamed_on_missing_files(monkeypatch, tmp_path, offline_mode):
+    """No network (a closed port) or HF_HUB_OFFLINE: the error names the host and the docs, not 'none of the files'."""
+    import socket
+
+    import huggingface_hub.constants as hf
+    import huggingface_hub.utils._http as hf_http
+
+    with socket.socket() as s:  # a port nothing listens on: connection refused, as on a machine without network
+        s.bind(("127.0.0.1", 0))
+        host = f"127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(hf, "ENDPOINT", f"http://{host}")
+    monkeypatch.setattr(hf, "HUGGINGFACE_CO_URL_TEMPLATE", f"http://{host}" + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", offline_mode)
+    monkeypatch.setattr(hf_http.time, "sleep", lambda seconds: None)  # the hub client's retries, without the waiting
+    entry = dataclasses.replace(ZOO["pubmedclip"], source="hf-hub:org/model")
+    reason = "HF_HUB_OFFLINE is set" if offline_mode else "Connection refused"
+    with pytest.raises(weights.WeightsError, match=rf"model 'pubmedclip': cannot reach {host} to fetch hf-hub:org/model "
+                                                   rf"\(.*{reason}.*\).*see docs/models.md, 'Offline machines'"):
+        weights.fetch("pubmedclip", entry, tmp_path)
+
+
+def test_an_unreachable_url_host_is_named(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        host = f"127.0.0.1:{s.getsockname()[1]}"
+    entry = dataclasses.replace(ZOO["medclip_vit"], source=f"http://{host}/medclip-vit-pretrained.zip")
+    with pytest.raises(weights.WeightsError, match=f"model 'medclip_vit': cannot reach {host} to fetch .*Connection refused"):
+        weights.fetch("medclip_vit", entry, tmp_path)
+
+
 def test_weights_of_another_architecture_are_refused_with_the_path(tmp_path):
     import timm
 

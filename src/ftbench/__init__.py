@@ -4,8 +4,10 @@ __version__ = "0.1.0"
 
 # Bump a constant when a change alters results, so Snakemake reruns exactly the outputs it feeds
 # (rule params carry it). Refactors that keep results bit-identical leave them alone: nothing reruns.
-DATA_VERSION = 3  # dataset tables and image stores (2: DICOM decoding, rejects.csv gains "kind"; 3: TCIA
-# series are read as their md5hashes.csv lists them, not as *.dcm, and local TCIA copies as any DICOM file)
+# DATA_VERSION: dataset tables, image stores and task tables (2: DICOM decoding, rejects.csv gains "kind"; 3: duplicate
+# images, placeholder patient ids and oversized images rejected, times read as numbers or ISO dates (time_kind),
+# labels declared unknown, the data report's new counts; TCIA series read as their md5hashes.csv lists them)
+DATA_VERSION = 3
 SPLIT_VERSION = 2  # folds and few-shot draws (2: validation schemes; validation part carved per class)
 EMBEDDING_VERSION = 1  # embedding caches of frozen backbones
 TRAINING_VERSION = 3  # training cells (3: IA3 on keys/values/MLP activation and CNN inputs, SSF after norms on

@@ -22,6 +22,15 @@ HEADLINE = ("mcc", "pr_auc", "roc_auc", "balanced_accuracy", "f1", "sensitivity"
 CELL_FACTS = ("threshold", "n_test", "positive_rate")
 RUN_FIELDS = ("trainable_params", "total_params", "trainable_fraction", "gflops", "wall_seconds", "peak_memory_mb",
               "device", "device_name", "n_train", "n_val", "epochs", "train_seconds", "check_seconds")
+CELL_SCHEMA = {"cell": pl.String, **{k: pl.String for k in KEYS}, "fold": pl.Int64, "status": pl.String,
+               "error": pl.String, "family": pl.String, **{k: pl.Float64 for k in HEADLINE + CELL_FACTS},
+               "trainable_params": pl.Int64, "total_params": pl.Int64, "trainable_fraction": pl.Float64,
+               "gflops": pl.Float64,
+               "wall_seconds": pl.Float64, "peak_memory_mb": pl.Float64, "device": pl.String, "device_name": pl.String,
+               "n_train": pl.Int64, "n_val": pl.Int64, "epochs": pl.Int64, "train_seconds": pl.Float64,
+               "check_seconds": pl.Float64}
+# What a cell file's value must be for each column type (JSON gives int, float, str; a bool is not a number).
+VALUE_TYPES = {pl.Float64: ((int, float), "number"), pl.Int64: ((int,), "whole number"), pl.String: ((str,), "text")}
 PREDICTION_COLUMNS = {"image_id": pl.String, "patient_id": pl.String, "label": pl.Int64, "centre": pl.String,
                       "prob": pl.Float64}
 
@@ -72,7 +81,14 @@ def read_cell(cell_dir: Path) -> tuple[dict, pl.DataFrame | None]:
     except (OSError, ValueError, pl.exceptions.PolarsError) as err:
         return row | {"status": "failed", "error": f"unreadable cell output: {err}", "family": "unknown"}, None
     row |= {"status": metrics.get("status", "failed"), "error": metrics.get("error"), "family": family(run)}
-    row |= {k: metrics.get(k) for k in HEADLINE + CELL_FACTS} | {k: run.get(k) for k in RUN_FIELDS}
+    values = {k: ("metrics.json", metrics.get(k)) for k in HEADLINE + CELL_FACTS} | {k: ("run.json", run.get(k))
+                                                                                       for k in RUN_FIELDS}
+    for key, (file, value) in values.items():  # a value of the wrong type is that cell's error, not the report's
+        types, word = VALUE_TYPES[CELL_SCHEMA[key]]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            return row | {"status": "failed", "error": f"{file}: '{key}' is {value!r} ({type(value).__name__}), "
+                                                       f"not a {word}"}, None
+    row |= {k: value for k, (_, value) in values.items()}
     if preds is not None:
         preds = preds.select([pl.col(c).cast(t) for c, t in PREDICTION_COLUMNS.items()]).with_columns(
             pl.lit(row["cell"]).alias("cell"),
@@ -96,14 +112,7 @@ def collect(cell_dirs: list[str | Path]) -> tuple[pl.DataFrame, pl.DataFrame]:
         rows.append(row)
         if pred is not None:
             preds.append(pred)
-    schema = {"cell": pl.String, **{k: pl.String for k in KEYS}, "fold": pl.Int64, "status": pl.String,
-              "error": pl.String, "family": pl.String, **{k: pl.Float64 for k in HEADLINE + CELL_FACTS},
-              "trainable_params": pl.Int64, "total_params": pl.Int64, "trainable_fraction": pl.Float64,
-              "gflops": pl.Float64,
-              "wall_seconds": pl.Float64, "peak_memory_mb": pl.Float64, "device": pl.String, "device_name": pl.String,
-              "n_train": pl.Int64, "n_val": pl.Int64, "epochs": pl.Int64, "train_seconds": pl.Float64,
-              "check_seconds": pl.Float64}
-    cells = _regime_columns(pl.DataFrame(rows, schema=schema, strict=False)).sort(list(KEYS))
+    cells = _regime_columns(pl.DataFrame(rows, schema=CELL_SCHEMA, strict=False)).sort(list(KEYS))
     keys = cells.select("cell", *KEYS, "regime_group", "family")
     pred_schema = {**PREDICTION_COLUMNS, "cell": pl.String, "pred": pl.Int8}
     predictions = pl.concat(preds) if preds else pl.DataFrame(schema=pred_schema)

@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as err:
         log.warning("%s: run the job again to resume", err)
         return EXIT_PREEMPTED
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, OSError, KeyError) as err:  # bad input, missing files, a full disk: one line, no traceback
         log.error("%s", err)
         return 1
     return 0

@@ -22,6 +22,9 @@ LOCAL_ONLY = {"manifest": "CSV path", "aiforcovid": "folder (registration-only d
 SCHEME_KEYS = {"kfold": ("folds",), "holdout": ("test_fraction",), "loco": ("centres",)}
 # TCIA collections whose clinical sheet ftbench knows (ftbench.data.tcia.COLLECTIONS; kept torch-, polars-free here).
 KNOWN_COLLECTIONS = ("COVID-19-NY-SBU", "COVID-19-AR")
+# Dataset keys that only some adapters read: anywhere else they would be ignored without a word.
+ADAPTER_KEYS = {"url": ("cohen",), "checksums": ("cohen",), "encoding": ("manifest",), "root": ("manifest",),
+                "columns": ("manifest",), "synthetic": ("synthetic",)}
 
 
 class ConfigError(ValueError):
@@ -53,6 +56,9 @@ def validate(config: dict, schema: str | Path = SCHEMA) -> dict:
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate as schema_validate
 
+    regimes = config.get("regimes")
+    if isinstance(regimes, dict) and "fewshot" in regimes and regimes["fewshot"] is None:
+        del regimes["fewshot"]  # `fewshot: null` in a preset: few-shot off (a mapping would merge)
     try:
         schema_validate(config, str(schema), set_default=True)
     except WorkflowError as err:
@@ -88,6 +94,7 @@ def check_references(config: dict) -> None:
                 f"config key 'tasks.{name}.dataset': unknown dataset '{task['dataset']}' "
                 f"(known: {', '.join(sorted(config['datasets']))})"
             )
+        check_classes(task, name)
     for name in bench["models"]:
         spec = config["models"][name]
         if not is_known_arch(spec["arch"]):
@@ -98,6 +105,10 @@ def check_references(config: dict) -> None:
         if config["strategies"][name].get("kind") is None:
             raise ConfigError(f"config key 'strategies.{name}.kind' is missing")
     for name, ds in config["datasets"].items():
+        for key, adapters in ADAPTER_KEYS.items():
+            if key in ds and ds["adapter"] not in adapters:
+                raise ConfigError(f"config key 'datasets.{name}.{key}': only the {', '.join(adapters)} adapter reads it, "
+                                  f"not {ds['adapter']}")
         if ds["adapter"] in LOCAL_ONLY and not ds.get("path"):
             raise ConfigError(f"config key 'datasets.{name}.path': the {ds['adapter']} adapter reads a local copy, "
                               f"give its {LOCAL_ONLY[ds['adapter']]}")
@@ -112,6 +123,8 @@ def check_references(config: dict) -> None:
                                   "clinical sheet known to ftbench; give clinical.url or clinical.path, and clinical.id_column")
     for name in bench["tasks"]:
         check_validation(task_validation(config, name), name)
+    if not config.get("regimes", {}).get("full", True) and not (config["regimes"].get("fewshot") or {}).get("k"):
+        raise ConfigError("config key 'regimes': the grid is empty (regimes.full is false and regimes.fewshot lists no K)")
     pilot = config.get("cluster", {}).get("pilot_task")
     if pilot and pilot not in bench["tasks"]:
         raise ConfigError(f"config key 'cluster.pilot_task': '{pilot}' is not a task of the benchmark "
@@ -120,6 +133,30 @@ def check_references(config: dict) -> None:
     if runtimes and not Path(runtimes).is_file():
         raise ConfigError(f"config key 'cluster.runtimes': {runtimes} does not exist "
                           "(`snakemake cost` writes results/partial/cost_cells.csv)")
+
+
+def check_classes(task: dict, name: str) -> None:
+    """A label value may belong to one of positive, negative and unknown (compared as text, as tasks compare)."""
+    seen: dict[str, str] = {}
+    for role in ("positive", "negative", "unknown"):
+        for value in map(str, task.get(role) or []):
+            if value in seen and seen[value] != role:
+                raise ConfigError(f"config key 'tasks.{name}.{role}': value '{value}' is also declared {seen[value]}")
+            seen[value] = role
+
+
+def resolved_grid(config: dict, cells: int) -> str:
+    """One line saying which regimes, K and repetitions the grid holds (printed at the start of every run:
+    a preset's ``regimes:`` merges into config.yaml's, so what runs is not always what the preset shows)."""
+    regimes = config.get("regimes", {})
+    fewshot = regimes.get("fewshot") or {}
+    parts = ["full data"] if regimes.get("full", True) else []
+    if fewshot.get("k"):
+        parts.append(f"few-shot K={','.join(map(str, fewshot['k']))} x {fewshot.get('repetitions', 5)} repetition(s)")
+    bench = config["benchmark"]
+    return (f"ftbench: grid: {' + '.join(parts)}; {len(bench['tasks'])} task(s), {len(bench['models'])} model(s), "
+            f"{len(bench['strategies'])} strateg{'y' if len(bench['strategies']) == 1 else 'ies'}: {cells} cells "
+            "(a preset's regimes: merges key by key into config.yaml's; fewshot: null turns few-shot off)")
 
 
 def task_validation(config: dict, task: str) -> dict:

@@ -198,14 +198,12 @@ def fewshot_curves(summary: pl.DataFrame, task: str, metric: str, style: Styles)
             low, high = _ci(few, metric)
             if len(x) > 1:
                 ax.fill_between(x, low, high, color=colour, alpha=0.12, lw=0)
-            ax.errorbar(x, mean, yerr=[mean - low, high - mean], color=colour, marker="o", ms=3.5, lw=1.4,
-                        capsize=2, label=strategy)
+            _interval(ax, x, mean, low, high, color=colour, marker="o", ms=3.5, lw=1.4, capsize=2, label=strategy)
             full = sub.filter(pl.col("regime_group") == "full")
             if has_full and full.height:
                 fm = full[f"{metric}_mean"].to_numpy()
                 flo, fhi = _ci(full, metric)
-                ax.errorbar([len(ks) + shift], fm, yerr=[fm - flo, fhi - fm], color=colour, marker="s", ms=4,
-                            capsize=2, ls="none")
+                _interval(ax, [len(ks) + shift], fm, flo, fhi, color=colour, marker="s", ms=4, capsize=2, ls="none")
         if has_full:
             ax.axvline(len(ks) - 0.5, color="#d0d7de", lw=0.8, ls="--")
         ax.axhline(0, color="grey", lw=0.6)
@@ -219,6 +217,16 @@ def fewshot_curves(summary: pl.DataFrame, task: str, metric: str, style: Styles)
     fig.legend(handles, names, title="strategy", loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False)
     fig.tight_layout()
     return to_svg(fig)
+
+
+def _interval(ax, x, mean, low, high, **style) -> None:
+    """The mean with its CI as error bars; where the mean lies outside the CI (the mean is over folds, the CI a
+    bootstrap of the pooled predictions) the CI is drawn as it is, a plain line, and the mean beside it."""
+    x, mean, low, high = (np.asarray(v, dtype=float) for v in (x, mean, low, high))
+    inside = (low <= mean) & (mean <= high)
+    ax.errorbar(x, mean, yerr=[np.where(inside, mean - low, 0), np.where(inside, high - mean, 0)], **style)
+    if not inside.all():
+        ax.vlines(x[~inside], low[~inside], high[~inside], color=style.get("color"), lw=style.get("lw", 1.0))
 
 
 def _ci(frame: pl.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -252,9 +260,9 @@ def efficiency(summary: pl.DataFrame, task: str, style: Styles, metric: str = "m
         ax.plot(x[front][order], mean[front][order], color="#57606a", lw=1, ls="--", zorder=1,
                 drawstyle="steps-post", label="Pareto front")
         for i, (model, strategy) in enumerate(data.select("model", "strategy").iter_rows()):
-            ax.errorbar(x[i], mean[i], yerr=[[mean[i] - low[i]], [high[i] - mean[i]]], color=style.colour[strategy],
-                        marker=style.marker.get(model, "o"), ms=6, capsize=2, lw=0.8,
-                        markeredgecolor="black" if front[i] else style.colour[strategy], markeredgewidth=1.2)
+            _interval(ax, [x[i]], [mean[i]], [low[i]], [high[i]], color=style.colour[strategy],
+                      marker=style.marker.get(model, "o"), ms=6, capsize=2, lw=0.8,
+                      markeredgecolor="black" if front[i] else style.colour[strategy], markeredgewidth=1.2)
         if cost == "trainable_params" and np.nanmin(x) > 0:
             ax.set_xscale("log")
         ax.set_xlabel(label)

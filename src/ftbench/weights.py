@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.error
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
@@ -27,16 +28,29 @@ class WeightsError(ValueError):
     """A model's weights are missing, unreadable or do not fit its architecture; the message names model and path."""
 
 
+class Unreachable(ConnectionError):
+    """The weights' host cannot be reached (no network, offline mode, a firewall): not a missing file."""
+
+    def __init__(self, host: str, source: str, reason: object):
+        super().__init__(f"cannot reach {host} to fetch {source} ({reason}). On a machine without internet, fetch the "
+                         f"weights where {host} can be reached (`snakemake --until weights`, e.g. on the login node) and "
+                         "copy resources/weights/ here, or give a local file as models.<name>.weights; see "
+                         "docs/models.md, 'Offline machines'")
+
+
 # ---------------------------------------------------------------------------------------------------- fetching
 def _hf_hub(source: str, entry: ZooEntry, out_dir: Path) -> Path:
     """The first of ``entry.files`` that the Hugging Face repo has, downloaded into ``out_dir`` (honours HF_ENDPOINT)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     repo = source.removeprefix("hf-hub:").strip("/")
     for name in entry.files:
         try:
             return Path(hf_hub_download(repo, name, local_dir=out_dir))
+        except LocalEntryNotFoundError as err:  # a subclass of EntryNotFoundError: the hub did not answer at all
+            reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else err.__cause__ or err
+            raise Unreachable(urlparse(constants.ENDPOINT).netloc, source, reason) from err
         except EntryNotFoundError:
             continue
     raise FileNotFoundError(f"{source} has none of the weight files {list(entry.files)}")
@@ -44,7 +58,12 @@ def _hf_hub(source: str, entry: ZooEntry, out_dir: Path) -> Path:
 
 def _url(source: str, entry: ZooEntry, out_dir: Path) -> Path:
     """A weight file at an http(s) URL, or the first of ``entry.files`` inside a .zip / .tar(.gz) archive there."""
-    target = download.fetch(source, out_dir / Path(urlparse(source).path).name)
+    try:
+        target = download.fetch(source, out_dir / Path(urlparse(source).path).name)
+    except urllib.error.HTTPError:
+        raise  # the host answered
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+        raise Unreachable(urlparse(source).netloc, source, getattr(err, "reason", err)) from err
     if target.name.endswith((".zip", ".tar", ".tar.gz", ".tgz")):
         download.extract(target, out_dir)
         target.unlink()  # the archive holds nothing else we use; keep only the extracted files
@@ -84,6 +103,8 @@ def fetch(model: str, entry: ZooEntry, out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         return SOURCES[scheme](entry.source, entry, out_dir)
+    except Unreachable as err:
+        raise WeightsError(f"model '{model}': {err}") from err
     except Exception as err:  # network, hub and archive errors alike: say which model and where from
         raise WeightsError(f"model '{model}': cannot fetch {entry.source} into {out_dir}: "
                            f"{type(err).__name__}: {err}") from err

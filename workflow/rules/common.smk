@@ -7,7 +7,7 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 
 from ftbench import DATA_VERSION, EMBEDDING_VERSION, SPLIT_VERSION
-from ftbench.config import ConfigError, selected, validate
+from ftbench.config import ConfigError, resolved_grid, selected, validate
 from ftbench import grid
 
 try:
@@ -18,6 +18,7 @@ except ConfigError as err:
 TASKS = selected(config, "tasks")
 DATASETS = {name: config["datasets"][name] for name in dict.fromkeys(t["dataset"] for t in TASKS.values())}
 CELLS = grid.cells(config)
+print(resolved_grid(config, len(CELLS)), file=sys.stderr)
 for (model, strategy), reason in grid.excluded(config).items():
     print(f"ftbench: not in the grid: {model} x {strategy}: {reason}", file=sys.stderr)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +13,49 @@ import polars as pl
 from ftbench.data.images import decode, resize
 
 
+
+def _header(shape: tuple[int, int, int]) -> bytes:
+    """The .npy header of a C-ordered uint8 array of ``shape`` (what np.save writes before the data)."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+def _check_space(folder: Path, needed: int, out: Path) -> None:
+    available = shutil.disk_usage(folder).free
+    if available < needed:
+        raise OSError(f"{out}: not enough free disk space for the image store: it needs {_size(needed)}, "
+                      f"{folder} has {_size(available)} available; free some space or move results/")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB ({n:,} bytes)"
+
+
 def build(table: pl.DataFrame, side: int, out: str | Path) -> Path:
-    """Decode, convert to grayscale and resize every image of ``table`` (row order) into a .npy file."""
+    """Decode, convert to grayscale and resize every image of ``table`` (row order) into a .npy file.
+
+    The free space is checked first (the size is known), the array is written sequentially under a temporary
+    name (a full disk is then an ordinary error, not a crash inside a memory map) and renamed when complete;
+    on any failure the temporary file is removed.
+    """
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp.npy")
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(table.height, side, side))
-    for i, file in enumerate(table["file"]):
-        array[i] = resize(decode(file), side)
-    array.flush()
-    del array
-    tmp.replace(out)
+    header = _header((table.height, side, side))
+    needed = len(header) + table.height * side * side
+    _check_space(out.parent, needed, out)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(header)
+            for file in table["file"]:
+                fh.write(resize(decode(file, max_pixels=None), side).tobytes())  # the table's images passed the limit
+        tmp.replace(out)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(err.errno, f"{out}: the disk filled up while writing the image store ({err.strerror}); "
+                                     f"it needs {_size(needed)}; the partial file was removed") from err
+        raise
     return out
 
 

@@ -1,9 +1,11 @@
 """From a dataset table to one task: filter rows, binarise the label, pick images per patient.
 
 The task table keeps ``row`` (the image's row in the dataset's store) and a 0/1 ``label``. What the
-filter and the label leave out is counted in the data report, never dropped without a trace; the report
-also states the task's choices (label, classes, images per patient, unit of splitting) and the counts per
-class, centre, view and patient, and what the dataset rejected before the task saw it.
+filter and the label leave out is counted in the data report, never dropped without a trace: empty labels,
+and values the task declares ``unknown`` (free text such as "?"), drop out and are counted; any other value
+outside the declared classes is an error. The report also states the task's choices (label, classes,
+images per patient, unit of splitting), the counts per class, centre, view and patient, how the times were
+read, and what the dataset rejected before the task saw it (duplicates, missing patient ids, ...).
 """
 
 from __future__ import annotations
@@ -21,16 +23,20 @@ def build(table: pl.DataFrame, task: dict, name: str, rejects: pl.DataFrame | No
     if label not in table.columns:
         raise ValueError(f"task '{name}': label column '{label}' is not in dataset '{task['dataset']}' "
                          f"(columns: {', '.join(table.columns)})")
-    steps = {"images": table.height}
+    steps, filtered_out = {"images": table.height}, {}
     rows = table.with_row_index("row")
     for column, values in task.get("filter", {}).items():
         if column not in rows.columns:
             raise ValueError(f"task '{name}': filter column '{column}' is not in dataset '{task['dataset']}'")
-        rows = rows.filter(pl.col(column).is_in(_as_text(values)))
+        keep = pl.col(column).is_in(_as_text(values)).fill_null(False)
+        for value, count in rows.filter(~keep).group_by(column).len().sort(column, nulls_last=True).iter_rows():
+            filtered_out[f"{column}: {'(empty)' if value is None else value}"] = count
+        rows = rows.filter(keep)
         steps[f"after filter {column}"] = rows.height
-    positive = _as_text(task["positive"])
+    positive, unknown_values = _as_text(task["positive"]), _as_text(task.get("unknown", []))
     lab = pl.col(label)
-    present = lab.is_not_null() & (lab.str.strip_chars() != "")
+    present = lab.is_not_null() & (lab.str.strip_chars() != "") & ~lab.is_in(unknown_values)
+    declared_unknown = _counts(rows.filter(lab.is_in(unknown_values)), label)
     if task.get("negative"):
         negative = lab.is_in(_as_text(task["negative"]))
         stray = rows.filter(present & ~lab.is_in(positive) & ~negative)
@@ -38,21 +44,25 @@ def build(table: pl.DataFrame, task: dict, name: str, rejects: pl.DataFrame | No
             values = sorted(stray[label].unique().to_list())
             raise ValueError(f"task '{name}': column '{label}' has value(s) {values} outside the declared positive "
                              f"{positive} and negative {_as_text(task['negative'])} (config key 'tasks.{name}'), e.g. "
-                             f"image {stray['image_id'][0]} ({stray['file'][0]}); declare them or filter the rows")
+                             f"image {stray['image_id'][0]} ({stray['file'][0]}); declare them (positive, negative, or "
+                             "unknown: rows left out and counted) or filter the rows")
     else:
         negative = present & ~lab.is_in(positive)
-    known = (lab.is_in(positive) | negative).fill_null(False)  # an empty label is unknown, and counted
-    unknown = rows.filter(~known)
+    known = (present & (lab.is_in(positive) | negative)).fill_null(False)  # empty or declared unknown: counted
+    unlabelled = rows.filter(~known)
     rows = rows.filter(known).with_columns(lab.is_in(positive).cast(pl.Int8).alias("label"))
     steps["with a known label"] = rows.height
+    kind = (pl.col("time_kind") if "time_kind" in rows.columns  # how the dataset read each time
+            else pl.when(pl.col("time").is_not_null()).then(pl.lit("number")))
+    times = _counts(rows.select(kind.fill_null("missing").alias("time")), "time")
     conflicts = rows.group_by("patient_id").agg(pl.col("label").n_unique().alias("n")).filter(pl.col("n") > 1)
     if conflicts.height:
         ids = sorted(conflicts["patient_id"].to_list())
         raise ValueError(f"task '{name}': patient(s) {ids[:10]} have images with both labels in column '{label}'; "
                          "a prognostic label must be one per patient (fix the source or filter the rows)")
     policy = task.get("images", "all")
-    if policy != "all":
-        order = rows.sort(["patient_id", "time", "row"], nulls_last=True)
+    if policy != "all":  # an image without a time is chosen only when none of the patient's images has one
+        order = rows.sort(["patient_id", "time", "row"], nulls_last=policy == "first")
         rows = order.group_by("patient_id", maintain_order=True).agg(pl.all().first() if policy == "first" else pl.all().last())
         steps[f"{policy} image per patient"] = rows.height
     rows = rows.select("row", "image_id", "patient_id", "label", "centre", "view", "time").sort("row")
@@ -66,10 +76,15 @@ def build(table: pl.DataFrame, task: dict, name: str, rejects: pl.DataFrame | No
         "label": label,
         "positive": positive,
         "negative": _as_text(task["negative"]) if task.get("negative") else "every other non-empty value",
+        "unknown": unknown_values,
         "images_policy": policy,
+        "images_chosen_without_a_time": rows.filter(pl.col("time").is_null()).height if policy != "all" else 0,
         "split_by": task.get("split_by", "patient"),
         "steps": steps,
-        "unlabelled_images": unknown.height,
+        "images_filtered_out": filtered_out,
+        "unlabelled_images": unlabelled.height,
+        "images_with_a_declared_unknown_label": declared_unknown,
+        "times_read_as": times,
         "images_per_class": _counts(rows, "label"),
         "patients_per_class": _counts(rows.unique("patient_id"), "label"),
         "images_per_centre": _counts(rows, "centre"),
