@@ -8,4 +8,5 @@ DATA_VERSION = 2  # dataset tables and image stores (2: DICOM decoding, rejects.
 SPLIT_VERSION = 2  # folds and few-shot draws (2: validation schemes; validation part carved per class)
 EMBEDDING_VERSION = 1  # embedding caches of frozen backbones
 TRAINING_VERSION = 2  # training cells (2: ViT adapters on block linears only, not the patch embedding)
-REPORT_VERSION = 2  # summary tables, statistics and the report (2: cells table gains sizes, epochs, time split)
+REPORT_VERSION = 3  # summary tables, statistics and the report (2: cells table gains sizes, epochs, time split;
+#   3: tests across tasks use one block per task, never folds; within a task, corrected and Bayesian correlated t)
