@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 from scipy import stats as ss
 from sklearn import metrics as skm
+from statsmodels.stats.multitest import multipletests
 
 from ftbench import stats
 
@@ -122,6 +123,14 @@ def test_wilcoxon_holm_hand_computed():
     few, names3 = wide(a=[0.9] * 5, b=[0.1] * 5)
     (row,) = stats.paired_wilcoxon(few, names3, 0.05)
     assert row["p_value"] is None and row["wins"] == 5 and "minimum 6" in row["note"]
+
+
+def test_holm_equals_statsmodels():
+    rng = np.random.default_rng(1)
+    for m in (1, 2, 5, 28):
+        p = rng.uniform(0, 0.2, m)
+        p[: m // 3] = p[0]  # ties
+        assert stats.holm(list(p)) == pytest.approx(multipletests(p, method="holm")[1])
 
 
 def test_smallest_wilcoxon_p_is_two_over_two_to_the_n():

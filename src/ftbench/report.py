@@ -433,7 +433,7 @@ on the same cells (a failed or missing cell leaves that cell out for every strat
 models of a family only (e.g. VPT on ViTs) is compared on those models in a scope of its own, beside the scope of
 the strategies that run on all. The <b>Friedman test</b> (scipy) with <b>Nemenyi</b> post-hoc (scikit-posthocs;
 critical-difference diagrams) and paired <b>Wilcoxon</b> signed-rank tests (scipy) with <b>Holm</b> correction
-(statsmodels) run over these blocks, with at least {min_tasks} tasks: with N tasks the exact Wilcoxon test cannot
+over the scope's pairs run over these blocks, with at least {min_tasks} tasks: with N tasks the exact Wilcoxon test cannot
 give p below 2/2<sup>N</sup>, which reaches alpha = {alpha} from N = {min_tasks} on. With fewer tasks the report
 shows mean ranks and says that no test is possible; it never tests over folds instead.</li>
 <li><b>Within one task</b> the unit is the <b>fold</b>: per task, model and regime, every pair of strategies is

@@ -1,6 +1,6 @@
 """Statistics of the grid: patient-bootstrap CIs, comparisons of strategies across and within tasks, Pareto fronts.
 
-The tests come from scipy, scikit-posthocs, statsmodels and baycomp; this module arranges the grid into the
+The tests come from scipy, scikit-posthocs and baycomp (Holm's correction is :func:`holm`); this module arranges the grid into the
 shapes they expect and says, in words, when a grid is too small for a test to mean anything.
 
 Folds of one task share most of their training patients, and models of a family see the same data, so
@@ -15,6 +15,7 @@ neither is an independent data set (Demšar 2006; Benavoli et al. 2017). Hence t
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -26,7 +27,6 @@ import numpy as np
 import polars as pl
 import scikit_posthocs as sp
 from scipy import stats as ss
-from statsmodels.stats.multitest import multipletests
 
 BLOCK = ("task", "model", "fold")
 GROUP = ("family", "regime_group")
@@ -175,6 +175,7 @@ def critical_difference(k: int, n: int, alpha: float = 0.05) -> float:
     return float(q * np.sqrt(k * (k + 1) / (6 * n)))
 
 
+@functools.lru_cache
 def smallest_wilcoxon_p(n: int) -> float:
     """The smallest two-sided p-value the exact signed-rank test can give with ``n`` pairs."""
     return float(ss.wilcoxon(np.arange(1, n + 1)).pvalue) if n else float("nan")
@@ -188,6 +189,21 @@ def min_tasks(alpha: float) -> int:
     while smallest_wilcoxon_p(n) >= alpha:
         n += 1
     return n
+
+
+def holm(p_values: list[float]) -> np.ndarray:
+    """Holm-adjusted p-values: the i-th smallest times (m - i + 1), made monotone, at most 1.
+
+    The same numbers as statsmodels' ``multipletests(p, method="holm")`` (tests/test_stats.py checks it), which
+    runs ``gc.collect()`` on every Holm call: 139 ms a call in this process, and a grid of config.yaml's shape
+    makes 660 calls (``bench/stats.py``, docs/performance.md).
+    """
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(np.maximum.accumulate(p[order] * np.arange(len(p), 0, -1)), 1.0)
+    out = np.empty_like(adjusted)
+    out[order] = adjusted
+    return out
 
 
 def no_test_note(n: int, alpha: float) -> str:
@@ -287,13 +303,13 @@ def paired_wilcoxon(wide: pl.DataFrame, strategies: list[str], alpha: float) -> 
         rows.append(row)
     tested = [r for r in rows if r["statistic"] is not None]
     if tested:
-        reject, p_holm, _, _ = multipletests([r["p_value"] for r in tested], alpha=alpha, method="holm")
+        p_holm = holm([r["p_value"] for r in tested])
         floor = len(tested) * smallest_wilcoxon_p(max(r["pairs"] for r in tested))  # Holm multiplies the smallest p
-        for r, rej, p in zip(tested, reject, p_holm):
-            r |= {"p_holm": float(p), "significant": bool(rej)}
+        for r, p in zip(tested, p_holm):
+            r |= {"p_holm": float(p), "significant": bool(p < alpha)}
             if len(tested) > 1 and floor >= alpha:
-                holm = f"Holm over {len(tested)} pairs: p_holm ≥ {min(floor, 1.0):.3g}"
-                r["note"] = f"{r['note']}; {holm}" if r["note"] else holm
+                bound = f"Holm over {len(tested)} pairs: p_holm ≥ {min(floor, 1.0):.3g}"
+                r["note"] = f"{r['note']}; {bound}" if r["note"] else bound
     return rows
 
 
@@ -320,7 +336,7 @@ def correlated_t(a: np.ndarray, b: np.ndarray, rope: float) -> dict:
     return row | {"note": "the same difference in every fold: no variance to test"}
 
 
-def within_task(values: pl.DataFrame, rope: float, alpha: float) -> list[dict]:
+def within_task(values: pl.DataFrame, rope: float) -> list[dict]:
     """Every strategy pair within each (task, model, regime group), over the folds both have.
 
     Few-shot repetitions of a fold share its test patients, so they are averaged per fold first (over the
@@ -331,10 +347,10 @@ def within_task(values: pl.DataFrame, rope: float, alpha: float) -> list[dict]:
     for (task, model, regime), group in sorted(values.group_by("task", "model", "regime_group"), key=lambda g: g[0]):
         strategies = sorted(group["strategy"].unique().to_list())
         wide = group.pivot(on="strategy", index=["fold", "repetition"], values="value").sort("fold", "repetition")
-        folds = wide["fold"].to_numpy()
+        folds, matrix = wide["fold"].to_numpy(), wide.select(strategies).to_numpy().astype(float)  # null: NaN
         rows = []
-        for a, b in itertools.combinations(strategies, 2):
-            x, y = (wide[s].fill_null(np.nan).to_numpy() for s in (a, b))
+        for (i, a), (j, b) in itertools.combinations(enumerate(strategies), 2):
+            x, y = matrix[:, i], matrix[:, j]
             both = ~(np.isnan(x) | np.isnan(y))
             fold_ids, index = np.unique(folds[both], return_inverse=True)
             count = np.bincount(index)
@@ -348,10 +364,8 @@ def within_task(values: pl.DataFrame, rope: float, alpha: float) -> list[dict]:
                 row |= correlated_t(fa, fb, rope)
             rows.append(row)
         tested = [r for r in rows if r.get("t") is not None]
-        if tested:
-            p_holm = multipletests([r["p_value"] for r in tested], alpha=alpha, method="holm")[1]
-            for r, p in zip(tested, p_holm):
-                r["p_holm"] = float(p)
+        for r, p in zip(tested, holm([r["p_value"] for r in tested])):
+            r["p_holm"] = float(p)
         family = group["family"][0]
         out += [{"task": task, "family": family, "model": model, "regime_group": regime} | r for r in rows]
     return out
@@ -377,7 +391,7 @@ def compare(cells: pl.DataFrame, metrics: tuple[str, ...] = ("mcc", "pr_auc"), a
             out["ranks"] += [key | r for r in ranks]
             out["posthoc"] += [key | r for r in posthoc]
             out["wilcoxon"] += [key | r for r in paired_wilcoxon(blocks, strategies, alpha)]
-        out["within_task"] += [r | {"metric": metric} for r in within_task(values, rope, alpha)]
+        out["within_task"] += [r | {"metric": metric} for r in within_task(values, rope)]
     return Comparisons(**{name: pl.DataFrame(rows, schema=SCHEMAS[name]) for name, rows in out.items()})
 
 
