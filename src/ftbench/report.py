@@ -302,7 +302,8 @@ def against_best(res: Results, metric: str) -> pl.DataFrame:
     sides = []
     for me, other, sign in (("a", "b", -1), ("b", "a", 1)):  # mean_diff is a - b
         sides.append(w.filter(pl.col(me) == pl.col("best")).select(
-            *keys, "best", "best_mean", pl.col(other).alias("strategy"), "folds", (sign * pl.col("mean_diff")).alias("Δ"),
+            *keys, "best", "best_mean", pl.col(other).alias("strategy"), "folds",
+            (sign * pl.col("mean_diff")).alias("Δ"),
             pl.col(f"p_{me}_better").alias("P(best better)"), pl.col("p_equivalent").alias("P(equivalent)"),
             pl.col(f"p_{other}_better").alias("P(this better)"), "p_holm", "note"))
     rows = pl.concat(sides)
@@ -333,9 +334,10 @@ def _within_html(res: Results, metric: str, label: str) -> str:
     compact = (rows.group_by(keys, maintain_order=True)
                .agg(pl.col("best").first(), pl.col("best_mean").first().alias(label), pl.col("folds").max(),
                     *(listed(k) for k in kinds))
-               .rename({"regime_group": "regime", "folds": "folds (units)",
-                        "worse": f"worse (P ≥ {stats.DECISION})", "equivalent": f"equivalent (P ≥ {stats.DECISION})"}))
-    compact = compact.select([c for c in compact.columns if compact[c].dtype != pl.String or compact[c].str.len_chars().max()])
+               .rename({"regime_group": "regime", "folds": "folds (units)", "worse": f"worse (P ≥ {stats.DECISION})",
+                        "equivalent": f"equivalent (P ≥ {stats.DECISION})"}))
+    empty = [c for c in compact.columns if compact[c].dtype == pl.String and not compact[c].str.len_chars().max()]
+    compact = compact.drop(empty)  # a verdict no strategy got
     rope = res.comparisons.within_task["rope"][0]
     detail = rows.select("task", pl.col("regime_group").alias("regime"), "model", "best", "strategy",
                          pl.col("folds").alias("folds (units)"), pl.col("Δ").alias(f"Δ {label} (this − best)"),
@@ -345,7 +347,8 @@ def _within_html(res: Results, metric: str, label: str) -> str:
             f"<b>fold</b> (few-shot repetitions averaged per fold); N = the folds column. For each task, regime and "
             f"model, every strategy is compared with the one of highest mean {label} by the Bayesian correlated "
             f"t-test (baycomp) with a region of practical equivalence of ±{rope:g}: 'worse' means P(best better by "
-            f"more than {rope:g}) ≥ {stats.DECISION}, 'equivalent' P(difference within ±{rope:g}) ≥ {stats.DECISION}; "
+            f"more than {rope:g}) ≥ {stats.DECISION}, 'equivalent' P(difference within ±{rope:g}) ≥ "
+            f"{stats.DECISION}; "
             f"'undecided' means the folds cannot tell. The test accounts for the folds' shared training patients "
             f"(Nadeau-Bengio correction); its frequentist twin, the corrected resampled t, is in the details and in "
             f"<code>results/stats/within_task.csv</code> (every pair, MCC and PR-AUC).</p>" + table_html(compact)
@@ -433,8 +436,8 @@ on the same cells (a failed or missing cell leaves that cell out for every strat
 models of a family only (e.g. VPT on ViTs) is compared on those models in a scope of its own, beside the scope of
 the strategies that run on all. The <b>Friedman test</b> (scipy) with <b>Nemenyi</b> post-hoc (scikit-posthocs;
 critical-difference diagrams) and paired <b>Wilcoxon</b> signed-rank tests (scipy) with <b>Holm</b> correction
-over the scope's pairs run over these blocks, with at least {min_tasks} tasks: with N tasks the exact Wilcoxon test cannot
-give p below 2/2<sup>N</sup>, which reaches alpha = {alpha} from N = {min_tasks} on. With fewer tasks the report
+over the scope's pairs run over these blocks, with at least {min_tasks} tasks: with N tasks the exact Wilcoxon test
+cannot give p below 2/2<sup>N</sup>, which reaches alpha = {alpha} from N = {min_tasks} on. With fewer tasks the report
 shows mean ranks and says that no test is possible; it never tests over folds instead.</li>
 <li><b>Within one task</b> the unit is the <b>fold</b>: per task, model and regime, every pair of strategies is
 compared over the folds both have (few-shot repetitions of a fold share its test patients, so they are averaged per

@@ -1,7 +1,8 @@
 """Statistics of the grid: patient-bootstrap CIs, comparisons of strategies across and within tasks, Pareto fronts.
 
-The tests come from scipy, scikit-posthocs and baycomp (Holm's correction is :func:`holm`); this module arranges the grid into the
-shapes they expect and says, in words, when a grid is too small for a test to mean anything.
+The tests come from scipy, scikit-posthocs and baycomp (Holm's correction is :func:`holm`); this module
+arranges the grid into the shapes they expect and says, in words, when a grid is too small for a test to mean
+anything.
 
 Folds of one task share most of their training patients, and models of a family see the same data, so
 neither is an independent data set (Demšar 2006; Benavoli et al. 2017). Hence two kinds of comparison:
@@ -246,7 +247,8 @@ def task_blocks(values: pl.DataFrame, models: tuple[str, ...], strategies: list[
     wide = wide.with_columns(pl.lit(None, pl.Float64).alias(s) for s in strategies if s not in wide.columns)
     common = wide.drop_nulls(strategies)
     blocks = common.group_by("task").agg(pl.col(s).mean() for s in strategies).sort("task")
-    return blocks, {"tasks_dropped": sub["task"].n_unique() - blocks.height, "cells_unpaired": wide.height - common.height}
+    counts = {"tasks_dropped": sub["task"].n_unique() - blocks.height, "cells_unpaired": wide.height - common.height}
+    return blocks, counts
 
 
 def friedman_nemenyi(wide: pl.DataFrame, strategies: list[str], alpha: float) -> tuple[dict, list[dict], list[dict]]:
@@ -265,7 +267,8 @@ def friedman_nemenyi(wide: pl.DataFrame, strategies: list[str], alpha: float) ->
     if n < min_tasks(alpha):
         return row | {"note": no_test_note(n, alpha)}, rank_rows, []
     if k < 3:
-        return row | {"note": f"{k} strateg{'y' if k == 1 else 'ies'}: Friedman needs 3 or more (see the paired tests)"}, rank_rows, []
+        note = f"{k} strateg{'y' if k == 1 else 'ies'}: Friedman needs 3 or more (see the paired tests)"
+        return row | {"note": note}, rank_rows, []
     if np.all(values == values[:, :1]):
         return row | {"note": "every strategy ties in every task: nothing to test"}, rank_rows, []
     result = ss.friedmanchisquare(*values.T)
