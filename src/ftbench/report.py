@@ -303,7 +303,7 @@ def against_best(res: Results, metric: str) -> pl.DataFrame:
     for me, other, sign in (("a", "b", -1), ("b", "a", 1)):  # mean_diff is a - b
         sides.append(w.filter(pl.col(me) == pl.col("best")).select(
             *keys, "best", "best_mean", pl.col(other).alias("strategy"), "folds",
-            (sign * pl.col("mean_diff")).alias("Δ"),
+            (sign * pl.col("mean_diff") + 0.0).alias("Δ"),  # + 0.0: no "-0.000"
             pl.col(f"p_{me}_better").alias("P(best better)"), pl.col("p_equivalent").alias("P(equivalent)"),
             pl.col(f"p_{other}_better").alias("P(this better)"), "p_holm", "note"))
     rows = pl.concat(sides)
