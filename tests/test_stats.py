@@ -3,31 +3,40 @@
 import math
 import warnings
 
+import baycomp
 import numpy as np
 import polars as pl
 import pytest
 from scipy import stats as ss
 from sklearn import metrics as skm
+from statsmodels.stats.multitest import multipletests
 
 from ftbench import stats
 
 
 def wide(**columns) -> tuple[pl.DataFrame, list[str]]:
-    """A (block x strategy) table as stats.compare builds it: block keys, then one column per strategy."""
+    """A (block x strategy) table as stats.compare builds it: the task, then one column per strategy."""
     n = len(next(iter(columns.values())))
-    frame = pl.DataFrame({"task": ["t"] * n, "model": ["m"] * n, "fold": list(range(n)), **columns})
+    frame = pl.DataFrame({"task": [f"t{i}" for i in range(n)], **columns})
     return frame, sorted(columns)
 
 
-def cells_frame(values: dict[str, list[float]], family: str = "cnn", regime: str = "full") -> pl.DataFrame:
-    """Cells of one model and task: ``values[strategy][fold]`` is the MCC of that cell."""
-    rows = [{"task": "t", "model": "m", "strategy": s, "regime": regime, "regime_group": regime, "fold": f,
-             "family": family, "status": "ok", "mcc": v, "pr_auc": v}
-            for s, vs in values.items() for f, v in enumerate(vs)]
-    return pl.DataFrame(rows)
+CELL_SCHEMA = {"task": pl.String, "model": pl.String, "strategy": pl.String, "regime": pl.String,
+               "regime_group": pl.String, "repetition": pl.Int32, "fold": pl.Int64, "family": pl.String,
+               "status": pl.String, "mcc": pl.Float64, "pr_auc": pl.Float64}
 
 
-# --- Friedman and Nemenyi -----------------------------------------------------------------------------
+def cells_frame(values: dict[str, list[float]], task: str = "t", model: str = "m", family: str = "cnn",
+                regime: str = "full", repetition: int | None = None) -> pl.DataFrame:
+    """Cells of one task, model and regime: ``values[strategy][fold]`` is the metric of that cell (None: failed)."""
+    name = regime if repetition is None else f"{regime}r{repetition}"
+    rows = [{"task": task, "model": model, "strategy": s, "regime": name, "regime_group": regime,
+             "repetition": repetition, "fold": f, "family": family, "status": "ok" if v is not None else "failed",
+             "mcc": v, "pr_auc": v} for s, vs in values.items() for f, v in enumerate(vs)]
+    return pl.DataFrame(rows, schema=CELL_SCHEMA)
+
+
+# --- Friedman and Nemenyi over tasks ------------------------------------------------------------------------
 
 def test_friedman_matches_scipy_documented_example():
     # scipy.stats.friedmanchisquare docs: statistic 10.5714..., p 0.005063...
@@ -36,22 +45,24 @@ def test_friedman_matches_scipy_documented_example():
     row, ranks, posthoc = stats.friedman_nemenyi(frame, names, 0.05)
     assert row["statistic"] == pytest.approx(10.571428571428571)
     assert row["p_value"] == pytest.approx(0.005063414171757498)
-    assert row["blocks"] == 7 and row["strategies"] == 3 and len(posthoc) == 3
+    assert row["tasks"] == 7 and row["strategies"] == 3 and len(posthoc) == 3
 
 
 def test_friedman_and_nemenyi_hand_computed_perfect_ordering():
-    # 4 blocks, every block ranks a > b > c: chi2 = 12/(n k (k+1)) sum R^2 - 3n(k+1) = 0.25 * (4²+8²+12²) - 48 = 8,
-    # p = exp(-8/2) (chi-square, 2 df); mean ranks 1, 2, 3 (1 = best)
-    frame, names = wide(a=[0.9, 0.8, 0.7, 0.95], b=[0.5, 0.4, 0.45, 0.6], c=[0.1, 0.2, 0.0, 0.3])
+    # 6 tasks, every one ranks a > b > c: chi2 = 12/(n k (k+1)) sum R^2 - 3n(k+1) = (1/6)(6²+12²+18²) - 72 = 12,
+    # p = exp(-12/2) (chi-square, 2 df); mean ranks 1, 2, 3 (1 = best)
+    frame, names = wide(a=[0.9, 0.8, 0.7, 0.95, 0.85, 0.75], b=[0.5, 0.4, 0.45, 0.6, 0.5, 0.4],
+                        c=[0.1, 0.2, 0.0, 0.3, 0.1, 0.2])
     row, ranks, posthoc = stats.friedman_nemenyi(frame, names, 0.05)
-    assert row["statistic"] == pytest.approx(8.0)
-    assert row["p_value"] == pytest.approx(math.exp(-4))
+    assert row["statistic"] == pytest.approx(12.0)
+    assert row["p_value"] == pytest.approx(math.exp(-6))
     assert {r["strategy"]: r["mean_rank"] for r in ranks} == {"a": 1.0, "b": 2.0, "c": 3.0}
-    # Nemenyi a vs c: q = |1 - 3| / sqrt(k(k+1)/(6n)) * sqrt(2) = 2 / sqrt(0.5) * sqrt(2) = 4
+    # Nemenyi a vs c: q = |1 - 3| / sqrt(k(k+1)/(6n)) * sqrt(2) = 2 / sqrt(1/3) * sqrt(2) = sqrt(24)
     p_ac = next(r["p_nemenyi"] for r in posthoc if (r["a"], r["b"]) == ("a", "c"))
-    assert p_ac == pytest.approx(ss.studentized_range.sf(4.0, 3, np.inf))
+    assert p_ac == pytest.approx(ss.studentized_range.sf(math.sqrt(24), 3, np.inf))
     # CD = q_0.05 sqrt(k(k+1)/(6n)); Demšar's table: q_0.05 = 2.343 for k = 3
-    assert row["critical_difference"] == pytest.approx(2.343 * math.sqrt(12 / 24), abs=1e-3)
+    assert row["critical_difference"] == pytest.approx(2.343 * math.sqrt(12 / 36), abs=1e-3)
+    assert "fewer than 10 tasks" in row["note"]
 
 
 @pytest.mark.parametrize("k, q", [(2, 1.960), (3, 2.343), (4, 2.569), (5, 2.728), (6, 2.850), (7, 2.949),
@@ -62,22 +73,26 @@ def test_critical_difference_matches_demsar_table(k, q):
     assert stats.critical_difference(k, n, 0.05) == pytest.approx(q * math.sqrt(k * (k + 1) / (6 * n)), abs=2e-3)
 
 
-def test_friedman_drops_incomplete_blocks_and_says_when_it_cannot_test():
-    frame, names = wide(a=[0.9, 0.8, None, 0.7], b=[0.5, 0.4, 0.3, 0.45], c=[0.1, None, 0.2, 0.0])
-    row, _, _ = stats.friedman_nemenyi(frame, names, 0.05)
-    assert (row["blocks"], row["incomplete_blocks"]) == (2, 2)
-    assert "few blocks" in row["note"]
-    two, names2 = wide(a=[0.9, 0.8], b=[0.5, 0.4])
+def test_min_tasks_is_where_the_exact_wilcoxon_can_first_reject():
+    # 2 / 2^5 = 0.0625 >= 0.05 > 2 / 2^6 = 0.03125; at alpha 0.01: 2 / 2^7 = 0.0156 >= 0.01 > 2 / 2^8
+    assert (stats.min_tasks(0.05), stats.min_tasks(0.01), stats.min_tasks(0.1)) == (6, 8, 5)
+
+
+def test_friedman_below_the_minimum_gives_mean_ranks_and_no_test():
+    frame, names = wide(a=[0.9, 0.8, None, 0.7, 0.9, 0.8, 0.7], b=[0.5, 0.4, 0.3, 0.45, 0.5, 0.4, 0.3],
+                        c=[0.1, None, 0.2, 0.0, 0.1, 0.1, 0.2])
+    row, ranks, posthoc = stats.friedman_nemenyi(frame, names, 0.05)
+    assert row["tasks"] == 5 and row["p_value"] is None and posthoc == []  # 2 incomplete tasks leave 5 < 6
+    assert row["note"] == "5 tasks: no across-task test possible (minimum 6)"
+    assert {r["strategy"]: r["mean_rank"] for r in ranks} == {"a": 1.0, "b": 2.0, "c": 3.0}
+    two, names2 = wide(a=[0.9, 0.8, 0.7, 0.6, 0.5, 0.4], b=[0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
     assert "Friedman needs 3" in stats.friedman_nemenyi(two, names2, 0.05)[0]["note"]
-    one, names1 = wide(a=[0.9], b=[0.5], c=[0.1])
-    row, ranks, posthoc = stats.friedman_nemenyi(one, names1, 0.05)
-    assert "too few" in row["note"] and row["p_value"] is None and ranks == [] and posthoc == []
-    tied, names_t = wide(a=[0.5, 0.5, 0.5], b=[0.5, 0.5, 0.5], c=[0.5, 0.5, 0.5])
+    tied, names_t = wide(a=[0.5] * 6, b=[0.5] * 6, c=[0.5] * 6)
     row, ranks, posthoc = stats.friedman_nemenyi(tied, names_t, 0.05)
     assert "ties" in row["note"] and row["p_value"] is None and len(ranks) == 3
 
 
-# --- paired Wilcoxon with Holm ---------------------------------------------------------------------------
+# --- paired Wilcoxon with Holm over tasks ---------------------------------------------------------------------
 
 def test_wilcoxon_matches_scipy_documented_example():
     # scipy.stats.wilcoxon docs: differences in height of 15 pairs -> statistic 24, p 0.041259765625 (exact)
@@ -90,49 +105,201 @@ def test_wilcoxon_matches_scipy_documented_example():
 
 
 def test_wilcoxon_holm_hand_computed():
-    # a beats b and c in all 5 blocks: exact two-sided p = 2 / 2^5 = 0.0625 each; b and c are identical.
-    # Holm over the two tested pairs: sorted p (0.0625, 0.0625) -> 2 x 0.0625 = 0.125, max(0.125, 0.0625) = 0.125
-    frame, names = wide(a=[0.9, 0.8, 0.85, 0.7, 0.95], b=[0.5, 0.4, 0.3, 0.45, 0.6], c=[0.5, 0.4, 0.3, 0.45, 0.6])
+    # a beats b and c in all 6 tasks: exact two-sided p = 2 / 2^6 = 0.03125 each; b and c are identical.
+    # Holm over the two tested pairs: sorted p (0.03125, 0.03125) -> 2 x 0.03125 = 0.0625 for both
+    frame, names = wide(a=[0.9, 0.8, 0.85, 0.7, 0.95, 0.9], b=[0.5, 0.4, 0.3, 0.45, 0.6, 0.5],
+                        c=[0.5, 0.4, 0.3, 0.45, 0.6, 0.5])
     rows = {(r["a"], r["b"]): r for r in stats.paired_wilcoxon(frame, names, 0.05)}
     for pair in (("a", "b"), ("a", "c")):
-        assert rows[pair]["p_value"] == pytest.approx(0.0625)
-        assert rows[pair]["p_holm"] == pytest.approx(0.125) and not rows[pair]["significant"]
-        assert "p ≥ 0.0625" in rows[pair]["note"]  # 5 blocks can never give p < 0.05
-    assert rows[("b", "c")]["p_value"] == 1.0 and rows[("b", "c")]["note"] == "identical in every block"
+        assert rows[pair]["p_value"] == pytest.approx(0.03125)
+        assert rows[pair]["p_holm"] == pytest.approx(0.0625) and not rows[pair]["significant"]
+        assert rows[pair]["note"] == "Holm over 2 pairs: p_holm ≥ 0.0625"  # 6 tasks cannot survive 2 tests
+    assert rows[("b", "c")]["p_value"] == 1.0 and rows[("b", "c")]["note"] == "identical in every task"
     assert "p_holm" not in rows[("b", "c")]
+    # a tie leaves 5 untied tasks: the exact test drops it and cannot go below 2 / 2^5
+    tie, names2 = wide(a=[0.1, 0.2, 0.0, 0.3, 0.15, 0.25], b=[0.0] * 6)
+    (row,) = stats.paired_wilcoxon(tie, names2, 0.05)
+    assert row["p_value"] == pytest.approx(0.0625) and row["note"] == "5 untied pairs: p ≥ 0.0625"
+    few, names3 = wide(a=[0.9] * 5, b=[0.1] * 5)
+    (row,) = stats.paired_wilcoxon(few, names3, 0.05)
+    assert row["p_value"] is None and row["wins"] == 5 and "minimum 6" in row["note"]
+
+
+def test_holm_equals_statsmodels():
+    rng = np.random.default_rng(1)
+    for m in (1, 2, 5, 28):
+        p = rng.uniform(0, 0.2, m)
+        p[: m // 3] = p[0]  # ties
+        assert stats.holm(list(p)) == pytest.approx(multipletests(p, method="holm")[1])
 
 
 def test_smallest_wilcoxon_p_is_two_over_two_to_the_n():
     assert [stats.smallest_wilcoxon_p(n) for n in (4, 5, 6)] == pytest.approx([0.125, 0.0625, 0.03125])
 
 
-def test_compare_groups_by_family_and_regime_and_averages_repetitions():
-    cells = pl.concat([
-        cells_frame({"fft": [0.9, 0.8, 0.7, 0.9, 0.85], "lp": [0.5, 0.4, 0.3, 0.5, 0.45], "lora": [0.6] * 5}),
-        cells_frame({"fft": [0.2] * 3, "lp": [0.4] * 3}, family="vit", regime="k4").with_columns(
-            pl.lit("k4r0").alias("regime")),
-        cells_frame({"fft": [0.4] * 3, "lp": [0.4] * 3}, family="vit", regime="k4").with_columns(
-            pl.lit("k4r1").alias("regime")),
-    ])
-    cells = cells.with_columns(pl.when((pl.col("strategy") == "lp") & (pl.col("fold") == 4))
-                               .then(pl.lit("failed")).otherwise(pl.col("status")).alias("status"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # degenerate groups are handled, not left to library warnings
-        result = stats.compare(cells, metrics=("mcc",))
-    cnn = result.friedman.filter(pl.col("family") == "cnn").row(0, named=True)
-    assert (cnn["strategies"], cnn["blocks"], cnn["incomplete_blocks"]) == (3, 4, 1)  # the failed lp cell's block
-    vit = result.wilcoxon.filter(pl.col("family") == "vit").row(0, named=True)
-    # repetitions averaged per block: fft (0.2 + 0.4) / 2 = 0.3 vs lp 0.4 in each of 3 blocks
-    assert (vit["pairs"], vit["losses"], vit["median_diff"]) == (3, 3, pytest.approx(-0.1))
-    assert "Friedman needs 3" in result.friedman.filter(pl.col("family") == "vit")["note"][0]
+# --- blocks are tasks ----------------------------------------------------------------------------------------
+
+def test_blocks_are_tasks_six_tasks_five_folds_give_six_blocks():
+    rng = np.random.default_rng(0)
+    quality = {"fft": 0.6, "lora": 0.5, "lp": 0.3}
+    cells = pl.concat([cells_frame({s: list(q + rng.normal(0, 0.1, 5)) for s, q in quality.items()},
+                                   task=f"task{t}", model=model)
+                       for t in range(6) for model in ("resnet18", "resnet50")])
+    result = stats.compare(cells, metrics=("mcc",))
+    (row,) = result.friedman.rows(named=True)
+    assert (row["tasks"], row["strategies"], row["models"]) == (6, 3, "resnet18, resnet50")
+    # the block of a task: each strategy's mean over the task's 2 models x 5 folds, then Friedman over 6 blocks
+    blocks = (cells.group_by("task", "strategy").agg(pl.col("mcc").mean())
+              .pivot(on="strategy", index="task").sort("task"))
+    expected = ss.friedmanchisquare(*(blocks[s].to_numpy() for s in sorted(quality)))
+    assert row["statistic"] == pytest.approx(expected.statistic) and row["p_value"] == pytest.approx(expected.pvalue)
+    assert row["critical_difference"] == pytest.approx(stats.critical_difference(3, 6))
+    assert set(result.wilcoxon["pairs"]) == {6}
+
+
+def test_one_task_never_tests_over_its_folds():
+    # 10 folds in which a > b > c every time: the old block (task, model, fold) gave Friedman p = exp(-10)
+    cells = cells_frame({"a": [0.9] * 10, "b": [0.6] * 10, "c": [0.3] * 10})
+    cells = cells.with_columns(pl.col("mcc") + pl.col("fold") / 100)  # folds differ, strategies keep their order
+    result = stats.compare(cells, metrics=("mcc",))
+    (row,) = result.friedman.rows(named=True)
+    assert row["tasks"] == 1 and row["p_value"] is None and row["critical_difference"] is None
+    assert row["note"] == "1 task: no across-task test possible (minimum 6)"
+    assert result.ranks.sort("strategy")["mean_rank"].to_list() == [1.0, 2.0, 3.0]
+    assert result.posthoc.height == 0 and result.wilcoxon["p_value"].is_null().all()
+    assert result.within_task.height == 3  # the folds go to the within-task comparisons instead
+
+
+# --- pairing: every strategy of a comparison measured on the same cells -----------------------------------
+
+def test_strategies_on_some_models_only_get_their_own_scope():
+    # a biomedical family of a ResNet and a ViT; VPT runs on the ViT only
+    cells = pl.concat([cells_frame({"fft": [0.5] * 3, "lp": [0.4] * 3}, model="resnet", family="fm"),
+                       cells_frame({"fft": [0.6] * 3, "lp": [0.3] * 3, "vpt": [0.5] * 3}, model="vit", family="fm")])
+    assert stats.scopes(cells) == [("fm", "full", ("resnet", "vit"), ["fft", "lp"]),
+                                   ("fm", "full", ("vit",), ["fft", "lp", "vpt"])]
+    result = stats.compare(cells, metrics=("mcc",))
+    means = {(r["models"], r["strategy"]): r["mean"] for r in result.ranks.rows(named=True)}
+    assert means == {("resnet, vit", "fft"): pytest.approx(0.55), ("resnet, vit", "lp"): pytest.approx(0.35),
+                     ("vit", "fft"): pytest.approx(0.6), ("vit", "lp"): pytest.approx(0.3),
+                     ("vit", "vpt"): pytest.approx(0.5)}
+
+
+def test_a_failed_cell_leaves_that_cell_out_for_every_strategy():
+    cells = pl.concat([cells_frame({"fft": [0.9, 0.8, 0.7, 0.6], "lp": [0.5, 0.4, None, 0.2]}, task="t1"),
+                       cells_frame({"fft": [0.1, 0.2], "lp": [None, None]}, task="t2")])
+    values = stats.cell_values(cells, "mcc")
+    blocks, counts = stats.task_blocks(values, ("m",), ["fft", "lp"])
+    # t1: fold 2 failed for lp, so fft's block is also the mean over folds 0, 1, 3; t2 has no cell in common
+    assert blocks.rows() == [("t1", pytest.approx(0.7667, abs=1e-4), pytest.approx(0.3667, abs=1e-4))]
+    assert counts == {"tasks_dropped": 1, "cells_unpaired": 3}
+    row = stats.compare(cells, metrics=("mcc",)).friedman.row(0, named=True)
+    assert (row["tasks"], row["tasks_dropped"], row["cells_unpaired"]) == (1, 1, 3)
+
+
+# --- within one task: corrected and Bayesian correlated t over folds --------------------------------------
+
+def test_nadeau_bengio_corrected_t_hand_computed():
+    a = np.array([0.80, 0.75, 0.70, 0.85, 0.78])
+    b = np.array([0.70, 0.72, 0.66, 0.70, 0.74])
+    # d = a - b = (0.10, 0.03, 0.04, 0.15, 0.04): mean 0.072, s² = 0.01068 / 4 = 0.00267;
+    # corrected variance s² (1/n + n_test/n_train) = 0.00267 (1/5 + 1/4) = 0.0012015 (5 folds: test/train = 1/4);
+    # t = 0.072 / sqrt(0.0012015) = 2.0772 on 4 df, two-sided p = 0.1064. The plain paired t would be
+    # 0.072 / sqrt(0.00267 / 5) = 3.116, p = 0.036: the overlap of training sets is what makes it not significant.
+    row = stats.correlated_t(a, b, rope=0.01)
+    assert row["t"] == pytest.approx(2.0772, abs=1e-4) and row["df"] == 4
+    assert row["p_value"] == pytest.approx(0.1064, abs=1e-4)
+    assert ss.ttest_rel(a, b).pvalue == pytest.approx(0.0357, abs=1e-4)
+    # the posterior of the mean difference: Student t, 4 df, location 0.072, scale sqrt(0.0012015) = 0.034663;
+    # P(a better by more than the rope) = P(T > (0.01 - 0.072) / 0.034663) = P(T < 1.7887)
+    scale = math.sqrt(0.0012015)
+    assert row["p_a_better"] == pytest.approx(ss.t.cdf((0.072 - 0.01) / scale, 4))
+    assert row["p_b_better"] == pytest.approx(ss.t.cdf((-0.01 - 0.072) / scale, 4))
+    assert row["p_a_better"] + row["p_equivalent"] + row["p_b_better"] == pytest.approx(1.0)
+    # without a rope, P(b better) is the one-sided p-value of the corrected t (Benavoli et al. 2017)
+    assert stats.correlated_t(a, b, rope=1e-12)["p_b_better"] == pytest.approx(row["p_value"] / 2)
+
+
+def test_correlated_t_of_identical_or_constant_differences():
+    same = stats.correlated_t(np.array([0.5, 0.6, 0.7]), np.array([0.5, 0.6, 0.7]), 0.01)
+    assert (same["t"], same["p_value"], same["p_equivalent"]) == (None, 1.0, 1.0)
+    assert same["note"] == "identical in every fold"
+    shifted = stats.correlated_t(np.array([0.75, 0.5, 1.0]), np.array([0.5, 0.25, 0.75]), 0.01)  # exact in binary
+    assert shifted["p_value"] is None and shifted["p_a_better"] == 1.0 and "no variance" in shifted["note"]
+
+
+# baycomp's documentation ("A Quick Guide to Bayesian Comparison of Classifiers", janezd/baycomp docs/): accuracies
+# of naive Bayes and AODE on 'sonar', 10 runs of 10-fold cross-validation (docs/code/accuracies.txt), and the
+# published output of two_on_single(nbc, aode, runs=10) without and with rope=0.5.
+SONAR_NBC = """
+    94.203 92.754 95.652 91.176 92.647 91.176 92.647 92.647 86.765 91.176 91.304 94.203 88.406 98.529 95.588
+    97.059 91.176 89.706 85.294 89.706 97.101 92.754 94.203 92.647 92.647 91.176 88.235 97.059 94.118 88.235
+    92.754 95.652 89.855 94.118 88.235 91.176 94.118 92.647 94.118 91.176 91.304 88.406 91.304 92.647 91.176
+    85.294 92.647 97.059 92.647 95.588 84.058 97.101 94.203 95.588 91.176 92.647 92.647 91.176 89.706 89.706
+    89.855 92.754 91.304 94.118 89.706 92.647 91.176 98.529 86.765 95.588 91.304 92.754 97.101 94.118 86.765
+    98.529 91.176 82.353 94.118 97.059 88.406 86.957 91.304 94.118 97.059 92.647 92.647 89.706 92.647 94.118
+    94.203 94.203 92.754 95.588 89.706 88.235 94.118 94.118 88.235 91.176
+"""
+SONAR_AODE = """
+    95.652 94.203 95.652 91.176 94.118 91.176 98.529 92.647 91.176 89.706 92.754 94.203 91.304 98.529 94.118
+    97.059 92.647 91.176 86.765 92.647 100.000 94.203 94.203 92.647 91.176 91.176 91.176 97.059 94.118 89.706
+    94.203 95.652 92.754 94.118 88.235 94.118 94.118 95.588 94.118 91.176 92.754 89.855 94.203 94.118 95.588
+    88.235 92.647 97.059 92.647 95.588 85.507 95.652 95.652 95.588 91.176 95.588 92.647 91.176 94.118 92.647
+    91.304 94.203 92.754 94.118 92.647 94.118 91.176 98.529 89.706 95.588 91.304 94.203 97.101 97.059 86.765
+    98.529 88.235 86.765 94.118 97.059 91.304 88.406 92.754 95.588 98.529 94.118 94.118 92.647 92.647 95.588
+    92.754 95.652 94.203 95.588 92.647 94.118 92.647 94.118 88.235 92.647
+"""
+
+
+def test_baycomp_reproduces_its_documented_example():
+    nbc, aode = (np.array(text.split(), dtype=float) for text in (SONAR_NBC, SONAR_AODE))
+    assert (nbc.mean(), aode.mean()) == (pytest.approx(92.19582), pytest.approx(93.30815))
+    assert baycomp.two_on_single(nbc, aode, runs=10) == pytest.approx((0.024471493163386815, 0.97552850683661319))
+    assert baycomp.two_on_single(nbc, aode, runs=10, rope=0.5) == pytest.approx(
+        (0.0023685180162288377, 0.13517773046085313, 0.86245375152291803))
+    # stats.correlated_t is this test with one run: its posterior on the first run's 10 folds, in closed form
+    a, b = nbc[:10], aode[:10]
+    d = b - a
+    scale = math.sqrt(d.var(ddof=1) * (1 / 10 + 1 / 9))
+    row = stats.correlated_t(a, b, rope=0.5)
+    assert row["p_b_better"] == pytest.approx(ss.t.sf((0.5 - d.mean()) / scale, 9))
+    assert row["p_a_better"] == pytest.approx(ss.t.cdf((-0.5 - d.mean()) / scale, 9))
+
+
+def test_within_task_averages_repetitions_per_fold_and_pairs_only_shared_cells():
+    k4 = pl.concat([cells_frame({"a": [0.6, 0.7, 0.8], "b": [0.5, 0.5, 0.6]}, regime="k4", repetition=0),
+                    cells_frame({"a": [0.8, 0.5, 0.6], "b": [0.3, None, 0.4]}, regime="k4", repetition=1)])
+    (row,) = stats.compare(k4, metrics=("mcc",)).within_task.rows(named=True)
+    # fold means over the repetitions both have: a (0.7, 0.7, 0.7), b (0.4, 0.5, 0.5); fold 1's r1 is b's failure
+    assert (row["folds"], row["cells"], row["regime_group"]) == (3, 5, "k4")
+    assert (row["mean_a"], row["mean_b"]) == (pytest.approx(0.7), pytest.approx(1.4 / 3))
+    expected = stats.correlated_t(np.array([0.7, 0.7, 0.7]), np.array([0.4, 0.5, 0.5]), 0.01)
+    assert row["t"] == pytest.approx(expected["t"]) and row["p_a_better"] == pytest.approx(expected["p_a_better"])
+    one = stats.compare(cells_frame({"a": [0.6], "b": [0.5]}), metrics=("mcc",)).within_task.row(0, named=True)
+    assert one["t"] is None and one["note"] == "1 fold in common: no within-task test"
+
+
+def test_within_task_holm_corrects_the_pairs_of_one_task_and_model():
+    values = {"a": [0.9, 0.8, 0.85, 0.7, 0.95], "b": [0.5, 0.45, 0.5, 0.4, 0.6], "c": [0.52, 0.4, 0.55, 0.42, 0.58]}
+    rows = stats.compare(cells_frame(values), metrics=("mcc",)).within_task.sort("p_value")
+    assert rows["p_holm"].to_list() == pytest.approx(
+        list(np.maximum.accumulate(rows["p_value"].to_numpy() * np.array([3, 2, 1]))))
 
 
 def test_compare_on_an_empty_grid_gives_empty_tables():
-    empty = pl.DataFrame(schema={"task": pl.String, "model": pl.String, "strategy": pl.String, "fold": pl.Int64,
-                                 "family": pl.String, "regime_group": pl.String, "status": pl.String,
-                                 "mcc": pl.Float64})
+    empty = pl.DataFrame(schema=CELL_SCHEMA)
     result = stats.compare(empty, metrics=("mcc", "pr_auc"))
-    assert result.friedman.height == 0 and "p_value" in result.friedman.columns
+    assert result.friedman.height == 0 and "p_value" in result.friedman.columns and result.within_task.height == 0
+
+
+def test_compare_leaves_degenerate_groups_to_notes_not_library_warnings():
+    cells = pl.concat([cells_frame({"fft": [0.9, 0.8, 0.7, 0.9, 0.85], "lp": [0.5, 0.4, 0.3, 0.5, None]}),
+                       cells_frame({"fft": [0.2, 0.2], "lp": [0.2, 0.2]}, family="vit", model="v", regime="k4",
+                                   repetition=0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = stats.compare(cells, metrics=("mcc", "pr_auc"))
+    assert result.friedman.height == 4 and result.within_task.height == 4
 
 
 # --- bootstrap --------------------------------------------------------------------------------------------

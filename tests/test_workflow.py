@@ -53,8 +53,15 @@ def test_demo_produces_report_and_all_cells(demo_run):
     # the strong synthetic signal is learnt: the best full-data strategy is far above chance
     assert summary.filter(pl.col("regime_group") == "full")["mcc_mean"].max() >= 0.7
     assert summary["mcc_ci_low"].is_not_null().all()  # patient-bootstrap CIs
+    # one task: mean ranks but no test across tasks (never one over its folds), 2 families x 2 regimes x 2 metrics
     friedman = pl.read_csv(results / "stats" / "friedman.csv")
-    assert friedman.height == 8 and friedman["p_value"].is_not_null().all()  # 2 families x 2 regimes x 2 metrics
+    assert friedman.height == 8 and friedman["p_value"].is_null().all() and (friedman["tasks"] == 1).all()
+    assert (friedman["note"] == "1 task: no across-task test possible (minimum 6)").all()
+    assert ">strategies differ<" not in html and "mean ranks only" in html
+    # within the task, over its 5 folds: every strategy pair of each model (28 on the ViT with VPT, 21 on the CNN)
+    within = pl.read_csv(results / "stats" / "within_task.csv")
+    assert within.height == (28 + 21) * 2 * 2 and (within["folds"] == 5).all()
+    assert "Within each task: strategies against the best, MCC" in html
     figures = results / "report" / "figures"
     kinds = sorted(f.relative_to(figures).parts[0] for f in figures.rglob("*.svg"))
     assert kinds == sorted(CAPTIONS)  # one task: every kind of figure, once
@@ -71,7 +78,7 @@ def test_demo_report_opens_offline_in_chromium(demo_run, tmp_path):
 def test_snakemake_report_holds_the_figures(demo_run):
     snakemake(demo_run, "--report", "smk_report.html")
     html = (demo_run / "smk_report.html").read_text()
-    assert "Critical-difference diagrams of MCC" in html  # a figure's caption, from ftbench.captions
+    assert "Mean ranks of the strategies by MCC over tasks" in html  # a figure's caption, from ftbench.captions
 
 
 def test_second_run_has_nothing_to_do(demo_run):

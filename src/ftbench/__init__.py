@@ -12,4 +12,5 @@ SPLIT_VERSION = 2  # folds and few-shot draws (2: validation schemes; validation
 EMBEDDING_VERSION = 1  # embedding caches of frozen backbones
 TRAINING_VERSION = 3  # training cells (3: IA3 on keys/values/MLP activation and CNN inputs, SSF after norms on
 #   BatchNorm CNNs, CLIP ViT-L/14 as transformers tower; 2: ViT adapters on block linears only)
-REPORT_VERSION = 2  # summary tables, statistics and the report (2: cells table gains sizes, epochs, time split)
+REPORT_VERSION = 3  # summary tables, statistics and the report (2: cells table gains sizes, epochs, time split;
+#   3: tests across tasks use one block per task, never folds; within a task, corrected and Bayesian correlated t)

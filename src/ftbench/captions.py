@@ -27,13 +27,16 @@ CAPTIONS = {
                "squares, right of the dashed line), one panel per model, one colour per strategy. Points are means "
                "over folds and repetitions, bars and bands their 95% bootstrap CIs. A flat curve that reaches the "
                "full-data level early is a strategy that needs few labels.",
-    "cd_mcc": "Critical-difference diagrams of MCC, one per model family and regime. Each strategy sits at its mean "
-              "rank over blocks (one block = one test fold of one task seen by one model; 1 = best, on the left). "
-              "A thick bar joins strategies the Nemenyi post-hoc test cannot tell apart at the report's alpha; the "
-              "CD line above the axis is the critical difference of mean ranks. Read it only when Friedman's p is "
-              "small; with few blocks nothing can be significant.",
-    "cd_pr_auc": "Critical-difference diagrams of PR-AUC, read as those of MCC: mean ranks (1 = best, left), bars "
-                 "join strategies not significantly different (Nemenyi), one panel per model family and regime.",
+    "cd_mcc": "Mean ranks of the strategies by MCC over tasks, one panel per model family (its models in brackets) and "
+              "regime; 1 = best, on the left. The unit is the task: a strategy's MCC on a task is its mean over the "
+              "family's models, folds and repetitions, on the cells every strategy of the panel has. Where the "
+              "Friedman test could run (enough tasks), this is a critical-difference diagram: a thick bar joins "
+              "strategies the Nemenyi post-hoc test cannot tell apart at the report's alpha, and the CD line is the "
+              "critical difference of mean ranks. With too few tasks the panel shows the mean ranks only and says "
+              "why; folds are never used as blocks.",
+    "cd_pr_auc": "Mean ranks of the strategies by PR-AUC over tasks, read as those of MCC: 1 = best, on the left; bars "
+                 "join strategies not significantly different (Nemenyi), drawn only where the Friedman test could "
+                 "run; one panel per model family (its models in brackets) and regime.",
     "efficiency": "Cost against MCC on full data: trainable parameters, compute time summed over the folds, and "
                   "peak memory, one point per model (shape) and strategy (colour), bars are 95% CIs. The dashed "
                   "step line is the Pareto front: points with a black edge are not beaten by any cheaper point. Up "

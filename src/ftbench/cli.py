@@ -129,7 +129,7 @@ def cmd_stats(args) -> None:
 
     from ftbench import stats
 
-    stats.compare(pl.read_parquet(args.cells), alpha=args.alpha).write(args.out_dir)
+    stats.compare(pl.read_parquet(args.cells), alpha=args.alpha, rope=args.rope).write(args.out_dir)
 
 
 def cmd_cost(args) -> None:
@@ -292,9 +292,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_aggregate)
 
-    s = sub.add_parser("stats", help="Friedman + Nemenyi and paired Wilcoxon + Holm across the grid")
+    s = sub.add_parser("stats", help="compare strategies across tasks (Friedman + Nemenyi, Wilcoxon + Holm) and "
+                                     "within each task (corrected and Bayesian correlated t over folds)")
     s.add_argument("--cells", required=True)
     s.add_argument("--alpha", type=float, default=0.05)
+    s.add_argument("--rope", type=float, default=0.01,
+                   help="region of practical equivalence of the Bayesian test, in metric units (ours: 0.01)")
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_stats)
 

@@ -125,31 +125,35 @@ def heatmap(summary: pl.DataFrame, task: str, metric: str) -> str | None:
 
 
 def cd_diagrams(comparisons: stats.Comparisons, metric: str, style: Styles, alpha: float = 0.05) -> str | None:
-    """Critical-difference diagram of the strategies' mean ranks, one panel per (family, regime group)."""
+    """Mean ranks of the strategies over tasks, one panel per scope (family and its models) and regime group:
+    a critical-difference diagram where the Friedman test ran, the mean ranks alone (and why) where it could not."""
     tests = comparisons.friedman.filter(pl.col("metric") == metric)
     if tests.height == 0:
         return None
-    families = sorted(tests["family"].unique().to_list())
+    scopes = tests.select("family", "models").unique().sort(  # a family's widest scope first
+        "family", pl.col("models").str.count_matches(","), "models", descending=[False, True, False])
     regimes = regime_order(tests["regime_group"].to_list())
     ks = max(tests["strategies"].max() or 2, 2)
-    fig, axes = plt.subplots(len(families), len(regimes), figsize=(4.4 * len(regimes), (0.3 * ks + 1.0) * len(families)),
-                             squeeze=False)
-    for r, family in enumerate(families):
+    fig, axes = plt.subplots(scopes.height, len(regimes),
+                             figsize=(4.4 * len(regimes), (0.3 * ks + 1.1) * scopes.height), squeeze=False)
+    for r, (family, models) in enumerate(scopes.iter_rows()):
         for c, regime in enumerate(regimes):
             ax = axes[r][c]
-            test = tests.filter((pl.col("family") == family) & (pl.col("regime_group") == regime))
-            key = (pl.col("family") == family) & (pl.col("regime_group") == regime) & (pl.col("metric") == metric)
-            ranks = comparisons.ranks.filter(key)
-            posthoc = comparisons.posthoc.filter(key)
-            title = f"{family} · {regime}"
-            if test.height == 0 or test["p_value"][0] is None or posthoc.height == 0:
+            key = ((pl.col("family") == family) & (pl.col("models") == models) & (pl.col("regime_group") == regime)
+                   & (pl.col("metric") == metric))
+            test, ranks, posthoc = tests.filter(key), comparisons.ranks.filter(key), comparisons.posthoc.filter(key)
+            title = f"{family} ({models}) · {regime}"
+            if ranks.height == 0:
                 ax.axis("off")
                 note = test["note"][0] if test.height else "no cells"
-                ax.text(0.5, 0.5, f"{title}\nnot tested: {note}", ha="center", va="center", fontsize=8,
+                ax.text(0.5, 0.5, f"{title}\nno ranks: {note}", ha="center", va="center", fontsize=8,
                         color="#57606a", wrap=True, transform=ax.transAxes)
                 continue
             names = ranks["strategy"].to_list()
-            p = pd.DataFrame(np.ones((len(names), len(names))), index=names, columns=names)
+            tested = test["p_value"][0] is not None and posthoc.height > 0
+            # untested: every pair marked apart, so that no bar joins strategies (a bar would claim a test)
+            p = pd.DataFrame(np.eye(len(names)) if not tested else np.ones((len(names), len(names))),
+                             index=names, columns=names)
             for a, b, value in posthoc.select("a", "b", "p_nemenyi").iter_rows():
                 p.loc[a, b] = p.loc[b, a] = value
             drawn = sp.critical_difference_diagram(
@@ -157,13 +161,16 @@ def cd_diagrams(comparisons: stats.Comparisons, metric: str, style: Styles, alph
                 color_palette={n: style.colour.get(n, "#333333") for n in names},
                 label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}")
             ax.set_xlim(0.8, len(names) + 0.2)
-            cd = test["critical_difference"][0]
             bottom = min(t.get_position()[1] for t in drawn["labels"]) - 0.8
             ax.set_ylim(bottom, 2.2)
-            ax.plot([1, 1 + cd], [1.6, 1.6], color="#1b1f24", lw=1.2, marker="|", ms=6)
-            ax.text(1 + cd + 0.08, 1.6, f"CD = {cd:.2f}", va="center", fontsize=7.5)
-            ax.set_title(f"{title} · Friedman p = {test['p_value'][0]:.3g} ({test['blocks'][0]} blocks)", pad=4,
-                         fontsize=8.5)
+            tasks = test["tasks"][0]
+            if tested:
+                cd = test["critical_difference"][0]
+                ax.plot([1, 1 + cd], [1.6, 1.6], color="#1b1f24", lw=1.2, marker="|", ms=6)
+                ax.text(1 + cd + 0.08, 1.6, f"CD = {cd:.2f}", va="center", fontsize=7.5)
+                ax.set_title(f"{title}\nFriedman p = {test['p_value'][0]:.3g} over {tasks} tasks", pad=4, fontsize=8.5)
+            else:
+                ax.set_title(f"{title}\nmean ranks only — {test['note'][0]}", pad=4, fontsize=8.5)
     fig.tight_layout()
     return to_svg(fig)
 

@@ -270,20 +270,90 @@ def _key_results(res: Results) -> str:
 
 
 def _tests_table(res: Results, metric: str) -> pl.DataFrame:
+    """The across-task Friedman tests of ``metric``: one row per scope (family and models) and regime."""
     f = res.comparisons.friedman.filter(pl.col("metric") == metric)
     if f.height == 0:
         return f
+    scope = ["family", "models", "regime_group"]
     best = (res.comparisons.ranks.filter(pl.col("metric") == metric).sort("mean_rank")
-            .group_by("family", "regime_group", maintain_order=True)
+            .group_by(scope, maintain_order=True)
             .agg(pl.format("{} ({})", pl.col("strategy"), pl.col("mean_rank").round(2)).first().alias("best mean rank")))
     verdict = (pl.when(pl.col("p_value").is_null()).then(pl.lit("not tested"))
                .when(pl.col("p_value") < res.alpha).then(pl.lit("strategies differ"))
                .otherwise(pl.lit("no evidence of a difference")))
-    return (f.join(best, on=["family", "regime_group"], how="left")
+    return (f.join(best, on=scope, how="left")
             .with_columns(verdict.alias("verdict"), pl.col("regime_group").alias("regime"))
-            .select("family", "regime", "strategies", "blocks", pl.col("incomplete_blocks").alias("blocks dropped"),
-                    pl.col("statistic").alias("chi²"), "p_value", "verdict", pl.col("critical_difference").alias("CD"),
-                    "best mean rank", "note"))
+            .select("family", "models", "regime", "strategies", pl.col("tasks").alias("tasks (blocks)"),
+                    "tasks_dropped", "cells_unpaired", pl.col("statistic").alias("chi²"), "p_value", "verdict",
+                    pl.col("critical_difference").alias("CD"), "best mean rank", "note"))
+
+
+def against_best(res: Results, metric: str) -> pl.DataFrame:
+    """Within each (task, regime, model): every strategy against the best one (highest mean ``metric``), from the
+    within-task comparisons, with P(best better), P(equivalent), P(this better) and what they decide."""
+    w = res.comparisons.within_task.filter(pl.col("metric") == metric)
+    if w.height == 0 or res.summary.height == 0:
+        return pl.DataFrame()
+    keys = ["task", "regime_group", "model"]
+    best = (res.summary.filter(pl.col(f"{metric}_mean").is_not_null()).sort(f"{metric}_mean", descending=True)
+            .group_by(keys, maintain_order=True)
+            .agg(pl.col("strategy").first().alias("best"), pl.col(f"{metric}_mean").first().alias("best_mean")))
+    w = w.join(best, on=keys)
+    sides = []
+    for me, other, sign in (("a", "b", -1), ("b", "a", 1)):  # mean_diff is a - b
+        sides.append(w.filter(pl.col(me) == pl.col("best")).select(
+            *keys, "best", "best_mean", pl.col(other).alias("strategy"), "folds",
+            (sign * pl.col("mean_diff") + 0.0).alias("Δ"),  # + 0.0: no "-0.000"
+            pl.col(f"p_{me}_better").alias("P(best better)"), pl.col("p_equivalent").alias("P(equivalent)"),
+            pl.col(f"p_{other}_better").alias("P(this better)"), "p_holm", "note"))
+    rows = pl.concat(sides)
+    decided = stats.DECISION
+    verdict = (pl.when(pl.col("P(best better)") >= decided).then(pl.lit("worse"))
+               .when(pl.col("P(equivalent)") >= decided).then(pl.lit("equivalent"))
+               .when(pl.col("P(this better)") >= decided).then(pl.lit("better"))
+               .when(pl.col("P(best better)").is_null()).then(pl.lit("not tested"))
+               .otherwise(pl.lit("undecided")))
+    order = {r: i for i, r in enumerate(plots.regime_order(rows["regime_group"].to_list()))}
+    return (rows.with_columns(verdict.alias("verdict"))
+            .sort(pl.col("task"), pl.col("regime_group").replace_strict(order, return_dtype=pl.Int64), "model",
+                  pl.col("Δ"), descending=[False, False, False, True]))
+
+
+def _within_html(res: Results, metric: str, label: str) -> str:
+    """The readable view of the within-task comparisons: per task, regime and model, which strategies the data
+    place below the best, which are practically equivalent to it, and which are undecided; then the numbers."""
+    rows = against_best(res, metric)
+    if rows.height == 0:
+        return ""
+    keys = ["task", "regime_group", "model"]
+
+    def listed(kind: str) -> pl.Expr:
+        return pl.col("strategy").filter(pl.col("verdict") == kind).str.join(", ").alias(kind)
+
+    kinds = ("worse", "equivalent", "undecided", "better", "not tested")
+    compact = (rows.group_by(keys, maintain_order=True)
+               .agg(pl.col("best").first(), pl.col("best_mean").first().alias(label), pl.col("folds").max(),
+                    *(listed(k) for k in kinds))
+               .rename({"regime_group": "regime", "folds": "folds (units)", "worse": f"worse (P ≥ {stats.DECISION})",
+                        "equivalent": f"equivalent (P ≥ {stats.DECISION})"}))
+    empty = [c for c in compact.columns if compact[c].dtype == pl.String and not compact[c].str.len_chars().max()]
+    compact = compact.drop(empty)  # a verdict no strategy got
+    rope = res.comparisons.within_task["rope"][0]
+    detail = rows.select("task", pl.col("regime_group").alias("regime"), "model", "best", "strategy",
+                         pl.col("folds").alias("folds (units)"), pl.col("Δ").alias(f"Δ {label} (this − best)"),
+                         "P(best better)", "P(equivalent)", "P(this better)", "verdict",
+                         pl.col("p_holm").alias("corrected t: p (Holm)"), "note")
+    return (f"<h3>Within each task: strategies against the best, {label}</h3><p class='small muted'>Unit: the "
+            f"<b>fold</b> (few-shot repetitions averaged per fold); N = the folds column. For each task, regime and "
+            f"model, every strategy is compared with the one of highest mean {label} by the Bayesian correlated "
+            f"t-test (baycomp) with a region of practical equivalence of ±{rope:g}: 'worse' means P(best better by "
+            f"more than {rope:g}) ≥ {stats.DECISION}, 'equivalent' P(difference within ±{rope:g}) ≥ "
+            f"{stats.DECISION}; "
+            f"'undecided' means the folds cannot tell. The test accounts for the folds' shared training patients "
+            f"(Nadeau-Bengio correction); its frequentist twin, the corrected resampled t, is in the details and in "
+            f"<code>results/stats/within_task.csv</code> (every pair, MCC and PR-AUC).</p>" + table_html(compact)
+            + f"<details><summary>every strategy against the best, with the probabilities</summary>"
+            + table_html(detail) + "</details>")
 
 
 def _missing_html(res: Results) -> str:
@@ -358,15 +428,38 @@ part. Few-shot regimes <code>k{K}</code> pool the repetitions of K-shot draws.</
 patients with replacement within each class, so that all images of a patient move together and the class balance
 stays; models and thresholds stay fixed, so the CI describes test-sample uncertainty, not training variability
 (that is the SD). A fold that a resample leaves without one class is left out of that resample's mean.</li>
-<li><b>Friedman test</b> (scipy) per model family, regime and metric compares the strategies over blocks; a block
-is one test fold of one task seen by one model of the family (repetitions averaged), and only blocks where every
-strategy has a result enter. <b>Nemenyi</b> post-hoc p-values (scikit-posthocs) draw the critical-difference
-diagrams. <b>Paired Wilcoxon</b> signed-rank tests (scipy) compare every pair of strategies over the blocks both
-have, with <b>Holm</b> correction (statsmodels) within the family, regime and metric. Alpha = {alpha}.</li>
-<li>With few blocks these tests cannot reach significance (5 blocks: no Wilcoxon p below 0.0625); add tasks, folds
-or models before reading a 'no difference' as evidence of equivalence.</li>
+<li><b>Across tasks</b> the unit is the <b>task</b>: folds of a task share most of their training patients and
+models of a family see the same data, so neither is an independent data set (Demšar 2006). Per model family,
+regime and metric, a task gives one block: each strategy's metric averaged over the family's models, folds and
+repetitions, on the cells (model, fold, repetition) where every compared strategy has a result, so all are measured
+on the same cells (a failed or missing cell leaves that cell out for every strategy). A strategy that runs on some
+models of a family only (e.g. VPT on ViTs) is compared on those models in a scope of its own, beside the scope of
+the strategies that run on all. The <b>Friedman test</b> (scipy) with <b>Nemenyi</b> post-hoc (scikit-posthocs;
+critical-difference diagrams) and paired <b>Wilcoxon</b> signed-rank tests (scipy) with <b>Holm</b> correction
+over the scope's pairs run over these blocks, with at least {min_tasks} tasks: with N tasks the exact Wilcoxon test
+cannot give p below 2/2<sup>N</sup>, which reaches alpha = {alpha} from N = {min_tasks} on. With fewer tasks the report
+shows mean ranks and says that no test is possible; it never tests over folds instead.</li>
+<li><b>Within one task</b> the unit is the <b>fold</b>: per task, model and regime, every pair of strategies is
+compared over the folds both have (few-shot repetitions of a fold share its test patients, so they are averaged per
+fold first). Folds share training patients, so the variance of the differences is corrected by Nadeau and Bengio's
+factor 1/n + 1/(k−1) (k = n folds: each test part is 1/(k−1) of its training pool): the <b>corrected resampled
+t-test</b> (Holm-corrected within the task, model and regime) and the <b>Bayesian correlated t-test</b> (baycomp;
+Benavoli et al. 2017), which gives P(a better), P(practically equivalent: within ±{rope}) and P(b better). A
+probability of {decision} or more decides (ours).</li>
+<li>With few tasks or folds these tests cannot reach a decision; add tasks before reading a 'no difference' across
+tasks as evidence of equivalence (within a task, the ROPE probability says how equivalent).</li>
 </ul>
 """
+
+
+def _methods(res: Results) -> str:
+    rope = res.comparisons.within_task["rope"]
+    values = {"resamples": f"{res.resamples:,}", "alpha": str(res.alpha), "min_tasks": str(stats.min_tasks(res.alpha)),
+              "rope": f"{rope[0]:g}" if rope.len() else "report.rope", "decision": str(stats.DECISION)}
+    text = METHODS
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", value)
+    return text
 
 
 def build(res: Results, figs: list[Figure]) -> str:
@@ -387,10 +480,11 @@ def build(res: Results, figs: list[Figure]) -> str:
          "<h2 id='overview'>Overview</h2>", _grid_line(res), _cards(res), _key_results(res)]
     tests = _tests_table(res, "mcc")
     if tests.height:
-        p.append("<h3>Do strategies differ? (MCC)</h3><p class='small muted'>Friedman test per model family and "
-                 "regime; details, PR-AUC and the pairwise tests under <a href='#stats'>Statistics</a>.</p>"
-                 + table_html(tests.select("family", "regime", "strategies", "blocks", "p_value", "verdict",
-                                           "best mean rank", "note")))
+        p.append("<h3>Do strategies differ across tasks? (MCC)</h3><p class='small muted'>Friedman test per model "
+                 "family and regime; the unit is the <b>task</b> (one block per task), never a fold. Within-task "
+                 "comparisons, PR-AUC and the pairwise tests under <a href='#stats'>Statistics</a>.</p>"
+                 + table_html(tests.select("family", "models", "regime", "strategies", "tasks (blocks)", "p_value",
+                                           "verdict", "best mean rank", "note")))
     if status:
         p += ["<h2 id='status'>Failed and missing cells</h2>", status]
     p.append("<h2 id='tasks'>Results per task</h2>")
@@ -407,18 +501,24 @@ def build(res: Results, figs: list[Figure]) -> str:
     for metric, label in (("mcc", "MCC"), ("pr_auc", "PR-AUC")):
         t = _tests_table(res, metric)
         if t.height:
-            p.append(f"<h3>Friedman tests, {label}</h3>" + table_html(t))
+            p.append(f"<h3>Across tasks: Friedman tests, {label}</h3><p class='small muted'>Unit: the <b>task</b>; "
+                     f"N = tasks (blocks). A block is a strategy's {label} averaged over the family's models (listed), "
+                     f"folds and repetitions, on the cells every strategy of the row has ('cells unpaired': cells left "
+                     f"out because some strategy lacks them; 'tasks dropped': tasks without such a cell).</p>"
+                     + table_html(t))
     w = res.comparisons.wilcoxon
     if w.height:
-        w = w.select("family", pl.col("regime_group").alias("regime"), "metric", "a", "b", "pairs", "median_diff",
+        w = w.select("family", "models", pl.col("regime_group").alias("regime"), "metric", "a", "b",
+                     pl.col("pairs").alias("tasks (units)"), "median_diff",
                      pl.format("{} / {} / {}", "wins", "ties", "losses").alias("a wins / ties / b wins"),
                      "p_value", "p_holm", "significant", "note")
-        p.append(f"<h3>Paired Wilcoxon tests with Holm correction</h3><p class='small muted'>Differences a − b over "
-                 f"the blocks both strategies have (positive: a better). 'significant' means Holm-adjusted "
-                 f"p &lt; {res.alpha} within the family, regime and metric. Click a header to sort.</p>"
-                 + table_html(w))
+        p.append(f"<h3>Across tasks: paired Wilcoxon tests with Holm correction</h3><p class='small muted'>Unit: the "
+                 f"<b>task</b>. Differences a − b over the tasks both strategies have (positive: a better). "
+                 f"'significant' means Holm-adjusted p &lt; {res.alpha} within the family, models, regime and metric. "
+                 f"Click a header to sort.</p>" + table_html(w))
+    p.append(_within_html(res, "mcc", "MCC"))
     if not res.comparisons.friedman.height:
-        p.append("<p class='note'>No statistics: no strategy has results in two blocks yet.</p>")
+        p.append("<p class='note'>No statistics: no strategy has a result yet.</p>")
     p.append("<h2 id='cost'>Cost</h2>")
     for f in by_kind.get("efficiency", []):
         p += [f"<h3>{esc(f.name)}</h3>", figure_html(f)]
@@ -430,7 +530,7 @@ def build(res: Results, figs: list[Figure]) -> str:
         p.append(table_html(_results_table(res.summary), {"mcc": "_mcc", "pr_auc": "_pr"}))
     p += ["<h2 id='data'>Data</h2>", _data_html(res),
           "<h2 id='methods'>Methods: how the numbers are made</h2>",
-          METHODS.replace("{resamples}", f"{res.resamples:,}").replace("{alpha}", str(res.alpha))]
+          _methods(res)]
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
             f"<meta name=viewport content='width=device-width,initial-scale=1'><title>{esc(res.title)}</title>"
             f"<style>{STYLE}</style></head><body><main>{''.join(p)}</main><script>{SCRIPT}</script></body></html>")

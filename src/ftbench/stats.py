@@ -1,26 +1,33 @@
-"""Statistics across the grid: patient-bootstrap CIs, Friedman + Nemenyi, paired Wilcoxon + Holm, Pareto fronts.
+"""Statistics of the grid: patient-bootstrap CIs, comparisons of strategies across and within tasks, Pareto fronts.
 
-The tests come from scipy, scikit-posthocs and statsmodels; this module only arranges the grid into the
-shapes they expect and says, in words, when a grid is too small for a test to mean anything.
+The tests come from scipy, scikit-posthocs and baycomp (Holm's correction is :func:`holm`); this module
+arranges the grid into the shapes they expect and says, in words, when a grid is too small for a test to mean
+anything.
 
-Strategies are compared within a model family and a regime group. A *block* is one test fold of one task
-seen by one model of the family (few-shot repetitions of that fold are averaged first): within a block
-every strategy saw the same test patients through the same backbone, which is what a paired test needs.
+Folds of one task share most of their training patients, and models of a family see the same data, so
+neither is an independent data set (Demšar 2006; Benavoli et al. 2017). Hence two kinds of comparison:
+
+- across tasks, one block per task: Friedman + Nemenyi and Wilcoxon + Holm over tasks, on each strategy's
+  metric averaged over the task's cells (models of the family, folds, repetitions) that every strategy
+  compared has; with fewer tasks than :func:`min_tasks` only mean ranks, never a test over folds;
+- within one task and model, over its folds: the Nadeau-Bengio corrected resampled t-test and baycomp's
+  Bayesian correlated t-test with a region of practical equivalence (the config's ``report.rope``).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import baycomp
 import numpy as np
 import polars as pl
 import scikit_posthocs as sp
 from scipy import stats as ss
-from statsmodels.stats.multitest import multipletests
 
 BLOCK = ("task", "model", "fold")
 GROUP = ("family", "regime_group")
@@ -112,30 +119,46 @@ def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
     return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
 
 
-# --- comparisons of strategies across the grid ----------------------------------------------------------
+# --- comparisons of strategies: across tasks, and within one task ---------------------------------------
 
-FRIEDMAN_SCHEMA = {"family": pl.String, "regime_group": pl.String, "metric": pl.String, "strategies": pl.Int64,
-                   "blocks": pl.Int64, "incomplete_blocks": pl.Int64, "statistic": pl.Float64,
-                   "p_value": pl.Float64, "critical_difference": pl.Float64, "note": pl.String}
-RANKS_SCHEMA = {"family": pl.String, "regime_group": pl.String, "metric": pl.String, "strategy": pl.String,
-                "mean_rank": pl.Float64, "mean": pl.Float64}
-POSTHOC_SCHEMA = {"family": pl.String, "regime_group": pl.String, "metric": pl.String, "a": pl.String,
-                  "b": pl.String, "p_nemenyi": pl.Float64}
-WILCOXON_SCHEMA = {"family": pl.String, "regime_group": pl.String, "metric": pl.String, "a": pl.String,
-                   "b": pl.String, "pairs": pl.Int64, "mean_diff": pl.Float64, "median_diff": pl.Float64,
-                   "wins": pl.Int64, "ties": pl.Int64, "losses": pl.Int64, "statistic": pl.Float64,
-                   "p_value": pl.Float64, "p_holm": pl.Float64, "significant": pl.Boolean, "note": pl.String}
-SCHEMAS = {"friedman": FRIEDMAN_SCHEMA, "ranks": RANKS_SCHEMA, "posthoc": POSTHOC_SCHEMA, "wilcoxon": WILCOXON_SCHEMA}
+# The unit of a measurement inside one task: a cell is one (model, fold, repetition) of a strategy.
+CELL = ("model", "fold", "repetition")
+DECISION = 0.95  # ours: a posterior probability this high decides (Benavoli et al. 2017 use 0.95 too)
+FEW_TASKS = 10  # Demšar (2006): Friedman's chi-square is a fair approximation from about 10 data sets on
+
+SCOPE = {"family": pl.String, "models": pl.String, "regime_group": pl.String, "metric": pl.String}
+FRIEDMAN_SCHEMA = SCOPE | {"strategies": pl.Int64, "tasks": pl.Int64, "tasks_dropped": pl.Int64,
+                           "cells_unpaired": pl.Int64, "min_tasks": pl.Int64, "statistic": pl.Float64,
+                           "p_value": pl.Float64, "critical_difference": pl.Float64, "note": pl.String}
+RANKS_SCHEMA = SCOPE | {"strategy": pl.String, "mean_rank": pl.Float64, "mean": pl.Float64}
+POSTHOC_SCHEMA = SCOPE | {"a": pl.String, "b": pl.String, "p_nemenyi": pl.Float64}
+WILCOXON_SCHEMA = SCOPE | {"a": pl.String, "b": pl.String, "pairs": pl.Int64, "mean_diff": pl.Float64,
+                           "median_diff": pl.Float64, "wins": pl.Int64, "ties": pl.Int64, "losses": pl.Int64,
+                           "statistic": pl.Float64, "p_value": pl.Float64, "p_holm": pl.Float64,
+                           "significant": pl.Boolean, "note": pl.String}
+WITHIN_SCHEMA = {"task": pl.String, "family": pl.String, "model": pl.String, "regime_group": pl.String,
+                 "metric": pl.String, "a": pl.String, "b": pl.String, "folds": pl.Int64, "cells": pl.Int64,
+                 "mean_a": pl.Float64, "mean_b": pl.Float64, "mean_diff": pl.Float64, "t": pl.Float64,
+                 "df": pl.Int64, "p_value": pl.Float64, "p_holm": pl.Float64, "p_a_better": pl.Float64,
+                 "p_equivalent": pl.Float64, "p_b_better": pl.Float64, "rope": pl.Float64, "note": pl.String}
+SCHEMAS = {"friedman": FRIEDMAN_SCHEMA, "ranks": RANKS_SCHEMA, "posthoc": POSTHOC_SCHEMA,
+           "wilcoxon": WILCOXON_SCHEMA, "within_task": WITHIN_SCHEMA}
 
 
 @dataclass
 class Comparisons:
-    """The tables of :func:`compare`, one row per (family, regime group, metric) and what it tests."""
+    """The tables of :func:`compare`.
 
-    friedman: pl.DataFrame  # statistic, p-value, blocks, critical difference, and a note when not testable
-    ranks: pl.DataFrame  # mean rank (1 = best) and mean value of each strategy
-    posthoc: pl.DataFrame  # Nemenyi p-value of each strategy pair
-    wilcoxon: pl.DataFrame  # paired Wilcoxon of each strategy pair, Holm-corrected within the group
+    Across tasks (one row per family, models, regime group and metric, or per strategy / pair of it; the block
+    is a task): ``friedman``, ``ranks``, ``posthoc``, ``wilcoxon``. Within one task (one row per task, model,
+    regime group, metric and strategy pair; the unit is a fold): ``within_task``.
+    """
+
+    friedman: pl.DataFrame  # Friedman over tasks: statistic, p-value, tasks, critical difference, or why not tested
+    ranks: pl.DataFrame  # mean rank over tasks (1 = best) and mean value of each strategy
+    posthoc: pl.DataFrame  # Nemenyi p-value of each strategy pair (only where Friedman ran)
+    wilcoxon: pl.DataFrame  # paired Wilcoxon over tasks of each strategy pair, Holm-corrected within the scope
+    within_task: pl.DataFrame  # corrected resampled t and Bayesian correlated t over the folds of one task
 
     def write(self, out_dir: str | Path) -> None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -153,44 +176,113 @@ def critical_difference(k: int, n: int, alpha: float = 0.05) -> float:
     return float(q * np.sqrt(k * (k + 1) / (6 * n)))
 
 
+@functools.lru_cache
 def smallest_wilcoxon_p(n: int) -> float:
     """The smallest two-sided p-value the exact signed-rank test can give with ``n`` pairs."""
     return float(ss.wilcoxon(np.arange(1, n + 1)).pvalue) if n else float("nan")
 
 
-def block_values(cells: pl.DataFrame, metric: str) -> pl.DataFrame:
-    """One value per (family, regime group, block, strategy): the metric averaged over repetitions."""
-    return (cells.filter((pl.col("status") == "ok") & pl.col(metric).is_not_nan())
-            .group_by([*GROUP, *BLOCK, "strategy"]).agg(pl.col(metric).mean().alias("value")))
+def min_tasks(alpha: float) -> int:
+    """The fewest tasks with which a pairwise across-task test can reject at ``alpha``: the smallest N whose exact
+    Wilcoxon signed-rank test can give p < alpha (2 / 2^N, all N differences of one sign). Below it the
+    Friedman test could at best flag a difference that no pairwise test can place (6 at alpha 0.05)."""
+    n = 1
+    while smallest_wilcoxon_p(n) >= alpha:
+        n += 1
+    return n
+
+
+def holm(p_values: list[float]) -> np.ndarray:
+    """Holm-adjusted p-values: the i-th smallest times (m - i + 1), made monotone, at most 1.
+
+    The same numbers as statsmodels' ``multipletests(p, method="holm")`` (tests/test_stats.py checks it), which
+    runs ``gc.collect()`` on every Holm call: 139 ms a call in this process, and a grid of config.yaml's shape
+    makes 660 calls (``bench/stats.py``, docs/performance.md).
+    """
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(np.maximum.accumulate(p[order] * np.arange(len(p), 0, -1)), 1.0)
+    out = np.empty_like(adjusted)
+    out[order] = adjusted
+    return out
+
+
+def no_test_note(n: int, alpha: float) -> str:
+    return f"{n} task{'' if n == 1 else 's'}: no across-task test possible (minimum {min_tasks(alpha)})"
+
+
+def cell_values(cells: pl.DataFrame, metric: str) -> pl.DataFrame:
+    """One value per ok cell: (family, regime group, task, model, strategy, fold, repetition) and the metric."""
+    return (cells.filter((pl.col("status") == "ok") & pl.col(metric).is_not_null() & pl.col(metric).is_not_nan())
+            .select("family", "regime_group", "task", "model", "strategy", "fold",
+                    pl.col("repetition").fill_null(0), pl.col(metric).alias("value")))
+
+
+def scopes(cells: pl.DataFrame) -> list[tuple[str, str, tuple[str, ...], list[str]]]:
+    """The comparisons across tasks: (family, regime group, models, strategies).
+
+    A strategy's models are the models of the family where it has cells (ok or failed). Each distinct set of
+    models is one scope, holding every strategy that has cells on all of them: with VeRA on ViTs only, a family
+    of a ResNet and two ViTs gives the scope (all three models: the strategies without VeRA) and the scope
+    (the two ViTs: every strategy). So every strategy of a scope can be measured on the same cells.
+    """
+    applies = cells.group_by("family", "regime_group", "strategy").agg(pl.col("model").unique())
+    out = []
+    for (family, regime), group in sorted(applies.group_by("family", "regime_group"), key=lambda g: g[0]):
+        models_of = {s: frozenset(m) for s, m in group.select("strategy", "model").iter_rows()}
+        for models in sorted(set(models_of.values()), key=lambda m: (-len(m), sorted(m))):
+            out.append((family, regime, tuple(sorted(models)), sorted(s for s, m in models_of.items() if models <= m)))
+    return out
+
+
+def task_blocks(values: pl.DataFrame, models: tuple[str, ...], strategies: list[str]) -> tuple[pl.DataFrame, dict]:
+    """One block per task: each strategy's metric averaged over the cells (model, fold, repetition) of the task
+    where every strategy of the scope has a result, so that all are measured on the same cells.
+
+    Returns the (task x strategy) table of complete blocks and counts: tasks dropped (no such cell) and cells
+    left unpaired (a result of some strategies only: a failed or missing cell drops that cell for every strategy).
+    """
+    sub = values.filter(pl.col("model").is_in(list(models)) & pl.col("strategy").is_in(strategies))
+    wide = sub.pivot(on="strategy", index=["task", *CELL], values="value")
+    wide = wide.with_columns(pl.lit(None, pl.Float64).alias(s) for s in strategies if s not in wide.columns)
+    common = wide.drop_nulls(strategies)
+    blocks = common.group_by("task").agg(pl.col(s).mean() for s in strategies).sort("task")
+    counts = {"tasks_dropped": sub["task"].n_unique() - blocks.height, "cells_unpaired": wide.height - common.height}
+    return blocks, counts
 
 
 def friedman_nemenyi(wide: pl.DataFrame, strategies: list[str], alpha: float) -> tuple[dict, list[dict], list[dict]]:
-    """Friedman test and Nemenyi post-hoc over the complete blocks of a (block x strategy) table."""
+    """Mean ranks, and the Friedman test and Nemenyi post-hoc over the complete blocks (tasks) of a
+    (block x strategy) table, when there are at least :func:`min_tasks` of them."""
     complete = wide.drop_nulls(strategies)
     n, k = complete.height, len(strategies)
-    row = {"strategies": k, "blocks": n, "incomplete_blocks": wide.height - n, "statistic": None, "p_value": None,
+    row = {"strategies": k, "tasks": n, "min_tasks": min_tasks(alpha), "statistic": None, "p_value": None,
            "critical_difference": None, "note": None}
-    if k < 3:
-        return row | {"note": f"{k} strateg{'y' if k == 1 else 'ies'}: Friedman needs 3 or more (see the paired tests)"}, [], []
-    if n < 2:
-        return row | {"note": f"{n} complete block(s): too few for a Friedman test"}, [], []
+    if n == 0:
+        return row | {"note": "no task where every strategy has a result"}, [], []
     values = complete.select(strategies).to_numpy().astype(float)
     ranks = ss.rankdata(-values, axis=1).mean(axis=0)  # rank 1 = the highest metric
     rank_rows = [{"strategy": s, "mean_rank": float(r), "mean": float(m)}
                  for s, r, m in zip(strategies, ranks, values.mean(axis=0))]
+    if n < min_tasks(alpha):
+        return row | {"note": no_test_note(n, alpha)}, rank_rows, []
+    if k < 3:
+        note = f"{k} strateg{'y' if k == 1 else 'ies'}: Friedman needs 3 or more (see the paired tests)"
+        return row | {"note": note}, rank_rows, []
     if np.all(values == values[:, :1]):
-        return row | {"note": "every strategy ties in every block: nothing to test"}, rank_rows, []
+        return row | {"note": "every strategy ties in every task: nothing to test"}, rank_rows, []
     result = ss.friedmanchisquare(*values.T)
     p_matrix = sp.posthoc_nemenyi_friedman(values)
     posthoc = [{"a": strategies[i], "b": strategies[j], "p_nemenyi": float(p_matrix.iloc[i, j])}
                for i, j in itertools.combinations(range(k), 2)]
-    note = "few blocks: p approximate" if n < FEW_BLOCKS else None
+    note = f"fewer than {FEW_TASKS} tasks: chi-square p approximate" if n < FEW_TASKS else None
     return (row | {"statistic": float(result.statistic), "p_value": float(result.pvalue),
                    "critical_difference": critical_difference(k, n, alpha), "note": note}, rank_rows, posthoc)
 
 
 def paired_wilcoxon(wide: pl.DataFrame, strategies: list[str], alpha: float) -> list[dict]:
-    """Wilcoxon signed-rank test of every strategy pair over the blocks both have, Holm-corrected together."""
+    """Wilcoxon signed-rank test of every strategy pair over the tasks both have, Holm-corrected together;
+    counts only (no p-value) with fewer than :func:`min_tasks` tasks."""
     rows = []
     for a, b in itertools.combinations(strategies, 2):
         both = wide.select(a, b).drop_nulls()
@@ -200,9 +292,11 @@ def paired_wilcoxon(wide: pl.DataFrame, strategies: list[str], alpha: float) -> 
                "ties": int((diff == 0).sum()), "losses": int((diff < 0).sum()), "statistic": None, "p_value": None,
                "note": None}
         if len(diff) == 0:
-            row["note"] = "no block has both"
+            row["note"] = "no task has both"
+        elif len(diff) < min_tasks(alpha):
+            row["note"] = no_test_note(len(diff), alpha)
         elif np.all(diff == 0):
-            row |= {"p_value": 1.0, "note": "identical in every block"}
+            row |= {"p_value": 1.0, "note": "identical in every task"}
         else:
             result = ss.wilcoxon(diff)
             row |= {"statistic": float(result.statistic), "p_value": float(result.pvalue)}
@@ -212,28 +306,95 @@ def paired_wilcoxon(wide: pl.DataFrame, strategies: list[str], alpha: float) -> 
         rows.append(row)
     tested = [r for r in rows if r["statistic"] is not None]
     if tested:
-        reject, p_holm, _, _ = multipletests([r["p_value"] for r in tested], alpha=alpha, method="holm")
-        for r, rej, p in zip(tested, reject, p_holm):
-            r |= {"p_holm": float(p), "significant": bool(rej)}
+        p_holm = holm([r["p_value"] for r in tested])
+        floor = len(tested) * smallest_wilcoxon_p(max(r["pairs"] for r in tested))  # Holm multiplies the smallest p
+        for r, p in zip(tested, p_holm):
+            r |= {"p_holm": float(p), "significant": bool(p < alpha)}
+            if len(tested) > 1 and floor >= alpha:
+                bound = f"Holm over {len(tested)} pairs: p_holm ≥ {min(floor, 1.0):.3g}"
+                r["note"] = f"{r['note']}; {bound}" if r["note"] else bound
     return rows
 
 
-def compare(cells: pl.DataFrame, metrics: tuple[str, ...] = ("mcc", "pr_auc"), alpha: float = 0.05) -> Comparisons:
-    """Friedman + Nemenyi and paired Wilcoxon + Holm for the strategies of every (family, regime group, metric)."""
-    out: dict[str, list[dict]] = {"friedman": [], "ranks": [], "posthoc": [], "wilcoxon": []}
+def correlated_t(a: np.ndarray, b: np.ndarray, rope: float) -> dict:
+    """Nadeau-Bengio corrected resampled t-test and Bayesian correlated t-test of ``a`` against ``b``, paired per fold.
+
+    baycomp's correlated t-test (Corani & Benavoli 2015) gives the posterior of the mean difference: a Student t
+    with n - 1 degrees of freedom, centred on the observed mean difference, with the variance of the differences
+    times (1/n + rho/(1 - rho)), rho = 1/n: with k folds each test part is 1/(k-1) of its training pool (Nadeau &
+    Bengio 2003). The corrected t is the same mean over the same scale, so its one-sided p-value equals the
+    posterior probability of the other sign. Returns t, df, the two-sided p, and P(a better by more than
+    ``rope``), P(within the rope), P(b better by more than ``rope``).
+    """
+    posterior = baycomp.CorrelatedTTest(np.asarray(a, float), np.asarray(b, float), rope)  # of b - a
+    p_a, p_eq, p_b = (float(p) for p in posterior.probs())
+    diff, scale = -float(posterior.mean), math.sqrt(posterior.var)
+    row = {"t": None, "df": int(posterior.df), "p_value": None, "p_a_better": p_a, "p_equivalent": p_eq,
+           "p_b_better": p_b, "note": None}
+    if scale > 0:
+        t = diff / scale
+        return row | {"t": t, "p_value": float(2 * ss.t.sf(abs(t), posterior.df))}
+    if diff == 0:
+        return row | {"p_value": 1.0, "note": "identical in every fold"}
+    return row | {"note": "the same difference in every fold: no variance to test"}
+
+
+def within_task(values: pl.DataFrame, rope: float) -> list[dict]:
+    """Every strategy pair within each (task, model, regime group), over the folds both have.
+
+    Few-shot repetitions of a fold share its test patients, so they are averaged per fold first (over the
+    repetitions both strategies have): the unit is the fold. The corrected t's p-values are Holm-corrected
+    within the (task, model, regime group).
+    """
+    out = []
+    for (task, model, regime), group in sorted(values.group_by("task", "model", "regime_group"), key=lambda g: g[0]):
+        strategies = sorted(group["strategy"].unique().to_list())
+        wide = group.pivot(on="strategy", index=["fold", "repetition"], values="value").sort("fold", "repetition")
+        folds, matrix = wide["fold"].to_numpy(), wide.select(strategies).to_numpy().astype(float)  # null: NaN
+        rows = []
+        for (i, a), (j, b) in itertools.combinations(enumerate(strategies), 2):
+            x, y = matrix[:, i], matrix[:, j]
+            both = ~(np.isnan(x) | np.isnan(y))
+            fold_ids, index = np.unique(folds[both], return_inverse=True)
+            count = np.bincount(index)
+            fa, fb = np.bincount(index, x[both]) / count, np.bincount(index, y[both]) / count
+            row = {"a": a, "b": b, "folds": len(fold_ids), "cells": int(both.sum()), "rope": rope,
+                   "mean_a": float(fa.mean()) if len(fa) else None, "mean_b": float(fb.mean()) if len(fb) else None,
+                   "mean_diff": float((fa - fb).mean()) if len(fa) else None}
+            if len(fold_ids) < 2:
+                row["note"] = f"{len(fold_ids)} fold{'' if len(fold_ids) == 1 else 's'} in common: no within-task test"
+            else:
+                row |= correlated_t(fa, fb, rope)
+            rows.append(row)
+        tested = [r for r in rows if r.get("t") is not None]
+        for r, p in zip(tested, holm([r["p_value"] for r in tested])):
+            r["p_holm"] = float(p)
+        family = group["family"][0]
+        out += [{"task": task, "family": family, "model": model, "regime_group": regime} | r for r in rows]
+    return out
+
+
+def compare(cells: pl.DataFrame, metrics: tuple[str, ...] = ("mcc", "pr_auc"), alpha: float = 0.05,
+            rope: float = 0.01) -> Comparisons:
+    """Strategies compared across tasks (Friedman + Nemenyi, Wilcoxon + Holm; one block per task) in every scope
+    of :func:`scopes`, and within each task (corrected and Bayesian correlated t over folds), for each metric."""
+    if not rope > 0:
+        raise ValueError(f"rope {rope}: the region of practical equivalence must be wider than 0 (report.rope)")
+    out: dict[str, list[dict]] = {name: [] for name in SCHEMAS}
     for metric in metrics:
         if cells.height == 0 or metric not in cells.columns:
             continue
-        values = block_values(cells, metric)
-        for (family, regime), group in sorted(values.group_by(list(GROUP)), key=lambda g: g[0]):
-            strategies = sorted(group["strategy"].unique().to_list())
-            wide = group.pivot(on="strategy", index=list(BLOCK), values="value")
-            key = {"family": family, "regime_group": regime, "metric": metric}
-            friedman, ranks, posthoc = friedman_nemenyi(wide, strategies, alpha)
-            out["friedman"].append(key | friedman)
+        values = cell_values(cells, metric)
+        for family, regime, models, strategies in scopes(cells):
+            key = {"family": family, "models": ", ".join(models), "regime_group": regime, "metric": metric}
+            scope_values = values.filter((pl.col("family") == family) & (pl.col("regime_group") == regime))
+            blocks, counts = task_blocks(scope_values, models, strategies)
+            friedman, ranks, posthoc = friedman_nemenyi(blocks, strategies, alpha)
+            out["friedman"].append(key | counts | friedman)
             out["ranks"] += [key | r for r in ranks]
             out["posthoc"] += [key | r for r in posthoc]
-            out["wilcoxon"] += [key | r for r in paired_wilcoxon(wide, strategies, alpha)]
+            out["wilcoxon"] += [key | r for r in paired_wilcoxon(blocks, strategies, alpha)]
+        out["within_task"] += [r | {"metric": metric} for r in within_task(values, rope)]
     return Comparisons(**{name: pl.DataFrame(rows, schema=SCHEMAS[name]) for name, rows in out.items()})
 
 

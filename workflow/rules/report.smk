@@ -1,4 +1,4 @@
-# Report stage: cells -> tables with bootstrap CIs -> tests across the grid -> self-contained HTML report.
+# Report stage: cells -> tables with bootstrap CIs -> tests across and within tasks -> self-contained HTML report.
 #
 # `snakemake report_partial` writes the same report from the cells that exist now, under results/partial/,
 # listing the missing and failed ones. It trains nothing, so it works after a run that stopped
@@ -10,7 +10,7 @@ from ftbench import REPORT_VERSION
 from ftbench.grid import CELL_FILES
 from ftbench.captions import CAPTIONS
 
-STATS_TABLES = ("friedman", "ranks", "posthoc", "wilcoxon")
+STATS_TABLES = ("friedman", "ranks", "posthoc", "wilcoxon", "within_task")
 
 
 def complete_cells_fingerprint(w) -> str:
@@ -74,13 +74,15 @@ rule stats:
                       category="Tables"),
     params:
         alpha=config["report"]["alpha"],
+        rope=config["report"]["rope"],
         version=REPORT_VERSION,
     conda:
         "../../envs/ftbench.yaml"
     log:
         "results/logs/stats.log",
     shell:
-        "{FTBENCH} stats --cells {input.cells} --alpha {params.alpha} --out-dir $(dirname {output.tables[0]}) 2> {log}"
+        "{FTBENCH} stats --cells {input.cells} --alpha {params.alpha} --rope {params.rope} "
+        "--out-dir $(dirname {output.tables[0]}) 2> {log}"
 
 
 rule report:
