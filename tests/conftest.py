@@ -83,4 +83,16 @@ def cell_settings(arch: str, kind: str, lr: float, **overrides) -> dict:
     }
     for key, value in overrides.items():
         settings[key] = {**settings[key], **value} if isinstance(value, dict) else value
-    return copy.deepcopy(settings)
+    return resolved(settings)
+
+
+def resolved(settings: dict) -> dict:
+    """``settings`` with the strategy's defaults filled in, and its candidates listed, as the grid resolves them."""
+    from ftbench import grid
+    from ftbench.zoo import resolve
+
+    model = settings["model"]
+    entry = resolve(model["arch"], model.get("img_size"), model.get("pretrained", False))
+    candidates = grid.resolve_candidates(settings["strategy"], entry, settings["training"])
+    settings = copy.deepcopy(settings) | candidates[0]
+    return settings | ({"candidates": candidates} if len(candidates) > 1 else {})

@@ -107,7 +107,7 @@ def test_protocol_config_declares_the_six_tasks_of_the_first_study():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", [None, "protocol.yaml"])
+@pytest.mark.parametrize("preset", [None, "protocol.yaml", "s1.yaml"])
 def test_dry_run_plans_the_grid_without_any_data(tmp_path, preset):
     import os
     import subprocess

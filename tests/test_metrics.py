@@ -23,6 +23,28 @@ def test_threshold_edge_cases():
     assert metrics.best_threshold(np.array([0, 1]), np.array([0.2, 0.9])) == pytest.approx(0.55)
 
 
+def test_no_positive_is_exact_even_at_a_probability_of_exactly_one():
+    """When predicting no positive maximises MCC, no image may be called positive, although float32 softmax
+    outputs exactly 1.0 for confident images (a cut of 1.0 called those positive)."""
+    labels = np.array([0, 0, 1, 1, 0])
+    probs = np.array([1.0, 1.0, 0.3, 0.2, 0.9], dtype=np.float32).astype(float)  # every positive below the negatives
+    cut = metrics.best_threshold(labels, probs)
+    assert cut == np.inf
+    assert metrics.compute(labels, probs, cut)["sensitivity"] == 0 and (probs >= cut).sum() == 0
+
+
+def test_the_cut_between_adjacent_floats_keeps_the_chosen_counts():
+    """Two adjacent doubles have no double strictly between them: the midpoint rounds onto one of them, and a
+    cut on the lower one would call it positive too. The cut must give exactly the confusion counts chosen."""
+    hi = np.nextafter(0.7, 1)
+    lo = np.nextafter(hi, 0)
+    assert (hi + lo) / 2 == lo  # the premise: this pair's midpoint rounds down onto the lower one
+    labels, probs = np.array([1, 0, 0]), np.array([hi, lo, 0.1])
+    cut = metrics.best_threshold(labels, probs)
+    assert (probs >= cut).tolist() == [True, False, False]
+    assert matthews_corrcoef(labels, probs >= cut) == 1.0
+
+
 def test_compute_known_values():
     labels = np.array([0, 0, 0, 1, 1, 1])
     probs = np.array([0.1, 0.4, 0.6, 0.35, 0.8, 0.9])

@@ -20,27 +20,26 @@ def _features(n: int, rng: np.random.Generator, dim: int = 32) -> tuple[np.ndarr
     return x, y
 
 
-@pytest.mark.parametrize("kind", sorted(probes.PROBES))
-def test_each_probe_learns_a_separable_task_and_records_its_choice(kind):
+@pytest.mark.parametrize("kind, spec", [("logreg", {"C": 1.0}), ("knn", {"k": 5})])
+def test_each_probe_learns_a_separable_task(kind, spec):
     rng = np.random.default_rng(0)
-    train, val, (tx, ty) = _features(200, rng), _features(80, rng), _features(400, rng)
-    probe, history = probes.fit({"kind": kind}, train, val, seed=0)
+    (x, y), (tx, ty) = _features(200, rng), _features(400, rng)
+    probe = probes.PROBES[kind](spec, len(y), 0).fit(x, y)
     assert matthews_corrcoef(ty, probe.predict_proba(tx)[:, 1] >= 0.5) >= 0.8
-    losses = history["val_loss"]
-    assert len(losses) > 1 and history["chosen"] == min(losses, key=losses.get)
     assert probes.parameters(probe) == (33 if kind == "logreg" else 0)  # 32 weights and a bias; kNN learns none
 
 
-def test_knn_leaves_out_neighbour_counts_above_the_training_size():
-    assert list(probes.knn({"k": [1, 3, 10]}, n_train=4, seed=0)) == ["k=1", "k=3"]
-    assert list(probes.knn({"k": [10]}, n_train=2, seed=0)) == ["k=2"]  # a 1-shot cell still gets a probe
+def test_knn_takes_at_most_the_training_size_as_neighbours():
+    assert probes.knn({"k": 10}, n_train=2, seed=0)[-1].n_neighbors == 2  # a 1-shot cell still gets a probe
 
 
 def test_probe_settings_hold_the_seed_only(demo_config):
     config = {**demo_config, "strategies": {**demo_config["strategies"], "probe": {"kind": "logreg"}},
               "benchmark": {**demo_config["benchmark"], "strategies": ["lp", "probe"]}}
     cell = next(c for c in grid.cells(config) if c.strategy == "probe")
-    assert grid.cell_settings(config, cell)["training"] == {"seed": config["training"]["seed"]}  # lr changes rerun nothing
+    settings = grid.cell_settings(config, cell)
+    assert settings["training"] == {"seed": config["training"]["seed"]}  # lr changes rerun nothing
+    assert [c["strategy"]["C"] for c in settings["candidates"]] == [1e-3, 1e-2, 0.1, 1.0]  # chosen on validation
     assert grid.uses_cache(config, "probe")
     assert grid.uses_cache({**config, "training": {**config["training"], "embedding_cache": False}}, "probe")
 
@@ -54,7 +53,8 @@ def test_a_probe_cell_fitted_from_the_cache_writes_a_complete_cell(synthetic_dat
                    embeddings=str(cache))
     metrics = json.loads((tmp_path / "cell" / "metrics.json").read_text())
     assert metrics["status"] == "ok" and -1 <= metrics["mcc"] <= 1 and 0 <= metrics["threshold"] <= 1
-    assert run["history"]["chosen"] in run["history"]["val_loss"]
+    losses = [c["val_loss"] for c in run["candidates"]]  # every candidate's loss, the (first) lowest chosen
+    assert len(losses) == 4 and [c["chosen"] for c in run["candidates"]].index(True) == losses.index(min(losses))
     assert run["trainable_params"] == (info["dim"] + 1 if kind == "logreg" else 0)
     assert run["total_params"] > run["trainable_params"] and run["gflops"] > 0
     with pytest.raises(ValueError, match="fitted on the embedding cache"):

@@ -49,6 +49,8 @@ def test_kfold_too_few_patients_in_a_class():
 
 
 def test_fewshot_exact_reproducible_and_nested():
+    """K training and K validation patients per class from the fold's own parts (all of a validation class that
+    has fewer), each draw nested across K, reproducible, and never the same patient twice."""
     table = make_task_table(100)
     split = splits.kfold(table, 5, 0.2, 0)
     labels = dict(splits.patients(table).iter_rows())
@@ -57,11 +59,13 @@ def test_fewshot_exact_reproducible_and_nested():
     assert not d4.equals(splits.fewshot(table, split, 4, 1, 0))
     d8 = splits.fewshot(table, split, 8, 0, 0)
     for fold in range(5):
-        train = set(split.filter((pl.col("fold") == fold) & (pl.col("part") == "train"))["patient_id"])
-        drawn = d4.filter(pl.col("fold") == fold)["patient_id"].to_list()
-        assert set(drawn) <= train
-        assert sorted(labels[p] for p in drawn) == [0] * 4 + [1] * 4
-        assert set(drawn) <= set(d8.filter(pl.col("fold") == fold)["patient_id"])
+        for part in ("train", "val"):
+            pool = set(split.filter((pl.col("fold") == fold) & (pl.col("part") == part))["patient_id"])
+            drawn = d4.filter((pl.col("fold") == fold) & (pl.col("part") == part))["patient_id"].to_list()
+            assert set(drawn) <= pool and len(set(drawn)) == len(drawn)
+            available = [sum(labels[p] == c for p in pool) for c in (0, 1)]
+            assert sorted(labels[p] for p in drawn) == [0] * min(4, available[0]) + [1] * min(4, available[1])
+            assert set(drawn) <= set(d8.filter((pl.col("fold") == fold) & (pl.col("part") == part))["patient_id"])
 
 
 def test_fewshot_k_too_large_names_task_fold_class_and_count():

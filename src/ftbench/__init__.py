@@ -8,7 +8,8 @@ __version__ = "0.1.0"
 # images, placeholder patient ids and oversized images rejected, times read as numbers or ISO dates (time_kind),
 # labels declared unknown, the data report's new counts; TCIA series read as their md5hashes.csv lists them)
 DATA_VERSION = 3
-SPLIT_VERSION = 2  # folds and few-shot draws (2: validation schemes; validation part carved per class)
+SPLIT_VERSION = 3  # folds and few-shot draws (3: few-shot draws of K validation patients per class too;
+#   2: validation schemes; validation part carved per class)
 EMBEDDING_VERSION = 1  # embedding caches of frozen backbones
 TRAINING_VERSION = 3  # training cells (3: IA3 on keys/values/MLP activation and CNN inputs, SSF after norms on
 #   BatchNorm CNNs, CLIP ViT-L/14 as transformers tower; 2: ViT adapters on block linears only)

@@ -28,7 +28,8 @@ CELL_SCHEMA = {"cell": pl.String, **{k: pl.String for k in KEYS}, "fold": pl.Int
                "gflops": pl.Float64,
                "wall_seconds": pl.Float64, "peak_memory_mb": pl.Float64, "device": pl.String, "device_name": pl.String,
                "n_train": pl.Int64, "n_val": pl.Int64, "epochs": pl.Int64, "train_seconds": pl.Float64,
-               "check_seconds": pl.Float64}
+               "check_seconds": pl.Float64, "train_patients": pl.Int64, "val_patients": pl.Int64,
+               "validation": pl.String, "chosen": pl.String}
 # What a cell file's value must be for each column type (JSON gives int, float, str; a bool is not a number).
 VALUE_TYPES = {pl.Float64: ((int, float), "number"), pl.Int64: ((int,), "whole number"), pl.String: ((str,), "text")}
 PREDICTION_COLUMNS = {"image_id": pl.String, "patient_id": pl.String, "label": pl.Int64, "centre": pl.String,
@@ -71,6 +72,19 @@ def family(run: dict) -> str:
         return "unknown"
 
 
+def cell_choices(run: dict) -> dict:
+    """What a cell learned and selected from: labelled patients per part, what its few-shot regime validated
+    on, and the candidate settings chosen on validation (``key=value`` of the settings that differ)."""
+    labels = run.get("labels_used") or {}
+    candidates = run.get("candidates") or []
+    chosen = next((c for c in candidates if c.get("chosen")), None)
+    differing = sorted({(part, key) for c in candidates for part in ("strategy", "training") for key in c[part]
+                        if any(c[part][key] != other[part].get(key) for other in candidates)})
+    return {"train_patients": labels.get("train_patients"), "val_patients": labels.get("val_patients"),
+            "validation": run.get("settings", {}).get("regime", {}).get("validation", "full"),
+            "chosen": ", ".join(f"{key}={chosen[part][key]}" for part, key in differing) if chosen else None}
+
+
 def read_cell(cell_dir: Path) -> tuple[dict, pl.DataFrame | None]:
     """One cell's row (keys, status, metrics, cost) and its test predictions (None unless the cell is ok)."""
     row = cell_keys(cell_dir)
@@ -88,7 +102,7 @@ def read_cell(cell_dir: Path) -> tuple[dict, pl.DataFrame | None]:
         if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
             return row | {"status": "failed", "error": f"{file}: '{key}' is {value!r} ({type(value).__name__}), "
                                                        f"not a {word}"}, None
-    row |= {k: value for k, (_, value) in values.items()}
+    row |= {k: value for k, (_, value) in values.items()} | cell_choices(run)
     if preds is not None:
         preds = preds.select([pl.col(c).cast(t) for c, t in PREDICTION_COLUMNS.items()]).with_columns(
             pl.lit(row["cell"]).alias("cell"),
@@ -132,7 +146,8 @@ def summarise(cells: pl.DataFrame, predictions: pl.DataFrame, n_resamples: int =
             pl.col("device").unique().sort().str.join(",").alias("device")]
     for m in HEADLINE:
         aggs += [pl.col(m).mean().alias(f"{m}_mean"), pl.col(m).std().alias(f"{m}_sd")]
-    aggs.append(pl.col("positive_rate").mean())
+    aggs += [pl.col("positive_rate").mean(), pl.col("validation").first(),
+             pl.col("train_patients").max().alias("train_patients_max"), pl.col("val_patients").max().alias("val_patients_max")]
     summary = ok.group_by(group).agg(aggs)
     failed = (cells.filter(pl.col("status") != "ok").group_by(group)
               .agg(pl.len().alias("failed"), pl.col("family").first().alias("family_failed")))

@@ -13,13 +13,19 @@ def model_entry(model_spec: dict) -> ZooEntry:
     return resolve(model_spec["arch"], model_spec.get("img_size"), model_spec.get("pretrained", False))
 
 
+_FROZEN: dict[str, tuple[int, int, float | None]] = {}  # per zoo entry: the same for every cell of a job
+
+
 def frozen_backbone(entry: ZooEntry) -> tuple[int, int, float | None]:
     """(feature width, backbone parameters, forward GFLOPs) of a backbone whose features come from the
-    embedding cache: the full model is built on the meta device, without memory or compute."""
-    with torch.device("meta"):
-        full = backbones.build(entry)
-    return full.head.in_features, sum(p.numel() for p in full.backbone.parameters()), \
-        backbones.forward_gflops(full, entry.img_size)
+    embedding cache: the full model is built on the meta device, without memory or compute, once per process."""
+    key = repr(entry)
+    if key not in _FROZEN:
+        with torch.device("meta"):
+            full = backbones.build(entry)
+        _FROZEN[key] = (full.head.in_features, sum(p.numel() for p in full.backbone.parameters()),
+                        backbones.forward_gflops(full, entry.img_size))
+    return _FROZEN[key]
 
 
 def build_model(settings: dict, cached: bool, device: torch.device, weights_path: str | None = None):

@@ -18,58 +18,114 @@ from ftbench.assembly import build_model, frozen_backbone, model_entry
 from ftbench.data import store as image_store
 from ftbench.device import device_name, library_versions, peak_memory_mb, pick_device, seed_everything
 from ftbench.files import write_atomic
-from ftbench.loop import Checkpoint, Diverged, Part, fit, predict
+from ftbench.loop import Checkpoint, Diverged, Part, class_weights, fit, predict, weighted_loss
 
 log = logging.getLogger("ftbench.train")
 
 
 def partitions(task_table: pl.DataFrame, split: pl.DataFrame, fold: int, fewshot: pl.DataFrame | None,
-               source: np.ndarray) -> dict[str, Part]:
-    """train / val / test rows of ``fold`` from ``source`` (image store or embedding cache);
-    a few-shot draw replaces the train patients."""
+               source: np.ndarray, validation: str = "full") -> dict[str, Part]:
+    """train / val / test rows of ``fold`` from ``source`` (image store or embedding cache).
+
+    A few-shot draw replaces the train patients; ``validation`` says what the cell validates on: the fold's
+    validation part (``full``), the draw's K patients per class of it (``kshot``), or nothing (``none``: no
+    ``val`` part).
+    """
     mine = split.filter(pl.col("fold") == fold)
     ids = {part: mine.filter(pl.col("part") == part)["patient_id"] for part in ("train", "val", "test")}
     if fewshot is not None:
-        ids["train"] = fewshot.filter(pl.col("fold") == fold)["patient_id"]
+        draw = fewshot.filter(pl.col("fold") == fold)
+        ids["train"] = draw.filter(pl.col("part") == "train")["patient_id"]
+        if validation == "kshot":
+            ids["val"] = draw.filter(pl.col("part") == "val")["patient_id"]
+    if validation == "none":
+        del ids["val"]
     out = {}
     for part, patients in ids.items():
         frame = task_table.filter(pl.col("patient_id").is_in(patients.implode())).sort("row")
         rows = frame["row"].to_numpy().astype(np.int64)
         out[part] = Part(inputs.load_rows(source, rows), torch.from_numpy(frame["label"].to_numpy().astype(np.int64)), frame)
-    for part in ("train", "val", "test"):
         if out[part].y.numel() == 0:
             raise ValueError(f"fold {fold}: the {part} part has no images")
     return out
 
 
-def train_model(settings: dict, parts: dict[str, Part], generator: torch.Generator, device: torch.device,
-                cached: bool, weights_path: str | None, out_dir: str) -> dict:
-    """Train a cell's model with its strategy: validation and test probabilities (none if it diverged, with
-    the error), history, trainable and total parameters, forward GFLOPs."""
+def candidates(settings: dict) -> list[dict]:
+    """The cell's settings once per candidate (``grid.strategy_candidates``): one, unless settings list values."""
+    return [settings | c for c in settings.get("candidates", [])] or [settings]
+
+
+def train_candidate(settings: dict, parts: dict[str, Part], device: torch.device, cached: bool,
+                    weights_path: str | None, state: Path) -> dict:
+    """Train one candidate's model: validation (if any) and test probabilities, its validation loss (the best
+    epoch's), history, trainable and total parameters, forward GFLOPs; an ``error`` instead if it diverged."""
     training = settings["training"]
+    generator = seed_everything(training["seed"] + settings["fold"])
     model, plan, prep, frozen_params, gflops = build_model(settings, cached, device, weights_path)
     trainable, total = strategies.count_parameters(model, plan)
     log.info("%d of %d parameters train", trainable, total + frozen_params)
     outcome = {"trainable": trainable, "total": total + frozen_params, "gflops": gflops, "history": {}}
     try:
-        checkpoint = Checkpoint(Path(out_dir) / "state.pt", float(os.environ.get("FTBENCH_CHECKPOINT_SECONDS", 600)))
+        checkpoint = Checkpoint(state, float(os.environ.get("FTBENCH_CHECKPOINT_SECONDS", 600)))
         outcome["history"] = fit(model, plan, parts, prep, training, generator, checkpoint)
     except Diverged as err:
         log.error("cell failed: %s", err)
         return outcome | {"error": str(err)}
-    return outcome | {part: predict(model, parts[part], prep, training["batch_size"]) for part in ("val", "test")}
+    return outcome | {"val_loss": outcome["history"]["best_val_loss"]} | {
+        part: predict(model, parts[part], prep, training["batch_size"]) for part in ("val", "test") if part in parts}
 
 
-def fit_probe(settings: dict, parts: dict[str, Part]) -> dict:
-    """Fit a cell's probe (``ftbench.probes``) on cached features: the same record as :func:`train_model`,
-    the history holding each candidate's validation loss and the choice."""
+def fit_candidate(settings: dict, parts: dict[str, Part]) -> dict:
+    """Fit one candidate probe (``ftbench.probes``) on cached features: the same record as
+    :func:`train_candidate`, its validation loss the class-weighted cross-entropy early stopping follows."""
     _, backbone_params, gflops = frozen_backbone(model_entry(settings["model"]))
-    xy = {part: (parts[part].x.numpy(), parts[part].y.numpy()) for part in ("train", "val")}
-    probe, history = probes.fit(settings["strategy"], xy["train"], xy["val"], settings["training"]["seed"] + settings["fold"])
+    (x, y), seed = (parts["train"].x.numpy(), parts["train"].y.numpy()), settings["training"]["seed"] + settings["fold"]
+    probe = probes.PROBES[settings["strategy"]["kind"]](settings["strategy"], len(y), seed).fit(x, y)
+    probs = {part: probe.predict_proba(parts[part].x.numpy())[:, 1] for part in ("val", "test") if part in parts}
     learned = probes.parameters(probe)
-    log.info("probe %s chosen on validation; %d parameters learned", history["chosen"], learned)
-    return {"trainable": learned, "total": learned + backbone_params, "gflops": gflops, "history": history,
-            **{part: probe.predict_proba(parts[part].x.numpy())[:, 1] for part in ("val", "test")}}
+    val_loss = weighted_loss(probs["val"], parts["val"].y.numpy(), class_weights(parts["train"].y)) \
+        if "val" in probs else None
+    return {"trainable": learned, "total": learned + backbone_params, "gflops": gflops, "history": {},
+            "val_loss": val_loss} | probs
+
+
+def run_candidates(settings: dict, parts: dict[str, Part], device: torch.device, embeddings: str | None,
+                   weights_path: str | None, out_dir: Path) -> tuple[dict, list[dict]]:
+    """Train (or fit) every candidate of the cell and keep the one with the lowest validation loss; the chosen
+    outcome and a record of every candidate (its settings, validation loss, status).
+
+    With several candidates, each one's outcome is saved in ``out_dir`` as it finishes, so a resumed cell
+    trains only the ones left; each candidate starts from the same seeds, whatever ran before it.
+    """
+    settings_list, outcomes = candidates(settings), []
+    for i, candidate in enumerate(settings_list):
+        done = out_dir / f"candidate{i}.json"
+        if len(settings_list) > 1 and done.is_file():
+            outcomes.append({k: np.asarray(v) if k in ("val", "test") else v
+                             for k, v in json.loads(done.read_text()).items()})
+            continue
+        if candidate["strategy"]["kind"] in probes.PROBES:
+            if embeddings is None:
+                raise ValueError(f"strategy '{candidate['strategy']['name']}' ({candidate['strategy']['kind']}) is "
+                                 "fitted on the embedding cache: give the cell --embeddings")
+            outcome = fit_candidate(candidate, parts)
+        else:
+            state = out_dir / ("state.pt" if len(settings_list) == 1 else f"state{i}.pt")
+            outcome = train_candidate(candidate, parts, device, embeddings is not None, weights_path, state)
+        if len(settings_list) > 1:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(done, lambda p: p.write_text(json.dumps(
+                {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in outcome.items()}, default=str)))
+        outcomes.append(outcome)
+    ok = [i for i, o in enumerate(outcomes) if "error" not in o]
+    chosen = min(ok, key=lambda i: outcomes[i]["val_loss"]) if ok else 0
+    record = [{"strategy": c["strategy"], "training": c["training"], "val_loss": o.get("val_loss"),
+               "status": "failed" if "error" in o else "ok", "chosen": i == chosen}
+              for i, (c, o) in enumerate(zip(settings_list, outcomes))]
+    if len(settings_list) > 1:
+        log.info("candidate %d of %d chosen on validation loss: %s", chosen + 1, len(settings_list),
+                 [r["val_loss"] for r in record])
+    return outcomes[chosen], record if len(settings_list) > 1 else []
 
 
 def run_cell(settings: dict, task_table: str, split: str, store: str | None, out_dir: str,
@@ -81,39 +137,33 @@ def run_cell(settings: dict, task_table: str, split: str, store: str | None, out
     """
     started = time.perf_counter()
     torch.set_num_threads(threads)
-    training, model_spec, strategy = settings["training"], settings["model"], settings["strategy"]
-    generator = seed_everything(training["seed"] + settings["fold"])
+    model_spec, strategy = settings["model"], settings["strategy"]
     device = pick_device(settings.get("device", "auto"))
     table = pl.read_parquet(task_table)
     source = np.load(embeddings, mmap_mode="r") if embeddings else image_store.load(store)
     draw = None
     if fewshot:
         draw = pl.read_parquet(fewshot).filter(pl.col("repetition") == settings["regime"]["repetition"])
-    parts = partitions(table, pl.read_parquet(split), settings["fold"], draw, source)
-    log.info("cell %s: %s / %s / %s / fold %d | train %d, val %d, test %d images",
-             settings["task"], model_spec["name"], strategy["name"], settings["regime"]["name"], settings["fold"],
-             len(parts["train"].y), len(parts["val"].y), len(parts["test"].y))
-    if strategy["kind"] in probes.PROBES:
-        if embeddings is None:
-            raise ValueError(f"strategy '{strategy['name']}' ({strategy['kind']}) is fitted on the embedding cache: "
-                             "give the cell --embeddings")
-        outcome = fit_probe(settings, parts)
-    else:
-        outcome = train_model(settings, parts, generator, device, embeddings is not None, weights_path, out_dir)
-    run = write_cell(Path(out_dir), settings, parts, outcome, device, threads, embeddings, started)
+    parts = partitions(table, pl.read_parquet(split), settings["fold"], draw, source,
+                       settings["regime"].get("validation", "full"))
+    log.info("cell %s: %s / %s / %s / fold %d | %s", settings["task"], model_spec["name"], strategy["name"],
+             settings["regime"]["name"], settings["fold"], ", ".join(f"{p} {len(v.y)} images" for p, v in parts.items()))
+    outcome, record = run_candidates(settings, parts, device, embeddings, weights_path, Path(out_dir))
+    run = write_cell(Path(out_dir), settings, parts, outcome, record, device, threads, embeddings, started)
     log.info("cell done in %.1fs: %s", run["wall_seconds"], run["summary"])
     return run
 
 
-def write_cell(out: Path, settings: dict, parts: dict[str, Part], outcome: dict, device: torch.device,
-               threads: int, embeddings: str | None, started: float) -> dict:
-    """Score the test predictions at the validation-chosen threshold and write the cell's three files."""
+def write_cell(out: Path, settings: dict, parts: dict[str, Part], outcome: dict, record: list[dict],
+               device: torch.device, threads: int, embeddings: str | None, started: float) -> dict:
+    """Score the test predictions at the validation-chosen threshold (0.5 without a validation part) and write
+    the cell's three files."""
     history = outcome["history"]
     status, error = ("failed", outcome["error"]) if "error" in outcome else ("ok", None)
     if status == "ok":
         probs = outcome["test"]
-        result = metrics.compute(parts["test"].y.numpy(), probs,
-                                 metrics.best_threshold(parts["val"].y.numpy(), outcome["val"]))
+        threshold = metrics.best_threshold(parts["val"].y.numpy(), outcome["val"]) if "val" in parts else 0.5
+        result = metrics.compute(parts["test"].y.numpy(), probs, threshold)
     else:
         probs, result = np.full(len(parts["test"].y), np.nan), {}
     out.mkdir(parents=True, exist_ok=True)
@@ -131,13 +181,17 @@ def write_cell(out: Path, settings: dict, parts: dict[str, Part], outcome: dict,
         "trainable_fraction": outcome["trainable"] / outcome["total"], "gflops": outcome["gflops"],
         "wall_seconds": time.perf_counter() - started,
         "peak_memory_mb": peak_memory_mb(device), "device": str(device),
-        "n_train": len(parts["train"].y), "n_val": len(parts["val"].y), "epochs": len(epochs),
+        "n_train": len(parts["train"].y), "n_val": len(parts["val"].y) if "val" in parts else 0, "epochs": len(epochs),
+        # every labelled patient the cell learned or selected from (training, early stopping, threshold, candidates)
+        "labels_used": {f"{part}_patients": parts[part].frame["patient_id"].n_unique() if part in parts else 0
+                        for part in ("train", "val")},
         # where the time went (see ftbench.cost): optimisation steps, and per-epoch checks (BatchNorm
         # recalibration, validation); the rest is start-up and the test predictions
         "train_seconds": sum(e["train_seconds"] for e in epochs),
         "check_seconds": sum(e["seconds"] - e["train_seconds"] for e in epochs),
         "device_name": device_name(device), "threads": threads, "seed": settings["training"]["seed"] + settings["fold"],
         "versions": library_versions(), "embedding_cache": embeddings, "settings": settings, "history": history,
+        "candidates": record,
     }
     write_atomic(out / "run.json", lambda p: p.write_text(json.dumps(run, indent=1, default=str)))
     return run | {"summary": ", ".join(f"{k} {result[k]:.3f}" for k in ("mcc", "pr_auc", "roc_auc") if k in result)

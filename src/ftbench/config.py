@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from ftbench import strategy_kinds as kinds
 from ftbench.zoo import is_known_arch
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -125,6 +126,13 @@ def check_references(config: dict) -> None:
         check_validation(task_validation(config, name), name)
     if not config.get("regimes", {}).get("full", True) and not (config["regimes"].get("fewshot") or {}).get("k"):
         raise ConfigError("config key 'regimes': the grid is empty (regimes.full is false and regimes.fewshot lists no K)")
+    if ((config.get("regimes", {}).get("fewshot") or {}).get("k")
+            and config["regimes"]["fewshot"].get("validation") == "none"):
+        for name in bench["strategies"]:
+            if listed := kinds.listed_candidates(config["strategies"][name]):
+                raise ConfigError(f"config key 'regimes.fewshot.validation': 'none' leaves nothing to choose strategy "
+                                  f"'{name}''s candidates on ({', '.join(listed)}); give one value each, or validate "
+                                  "few-shot cells on K labels ('kshot')")
     pilot = config.get("cluster", {}).get("pilot_task")
     if pilot and pilot not in bench["tasks"]:
         raise ConfigError(f"config key 'cluster.pilot_task': '{pilot}' is not a task of the benchmark "

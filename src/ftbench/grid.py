@@ -8,7 +8,10 @@ cells whose definition changed.
 from __future__ import annotations
 
 import re
+import functools
+import json
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 from ftbench import TRAINING_VERSION
@@ -27,7 +30,9 @@ FOLD_COUNTS = {
     "loco": lambda v: len(v["centres"]),
 }
 
-TRAINING_KEYS = ("batch_size", "max_epochs", "patience", "lr", "weight_decay", "augment", "seed")
+TASK_TRAINING_KEYS = ("batch_size",)  # training settings a task may set for its own cells
+TRAINING_KEYS = ("batch_size", "max_epochs", "patience", "lr", "weight_decay", "augment", "seed", "batchnorm_min_images",
+                 "schedule")
 
 # The cell contract: the files a finished cell leaves in its folder (see Cell.path), written by ftbench.cell,
 # moved by ftbench.job, read by ftbench.aggregate and watched by the partial report.
@@ -46,17 +51,17 @@ class Cell:
     regime: str
     fold: int
 
-    @property
+    @cached_property
     def job(self) -> "Job":
         return Job(self.task, self.model, self.strategy, regime_group(self.regime))
 
-    @property
+    @cached_property
     def leaf(self) -> str:
         """The cell's folder inside its job's folder: ``fold{F}``, or ``r{R}/fold{F}`` for few-shot."""
         regime = parse_regime(self.regime)
         return f"fold{self.fold}" if regime["name"] == "full" else f"r{regime['repetition']}/fold{self.fold}"
 
-    @property
+    @cached_property
     def path(self) -> str:
         """Folder of the cell under ``results/cells``: ``<task>/<model>/<strategy>/full/fold<F>`` or, few-shot,
         ``<task>/<model>/<strategy>/k<K>/r<R>/fold<F>``."""
@@ -87,7 +92,7 @@ class Job:
     strategy: str
     group: str  # "full" or "k{K}"
 
-    @property
+    @cached_property
     def path(self) -> str:
         return f"{self.task}/{self.model}/{self.strategy}/{self.group}"
 
@@ -113,6 +118,15 @@ def parse_regime(regime: str) -> dict:
         return {"name": "full"}
     k, _, rep = regime[1:].partition("r")
     return {"name": regime, "k": int(k), "repetition": int(rep)}
+
+
+def regime_settings(config: dict, regime: str) -> dict:
+    """A cell's regime as its settings: ``parse_regime`` plus, few-shot, what the cell may validate on
+    (``regimes.fewshot.validation``)."""
+    parsed = parse_regime(regime)
+    if parsed["name"] == "full":
+        return parsed
+    return parsed | {"validation": (config.get("regimes", {}).get("fewshot") or {}).get("validation", "kshot")}
 
 
 def regime_group(regime: str) -> str:
@@ -143,15 +157,16 @@ def fold_count(config: dict, task: str) -> int:
 
 def cells(config: dict) -> list[Cell]:
     """Every training cell of the selected grid, in a stable order."""
-    skip = excluded(config)
+    skip, names = excluded(config), regimes(config)
+    folds = {task: range(fold_count(config, task)) for task in config["benchmark"]["tasks"]}
     return [
         Cell(task, model, strategy, regime, fold)
         for task in config["benchmark"]["tasks"]
         for model in config["benchmark"]["models"]
         for strategy in config["benchmark"]["strategies"]
         if (model, strategy) not in skip
-        for regime in regimes(config)
-        for fold in range(fold_count(config, task))
+        for regime in names
+        for fold in folds[task]
     ]
 
 
@@ -183,23 +198,49 @@ def model_img_size(config: dict, model: str) -> int:
     return spec.get("img_size") or resolve(spec["arch"]).img_size
 
 
-def strategy_candidates(config: dict, model: str, strategy: str) -> list[dict]:
-    """Every candidate ``{"strategy": ..., "training": ...}`` of a (model, strategy), fully resolved (defaults
-    of ``ftbench.strategy_kinds`` filled in): one, unless a setting lists values to choose from on validation."""
-    spec = config["strategies"][strategy]
+def task_training(config: dict, task: str) -> dict:
+    """The training settings of a task's cells: ``training`` with the task's own batch size over it."""
+    return config["training"] | {key: config["tasks"][task][key] for key in TASK_TRAINING_KEYS
+                                 if key in config["tasks"][task]}
+
+
+def strategy_candidates(config: dict, task: str, model: str, strategy: str) -> list[dict]:
+    """Every candidate ``{"strategy": ..., "training": ...}`` of a (task, model, strategy), fully resolved: see
+    :func:`resolve_candidates`."""
+    spec = {"name": strategy} | config["strategies"][strategy]
+    return resolve_candidates(spec, model_entry(config, model), task_training(config, task))
+
+
+def resolve_candidates(spec: dict, entry: ZooEntry, training: dict) -> list[dict]:
+    """Every candidate ``{"strategy": ..., "training": ...}`` of a named strategy ``spec`` on ``entry``, defaults
+    of ``ftbench.strategy_kinds`` filled in: one, unless a setting lists values to choose from on validation.
+    The training settings are those of ``training`` a cell's result depends on, the strategy's overrides in."""
     fitted = kinds.mode(spec["kind"]) == "fitted"
     out = []
-    for resolved in kinds.resolve(spec, model_entry(config, model), config["training"]):
+    for resolved in kinds.resolve(spec, entry, training):
         keys = ("seed",) if fitted else TRAINING_KEYS  # what a probe's result depends on
-        training = {key: config["training"][key] for key in keys}
-        training |= {key: resolved.pop(key) for key in kinds.TRAINING_OVERRIDES if key in resolved}
+        cell_training = {key: training[key] for key in keys if key in training}
+        cell_training |= {key: resolved.pop(key) for key in kinds.TRAINING_OVERRIDES if key in resolved}
         resolved.pop("applies_to", None)  # the grid's business, not the cell's
-        out.append({"strategy": {"name": strategy} | resolved, "training": training})
+        out.append({"strategy": {"name": spec["name"]} | resolved, "training": cell_training})
     return out
 
 
 def _shared_settings(config: dict, task: str, model: str, strategy: str) -> dict:
-    candidates = strategy_candidates(config, model, strategy)
+    """The settings every cell of a (task, model, strategy) shares. Memoised on what they are made of (the model's,
+    the strategy's, the training and the task's entries), since every regime group's job asks for them: the
+    returned dict is shared, never change it."""
+    parts = (config["models"][model], config["strategies"][strategy], config["training"],
+             {key: config["tasks"][task][key] for key in TASK_TRAINING_KEYS if key in config["tasks"][task]})
+    return _memo_shared(task, model, strategy, json.dumps(parts, sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=4096)
+def _memo_shared(task: str, model: str, strategy: str, parts: str) -> dict:
+    config_models, config_strategy, training, task_keys = json.loads(parts)
+    config = {"models": {model: config_models}, "strategies": {strategy: config_strategy}, "training": training,
+              "tasks": {task: task_keys}}
+    candidates = strategy_candidates(config, task, model, strategy)
     shared = {"version": TRAINING_VERSION, "task": task, "model": model_settings(config, model)} | candidates[0]
     return shared | ({"candidates": candidates} if len(candidates) > 1 else {})
 
@@ -207,13 +248,14 @@ def _shared_settings(config: dict, task: str, model: str, strategy: str) -> dict
 def cell_settings(config: dict, cell: Cell) -> dict:
     """The resolved settings of one cell: everything that changes its result, nothing else."""
     return _shared_settings(config, cell.task, cell.model, cell.strategy) | {
-        "regime": parse_regime(cell.regime), "fold": cell.fold}
+        "regime": regime_settings(config, cell.regime), "fold": cell.fold}
 
 
-def jobs(config: dict) -> dict[Job, list[Cell]]:
-    """The training jobs of the grid with their cells, in a stable order."""
+def jobs(config: dict, grid_cells: list[Cell] | None = None) -> dict[Job, list[Cell]]:
+    """The training jobs of the grid (of ``grid_cells``, when the caller has them) with their cells, in a stable
+    order."""
     out: dict[Job, list[Cell]] = {}
-    for cell in cells(config):
+    for cell in cells(config) if grid_cells is None else grid_cells:
         out.setdefault(cell.job, []).append(cell)
     return out
 
@@ -222,4 +264,4 @@ def job_settings(config: dict, job: Job, job_cells: list[Cell]) -> dict:
     """The settings of a job: the shared ones, and each cell's regime, fold and folder."""
     return _shared_settings(config, job.task, job.model, job.strategy) | {
         "group": job.group,
-        "cells": [{"regime": parse_regime(c.regime), "fold": c.fold, "leaf": c.leaf} for c in job_cells]}
+        "cells": [{"regime": regime_settings(config, c.regime), "fold": c.fold, "leaf": c.leaf} for c in job_cells]}

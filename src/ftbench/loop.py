@@ -20,7 +20,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from ftbench import inputs, strategies
+from ftbench import inputs, schedules, strategies
 from ftbench.device import autocast
 from ftbench.errors import Preempted
 from ftbench.files import write_atomic
@@ -159,7 +159,8 @@ def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], p
         training: dict, generator: torch.Generator, checkpoint: Checkpoint | None = None) -> dict:
     """Train with early stopping on validation loss; restore the best epoch. Returns the history.
 
-    With a ``checkpoint`` the state is saved at epoch ends and a previous run's state is resumed.
+    Without a ``val`` part (a few-shot cell that may not validate) every epoch up to ``max_epochs`` runs and the
+    last one is kept. With a ``checkpoint`` the state is saved at epoch ends and a previous run's state is resumed.
     """
     checkpoint = checkpoint or Checkpoint(None, 0)
     optimizer = torch.optim.AdamW(plan.param_groups, weight_decay=training["weight_decay"],
@@ -169,8 +170,7 @@ def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], p
     total_steps = training["max_epochs"] * math.ceil(len(parts["train"].x) / training["batch_size"])
     with StopSignals() as stop:
         while progress.epoch < training["max_epochs"]:
-            if plan.on_epoch is not None and plan.on_epoch(optimizer, progress.epoch):
-                progress.phase_start = progress.epoch
+            _start_epoch(plan, optimizer, progress, training)
             started = time.perf_counter()
             train_loss = _train_epoch(model, plan, parts["train"], prep, training, generator, optimizer, weights,
                                       progress, total_steps, stop)
@@ -178,9 +178,9 @@ def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], p
             val_loss = _check(model, parts, prep, training["batch_size"], weights, progress.epoch)
             progress.history.append({"epoch": progress.epoch, "train_loss": train_loss, "val_loss": val_loss,
                                      "seconds": time.perf_counter() - started, "train_seconds": trained})
-            log.info("epoch %3d  train loss %.4f  val loss %.4f  (%.1fs)", progress.epoch, train_loss, val_loss,
-                     progress.history[-1]["seconds"])
-            if _early_stop(model, progress, val_loss, training["patience"]):
+            log.info("epoch %3d  train loss %.4f  val loss %s  (%.1fs)", progress.epoch, train_loss,
+                     "-" if val_loss is None else f"{val_loss:.4f}", progress.history[-1]["seconds"])
+            if _early_stop(model, progress, val_loss, training["patience"], plan.ready(progress.step, total_steps)):
                 break
             _save(checkpoint, progress, model, plan, optimizer, prep, generator, force=stop.received is not None)
             if stop.received is not None:
@@ -188,7 +188,21 @@ def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], p
             progress.epoch += 1
     model.load_state_dict(progress.best["state"])
     checkpoint.clear()
-    return {"best_epoch": progress.best["epoch"], "best_val_loss": progress.best["loss"], "epochs": progress.history}
+    best_loss = progress.best["loss"] if "val" in parts else None
+    return {"best_epoch": progress.best["epoch"], "best_val_loss": best_loss, "epochs": progress.history}
+
+
+def _start_epoch(plan: strategies.Plan, optimizer, progress: Progress, training: dict) -> None:
+    """The strategy's hooks for the new epoch (a new phase restarts patience), then the learning-rate schedule
+    on the rates the strategy set (``ftbench.schedules``)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group.get("unscheduled_lr", group["lr"])
+    if plan.on_epoch is not None and plan.on_epoch(optimizer, progress.epoch):
+        progress.phase_start = progress.epoch
+    for group in optimizer.param_groups:
+        group["unscheduled_lr"] = group["lr"]
+    schedules.apply(training.get("schedule", {"name": "constant"}), optimizer, progress.epoch,
+                    [epoch["val_loss"] for epoch in progress.history])
 
 
 def _train_epoch(model, plan: strategies.Plan, train: Part, prep, training: dict, generator: torch.Generator,
@@ -197,6 +211,10 @@ def _train_epoch(model, plan: strategies.Plan, train: Part, prep, training: dict
     model.train()
     if not any(p.requires_grad for p in model.backbone.parameters()):
         model.backbone.eval()  # a frozen feature extractor keeps its normalisation statistics
+    elif len(train.x) < training.get("batchnorm_min_images", 0):
+        for m in model.modules():  # too few images for statistics: the pretrained ones stay (and are used)
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
     order, bs = torch.randperm(len(train.x), generator=generator), training["batch_size"]
     total = 0.0
     for i in range(0, len(order), bs):
@@ -220,19 +238,31 @@ def _train_epoch(model, plan: strategies.Plan, train: Part, prep, training: dict
     return total / len(order)
 
 
-def _check(model, parts: dict[str, Part], prep, batch_size: int, weights: torch.Tensor, epoch: int) -> float:
-    """The validation loss after an epoch, BatchNorm statistics re-estimated first."""
+def _check(model, parts: dict[str, Part], prep, batch_size: int, weights: torch.Tensor, epoch: int) -> float | None:
+    """The validation loss after an epoch (None without a validation part), BatchNorm statistics re-estimated
+    first."""
     recalibrate_batchnorm(model, parts["train"], prep, batch_size)
+    if "val" not in parts:
+        return None
     val_loss = weighted_loss(predict(model, parts["val"], prep, batch_size), parts["val"].y.numpy(), weights)
     if not math.isfinite(val_loss):
         raise Diverged(f"epoch {epoch}: validation loss is {val_loss}")
     return val_loss
 
 
-def _early_stop(model, progress: Progress, val_loss: float, patience: int) -> bool:
-    """Keep the epoch if it is the best so far; True when ``patience`` epochs of the phase brought nothing."""
-    if val_loss < progress.best["loss"] - 1e-6:
-        progress.best = {"loss": val_loss, "epoch": progress.epoch, "state": copy.deepcopy(model.state_dict())}
+def _early_stop(model, progress: Progress, val_loss: float | None, patience: int, ready: bool) -> bool:
+    """Keep the epoch if it is the best so far; True when ``patience`` epochs of the phase brought nothing.
+
+    Without a validation loss every epoch is kept (the last one wins) and training never stops early. Before
+    the strategy is ``ready`` (AdaLoRA's rank budget still being pruned) no epoch is kept and none stops
+    training: patience counts from the first ready epoch.
+    """
+    if not ready:
+        progress.phase_start = progress.epoch + 1
+        return False
+    if val_loss is None or val_loss < progress.best["loss"] - 1e-6:
+        progress.best = {"loss": math.inf if val_loss is None else val_loss, "epoch": progress.epoch,
+                         "state": copy.deepcopy(model.state_dict())}
         return False
     if progress.epoch - max(progress.best["epoch"], progress.phase_start - 1) >= patience:
         log.info("early stop: no validation improvement for %d epochs", patience)
@@ -244,6 +274,7 @@ def _save(checkpoint: Checkpoint, progress: Progress, model, plan, optimizer, pr
     checkpoint.save({
         "epoch": progress.epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "best": progress.best, "history": progress.history, "step": progress.step, "plan": plan.state(),
+        "phase_start": progress.phase_start,
         "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
         "prep_generator": prep.generator.get_state() if prep.generator is not None else torch.empty(0),
     }, force=force)
@@ -260,6 +291,7 @@ def _resume(checkpoint: Checkpoint, model, plan: strategies.Plan, optimizer, pre
     for epoch in range(progress.epoch):  # replay the schedule: phases, unfrozen blocks, groups
         if plan.on_epoch is not None and plan.on_epoch(optimizer, epoch):
             progress.phase_start = epoch
+    progress.phase_start = saved["phase_start"]
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     plan.load_state(saved["plan"])

@@ -11,11 +11,14 @@ THRESHOLD_METRICS = ("mcc", "balanced_accuracy", "f1", "sensitivity", "specifici
 
 
 def best_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
-    """The probability cut-off (predict positive when prob >= cut) that maximises MCC on validation data.
+    """The probability cut-off that maximises MCC on validation data, for the rule "positive iff prob >= cut".
 
-    Every distinct probability is a candidate (counts from scikit-learn's ROC curve, MCC from those
-    counts: one pass instead of one metric call per candidate); the cut is placed midway to the next
-    lower probability. 0.5 when the data have a single class.
+    Every distinct probability is a candidate (counts from scikit-learn's ROC curve, MCC from those counts: one
+    pass instead of one metric call per candidate); the cut is placed midway to the next lower probability, or
+    on the chosen probability itself where the midpoint would round onto the lower one (adjacent floats), so
+    the rule reproduces exactly the counts that were maximised. Where predicting no positive at all is best,
+    the cut is +inf: float32 softmax can output exactly 1.0, which a cut of 1.0 would still call positive.
+    0.5 when the data have a single class.
     """
     labels, probs = np.asarray(labels, dtype=int), np.asarray(probs, dtype=float)
     if len(np.unique(labels)) < 2:
@@ -29,9 +32,11 @@ def best_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
         mcc = (tp * tn - fp * fn) / np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
     best = int(np.argmax(np.nan_to_num(mcc, nan=0.0)))
     if not np.isfinite(thresholds[best]):
-        return 1.0  # predicting no positive at all was best
-    lower = thresholds[best + 1] if best + 1 < len(thresholds) else 0.0
-    return float((thresholds[best] + lower) / 2)
+        return math.inf  # predicting no positive at all was best
+    upper = float(thresholds[best])
+    lower = float(thresholds[best + 1]) if best + 1 < len(thresholds) else min(0.0, upper)
+    cut = (upper + lower) / 2
+    return cut if lower < cut <= upper else upper
 
 
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:

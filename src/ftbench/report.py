@@ -269,6 +269,23 @@ def _key_results(res: Results) -> str:
             + table_html(best, {"MCC [95% CI]": "_mcc", "PR-AUC [95% CI]": "_pr"}))
 
 
+def _labels_used(summary: pl.DataFrame) -> str:
+    """The label budget next to K: the most labelled patients any K-shot cell trained and validated on."""
+    rows = (summary.filter(pl.col("k").is_not_null())
+            .group_by("task", "k", "validation").agg(pl.col("train_patients_max").max(), pl.col("val_patients_max").max())
+            .sort("task", "k"))
+    if not rows.height:
+        return ""
+    note = {"kshot": "K per class of the fold's validation part (at most 2K)", "full": "the fold's whole validation "
+            "part: more labels than K", "none": "none: max_epochs, threshold 0.5"}
+    table = rows.select("task", "k", pl.col("train_patients_max").alias("training patients (at most)"),
+                        pl.col("val_patients_max").alias("validation patients (at most)"),
+                        pl.col("validation").replace_strict(note, default=pl.col("validation")).alias("validation on"))
+    return ("<p class='small muted'>Labels each K-shot cell learned or selected from (training, early stopping, "
+            "threshold, candidate settings): K patients per class to train on, and what it validated on.</p>"
+            + table_html(table))
+
+
 def _tests_table(res: Results, metric: str) -> pl.DataFrame:
     """The across-task Friedman tests of ``metric``: one row per scope (family and models) and regime."""
     f = res.comparisons.friedman.filter(pl.col("metric") == metric)
@@ -493,7 +510,7 @@ def build(res: Results, figs: list[Figure]) -> str:
         p += [figure_html(f) for kind in ("heatmap_mcc", "heatmap_pr_auc", "roc_pr", "calibration")
               for f in by_kind.get(kind, []) if f.name == task]
     if "fewshot" in by_kind:
-        p.append("<h2 id='fewshot'>Few-shot</h2>")
+        p.append("<h2 id='fewshot'>Few-shot</h2>" + _labels_used(res.summary))
         for f in by_kind["fewshot"]:
             p += [f"<h3>{esc(f.name)}</h3>", figure_html(f)]
     p.append("<h2 id='stats'>Statistics</h2>")
@@ -528,12 +545,27 @@ def build(res: Results, figs: list[Figure]) -> str:
              "mean [95% CI] for MCC and PR-AUC, mean ± SD otherwise. Click a header to sort.</p>")
     if res.summary.height:
         p.append(table_html(_results_table(res.summary), {"mcc": "_mcc", "pr_auc": "_pr"}))
+    p.append(_choices(res.cells))
     p += ["<h2 id='data'>Data</h2>", _data_html(res),
           "<h2 id='methods'>Methods: how the numbers are made</h2>",
           _methods(res)]
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
             f"<meta name=viewport content='width=device-width,initial-scale=1'><title>{esc(res.title)}</title>"
             f"<style>{STYLE}</style></head><body><main>{''.join(p)}</main><script>{SCRIPT}</script></body></html>")
+
+
+def _choices(cells: pl.DataFrame) -> str:
+    """Settings chosen on validation among a strategy's candidates: how often each was chosen (run.json of every
+    cell holds every candidate's validation loss)."""
+    if "chosen" not in cells.columns or cells["chosen"].is_null().all():
+        return ""
+    counts = (cells.filter(pl.col("chosen").is_not_null())
+              .group_by("task", "model", "strategy", "regime_group", "chosen").agg(pl.len().alias("cells"))
+              .sort("task", "model", "strategy", "regime_group", "cells", descending=[False] * 4 + [True]))
+    return ("<h3>Settings chosen on validation</h3><p class='small muted'>Where a strategy lists candidate values, "
+            "each cell trained every candidate and kept the one with the lowest validation loss (on its regime's "
+            "validation part); how often each was kept.</p>"
+            + table_html(counts.rename({"regime_group": "regime"})))
 
 
 def _results_table(summary: pl.DataFrame) -> pl.DataFrame:

@@ -11,7 +11,8 @@ it. Schemes:
   the config, so the number of folds (the grid) is known before the data is read, and checked here
   against the data with an error that names what differs.
 
-A few-shot draw takes K patients per class from a fold's train part.
+A few-shot draw takes K patients per class from a fold's train part, and K per class from its validation
+part for the cells that validate on K labels too.
 """
 
 from __future__ import annotations
@@ -123,24 +124,28 @@ def kfold(task_table: pl.DataFrame, folds: int, val_fraction: float, seed: int, 
 
 def fewshot(task_table: pl.DataFrame, split: pl.DataFrame, k: int, repetition: int, seed: int,
             task: str = "") -> pl.DataFrame:
-    """K training patients per class for every fold, drawn reproducibly.
+    """K training patients per class for every fold, and a separate draw of K validation patients per class from
+    the fold's validation part (all of a class where it has fewer), drawn reproducibly: ``(fold, patient_id, part)``.
 
-    The draw for (fold, repetition) is the first K of one seeded permutation per class, so the draws
-    of a repetition are nested across K (K=2 is inside K=4): few-shot curves compare like with like.
+    Each draw for (fold, repetition, part) is the first K of one seeded permutation per class, so the draws of a
+    repetition are nested across K (K=2 is inside K=4): few-shot curves compare like with like. A K-shot cell
+    that validates on the "val" draw learns and selects from at most 2K labelled patients per part.
     """
     labels = dict(patients(task_table).iter_rows())
     rows = []
     for fold in sorted(split["fold"].unique().to_list()):
-        train = sorted(split.filter((pl.col("fold") == fold) & (pl.col("part") == "train"))["patient_id"].to_list())
-        rng = np.random.default_rng([seed, fold, repetition])
-        for cls in (0, 1):
-            pool = [p for p in train if labels[p] == cls]
-            if k > len(pool):
-                raise ValueError(f"task '{task}', fold {fold}, class {cls} ({CLASS_NAMES[cls]}): few-shot K={k} "
-                                 f"asked for but only {len(pool)} training patients are available")
-            order = rng.permutation(len(pool))
-            rows += [(fold, pool[i]) for i in order[:k]]
-    return pl.DataFrame(rows, schema={"fold": pl.Int32, "patient_id": pl.String}, orient="row")
+        mine = split.filter(pl.col("fold") == fold)
+        for part, stream in (("train", ()), ("val", (1,))):
+            members = sorted(mine.filter(pl.col("part") == part)["patient_id"].to_list())
+            rng = np.random.default_rng([seed, fold, repetition, *stream])
+            for cls in (0, 1):
+                pool = [p for p in members if labels[p] == cls]
+                if part == "train" and k > len(pool):
+                    raise ValueError(f"task '{task}', fold {fold}, class {cls} ({CLASS_NAMES[cls]}): few-shot K={k} "
+                                     f"asked for but only {len(pool)} training patients are available")
+                order = rng.permutation(len(pool))
+                rows += [(fold, pool[i], part) for i in order[:k]]
+    return pl.DataFrame(rows, schema={"fold": pl.Int32, "patient_id": pl.String, "part": pl.String}, orient="row")
 
 
 def fewshot_draws(task_table: pl.DataFrame, split: pl.DataFrame, k: int, repetitions: int, seed: int,

@@ -47,6 +47,9 @@ class Plan:
     on_step: Callable[[torch.optim.Optimizer, int, int], None] | None = None  # after each step: (step, total)
     state: Callable[[], dict] = dict  # the hooks' state, saved with a checkpoint
     load_state: Callable[[dict], None] = lambda state: None  # restores it (its tensors come on the CPU)
+    # whether the model after optimizer step (step, total steps) is the strategy's final form: only then may an
+    # epoch be kept as the best or early stopping end training (AdaLoRA: once its rank budget is final)
+    ready: Callable[[int, int], bool] = lambda step, total_steps: True
 
     def parameters(self) -> list[nn.Parameter]:
         """The distinct parameters of the groups."""
@@ -413,7 +416,9 @@ def fourierft(model: Classifier, entry: ZooEntry, spec: dict, training: dict) ->
 def adalora(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     """AdaLoRA (Zhang et al. 2023): SVD-shaped LoRA starting at rank ``init_rank`` whose rank budget is
     pruned by importance to ``rank`` on average, between ``warmup_fraction`` and ``1 - final_fraction``
-    of the training steps; plus peft's orthogonality penalty on P and Q (``orth_reg_weight``)."""
+    of the training steps of ``max_epochs``; plus peft's orthogonality penalty on P and Q (``orth_reg_weight``).
+    Early stopping cannot cut the schedule short: no epoch before the budget is final is kept or ends
+    training (``Plan.ready``), so a cell reports the model at its target rank."""
     from peft import AdaLoraConfig
 
     tuner = _inject(model, AdaLoraConfig(
@@ -447,8 +452,11 @@ def adalora(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> P
             setattr(allocator, name, {key: value.to(device) for key, value in saved[name].items()})
         config.rank_pattern = saved["rank_pattern"]
 
+    def ready(step: int, total_steps: int) -> bool:  # peft fixes the target budget after total - tfinal steps
+        return step > total_steps - int(spec["final_fraction"] * total_steps)
+
     return Plan(_backbone_and_head(model, spec, training).param_groups, penalty=penalty, on_step=on_step,
-                state=state, load_state=load_state)
+                state=state, load_state=load_state, ready=ready)
 
 
 STRATEGIES: dict[str, Callable[[Classifier, ZooEntry, dict, dict], Plan]] = {

@@ -249,12 +249,17 @@ def _for_layout(setting: Setting, value: Any, entry: ZooEntry) -> Any:
     return value
 
 
+def listed_candidates(spec: dict) -> list[str]:
+    """The settings of a strategy ``spec`` given (or defaulting to) a list of candidates."""
+    return [name for name, s in settings_of(spec["kind"]).items()
+            if s.candidates and isinstance(spec.get(name, s.default), list)]
+
+
 def resolve(spec: dict, entry: ZooEntry, training: dict) -> list[dict]:
     """Every candidate's fully resolved settings of the strategy ``spec`` on ``entry``: one dict per combination
     of the candidate lists (a single dict when there are none), defaults filled in declaration order."""
     settings = settings_of(spec["kind"])
-    given = {name: spec.get(name, s.default) for name, s in settings.items() if s.candidates}
-    lists = {name: value for name, value in given.items() if isinstance(value, list)}
+    lists = {name: spec.get(name, settings[name].default) for name in listed_candidates(spec)}
     out = []
     for values in itertools.product(*lists.values()):
         chosen = dict(zip(lists, values))

@@ -5,7 +5,7 @@
 # resources/group say what a job asks of a cluster (src/ftbench/cluster.py); the Slurm profile adds the GPU.
 from ftbench import cluster
 
-JOBS = grid.jobs(config)
+JOBS = grid.jobs(config, CELLS)
 JOB_BY_PATH = {job.path: job for job in JOBS}
 
 
