@@ -40,6 +40,11 @@ def test_demo_and_default_configs_are_valid(demo_config):
     (lambda c: c.update(regimes={"full": False, "fewshot": {"k": []}}), "regimes.fewshot.k"),
     (lambda c: c.update(regimes={"full": False, "fewshot": None}), "regimes"),
     (lambda c: c["datasets"]["synthetic"].update(encoding="latin-1"), "datasets.synthetic.encoding"),
+    # issue 13/14: few-shot cells that validate on nothing cannot choose among a strategy's candidates
+    (lambda c: (c["regimes"]["fewshot"].update(validation="none"), c["strategies"]["lp"].update(head_lr=[0.1, 0.01]),
+                c["benchmark"].update(strategies=["lp"])), "regimes.fewshot.validation"),
+    (lambda c: c["regimes"]["fewshot"].update(validation="some"), "regimes.fewshot.validation"),
+    (lambda c: c["strategies"]["lora_r8"].update(target_modules={"no_such_layout": ["x"]}), "strategies.lora_r8.target_modules"),
 ])
 def test_bad_config_names_the_key(raw_config, mutate, key):
     mutate(raw_config)

@@ -52,7 +52,7 @@ def test_s1_runs_end_to_end_on_the_demo_data(tmp_path):
         "models": {"tiny_vit": demo["models"]["tiny_vit"], "tiny_resnet": demo["models"]["tiny_resnet"]},
         "regimes": {"fewshot": {"k": [2], "repetitions": 1}},
         "validation": {"folds": 2},
-        "training": {"max_epochs": 3, "patience": 2, "schedule": {"name": "plateau", "warmup_epochs": 1}},
+        "training": {"max_epochs": 2, "patience": 1, "schedule": {"name": "plateau", "warmup_epochs": 1}},
         "report": {"bootstrap": 20}})
     snakemake(ROOT, tmp_path, "--configfile", str(S1), str(swap), "--cores", "2", timeout=3000)
     cells = pl.read_parquet(tmp_path / "results" / "cells.parquet")

@@ -56,9 +56,13 @@ def candidates(settings: dict) -> list[dict]:
 
 
 def train_candidate(settings: dict, parts: dict[str, Part], device: torch.device, cached: bool,
-                    weights_path: str | None, state: Path) -> dict:
+                    weights_path: str | None, state: Path, cached_parts: dict[str, Part] | None = None) -> dict:
     """Train one candidate's model: validation (if any) and test probabilities, its validation loss (the best
-    epoch's), history, trainable and total parameters, forward GFLOPs; an ``error`` instead if it diverged."""
+    epoch's), history, trainable and total parameters, forward GFLOPs; an ``error`` instead if it diverged.
+
+    ``cached``: the backbone is applied already (``parts`` are embedding-cache features, the model is the head);
+    ``cached_parts``: the same parts from the cache, for the epochs whose backbone is frozen (LP-FT's first).
+    """
     training = settings["training"]
     generator = seed_everything(training["seed"] + settings["fold"])
     model, plan, prep, frozen_params, gflops = build_model(settings, cached, device, weights_path)
@@ -67,12 +71,14 @@ def train_candidate(settings: dict, parts: dict[str, Part], device: torch.device
     outcome = {"trainable": trainable, "total": total + frozen_params, "gflops": gflops, "history": {}}
     try:
         checkpoint = Checkpoint(state, float(os.environ.get("FTBENCH_CHECKPOINT_SECONDS", 600)))
-        outcome["history"] = fit(model, plan, parts, prep, training, generator, checkpoint)
+        history = fit(model, plan, parts, prep, training, generator, checkpoint, cached_parts)
     except Diverged as err:
         log.error("cell failed: %s", err)
         return outcome | {"error": str(err)}
-    return outcome | {"val_loss": outcome["history"]["best_val_loss"]} | {
-        part: predict(model, parts[part], prep, training["batch_size"]) for part in ("val", "test") if part in parts}
+    val = history.pop("val_probs")  # the best epoch's, computed when it was checked: not predicted again
+    return outcome | {"history": history, "val_loss": history["best_val_loss"],
+                      "test": predict(model, parts["test"], prep, training["batch_size"])} | \
+        ({"val": val} if val is not None else {})
 
 
 def fit_candidate(settings: dict, parts: dict[str, Part]) -> dict:
@@ -90,7 +96,8 @@ def fit_candidate(settings: dict, parts: dict[str, Part]) -> dict:
 
 
 def run_candidates(settings: dict, parts: dict[str, Part], device: torch.device, embeddings: str | None,
-                   weights_path: str | None, out_dir: Path) -> tuple[dict, list[dict]]:
+                   weights_path: str | None, out_dir: Path,
+                   cached_parts: dict[str, Part] | None = None) -> tuple[dict, list[dict]]:
     """Train (or fit) every candidate of the cell and keep the one with the lowest validation loss; the chosen
     outcome and a record of every candidate (its settings, validation loss, status).
 
@@ -111,7 +118,8 @@ def run_candidates(settings: dict, parts: dict[str, Part], device: torch.device,
             outcome = fit_candidate(candidate, parts)
         else:
             state = out_dir / ("state.pt" if len(settings_list) == 1 else f"state{i}.pt")
-            outcome = train_candidate(candidate, parts, device, embeddings is not None, weights_path, state)
+            outcome = train_candidate(candidate, parts, device, embeddings is not None and cached_parts is None,
+                                      weights_path, state, cached_parts)
         if len(settings_list) > 1:
             out_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(done, lambda p: p.write_text(json.dumps(
@@ -133,22 +141,26 @@ def run_cell(settings: dict, task_table: str, split: str, store: str | None, out
              weights_path: str | None = None) -> dict:
     """Train (or, a probe, fit) and evaluate one cell; write its files into ``out_dir``.
 
-    ``embeddings`` (a frozen-backbone strategy's cache, see ``ftbench.embeddings``) replaces ``store``.
+    ``embeddings`` (the backbone's embedding cache, see ``ftbench.embeddings``) replaces ``store`` for a frozen
+    backbone's strategy; given with ``store``, it serves the epochs in which a strategy keeps the backbone frozen.
     """
     started = time.perf_counter()
     torch.set_num_threads(threads)
     model_spec, strategy = settings["model"], settings["strategy"]
     device = pick_device(settings.get("device", "auto"))
-    table = pl.read_parquet(task_table)
-    source = np.load(embeddings, mmap_mode="r") if embeddings else image_store.load(store)
+    table, split_table = pl.read_parquet(task_table), pl.read_parquet(split)
     draw = None
     if fewshot:
         draw = pl.read_parquet(fewshot).filter(pl.col("repetition") == settings["regime"]["repetition"])
-    parts = partitions(table, pl.read_parquet(split), settings["fold"], draw, source,
-                       settings["regime"].get("validation", "full"))
+    validation = settings["regime"].get("validation", "full")
+    cache = np.load(embeddings, mmap_mode="r") if embeddings else None
+    parts = partitions(table, split_table, settings["fold"], draw, cache if store is None else image_store.load(store),
+                       validation)
+    cached_parts = partitions(table, split_table, settings["fold"], draw, cache, validation) \
+        if store is not None and cache is not None else None
     log.info("cell %s: %s / %s / %s / fold %d | %s", settings["task"], model_spec["name"], strategy["name"],
              settings["regime"]["name"], settings["fold"], ", ".join(f"{p} {len(v.y)} images" for p, v in parts.items()))
-    outcome, record = run_candidates(settings, parts, device, embeddings, weights_path, Path(out_dir))
+    outcome, record = run_candidates(settings, parts, device, embeddings, weights_path, Path(out_dir), cached_parts)
     run = write_cell(Path(out_dir), settings, parts, outcome, record, device, threads, embeddings, started)
     log.info("cell done in %.1fs: %s", run["wall_seconds"], run["summary"])
     return run

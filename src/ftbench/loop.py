@@ -156,11 +156,16 @@ class Progress:
 
 
 def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], prep: inputs.Preprocess,
-        training: dict, generator: torch.Generator, checkpoint: Checkpoint | None = None) -> dict:
-    """Train with early stopping on validation loss; restore the best epoch. Returns the history.
+        training: dict, generator: torch.Generator, checkpoint: Checkpoint | None = None,
+        cached: dict[str, Part] | None = None) -> dict:
+    """Train with early stopping on validation loss; restore the best epoch. Returns the history, with the
+    validation probabilities of the best epoch.
 
     Without a ``val`` part (a few-shot cell that may not validate) every epoch up to ``max_epochs`` runs and the
     last one is kept. With a ``checkpoint`` the state is saved at epoch ends and a previous run's state is resumed.
+    An epoch whose backbone is entirely frozen (LP-FT's first phase, gradual unfreezing's first epochs) feeds it
+    un-augmented images, as the embedding cache holds them; with ``cached`` (the same parts from the cache) it
+    trains and validates the head on those features instead of running the backbone again.
     """
     checkpoint = checkpoint or Checkpoint(None, 0)
     optimizer = torch.optim.AdamW(plan.param_groups, weight_decay=training["weight_decay"],
@@ -172,15 +177,19 @@ def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], p
         while progress.epoch < training["max_epochs"]:
             _start_epoch(plan, optimizer, progress, training)
             started = time.perf_counter()
-            train_loss = _train_epoch(model, plan, parts["train"], prep, training, generator, optimizer, weights,
-                                      progress, total_steps, stop)
+            frozen = _train_mode(model, len(parts["train"].x), training)
+            net, epoch_parts, epoch_prep = (model.head, cached, inputs.Features(prep.device)) \
+                if frozen and cached is not None else (model, parts, prep)
+            train_loss = _train_epoch(net, plan, epoch_parts["train"], epoch_prep, training, generator, optimizer,
+                                      weights, progress, total_steps, stop, augment=not frozen)
             trained = time.perf_counter() - started  # the optimisation steps; the rest checks the model
-            val_loss = _check(model, parts, prep, training["batch_size"], weights, progress.epoch)
+            val_loss, val_probs = _check(net, epoch_parts, epoch_prep, training["batch_size"], weights, progress.epoch)
             progress.history.append({"epoch": progress.epoch, "train_loss": train_loss, "val_loss": val_loss,
                                      "seconds": time.perf_counter() - started, "train_seconds": trained})
             log.info("epoch %3d  train loss %.4f  val loss %s  (%.1fs)", progress.epoch, train_loss,
                      "-" if val_loss is None else f"{val_loss:.4f}", progress.history[-1]["seconds"])
-            if _early_stop(model, progress, val_loss, training["patience"], plan.ready(progress.step, total_steps)):
+            if _early_stop(model, progress, val_loss, val_probs, training["patience"],
+                           plan.ready(progress.step, total_steps)):
                 break
             _save(checkpoint, progress, model, plan, optimizer, prep, generator, force=stop.received is not None)
             if stop.received is not None:
@@ -189,7 +198,9 @@ def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], p
     model.load_state_dict(progress.best["state"])
     checkpoint.clear()
     best_loss = progress.best["loss"] if "val" in parts else None
-    return {"best_epoch": progress.best["epoch"], "best_val_loss": best_loss, "epochs": progress.history}
+    val_probs = progress.best.get("val_probs")
+    return {"best_epoch": progress.best["epoch"], "best_val_loss": best_loss, "epochs": progress.history,
+            "val_probs": None if val_probs is None else val_probs.numpy()}
 
 
 def _start_epoch(plan: strategies.Plan, optimizer, progress: Progress, training: dict) -> None:
@@ -205,16 +216,25 @@ def _start_epoch(plan: strategies.Plan, optimizer, progress: Progress, training:
                     [epoch["val_loss"] for epoch in progress.history])
 
 
-def _train_epoch(model, plan: strategies.Plan, train: Part, prep, training: dict, generator: torch.Generator,
-                 optimizer, weights: torch.Tensor, progress: Progress, total_steps: int, stop: StopSignals) -> float:
-    """One pass of optimizer steps over the shuffled training part; the mean training loss (penalty included)."""
+def _train_mode(model, n_train: int, training: dict) -> bool:
+    """Put the model in training mode for an epoch; True when its backbone is entirely frozen (it stays in eval
+    mode then, keeping its normalisation statistics). With fewer training images than
+    ``batchnorm_min_images`` the BatchNorms keep the statistics the backbone came with."""
     model.train()
     if not any(p.requires_grad for p in model.backbone.parameters()):
         model.backbone.eval()  # a frozen feature extractor keeps its normalisation statistics
-    elif len(train.x) < training.get("batchnorm_min_images", 0):
+        return True
+    if n_train < training.get("batchnorm_min_images", 0):
         for m in model.modules():  # too few images for statistics: the pretrained ones stay (and are used)
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.eval()
+    return False
+
+
+def _train_epoch(net, plan: strategies.Plan, train: Part, prep, training: dict, generator: torch.Generator,
+                 optimizer, weights: torch.Tensor, progress: Progress, total_steps: int, stop: StopSignals,
+                 augment: bool) -> float:
+    """One pass of optimizer steps over the shuffled training part; the mean training loss (penalty included)."""
     order, bs = torch.randperm(len(train.x), generator=generator), training["batch_size"]
     total = 0.0
     for i in range(0, len(order), bs):
@@ -222,7 +242,7 @@ def _train_epoch(model, plan: strategies.Plan, train: Part, prep, training: dict
             raise Preempted(f"stopped in epoch {progress.epoch}; resumes after epoch {progress.epoch - 1}")
         idx = order[i:i + bs]
         with autocast(prep.device):
-            logits = model(prep(train.x[idx], train=True)).float()
+            logits = net(prep(train.x[idx], train=augment)).float()
         loss = F.cross_entropy(logits, train.y[idx].to(prep.device), weight=weights)
         if plan.penalty is not None:
             loss = loss + plan.penalty()  # L2-SP, AdaLoRA's orthogonality
@@ -238,19 +258,22 @@ def _train_epoch(model, plan: strategies.Plan, train: Part, prep, training: dict
     return total / len(order)
 
 
-def _check(model, parts: dict[str, Part], prep, batch_size: int, weights: torch.Tensor, epoch: int) -> float | None:
-    """The validation loss after an epoch (None without a validation part), BatchNorm statistics re-estimated
-    first."""
-    recalibrate_batchnorm(model, parts["train"], prep, batch_size)
+def _check(net, parts: dict[str, Part], prep, batch_size: int, weights: torch.Tensor,
+           epoch: int) -> tuple[float | None, np.ndarray | None]:
+    """The validation loss and probabilities after an epoch (None without a validation part), BatchNorm
+    statistics re-estimated first."""
+    recalibrate_batchnorm(net, parts["train"], prep, batch_size)
     if "val" not in parts:
-        return None
-    val_loss = weighted_loss(predict(model, parts["val"], prep, batch_size), parts["val"].y.numpy(), weights)
+        return None, None
+    probs = predict(net, parts["val"], prep, batch_size)
+    val_loss = weighted_loss(probs, parts["val"].y.numpy(), weights)
     if not math.isfinite(val_loss):
         raise Diverged(f"epoch {epoch}: validation loss is {val_loss}")
-    return val_loss
+    return val_loss, probs
 
 
-def _early_stop(model, progress: Progress, val_loss: float | None, patience: int, ready: bool) -> bool:
+def _early_stop(model, progress: Progress, val_loss: float | None, val_probs: np.ndarray | None, patience: int,
+                ready: bool) -> bool:
     """Keep the epoch if it is the best so far; True when ``patience`` epochs of the phase brought nothing.
 
     Without a validation loss every epoch is kept (the last one wins) and training never stops early. Before
@@ -262,7 +285,8 @@ def _early_stop(model, progress: Progress, val_loss: float | None, patience: int
         return False
     if val_loss is None or val_loss < progress.best["loss"] - 1e-6:
         progress.best = {"loss": math.inf if val_loss is None else val_loss, "epoch": progress.epoch,
-                         "state": copy.deepcopy(model.state_dict())}
+                         "state": copy.deepcopy(model.state_dict()),
+                         "val_probs": None if val_probs is None else torch.from_numpy(val_probs)}
         return False
     if progress.epoch - max(progress.best["epoch"], progress.phase_start - 1) >= patience:
         log.info("early stop: no validation improvement for %d epochs", patience)
