@@ -156,6 +156,8 @@ class Workers:
                     for worker in pool:
                         self._send(worker, queue, go)
                         if stop.received is not None and worker.task is not None and worker.told != stop.received:
+                            log.warning("%s: cell %s saves its state and stops", signal.Signals(stop.received).name,
+                                        worker.task.leaf)
                             os.kill(worker.process.pid, stop.received)
                             worker.told = stop.received
                     ready = set(wait([w.conn for w in pool] + [w.process.sentinel for w in pool], POLL_SECONDS))
