@@ -28,7 +28,7 @@ from ftbench.grid import CELL_FILES
 
 log = logging.getLogger("ftbench.train")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # what a cell's training acts on (ftbench.loop.StopSignals)
-POLL_SECONDS = 0.2  # how often a job looks for a stop signal while its workers train
+POLL_SECONDS = 0.2  # how often a job, and a worker holding a stop signal for its cell's training, look again
 
 
 def finished(folder: Path, settings: dict) -> bool:
