@@ -9,17 +9,24 @@
    augment/normalise there) vs the same loop on tensors already in memory (target >= 0.9), and vs a
    plain decode-every-epoch loader (PIL + torchvision transforms).
 3. dryrun: `snakemake -n` time and job count of the default config's full grid.
-4. gpu (only with CUDA): images/s and peak memory of ViT-B/16 LoRA and ResNet-50 FFT at 224 px, bf16 vs fp32.
+4. gpu (only with CUDA): images/s and peak memory of ViT-B/16 LoRA and ResNet-50 FFT at 224 px, bf16 vs fp32;
+   then cells side by side (training.concurrent_cells): N = 1, 2, 4, 8 worker processes on the one GPU, each
+   training whole synthetic cells as ftbench.loop does (ResNet-18 LoRA K=8, ViT-B/16 LoRA on full data, 224 px):
+   cells per hour and the speed-up over one cell at a time. On a bare CUDA machine (torch, timm, peft):
+       PYTHONPATH=src python bench/perf.py --part gpu
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +36,7 @@ import torch.nn.functional as F
 # The gpu part needs torch, timm and peft alone (it runs on a stock GPU image); the CPU parts import the
 # workflow's data and training modules where they use them.
 from ftbench import backbones, inputs, strategies
+from ftbench.device import autocast, seed_everything
 from ftbench.zoo import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,6 +198,124 @@ def gpu() -> None:
                                autocast=torch.bfloat16 if dtype == torch.bfloat16 else None)
             peak = torch.cuda.max_memory_allocated() / 2**30
             print(f"[gpu] {arch} {kind} {str(dtype).split('.')[-1]}: {rate:8.1f} images/s, peak {peak:.1f} GiB")
+    side_by_side("cuda", threads=max(1, (os.cpu_count() or 1) // max(CONCURRENT)))
+
+
+# Cells trained side by side: (what, arch, strategy, train / val / test images, epochs, cells per measurement).
+# A few-shot cell (K=8: 16 training images, one step an epoch) spends most of its time on the validation pass
+# and on the host; a full-data one keeps the GPU busier. Val and test parts are those of a Cohen-sized fold.
+CONCURRENT = (1, 2, 4, 8)
+SIDE_BY_SIDE = (
+    ("ResNet-18 LoRA K=8", "resnet18", {"kind": "lora", "rank": 8}, (16, 128, 128), 20, 16),
+    ("ViT-B/16 LoRA full data", "vit_base_patch16_224", {"kind": "lora", "rank": 8}, (512, 128, 128), 2, 8),
+)
+
+
+def synthetic_cell(arch: str, spec: dict, sizes: tuple[int, int, int], epochs: int, device: torch.device,
+                   batch: int = 32) -> tuple[float, float]:
+    """A cell's work as ftbench.cell and ftbench.loop do it, on random uint8 images at 224 px (seconds, peak GiB):
+    seeds and deterministic algorithms, the model built and moved, then each epoch AdamW steps in bf16 autocast
+    with the loss read back, BatchNorm recalibration on the training images, the validation pass; the test pass."""
+    start = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    generator = seed_everything(0)
+    entry = resolve(arch, 224)
+    model = backbones.build(entry)
+    plan = strategies.apply(model, entry, spec, {"lr": 1e-4})
+    if device.type == "cuda" and entry.kind == "cnn":
+        model = model.to(memory_format=torch.channels_last)
+    model = model.to(device)
+    optimizer = torch.optim.AdamW(plan.param_groups, fused=True if device.type == "cuda" else None)
+    prep = inputs.Preprocess(entry, device, augment=True, generator=torch.Generator().manual_seed(0))
+    x = {part: torch.randint(0, 256, (n, 224, 224), dtype=torch.uint8) for part, n in zip(("train", "val", "test"), sizes)}
+    y = torch.arange(sizes[0]) % 2
+    norms = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+    def forward(part: str) -> None:
+        with autocast(device):
+            for i in range(0, len(x[part]), batch):
+                torch.softmax(model(prep(x[part][i:i + batch], train=False)).float(), 1).cpu()
+
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(sizes[0], generator=generator)
+        for i in range(0, sizes[0], batch):
+            idx = order[i:i + batch]
+            with autocast(device):
+                logits = model(prep(x["train"][idx], train=True)).float()
+            loss = F.cross_entropy(logits, y[idx].to(device))
+            if not torch.isfinite(loss):
+                raise RuntimeError("diverged")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss.item()
+        if norms:
+            with torch.no_grad():
+                forward("train")  # in training mode: BatchNorm recalibration
+        model.eval()
+        with torch.inference_mode():
+            forward("val")
+    with torch.inference_mode():
+        forward("test")
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    return time.perf_counter() - start, peak
+
+
+def _cell_worker(conn: Connection, device: str, threads: int) -> None:
+    """A worker process as ftbench.job starts them: trains the cells it is sent, answers with their figures."""
+    torch.set_num_threads(threads)
+    torch.zeros(1, device=device)  # the device's context, before the clock starts
+    conn.send("ready")
+    while (cell := conn.recv()) is not None:
+        conn.send(synthetic_cell(*cell, torch.device(device)))
+
+
+def _cells_side_by_side(conns: list[Connection], cell: tuple, count: int) -> tuple[float, list[tuple[float, float]]]:
+    """Wall seconds for ``count`` copies of ``cell`` trained by the workers of ``conns``, each taking the
+    next cell when it is done (as ftbench.job does), and each cell's figures."""
+    start, sent, done = time.perf_counter(), 0, []
+    for conn in conns[:count]:
+        conn.send(cell)
+        sent += 1
+    while len(done) < count:
+        for conn in wait(conns):
+            done.append(conn.recv())
+            if sent < count:
+                conn.send(cell)
+                sent += 1
+    return time.perf_counter() - start, done
+
+
+def side_by_side(device: str, runs=SIDE_BY_SIDE, counts=CONCURRENT, threads: int = 2) -> None:
+    """Cells per hour with N = ``counts`` cells at a time on one device, each run a fixed number of cells."""
+    context = multiprocessing.get_context("spawn")
+    conns, workers = [], []
+    try:
+        for _ in range(max(counts)):
+            ours, theirs = context.Pipe()
+            workers.append(context.Process(target=_cell_worker, args=(theirs, device, threads)))
+            workers[-1].start()
+            theirs.close()
+            conns.append(ours)
+        for conn in conns:
+            assert conn.recv() == "ready"
+        for what, arch, spec, sizes, epochs, cells in runs:
+            _cells_side_by_side(conns, (arch, spec, sizes, 1), len(conns))  # warm-up: kernels, lazy imports
+            print(f"[gpu] side by side: {what} ({sizes[0]} training, {sizes[1]} validation, {sizes[2]} test images, "
+                  f"{epochs} epochs), {cells} cells, {threads} CPU threads a cell")
+            alone = None
+            for n in counts:
+                wall, done = _cells_side_by_side(conns[:n], (arch, spec, sizes, epochs), cells)
+                alone = alone or wall
+                print(f"[gpu]   N={n}: {wall:7.1f} s, {3600 * cells / wall:7.0f} cells/h, {alone / wall:4.2f}x; a cell "
+                      f"{np.mean([s for s, _ in done]):5.1f} s, peak {max(m for _, m in done):4.1f} GiB")
+    finally:
+        for conn in conns:
+            conn.send(None)
+        for worker in workers:
+            worker.join()
 
 
 def main() -> None:

@@ -24,10 +24,10 @@ def test_requests_grow_with_model_size_image_side_cells_and_attempt(demo_config)
     runtime = {name: cluster.runtime_min(config, j, 5) for name, j in job.items()}
     assert runtime["small"] < runtime["large"] < runtime["large_hires"]
     assert cluster.runtime_min(config, job["large"], 10) == 2 * runtime["large"]  # time for each of its cells
-    assert cluster.mem_mb(config, job["small"]) < cluster.mem_mb(config, job["large"])
+    assert cluster.mem_mb(config, job["small"], 5) < cluster.mem_mb(config, job["large"], 5)
     # a retry asks for proportionally more, so a job killed for time or memory gets through
     assert cluster.runtime_min(config, job["large"], 5, attempt=3) == 3 * runtime["large"]
-    assert cluster.mem_mb(config, job["large"], attempt=2) == 2 * cluster.mem_mb(config, job["large"])
+    assert cluster.mem_mb(config, job["large"], 5, attempt=2) == 2 * cluster.mem_mb(config, job["large"], 5)
     fewshot = grid.Job("t", "large", "lp", "k4")
     assert cluster.runtime_min(config, fewshot, 5) < runtime["large"]
 
@@ -48,6 +48,32 @@ def test_a_cost_projection_replaces_the_guesses_where_it_has_the_job(demo_config
     assert cluster.runtime_min(config, fft, 2) == cluster.runtime_min(guess, fft, 2) != 2 * 300 * 1.5 / 60
     lp = grid.Job("t", "vit", "lp", "full")
     assert cluster.runtime_min(config, lp, 2) == cluster.runtime_min(guess, lp, 2)
+
+
+def test_a_job_with_concurrent_cells_asks_for_their_threads_and_memory_and_for_its_rounds_of_cells(demo_config):
+    one = {**demo_config, "models": {"vit": {"arch": "dinov2_vitb14"}},
+           "training": {**demo_config["training"], "threads": 2, "concurrent_cells": 1}}
+    four = {**one, "training": {**one["training"], "concurrent_cells": 4}}
+    fewshot = grid.Job("t", "vit", "lora", "k8")
+    assert (cluster.threads(one, 25), cluster.threads(four, 25)) == (2, 8)
+    assert cluster.mem_mb(four, fewshot, 25) == 4 * cluster.mem_mb(one, fewshot, 25)
+    # 25 cells 4 at a time: 7 rounds, the last of one cell
+    assert cluster.runtime_min(four, fewshot, 25) == cluster.runtime_min(one, fewshot, 7)
+    assert cluster.runtime_min(four, fewshot, 25, attempt=2) == 2 * cluster.runtime_min(four, fewshot, 25)
+    # a job of 2 cells runs them both at once: it asks for 2 cells' threads and memory, and one cell's time
+    assert cluster.threads(four, 2) == 4 and cluster.mem_mb(four, fewshot, 2) == 2 * cluster.mem_mb(one, fewshot, 2)
+    assert cluster.runtime_min(four, fewshot, 2) == cluster.runtime_min(one, fewshot, 1)
+
+
+def test_a_projection_gives_the_time_of_a_round_of_concurrent_cells(demo_config, tmp_path):
+    projection = tmp_path / "cost_cells.csv"
+    projection.write_text("cell,seconds,source\n" + "".join(f"t/vit/lora/k8/r{r}/fold{f},120,measured\n"
+                                                             for r in range(5) for f in range(5)))
+    config = {**demo_config, "models": {"vit": {"arch": "dinov2_vitb14"}},
+              "training": {**demo_config["training"], "concurrent_cells": 8},
+              "cluster": {"runtimes": str(projection), "runtime_margin": 1.5}}
+    # 25 cells 8 at a time: 4 rounds of 120 s (measured side by side) x 1.5 = 12 min
+    assert cluster.runtime_min(config, grid.Job("t", "vit", "lora", "k8"), 25) == 12
 
 
 def test_only_fewshot_jobs_are_batched():

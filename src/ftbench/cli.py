@@ -99,7 +99,7 @@ def cmd_train(args) -> None:
     from ftbench.job import run_job
 
     run_job(args.job, args.task_table, args.split, args.store, args.out_dir, args.checkpoints, args.fewshot,
-            args.threads, args.embeddings, args.weights)
+            args.threads, args.embeddings, args.weights, args.concurrent_cells)
 
 
 def cmd_embed(args) -> None:
@@ -268,7 +268,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", help="pretrained weights: a manifest of the weights stage, a file or a folder")
     s.add_argument("--out-dir", required=True)
     s.add_argument("--checkpoints", required=True, help="folder for finished cells and training state until the job ends")
-    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--threads", type=int, default=1,
+                   help="CPU threads of the job: each of the cells it trains at a time gets threads / that number")
+    s.add_argument("--concurrent-cells", type=int, default=1,
+                   help="train up to this many cells at the same time, in worker processes on the job's one device "
+                        "(the results are those of training them one by one)")
     s.add_argument("--embeddings", help="embedding cache to train a frozen-backbone strategy from")
     s.set_defaults(func=cmd_train)
 

@@ -6,6 +6,12 @@ backbone's size class, read from its architecture name, and with the image side;
 The figures are generous first guesses for Cohen-sized data on one GPU. With ``cluster.runtimes`` (a
 `snakemake cost` projection, after a pilot) a job asks for its cells' measured or projected seconds times
 ``cluster.runtime_margin`` instead; ``--set-resources train:runtime=...`` overrides both.
+
+A job trains ``training.concurrent_cells`` of its cells at a time (at most all of them; ``ftbench.job``): it asks
+for the CPU threads and host memory of that many cells, and for the wall time of its rounds of cells, each
+round as long as one cell. That holds while the cells side by side leave each other the GPU (few-shot cells:
+one leaves it mostly idle); a pilot run with the same setting measures cells side by side, so a projection in
+``cluster.runtimes`` includes how much they slow each other down.
 """
 
 from __future__ import annotations
@@ -60,23 +66,35 @@ def seconds_per_cell(projection: str) -> dict[str, float]:
     return {job: sum(times) / len(times) for job, times in jobs.items() if job not in unknown}
 
 
+def concurrency(config: dict, cells: int) -> int:
+    """How many of a job's ``cells`` train at the same time: ``training.concurrent_cells``, at most all of them."""
+    return max(1, min(config["training"]["concurrent_cells"], cells))
+
+
+def threads(config: dict, cells: int) -> int:
+    """CPU threads of a job of ``cells`` cells: ``training.threads`` for each cell it trains at a time."""
+    return config["training"]["threads"] * concurrency(config, cells)
+
+
 def runtime_min(config: dict, job: grid.Job, cells: int, attempt: int = 1) -> int:
-    """Wall time (minutes) for a job of ``cells`` cells x attempt: from the projection in ``cluster.runtimes``
-    times ``cluster.runtime_margin`` where it has the job, else size class x image area."""
+    """Wall time (minutes) for a job of ``cells`` cells x attempt: its rounds of concurrent cells, each as long
+    as a cell of the projection in ``cluster.runtimes`` times ``cluster.runtime_margin`` where it has the job,
+    else of its size class x image area."""
+    rounds = math.ceil(cells / concurrency(config, cells))
     calibration = config.get("cluster", {})
     if calibration.get("runtimes"):
         seconds = seconds_per_cell(calibration["runtimes"]).get(job.path)
         if seconds is not None:
-            return max(1, math.ceil(calibration["runtime_margin"] * seconds * cells / 60)) * attempt
+            return max(1, math.ceil(calibration["runtime_margin"] * seconds * rounds / 60)) * attempt
     full, fewshot, _ = SIZE_CLASSES[size_class(config["models"][job.model]["arch"])]
     minutes = full if job.group == "full" else fewshot
     area = (grid.model_img_size(config, job.model) / 224) ** 2
-    return max(1, round(minutes * max(area, 0.25) * cells)) * attempt
+    return max(1, round(minutes * max(area, 0.25) * rounds)) * attempt
 
 
-def mem_mb(config: dict, job: grid.Job, attempt: int = 1) -> int:
-    """Host memory (MB) for a job (its cells run one after another): size class x attempt."""
-    return SIZE_CLASSES[size_class(config["models"][job.model]["arch"])][2] * attempt
+def mem_mb(config: dict, job: grid.Job, cells: int, attempt: int = 1) -> int:
+    """Host memory (MB) for a job of ``cells`` cells: size class x the cells it trains at a time x attempt."""
+    return SIZE_CLASSES[size_class(config["models"][job.model]["arch"])][2] * concurrency(config, cells) * attempt
 
 
 def group(job: grid.Job) -> str | None:

@@ -3,6 +3,8 @@
 # params.job holds only the resolved settings of those cells (plus the training-code version), so
 # editing one strategy reruns only its jobs, and refactoring code reruns nothing.
 # resources/group say what a job asks of a cluster (src/ftbench/cluster.py); the Slurm profile adds the GPU.
+# training.concurrent_cells (how many cells a job trains at a time) changes no result: it reaches the job
+# through the command template, not params, so changing it reruns nothing.
 from ftbench import cluster
 
 JOBS = grid.jobs(config, CELLS)
@@ -42,10 +44,10 @@ rule train:
         embeddings=optional("embeddings", "embeddings"),
         weights=optional("weights", "weights"),
         fewshot=optional("fewshot", "fewshot"),
-    threads: config["training"]["threads"]
+    threads: lambda w: cluster.threads(config, len(JOBS[job_of(w)]))
     resources:
         runtime=lambda w, attempt: cluster.runtime_min(config, job_of(w), len(JOBS[job_of(w)]), attempt),
-        mem_mb=lambda w, attempt: cluster.mem_mb(config, job_of(w), attempt),
+        mem_mb=lambda w, attempt: cluster.mem_mb(config, job_of(w), len(JOBS[job_of(w)]), attempt),
     group:
         lambda w: cluster.group(job_of(w))
     conda:
@@ -57,6 +59,7 @@ rule train:
         "HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "
         "{FTBENCH} train --job {params.job:q} --task-table {input.table} --split {input.split} "
         "{params.store} {params.embeddings} {params.weights} {params.fewshot} --threads {threads} "
+        "--concurrent-cells {config[training][concurrent_cells]} "
         "--out-dir {output} "
         "--checkpoints results/checkpoints/{wildcards.task}/{wildcards.model}/{wildcards.strategy}/{wildcards.group} "
         "2> {log}"
