@@ -176,6 +176,12 @@ def uses_cache(config: dict, strategy: str) -> bool:
     return mode == "fitted" or (config["training"].get("embedding_cache", True) and mode == "cached")
 
 
+def caches_frozen_epochs(config: dict, strategy: str) -> bool:
+    """Whether a trained strategy's first, frozen-backbone epochs (LP-FT's linear probing, gradual unfreezing's
+    head-only epochs) train from the embedding cache: its jobs get the cache beside the image store."""
+    return config["training"].get("embedding_cache", True) and kinds.KINDS[config["strategies"][strategy]["kind"]].frozen_start
+
+
 def model_settings(config: dict, model: str) -> dict:
     """The resolved settings of a model: what its cells and its embedding cache depend on, the zoo entry's
     facts included (so that changing one in the zoo reruns exactly that model's cells)."""

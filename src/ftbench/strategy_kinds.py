@@ -65,6 +65,7 @@ class Kind:
     limit: Callable[[ZooEntry], str | None] = always  # why it cannot work on a backbone; None where it can
     limit_text: str = ""  # the limit in words, for the docs
     without: tuple[str, ...] = ()  # common settings it does not take (it sets them itself)
+    frozen_start: bool = False  # its first epochs train the head alone: from the embedding cache where there is one
 
 
 # ---- settings every trained kind takes --------------------------------------------------------------------
@@ -157,9 +158,10 @@ KINDS: dict[str, Kind] = {
     "lp_ft": Kind("S2", "head alone for lp_epochs at lp_lr, then everything at lr", {
         "lp_epochs": Setting({"type": "integer", "minimum": 1}, "epochs of the linear-probing phase", 5),
         "lp_lr": Setting(NUMBER, "head learning rate of the linear-probing phase", lambda r, e, t: 10 * r["lr"],
-                         "10 × lr", candidates=True)}),
+                         "10 × lr", candidates=True)}, frozen_start=True),
     "gradual_unfreezing": Kind("S2", "head first, then one more block from the top every unfreeze_every epochs", {
-        "unfreeze_every": Setting({"type": "integer", "minimum": 1}, "epochs between unfreezing steps", 2)}),
+        "unfreeze_every": Setting({"type": "integer", "minimum": 1}, "epochs between unfreezing steps", 2)},
+        frozen_start=True),
     "l2_sp": Kind("S2", "everything; loss + sp_alpha/2·‖w − w₀‖² over the backbone; head weight decay sp_beta", {
         "sp_alpha": Setting({"type": "number", "minimum": 0}, "weight of the distance to the starting weights", 0.01,
                             candidates=True),

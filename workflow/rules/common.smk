@@ -1,5 +1,8 @@
 # Shared setup: validate the config and expose the grid to the rules.
+import functools
+import hashlib
 import json
+import os
 import shlex
 import sys
 
@@ -9,6 +12,8 @@ sys.path.insert(0, SRC)
 from ftbench import DATA_VERSION, EMBEDDING_VERSION, SPLIT_VERSION
 from ftbench.config import ConfigError, resolved_grid, selected, validate
 from ftbench import grid
+from ftbench.data.adapters import download_source
+from ftbench.grid import CELL_FILES
 
 try:
     validate(config)
@@ -23,24 +28,119 @@ for (model, strategy), reason in grid.excluded(config).items():
     print(f"ftbench: not in the grid: {model} x {strategy}: {reason}", file=sys.stderr)
 
 
-def _python() -> str:
-    """The interpreter of the rules: the conda env's under --sdm conda, else the one running Snakemake."""
+def _uses_conda() -> bool:
     methods = getattr(workflow.deployment_settings, "deployment_method", ()) or ()
-    return "python" if any("conda" in str(m).lower() for m in methods) else sys.executable
+    return any("conda" in str(m).lower() for m in methods)
 
 
-# Rules call the ftbench CLI of this checkout, whatever is installed (conda env, venv, cluster node).
-FTBENCH = f"PYTHONPATH={SRC}${{PYTHONPATH:+:$PYTHONPATH}} {_python()} -m ftbench"
+def _first_on(variable: str, path: str) -> None:
+    """Put ``path`` first on the environment's search path ``variable`` (once, however often this is parsed)."""
+    entries = [p for p in os.environ.get(variable, "").split(os.pathsep) if p and p != path]
+    os.environ[variable] = os.pathsep.join([path, *entries])
 
 
-def optional(flag: str, name: str):
-    """Params function: ``--flag <input.name>`` when the job has that input, else nothing."""
-    return lambda w, input: f"--{flag} {shlex.quote(input[name])}" if name in input.keys() else ""
+# Rules call `python -m ftbench`, the CLI of this checkout whatever is installed: its src/ goes first on the
+# jobs' PYTHONPATH, and, outside conda environments, the interpreter running Snakemake first on their PATH (set
+# here, in the environment every job inherits; a cluster job re-parses this file). The command text stays the
+# same on every machine, so neither another interpreter nor another checkout location reruns anything.
+_first_on("PYTHONPATH", SRC)
+if not _uses_conda():
+    _first_on("PATH", str(Path(sys.executable).parent))
+
+
+def cli_args(flags: dict[str, str | None]) -> str:
+    """``--flag value`` for each flag that has a value: the optional arguments of a job's command."""
+    return " ".join(f"--{flag} {shlex.quote(str(value))}" for flag, value in flags.items() if value is not None)
 
 
 def to_json(value) -> str:
     """Stable JSON for params: the same settings always give the same string (no spurious reruns)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+# ---- input and params functions of the rules (Snakemake's convention: functions here, rules in the stage files)
+
+
+def dataset_download(w) -> list[str]:
+    """A downloaded dataset's completion marker (local copies and manual downloads have none)."""
+    return ["resources/datasets/{dataset}/.downloaded"] if download_source(DATASETS[w.dataset]) else []
+
+
+def model_weights(model: str) -> str | None:
+    """What a model's cells load: the user's weight path, the manifest of the weights stage, or nothing."""
+    spec = config["models"][model]
+    if spec.get("weights"):
+        return spec["weights"]
+    return f"resources/weights/{model}/weights.json" if spec.get("pretrained") else None
+
+
+def embedding_inputs(w) -> dict:
+    inputs = {"store": f"results/data/{w.dataset}/images_{grid.model_img_size(config, w.model)}.npy"}
+    if weights := model_weights(w.model):
+        inputs["weights"] = weights
+    return inputs
+
+
+JOBS = grid.jobs(config, CELLS)
+JOB_BY_PATH = {job.path: job for job in JOBS}
+
+
+def job_of(w) -> "grid.Job":
+    return JOB_BY_PATH[f"{w.task}/{w.model}/{w.strategy}/{w.group}"]
+
+
+@functools.cache
+def train_job(path: str) -> dict:
+    """What a training job needs, computed once per job (Snakemake asks for each part separately): its
+    inputs, the optional arguments of its command and its resolved settings as JSON."""
+    job = JOB_BY_PATH[path]
+    dataset = TASKS[job.task]["dataset"]
+    inputs = {"table": f"results/tasks/{job.task}/images.parquet", "split": f"results/splits/{job.task}/folds.parquet"}
+    cache = f"results/embeddings/{dataset}/{job.model}.npy"
+    if grid.uses_cache(config, job.strategy):
+        inputs["embeddings"] = cache
+    else:
+        inputs["store"] = f"results/data/{dataset}/images_{grid.model_img_size(config, job.model)}.npy"
+        if weights := model_weights(job.model):
+            inputs["weights"] = weights
+        if grid.caches_frozen_epochs(config, job.strategy):
+            inputs["embeddings"] = cache
+    if job.group != "full":
+        inputs["fewshot"] = f"results/splits/{job.task}/fewshot/{job.group}.parquet"
+    optional = {flag: inputs.get(flag) for flag in ("store", "embeddings", "weights", "fewshot")}
+    return {"inputs": inputs, "args": cli_args(optional),
+            "settings": to_json(grid.job_settings(config, job, JOBS[job])), "cells": len(JOBS[job])}
+
+
+def train_inputs(w) -> dict:
+    return train_job(job_of(w).path)["inputs"]
+
+
+def pilot_jobs() -> list[str]:
+    """Every (model, strategy)'s full-data job and smallest-K job on the pilot task, and on each other task
+    all jobs of one cheap pair (the first that trains from the embedding cache): what `snakemake cost` needs
+    to project the rest of the grid. They are jobs of the grid itself: the full run reuses them."""
+    pilot = config["cluster"]["pilot_task"] or config["benchmark"]["tasks"][0]
+    groups = sorted({job.group for job in JOBS}, key=lambda g: (g != "full", int(g[1:]) if g != "full" else 0))
+    chosen = [job for job in JOBS if job.task == pilot and job.group in groups[:2]]
+    for task in config["benchmark"]["tasks"]:
+        jobs = [job for job in JOBS if job.task == task and task != pilot]
+        if jobs:
+            cheap = min(jobs, key=lambda job: not grid.uses_cache(config, job.strategy))
+            chosen += [job for job in jobs if (job.model, job.strategy) == (cheap.model, cheap.strategy)]
+    return [f"results/cells/{job.path}" for job in chosen]
+
+
+def complete_cells_fingerprint(w) -> str:
+    """Which grid cells are complete now, and when they were written: the partial report reruns when it changes."""
+    digest = hashlib.sha256()
+    for cell in CELLS:
+        for root in ("results/cells", "results/checkpoints"):
+            files = [Path(root, cell.path, f) for f in CELL_FILES]
+            if all(f.is_file() for f in files):
+                digest.update(f"{cell.path}:{files[0].stat().st_mtime_ns}\n".encode())
+                break
+    return digest.hexdigest()
 
 
 wildcard_constraints:

@@ -1,7 +1,6 @@
 # Data stage: source -> standard table (+ rejects) -> image store per size -> task table.
 # Sources with a download (Cohen's archive, TCIA collections) are fetched first, resumably; local copies
 # (path:) and manual-download datasets (AIforCOVID) are read where they are, when the table is built.
-from ftbench.data.adapters import download_source
 
 
 localrules: download_dataset
@@ -18,12 +17,8 @@ rule download_dataset:
     log:
         "results/logs/download/{dataset}.log",
     shell:
-        "{FTBENCH} download --adapter {params.adapter} --source {params.source:q} "
+        "python -m ftbench download --adapter {params.adapter} --source {params.source:q} "
         "--out resources/datasets/{wildcards.dataset} --done {output.done} 2> {log}"
-
-
-def dataset_download(w):
-    return ["resources/datasets/{dataset}/.downloaded"] if download_source(DATASETS[w.dataset]) else []
 
 
 rule dataset_table:
@@ -40,7 +35,7 @@ rule dataset_table:
     log:
         "results/logs/data/{dataset}.log",
     shell:
-        "{FTBENCH} dataset --name {wildcards.dataset} --spec {params.spec:q} --resources resources "
+        "python -m ftbench dataset --name {wildcards.dataset} --spec {params.spec:q} --resources resources "
         "--table {output.table} --rejects {output.rejects} 2> {log}"
 
 
@@ -56,7 +51,7 @@ rule image_store:
     log:
         "results/logs/data/{dataset}_store_{size}.log",
     shell:
-        "{FTBENCH} store --table {input.table} --side {wildcards.size} --out {output} 2> {log}"
+        "python -m ftbench store --table {input.table} --side {wildcards.size} --out {output} 2> {log}"
 
 
 rule task_table:
@@ -74,5 +69,5 @@ rule task_table:
     log:
         "results/logs/tasks/{task}.log",
     shell:
-        "{FTBENCH} task --name {wildcards.task} --spec {params.spec:q} --table {input.table} "
+        "python -m ftbench task --name {wildcards.task} --spec {params.spec:q} --table {input.table} "
         "--rejects {input.rejects} --out {output.table} --report {output.report} 2> {log}"

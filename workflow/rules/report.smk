@@ -3,26 +3,12 @@
 # `snakemake report_partial` writes the same report from the cells that exist now, under results/partial/,
 # listing the missing and failed ones. It trains nothing, so it works after a run that stopped
 # (`--keep-going` lets the other cells finish when some fail) and beside a run still in progress.
-import hashlib
 import shlex
 
 from ftbench import REPORT_VERSION
-from ftbench.grid import CELL_FILES
 from ftbench.captions import CAPTIONS
 
 STATS_TABLES = ("friedman", "ranks", "posthoc", "wilcoxon", "within_task")
-
-
-def complete_cells_fingerprint(w) -> str:
-    """Which grid cells are complete now, and when they were written: the partial report reruns when it changes."""
-    digest = hashlib.sha256()
-    for cell in CELLS:
-        for root in ("results/cells", "results/checkpoints"):
-            files = [Path(root, cell.path, f) for f in CELL_FILES]
-            if all(f.is_file() for f in files):
-                digest.update(f"{cell.path}:{files[0].stat().st_mtime_ns}\n".encode())
-                break
-    return digest.hexdigest()
 
 
 localrules: grid_list, cost  # a text file, a small table: not worth a cluster job
@@ -55,13 +41,13 @@ rule aggregate:
         bootstrap=config["report"]["bootstrap"],
         seed=config["report"]["seed"],
         version=REPORT_VERSION,
-        roots="results/cells",
+        roots=["results/cells"],
     conda:
         "../../envs/ftbench.yaml"
     log:
         "results/logs/aggregate.log",
     shell:
-        "{FTBENCH} aggregate --cells-root {params.roots} --grid {input.grid} --cells-out {output.cells} "
+        "python -m ftbench aggregate --cells-root {params.roots} --grid {input.grid} --cells-out {output.cells} "
         "--predictions-out {output.predictions} --summary {output.summary} "
         "--bootstrap {params.bootstrap} --seed {params.seed} 2> {log}"
 
@@ -81,7 +67,7 @@ rule stats:
     log:
         "results/logs/stats.log",
     shell:
-        "{FTBENCH} stats --cells {input.cells} --alpha {params.alpha} --rope {params.rope} "
+        "python -m ftbench stats --cells {input.cells} --alpha {params.alpha} --rope {params.rope} "
         "--out-dir $(dirname {output.tables[0]}) 2> {log}"
 
 
@@ -111,7 +97,7 @@ rule report:
     log:
         "results/logs/report.log",
     shell:
-        "{FTBENCH} report --cells {input.cells} --summary {input.summary} --predictions {input.predictions} "
+        "python -m ftbench report --cells {input.cells} --summary {input.summary} --predictions {input.predictions} "
         "--stats-dir $(dirname {input.stats[0]}) --expected {input.grid} --logs results/logs/train "
         "--data-reports {input.data_reports} --rejects {input.rejects} --alpha {params.alpha} "
         "--bootstrap {params.bootstrap} --title {params.title:q} --out {output.html} --figures-dir {output.figures} "
@@ -132,7 +118,7 @@ use rule aggregate as aggregate_partial with:
         bootstrap=config["report"]["bootstrap"],
         seed=config["report"]["seed"],
         version=REPORT_VERSION,
-        roots="results/cells results/checkpoints",
+        roots=["results/cells", "results/checkpoints"],
         complete=complete_cells_fingerprint,
     log:
         "results/logs/partial/aggregate.log",
@@ -179,4 +165,4 @@ rule cost:
     log:
         "results/logs/partial/cost.log",
     shell:
-        "{FTBENCH} cost --cells {input.cells} --grid {input.grid} {params.device} --out {output.summary} 2> {log}"
+        "python -m ftbench cost --cells {input.cells} --grid {input.grid} {params.device} --out {output.summary} 2> {log}"

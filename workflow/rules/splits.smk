@@ -18,7 +18,7 @@ rule folds:
     log:
         "results/logs/splits/{task}_folds.log",
     shell:
-        "{FTBENCH} folds --task {wildcards.task} --task-table {input} --validation {params.validation:q} "
+        "python -m ftbench folds --task {wildcards.task} --task-table {input} --validation {params.validation:q} "
         "--out {output.split} --summary {output.summary} 2> {log}"
 
 
@@ -37,5 +37,5 @@ rule fewshot:
     log:
         "results/logs/splits/{task}_k{k}.log",
     shell:
-        "{FTBENCH} fewshot --task {wildcards.task} --task-table {input.table} --split {input.split} "
+        "python -m ftbench fewshot --task {wildcards.task} --task-table {input.table} --split {input.split} "
         "--k {wildcards.k} --repetitions {params.repetitions} --seed {params.seed} --out {output} 2> {log}"

@@ -9,14 +9,6 @@ from ftbench.zoo import resolve
 localrules: weights, all_weights
 
 
-def model_weights(model: str) -> str | None:
-    """What a model's cells load: the user's weight path, the manifest of the weights stage, or nothing."""
-    spec = config["models"][model]
-    if spec.get("weights"):
-        return spec["weights"]
-    return f"resources/weights/{model}/weights.json" if spec.get("pretrained") else None
-
-
 rule weights:
     output:
         "resources/weights/{model}/weights.json",
@@ -28,7 +20,7 @@ rule weights:
     log:
         "results/logs/weights/{model}.log",
     shell:
-        "{FTBENCH} weights --model {wildcards.model} --arch {params.arch:q} --out {output} 2> {log}"
+        "python -m ftbench weights --model {wildcards.model} --arch {params.arch:q} --out {output} 2> {log}"
 
 
 rule all_weights:
