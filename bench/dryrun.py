@@ -23,6 +23,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from record import record
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -109,6 +111,9 @@ def main() -> None:
     print(f"  `snakemake -n` listing every job: {listed[0]:.1f} s wall, {listed[1]:.1f} s CPU "
           f"(x{listed[1] / quiet[1]:.2f} CPU)")
     print(f"  in-process dry run scheduling every job (--profile slurm, the count above): {scheduled:.1f} s wall")
+    record("dryrun" + "".join(f"_{Path(c).stem}" for c in extra), {
+        "jobs": n, "jobs_by_rule": dict(jobs), "slurm_jobs": sum(submitted.values()), "slurm_jobs_ungrouped": ungrouped,
+        "quiet_wall_s": quiet[0], "quiet_cpu_s": quiet[1], "profile_cpu_s": profiled[1], "listed_cpu_s": listed[1]})
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ biases include the BatchNorms'), K in {1, 2, 4, 8}, 5 folds x 3 repetitions, val
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ from ftbench.data import store, tasks  # noqa: E402
 from ftbench.data.adapters import build_table  # noqa: E402
 from ftbench.device import seed_everything  # noqa: E402
 from ftbench.loop import fit  # noqa: E402
+from record import record  # noqa: E402
 
 SIDE, KS, REPETITIONS, FOLDS = 48, (1, 2, 4, 8), 3, 5
 TARGET_SIGNAL = 0.3  # weaker than the pretraining set's 1.0: the pretrained features help, they do not solve it
@@ -103,13 +103,7 @@ def main() -> None:
              .sort("strategy", "k", "policy"))
     with pl.Config(tbl_rows=-1, float_precision=3):
         print(table)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    result = {"commit": commit, "seconds": round(time.perf_counter() - started), "command": "bench/fewshot_batchnorm.py",
-              "rows": table.to_dicts()}
-    out = ROOT / "bench" / "results" / "fewshot_batchnorm.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"written {out.relative_to(ROOT)} ({result['seconds']} s, commit {commit})")
+    record("fewshot_batchnorm", {"seconds": round(time.perf_counter() - started), "rows": table.to_dicts()})
 
 
 if __name__ == "__main__":

@@ -96,6 +96,11 @@ def lp_grid(arch: str, side: int, patients: int, epochs: int) -> None:
         print(f"[lp] end to end through the backbone: {e2e:8.1f} s")
         print(f"[lp] from the cache: {cache_build:6.1f} s to build + {cached:6.1f} s to train = {cache_build + cached:8.1f} s")
         print(f"[lp] ratio end-to-end / cached: {e2e / (cache_build + cached):.1f}x  (target >= 20x)")
+        from record import record
+
+        record("perf_lp", {"arch": arch, "side": side, "images": data["table"].height, "cells": len(cells),
+                           "epochs": epochs, "end_to_end_s": e2e, "cache_build_s": cache_build, "cached_s": cached,
+                           "ratio": e2e / (cache_build + cached)})
 
 
 def _train_loop(model, optimizer, batches, prep_fn, steps: int, autocast: torch.dtype | None = None) -> float:
