@@ -117,14 +117,16 @@ def _epochs(epochs: float) -> Iterator[tuple[int, float]]:
 
 
 def passes(n_train: float, n_val: float, n_test: float, epochs: float, backward: Callable[[int], float],
-           batchnorm: bool) -> float:
-    """Forward-pass equivalents of one image that training and evaluating one candidate of a cell takes."""
-    total = n_val + n_test  # the final predictions
+           batchnorm: bool) -> tuple[float, float]:
+    """(forward, backward) passes, in forward passes of one image, that training and evaluating one candidate
+    of a cell takes: the forward passes are what ``ftbench.loop`` runs, the backward ones their cost."""
+    forward, back = n_val + n_test, 0.0  # the final predictions
     for epoch, weight in _epochs(epochs):
         ratio = backward(epoch)
-        recalibration = n_train if batchnorm and ratio > 0 else 0.0  # loop.recalibrate_batchnorm
-        total += weight * (n_train * (1 + ratio) + recalibration + n_val)
-    return total
+        recalibration = n_train if batchnorm and ratio > 0 else 0.0  # loop.recalibrate_batchnorm: any backbone trains
+        forward += weight * (n_train + recalibration + n_val)
+        back += weight * n_train * ratio
+    return forward, back
 
 
 def expected_epochs(training: dict, early_stopping: float) -> float:
@@ -242,7 +244,7 @@ def settings(config: dict) -> dict:
         raise ValueError(f"config key 'cost.tasks': {', '.join(sorted(unknown))} not a task of the catalogue (tasks:)")
     return {"device": spec.get("device"), "precision": spec.get("precision", "bf16"),
             "mfu": float(spec.get("mfu", 0.2)), "early_stopping": float(spec.get("early_stopping", 1.0)),
-            "tasks": spec.get("tasks") or {}}
+            "tasks": {task: {key: int(n) for key, n in counts.items()} for task, counts in (spec.get("tasks") or {}).items()}}
 
 
 def rate(config: dict) -> float:
@@ -295,8 +297,9 @@ def estimate(config: dict, cells: pl.DataFrame, results: Path, flop_rate: float 
             for candidate in candidates[key]:
                 epochs = pilot or expected_epochs(candidate["training"], s["early_stopping"])
                 spec, backward = candidate["strategy"], BACKWARD[candidate["strategy"]["kind"]]
-                total += passes(n_train, n_val, n_test, epochs,
-                                lambda e, spec=spec, backward=backward: backward(spec, cost.blocks, e), cost.batchnorm)
+                total += sum(passes(n_train, n_val, n_test, epochs,
+                                    lambda e, spec=spec, backward=backward: backward(spec, cost.blocks, e),
+                                    cost.batchnorm))
                 epochs_used.append(epochs)
         rows.append({"cell": cell.path, "n_train": n_train, "n_val": n_val, "n_test": n_test,
                      "candidates": len(candidates[key]),
