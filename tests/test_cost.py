@@ -234,7 +234,7 @@ def test_without_a_pilot_every_cell_is_projected_from_flops(demo_config, tmp_pat
 def test_candidates_multiply_and_a_pilot_gives_the_epochs(demo_config, tmp_path):
     from ftbench import flop_cost
 
-    config = _flop_config(demo_config, early_stopping="0.1", mfu="0.4")  # as `--config` passes them: text
+    config = _flop_config(demo_config, early_stopping="0.1", mfu="0.4", startup="1.5")  # as `--config` passes them
     pilot = pl.DataFrame({"model": ["tiny_vit"] * 2, "strategy": ["fft"] * 2, "regime": ["full", "full"],
                           "status": ["ok", "ok"], "epochs": [4, 6]})
     one = {r["cell"]: r for r in flop_cost.estimate(config, pilot, tmp_path).cells.iter_rows(named=True)}
@@ -244,7 +244,8 @@ def test_candidates_multiply_and_a_pilot_gives_the_epochs(demo_config, tmp_path)
     assert (one[full]["epochs"], one[full]["epochs_from"]) == (5.0, "pilot")  # the pair's mean at full data
     assert (one[fewshot]["epochs"], one[fewshot]["epochs_from"]) == (5.0, "settings")  # patience 4 + 1 > 12 x 0.1
     assert two[full]["candidates"] == 2 and two[full]["passes"] == pytest.approx(2 * one[full]["passes"])
-    assert one[full]["flop_seconds"] == pytest.approx(one[full]["flops"] / (149.7e12 * 0.4))
+    assert one[full]["flop_seconds"] == pytest.approx(one[full]["flops"] / (149.7e12 * 0.4) + 1.5)
+    assert one["synthetic_outcome/tiny_vit/lp/full/fold0"]["flop_seconds"] == 1.5  # a cached cell: start-up alone
 
 
 def test_sizes_are_counted_from_the_data_stage_when_it_ran(demo_config, tmp_path):

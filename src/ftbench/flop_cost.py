@@ -22,8 +22,9 @@ device: early stopping does not depend on it); else ``max_epochs x cost.early_st
 table, folds and few-shot draws; for a task whose data is not there, derived from the patients and images
 declared in ``cost.tasks`` and the task's validation scheme.
 
-Not counted: per-cell start-up (building the model, loading weights and data), the adapters' own FLOPs and
-VPT's prompt tokens (a few percent at most), and the head.
+A cell's start-up (reading its data, building its model, loading weights) does no FLOPs: ``cost.startup``
+seconds per cell (default 0) stand for it. Not counted: the adapters' own FLOPs and VPT's prompt tokens (a
+few percent at most), and the head.
 """
 
 from __future__ import annotations
@@ -244,6 +245,7 @@ def settings(config: dict) -> dict:
         raise ValueError(f"config key 'cost.tasks': {', '.join(sorted(unknown))} not a task of the catalogue (tasks:)")
     return {"device": spec.get("device"), "precision": spec.get("precision", "bf16"),
             "mfu": float(spec.get("mfu", 0.2)), "early_stopping": float(spec.get("early_stopping", 1.0)),
+            "startup": float(spec.get("startup", 0.0)),
             "tasks": {task: {key: int(n) for key, n in counts.items()} for task, counts in (spec.get("tasks") or {}).items()}}
 
 
@@ -272,11 +274,13 @@ class Estimate:
     sizes_from: dict[str, str]
 
 
-def estimate(config: dict, cells: pl.DataFrame, results: Path, flop_rate: float | None = None) -> Estimate:
-    """Every cell of the config's grid with its FLOP-model passes, FLOPs and seconds at ``flop_rate`` (FLOP/s;
-    default: the configured device's :func:`rate`), epochs from ``cells`` (those that ran) where they have them."""
+def estimate(config: dict, cells: pl.DataFrame, results: Path, flop_rate: float | None = None,
+             startup: float | None = None) -> Estimate:
+    """Every cell of the config's grid with its FLOP-model passes, FLOPs and seconds: FLOPs / ``flop_rate``
+    (FLOP/s; default: the configured device's :func:`rate`) + ``startup`` (default ``cost.startup``), with epochs
+    from ``cells`` (those that ran) where they have them."""
     s = settings(config)
-    flop_rate = flop_rate or rate(config)
+    flop_rate, startup = flop_rate or rate(config), s["startup"] if startup is None else startup
     grid_cells = grid.cells(config)
     sizes, sizes_from = {}, {}
     for task in dict.fromkeys(c.task for c in grid_cells):
@@ -310,7 +314,7 @@ def estimate(config: dict, cells: pl.DataFrame, results: Path, flop_rate: float 
               "candidates": pl.Int64, "epochs": pl.Float64, "epochs_from": pl.String, "gflops": pl.Float64,
               "passes": pl.Float64}
     table = pl.DataFrame(rows, schema=schema).with_columns((pl.col("passes") * pl.col("gflops") * 1e9).alias("flops"))
-    table = table.with_columns((pl.col("flops") / flop_rate).alias("flop_seconds"))
+    table = table.with_columns((pl.col("flops") / flop_rate + startup).alias("flop_seconds"))
     embeddings = embedding_passes(config, grid_cells, results).with_columns(
         pl.col("model").replace_strict({m: c.gflops for m, c in models.items()}, return_dtype=pl.Float64).alias("gflops"))
     embeddings = embeddings.with_columns((pl.col("images") * pl.col("gflops") * 1e9 / flop_rate).alias("flop_seconds"))
@@ -366,6 +370,6 @@ def describe(config: dict, estimate: Estimate) -> list[str]:
         f"{cells.filter(pl.col('candidates') > 1).height})",
         "sizes: counted from the data stage for " + (", ".join(by_source["data"]) or "no task")
         + "; derived from cost.tasks for " + (", ".join(by_source["declared"]) or "no task"),
-        "not counted: each cell's start-up (model, weights, data); the FLOP seconds are device time (MFU: how busy "
-        "the cells keep the device)",
+        f"start-up: {s['startup']:g} s per cell (cost.startup; {cells.height * s['startup'] / 3600:.1f} device-hours); "
+        f"each further second of it adds {cells.height / 3600:.1f} device-hours",
     ]
