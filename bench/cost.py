@@ -156,7 +156,7 @@ def main() -> None:
     parser.add_argument("--workdir", help="run there and keep it (default: a temporary folder)")
     parser.add_argument("--calibrate", default="tiny_resnet/fft", help="model/strategy the FLOP rate is fitted on")
     args = parser.parse_args()
-    started = datetime.now(timezone.utc)
+    started, code = datetime.now(timezone.utc), commit()  # the code measured: as it is when the run starts
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -170,7 +170,7 @@ def main() -> None:
         measured = pl.read_csv(work / "results/partial/cost_cells.csv")
         figures = {"pilot": pilot_check(projected, measured), "flops": flop_check(work, tuple(args.calibrate.split("/")))}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"command": "python bench/cost.py", "commit": commit(), "started": started.isoformat(),
+    RESULTS.write_text(json.dumps({"command": "python bench/cost.py", "commit": code, "started": started.isoformat(),
                                    "machine": f"{platform.processor() or platform.machine()}, {args.cores} cores",
                                    **figures}, indent=1, default=float) + "\n")
     print(f"[cost] figures written to {RESULTS.relative_to(ROOT)}")
