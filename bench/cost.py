@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -96,7 +97,8 @@ def flop_check(work: Path, calibrate: tuple[str, str]) -> dict:
     fit = None
     for label, pilot in (("pilot_epochs", cells), ("max_epochs", cells.head(0))):
         est = flop_cost.estimate(cfg, pilot, work / "results", flop_rate=1.0, startup=0.0).cells  # seconds = FLOPs
-        both = est.join(timed, on="cell").with_columns((pl.col("flops") - final).alias("epoch_flops"))
+        both = est.join(timed, on="cell").with_columns(  # a cell on the embedding cache runs no epochs on the backbone
+            pl.when(pl.col("passes") > 0).then(pl.col("flops") - final).otherwise(0.0).alias("epoch_flops"))
         if fit is None:  # calibrated once, on the epochs the cells ran
             ref = both.filter(mine)
             rate = ref["flops"].sum() / ref["wall_seconds"].sum()
@@ -105,8 +107,8 @@ def flop_check(work: Path, calibrate: tuple[str, str]) -> dict:
             epoch_rate = ref["epoch_flops"].sum() / ref["epoch_seconds"].sum()
             fit = {"rate_gflop_s": rate / 1e9, "startup_s": startup, "rate_with_startup_gflop_s": 1 / inverse / 1e9,
                    "epoch_rate_gflop_s": epoch_rate / 1e9}
-            print(f"[cost] FLOP model calibrated on {'/'.join(calibrate)} ({ref.height} cells): {rate / 1e9:.2f} GFLOP/s "
-                  f"over whole cells; {startup:.2f} s per cell + {1 / inverse / 1e9:.2f} GFLOP/s; "
+            print(f"[cost] FLOP model calibrated on {'/'.join(calibrate)} ({ref.height} cells): "
+                  f"{rate / 1e9:.2f} GFLOP/s over whole cells; {startup:.2f} s per cell + {1 / inverse / 1e9:.2f} GFLOP/s; "
                   f"{epoch_rate / 1e9:.2f} GFLOP/s over their epochs alone")
         pairs = (both.filter(~mine).group_by("model", "strategy")
                  .agg(pl.len().alias("cells"), pl.col("wall_seconds").sum().alias("measured_s"),
@@ -123,9 +125,8 @@ def flop_check(work: Path, calibrate: tuple[str, str]) -> dict:
         summary = {"cells": int(trained["cells"].sum()), "ratio": sums["flops_s"] / sums["measured_s"],
                    "ratio_with_startup": sums["startup_flops_s"] / sums["measured_s"],
                    "epoch_ratio": sums["epoch_flops_s"] / sums["epoch_seconds"],
-                   "pair_ratio": [trained["ratio"].min(), trained["ratio"].max()],
-                   "pair_ratio_with_startup": [trained["ratio_with_startup"].min(), trained["ratio_with_startup"].max()],
-                   "pair_epoch_ratio": [trained["epoch_ratio"].min(), trained["epoch_ratio"].max()],
+                   **{f"pair_{name}": [trained[name].min(), trained[name].max()]
+                      for name in ("ratio", "ratio_with_startup", "epoch_ratio")},
                    "pairs": pairs.to_dicts()}
         with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, float_precision=2):
             print(f"[cost] FLOP model, epochs: {label}")
@@ -157,6 +158,7 @@ def main() -> None:
     parser.add_argument("--calibrate", default="tiny_resnet/fft", help="model/strategy the FLOP rate is fitted on")
     args = parser.parse_args()
     started, code = datetime.now(timezone.utc), commit()  # the code measured: as it is when the run starts
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -168,10 +170,12 @@ def main() -> None:
         snakemake(work, args.cores, "all")
         snakemake(work, args.cores, "cost")
         measured = pl.read_csv(work / "results/partial/cost_cells.csv")
-        figures = {"pilot": pilot_check(projected, measured), "flops": flop_check(work, tuple(args.calibrate.split("/")))}
+        figures = {"pilot": pilot_check(projected, measured),
+                   "flops": flop_check(work, tuple(args.calibrate.split("/")))}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"command": "python bench/cost.py", "commit": code, "started": started.isoformat(),
                                    "machine": f"{platform.processor() or platform.machine()}, {args.cores} cores",
+                                   "load_average": {"start": load, "end": os.getloadavg()[0]},  # a shared machine
                                    **figures}, indent=1, default=float) + "\n")
     print(f"[cost] figures written to {RESULTS.relative_to(ROOT)}")
 

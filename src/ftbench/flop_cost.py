@@ -159,8 +159,8 @@ def model_cost(config: dict, model: str) -> ModelCost:
     if gflops is None:
         raise ValueError(f"model '{model}': its forward GFLOPs could not be counted on the meta device (see the "
                          "warning above), so `snakemake cost` cannot project it from FLOPs")
-    return ModelCost(gflops, any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in full.backbone.modules()),
-                     len(blocks.blocks(full.backbone, entry.blocks or None)))
+    batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in full.backbone.modules())
+    return ModelCost(gflops, batchnorm, len(blocks.blocks(full.backbone, entry.blocks or None)))
 
 
 # ---- the sizes ---------------------------------------------------------------------------------------------
@@ -173,15 +173,17 @@ TEST_SHARE = {
 Sizes = dict[tuple[str, int], tuple[float, float, float]]  # (regime, fold) -> (n_train, n_val, n_test) images
 
 
-def _data_files(results: Path, task: str, groups: list[str]) -> dict[str, Path]:
-    files = {"table": results / "tasks" / task / "images.parquet", "split": results / "splits" / task / "folds.parquet"}
-    return files | {group: results / "splits" / task / "fewshot" / f"{group}.parquet" for group in groups if group != "full"}
+def _data_files(config: dict, task: str, results: Path) -> dict[str, Path]:
+    """A task's table, folds and few-shot draws (one file per K of the grid), as the data stage names them."""
+    groups = sorted({grid.regime_group(r) for r in grid.regimes(config)} - {"full"})
+    splits = results / "splits" / task
+    return {"table": results / "tasks" / task / "images.parquet", "split": splits / "folds.parquet"} | {
+        group: splits / "fewshot" / f"{group}.parquet" for group in groups}
 
 
 def data_inputs(config: dict, task: str, results: str = "results") -> list[str]:
     """The data stage's files the sizes of a task are counted from (what `snakemake cost` asks for)."""
-    groups = sorted({grid.regime_group(r) for r in grid.regimes(config)})
-    return [str(p) for p in _data_files(Path(results), task, groups).values()]
+    return [str(p) for p in _data_files(config, task, Path(results)).values()]
 
 
 def _counted_sizes(config: dict, files: dict[str, Path]) -> Sizes:
@@ -224,8 +226,7 @@ def _declared_sizes(config: dict, task: str, declared: dict) -> Sizes:
 def task_sizes(config: dict, task: str, results: Path) -> tuple[Sizes, str]:
     """A task's images per (regime, fold) and where they come from (``data`` or ``declared``): counted from the
     data stage's files when they are all there, else derived from ``cost.tasks.<task>``."""
-    groups = sorted({grid.regime_group(r) for r in grid.regimes(config)})
-    files = _data_files(results, task, groups)
+    files = _data_files(config, task, results)
     if all(path.is_file() for path in files.values()):
         return _counted_sizes(config, files), "data"
     declared = settings(config)["tasks"].get(task)
@@ -246,7 +247,8 @@ def settings(config: dict) -> dict:
     return {"device": spec.get("device"), "precision": spec.get("precision", "bf16"),
             "mfu": float(spec.get("mfu", 0.2)), "early_stopping": float(spec.get("early_stopping", 1.0)),
             "startup": float(spec.get("startup", 0.0)),
-            "tasks": {task: {key: int(n) for key, n in counts.items()} for task, counts in (spec.get("tasks") or {}).items()}}
+            "tasks": {task: {key: int(n) for key, n in counts.items()}
+                      for task, counts in (spec.get("tasks") or {}).items()}}
 
 
 def rate(config: dict) -> float:
@@ -313,11 +315,14 @@ def estimate(config: dict, cells: pl.DataFrame, results: Path, flop_rate: float 
     schema = {"cell": pl.String, "n_train": pl.Float64, "n_val": pl.Float64, "n_test": pl.Float64,
               "candidates": pl.Int64, "epochs": pl.Float64, "epochs_from": pl.String, "gflops": pl.Float64,
               "passes": pl.Float64}
-    table = pl.DataFrame(rows, schema=schema).with_columns((pl.col("passes") * pl.col("gflops") * 1e9).alias("flops"))
-    table = table.with_columns((pl.col("flops") / flop_rate + startup).alias("flop_seconds"))
+    flops = pl.col("passes") * pl.col("gflops") * 1e9
+    table = pl.DataFrame(rows, schema=schema).with_columns(flops.alias("flops"), (flops / flop_rate + startup)
+                                                           .alias("flop_seconds"))
+    gflops = {model: cost.gflops for model, cost in models.items()}
     embeddings = embedding_passes(config, grid_cells, results).with_columns(
-        pl.col("model").replace_strict({m: c.gflops for m, c in models.items()}, return_dtype=pl.Float64).alias("gflops"))
-    embeddings = embeddings.with_columns((pl.col("images") * pl.col("gflops") * 1e9 / flop_rate).alias("flop_seconds"))
+        pl.col("model").replace_strict(gflops, return_dtype=pl.Float64).alias("gflops"))
+    flops = pl.col("images") * pl.col("gflops") * 1e9
+    embeddings = embeddings.with_columns(flops.alias("flops"), (flops / flop_rate).alias("flop_seconds"))
     return Estimate(table, embeddings, sizes_from)
 
 
@@ -359,12 +364,13 @@ def describe(config: dict, estimate: Estimate) -> list[str]:
     s, cells = settings(config), estimate.cells
     device = DEVICES[s["device"]]
     peak = getattr(device, s["precision"])
-    by_source = {source: sorted(t for t, f in estimate.sizes_from.items() if f == source) for source in ("data", "declared")}
+    by_source = {source: sorted(task for task, origin in estimate.sizes_from.items() if origin == source)
+                 for source in ("data", "declared")}
     pilot, settled = (cells.filter(pl.col("epochs_from") == source).height for source in ("pilot", "settings"))
     return [
         f"FLOP model: {s['device']} ({s['precision']}, {peak:g} TFLOPS dense) x MFU {s['mfu']:g} = "
         f"{peak * s['mfu']:.1f} TFLOP/s; {cells['flops'].sum() / 1e18:.1f} EFLOP in the cells, "
-        f"{(estimate.embeddings['images'] * estimate.embeddings['gflops']).sum() / 1e9:.3f} EFLOP in the embedding caches",
+        f"{estimate.embeddings['flops'].sum() / 1e18:.3f} EFLOP in the embedding caches",
         f"epochs: the pilot's mean for {pilot} cells, max_epochs x {s['early_stopping']:g} (at least patience + 1) "
         f"for {settled}; every candidate of a strategy trained (cells with several: "
         f"{cells.filter(pl.col('candidates') > 1).height})",
