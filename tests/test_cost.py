@@ -297,23 +297,28 @@ def test_flops_fill_in_what_nothing_measured_and_concurrent_cells_share_the_devi
 def test_the_cost_command_projects_onto_the_named_gpu(demo_config, tmp_path, capsys):
     import json
 
-    config = _flop_config(demo_config)
     from ftbench import grid
 
+    config = _flop_config(demo_config)
     paths = [c.path for c in grid.cells(config)]
     (tmp_path / "grid.txt").write_text("\n".join(paths) + "\n")
-    measured = _cells([_path("big", "cnn", "full", 0)], device="NVIDIA A40").with_columns(
-        pl.lit(paths[0]).alias("cell"), pl.lit("tiny_vit").alias("model"), pl.lit("fft").alias("strategy"),
-        pl.lit("full").alias("regime"))
-    other = measured.with_columns(pl.lit(paths[1]).alias("cell"), pl.lit("cpu").alias("device_name"))
-    pl.concat([measured, other]).write_parquet(tmp_path / "cells.parquet")
+    vit, resnet = "synthetic_outcome/tiny_vit/fft/full/fold0", "synthetic_outcome/tiny_resnet/bitfit/full/fold0"
+
+    def ran(cell: str, device: str) -> pl.DataFrame:
+        task, model, strategy, *_ = cell.split("/")
+        return _cells([_path("big", "cnn", "full", 0)], device=device).with_columns(
+            pl.lit(cell).alias("cell"), pl.lit(task).alias("task"), pl.lit(model).alias("model"),
+            pl.lit(strategy).alias("strategy"), pl.lit("full").alias("regime"))
+
+    pl.concat([ran(vit, "NVIDIA A40"), ran(resnet, "cpu")]).write_parquet(tmp_path / "cells.parquet")
     args = ["cost", "--cells", str(tmp_path / "cells.parquet"), "--grid", str(tmp_path / "grid.txt"),
             "--results", str(tmp_path), "--out", str(tmp_path / "cost.csv"), "--config", json.dumps(config)]
     assert cli.main(args) == 0
-    per_cell = pl.read_csv(tmp_path / "cost_cells.csv")
-    # the A40 cell counts as measured; the CPU one says nothing of an A40: projected from FLOPs like the rest
-    assert per_cell.filter(pl.col("source") == "measured")["cell"].to_list() == [paths[0]]
-    assert per_cell.filter(pl.col("cell") == paths[1])["source"].item() == "flops"
+    source = dict(pl.read_csv(tmp_path / "cost_cells.csv").select("cell", "source").iter_rows())
+    # the A40 cell counts, and stands for its job's other folds; the CPU one says nothing of an A40
+    assert source[vit] == "measured" and source[vit.replace("fold0", "fold1")] == "job"
+    assert source[resnet] == "flops" and source[resnet.replace("fold0", "fold1")] == "flops"
+    assert sum(s == "measured" for s in source.values()) == 1
     assert "FLOP model: a40 (bf16, 149.7 TFLOPS dense) x MFU 0.2" in capsys.readouterr().out
     assert "(embedding cache)" in pl.read_csv(tmp_path / "cost.csv")["strategy"].to_list()
 
@@ -335,7 +340,8 @@ def test_snakemake_cost_makes_the_data_stage_of_undeclared_tasks_only(tmp_path):
     from conftest import ROOT
     from smk import DEMO, planned, snakemake
 
-    plan = planned(snakemake(ROOT, tmp_path, "--configfile", str(DEMO), "--config", "cost={device: h100}", "-n", "cost"))
+    plan = planned(snakemake(ROOT, tmp_path, "--configfile", str(DEMO), "--config", "cost={device: h100}", "-n",
+                             "cost"))
     assert {"task_table", "folds", "fewshot"} <= set(plan) and "train" not in plan and "image_store" not in plan
     declared = "cost={device: h100, tasks: {synthetic_outcome: {patients: 80, images: 160}}}"
     plan = planned(snakemake(ROOT, tmp_path, "--configfile", str(DEMO), "--config", declared, "-n", "cost"))
