@@ -108,8 +108,8 @@ def flop_check(work: Path, calibrate: tuple[str, str]) -> dict:
             fit = {"rate_gflop_s": rate / 1e9, "startup_s": startup, "rate_with_startup_gflop_s": 1 / inverse / 1e9,
                    "epoch_rate_gflop_s": epoch_rate / 1e9}
             print(f"[cost] FLOP model calibrated on {'/'.join(calibrate)} ({ref.height} cells): "
-                  f"{rate / 1e9:.2f} GFLOP/s over whole cells; {startup:.2f} s per cell + {1 / inverse / 1e9:.2f} GFLOP/s; "
-                  f"{epoch_rate / 1e9:.2f} GFLOP/s over their epochs alone")
+                  f"{rate / 1e9:.2f} GFLOP/s over whole cells; {startup:.2f} s per cell + "
+                  f"{1 / inverse / 1e9:.2f} GFLOP/s; {epoch_rate / 1e9:.2f} GFLOP/s over their epochs alone")
         pairs = (both.filter(~mine).group_by("model", "strategy")
                  .agg(pl.len().alias("cells"), pl.col("wall_seconds").sum().alias("measured_s"),
                       (pl.col("flops").sum() / rate).alias("flops_s"),
