@@ -137,8 +137,19 @@ def cmd_cost(args) -> None:
 
     from ftbench import cost
 
-    projected = cost.project(Path(args.grid).read_text().split(), pl.read_parquet(args.cells), args.device_name)
-    summary = cost.summarise(projected)
+    config, cells = args.config or {}, pl.read_parquet(args.cells)
+    device_name, paper, notes = args.device_name, None, []
+    if config.get("cost", {}).get("device"):  # the FLOP model projects what nothing measured can
+        from ftbench import flop_cost
+
+        estimate = flop_cost.estimate(config, cells, Path(args.results))
+        paper, device_name = estimate.cells, device_name or flop_cost.DEVICES[config["cost"]["device"]].gpu
+        notes = flop_cost.describe(config, estimate)
+    projected = cost.project(Path(args.grid).read_text().split(), cells, device_name, paper)
+    summary = cost.summarise(projected, config.get("training", {}).get("concurrent_cells", 1))
+    if paper is not None:
+        summary = pl.concat([summary, flop_cost.embedding_summary(estimate.embeddings)], how="vertical_relaxed")
+        projected = projected.join(paper.drop("flop_seconds"), on="cell", how="left")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     summary.write_csv(args.out)
     projected.write_csv(Path(args.out).with_name(Path(args.out).stem + "_cells.csv"))
@@ -146,10 +157,12 @@ def cmd_cost(args) -> None:
         print(summary)
     done, rest = summary["done_hours"].sum(), summary["remaining_hours"].sum()
     counts = dict(projected.group_by("source").len().iter_rows())
-    print(f"{projected.height} cells: {done:.2f} device-hours measured ({counts.get('measured', 0)} cells), "
-          f"{rest:.2f} projected for the other {projected.height - counts.get('measured', 0)} "
-          f"(from their job: {counts.get('job', 0)}, scaled: {counts.get('scaled', 0)}), "
-          f"total {done + rest:.2f}; without an estimate: {counts.get(None, 0)} cells")
+    print(f"{projected.height} cells: {done:.4g} device-hours measured ({counts.get('measured', 0)} cells), "
+          f"{rest:.4g} projected for the rest (cells from their job: {counts.get('job', 0)}, scaled: "
+          f"{counts.get('scaled', 0)}, from FLOPs: {counts.get('flops', 0)}), total {done + rest:.4g}; "
+          f"without an estimate: {counts.get(None, 0)} cells")
+    for note in notes:
+        print(note)
 
 
 def missing_cells(expected: list[str], have: set[str], logs: str | None) -> "pl.DataFrame":
@@ -308,7 +321,11 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("cost", help="project the device-hours of every cell of the grid from the cells that ran")
     s.add_argument("--cells", required=True, help="the cells table of `aggregate` (results/partial/cells.parquet)")
     s.add_argument("--grid", required=True, help="file listing every cell of the grid (results/grid.txt)")
-    s.add_argument("--device-name", help="use only cells that ran on this device (a part of its name)")
+    s.add_argument("--device-name", help="use only cells that ran on this device (a part of its name; default: "
+                                         "cost.device's GPU when the config names one)")
+    s.add_argument("--config", type=_json, help="the resolved config as JSON: with cost.device, cells nothing measured "
+                                                "are projected from FLOPs (ftbench.flop_cost)")
+    s.add_argument("--results", default="results", help="the results folder, whose data stage gives the sizes")
     s.add_argument("--out", required=True, help="summary .csv; the per-cell projection goes beside it (*_cells.csv)")
     s.set_defaults(func=cmd_cost)
 

@@ -18,9 +18,13 @@ first jobs, then project every cell of the grid (``snakemake cost``). A cell's s
 
   ``train_rate`` is a ratio of sums, the two check rates a non-negative least-squares fit (full-data and
   few-shot cells differ in training images only), ``fixed`` the mean of what is left.
+- ``flops``: with a FLOP-model projection (``ftbench.flop_cost``, when ``cost.device`` names the device), its
+  seconds on that device: image passes x the model's GFLOPs / (peak x MFU);
 - null: nothing to go by (the pair never ran, or no cell of its task and regime group did); listed.
 
-Embedding-cache builds (one per dataset and model) are not cells and are not included.
+Embedding-cache builds (one per dataset and model) are not cells: the FLOP model adds them to the summary.
+Measured seconds are a cell's wall time; when ``training.concurrent_cells`` cells of a job share the device at
+once, its device time is their sum / that number (:func:`summarise`).
 """
 
 from __future__ import annotations
@@ -72,8 +76,10 @@ def fit_pairs(measured: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema)
 
 
-def project(grid: list[str], cells: pl.DataFrame, device_name: str | None = None) -> pl.DataFrame:
-    """Every cell of ``grid`` (paths as in ``results/grid.txt``) with its seconds and their ``source``."""
+def project(grid: list[str], cells: pl.DataFrame, device_name: str | None = None,
+            paper: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Every cell of ``grid`` (paths as in ``results/grid.txt``) with its seconds and their ``source``; ``paper``
+    (columns ``cell``, ``flop_seconds``) gives the seconds of cells nothing measured could estimate."""
     measured = measured_cells(cells, device_name)
     target = pl.DataFrame([cell_keys(c) for c in grid], schema={
         "cell": pl.String, "task": pl.String, "model": pl.String, "strategy": pl.String, "regime": pl.String,
@@ -92,17 +98,26 @@ def project(grid: list[str], cells: pl.DataFrame, device_name: str | None = None
            .join(epochs, on=[*PAIR, "kind"], how="left")
            .join(fit_pairs(measured), on=PAIR, how="left")
            .with_columns(scaled.alias("scaled_seconds")))
+    if paper is None:
+        paper = pl.DataFrame(schema={"cell": pl.String, "flop_seconds": pl.Float64})
+    out = out.join(paper.select("cell", "flop_seconds"), on="cell", how="left")
     return out.select(
         "cell", "task", "model", "strategy", "regime", "fold",
-        pl.coalesce("cell_seconds", "job_seconds", "scaled_seconds").alias("seconds"),
+        pl.coalesce("cell_seconds", "job_seconds", "scaled_seconds", "flop_seconds").alias("seconds"),
         pl.when(pl.col("cell_seconds").is_not_null()).then(pl.lit("measured"))
         .when(pl.col("job_seconds").is_not_null()).then(pl.lit("job"))
-        .when(pl.col("scaled_seconds").is_not_null()).then(pl.lit("scaled")).alias("source"))
+        .when(pl.col("scaled_seconds").is_not_null()).then(pl.lit("scaled"))
+        .when(pl.col("flop_seconds").is_not_null()).then(pl.lit("flops")).alias("source"))
 
 
-def summarise(projected: pl.DataFrame) -> pl.DataFrame:
-    """Device-hours per (model, strategy): done (measured), projected for the rest, and cells without an estimate."""
-    hours = pl.col("seconds") / 3600
+def summarise(projected: pl.DataFrame, concurrent_cells: int = 1) -> pl.DataFrame:
+    """Device-hours per (model, strategy): done (measured), projected for the rest, and cells without an estimate.
+
+    Seconds from measured cells are wall times: ``concurrent_cells`` cells of a job at once on one device hold it
+    for their sum / ``concurrent_cells``. The FLOP model's seconds are device time already (its MFU is how busy
+    the cells keep the device, together)."""
+    wall = pl.col("source").is_in(["measured", "job", "scaled"])
+    hours = pl.when(wall).then(pl.col("seconds") / concurrent_cells).otherwise(pl.col("seconds")) / 3600
     measured = pl.col("source") == "measured"
     return (projected.group_by(PAIR).agg(
         pl.len().alias("cells"), measured.sum().alias("measured_cells"),

@@ -143,6 +143,18 @@ def complete_cells_fingerprint(w) -> str:
     return digest.hexdigest()
 
 
+def cost_inputs(w) -> dict:
+    """The cost projection's inputs: with cost.device, the data stage of tasks whose sizes are not declared."""
+    from ftbench import flop_cost  # polars: imported only when the cost rule is asked for
+
+    inputs = {"cells": "results/partial/cells.parquet", "grid": "results/grid.txt"}
+    if config["cost"]["device"]:
+        inputs["data"] = [path for task in TASKS if task not in config["cost"]["tasks"]
+                          for path in flop_cost.data_inputs(config, task)]
+    return inputs
+
+
+
 wildcard_constraints:
     dataset=r"[^/]+",
     task=r"[^/]+",

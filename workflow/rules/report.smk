@@ -151,18 +151,22 @@ use rule report as report_partial with:
 
 # `snakemake cost`: device-hours of every cell of the grid, measured for the cells that ran and projected
 # for the others from them (see src/ftbench/cost.py). Run it after a pilot or beside a run in progress.
+# With cost.device (`snakemake cost --config cost='{device: a40}'`) the cells nothing measured are projected
+# from FLOPs onto that GPU, no pilot needed (src/ftbench/flop_cost.py): it then needs the data stage of every
+# task whose sizes cost.tasks does not declare (tables and splits; no image store, no weights, no training).
 rule cost:
     input:
-        cells="results/partial/cells.parquet",
-        grid="results/grid.txt",
+        unpack(cost_inputs),
     output:
         summary=report("results/partial/cost.csv", caption="../report/cost.rst", category="Tables"),
         cells="results/partial/cost_cells.csv",
     params:
         device=COST_DEVICE,
+        config=to_json(config),
     conda:
         "../../envs/ftbench.yaml"
     log:
         "results/logs/partial/cost.log",
     shell:
-        "python -m ftbench cost --cells {input.cells} --grid {input.grid} {params.device} --out {output.summary} 2> {log}"
+        "python -m ftbench cost --cells {input.cells} --grid {input.grid} {params.device} --config {params.config:q} "
+        "--results results --out {output.summary} 2> {log}"
