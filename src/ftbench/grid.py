@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import functools
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -58,8 +59,7 @@ class Cell:
     @cached_property
     def leaf(self) -> str:
         """The cell's folder inside its job's folder: ``fold{F}``, or ``r{R}/fold{F}`` for few-shot."""
-        regime = parse_regime(self.regime)
-        return f"fold{self.fold}" if regime["name"] == "full" else f"r{regime['repetition']}/fold{self.fold}"
+        return f"fold{self.fold}" if self.regime == "full" else f"r{self.regime.partition('r')[2]}/fold{self.fold}"
 
     @cached_property
     def path(self) -> str:
@@ -122,11 +122,14 @@ def parse_regime(regime: str) -> dict:
 
 def regime_settings(config: dict, regime: str) -> dict:
     """A cell's regime as its settings: ``parse_regime`` plus, few-shot, what the cell may validate on
-    (``regimes.fewshot.validation``)."""
+    (``regimes.fewshot.validation``). Shared between calls: never change it."""
+    return _regime_settings(regime, (config.get("regimes", {}).get("fewshot") or {}).get("validation", "kshot"))
+
+
+@functools.lru_cache(maxsize=None)
+def _regime_settings(regime: str, validation: str) -> dict:
     parsed = parse_regime(regime)
-    if parsed["name"] == "full":
-        return parsed
-    return parsed | {"validation": (config.get("regimes", {}).get("fewshot") or {}).get("validation", "kshot")}
+    return parsed if parsed["name"] == "full" else parsed | {"validation": validation}
 
 
 def regime_group(regime: str) -> str:
@@ -183,13 +186,15 @@ def caches_frozen_epochs(config: dict, strategy: str) -> bool:
 
 
 def model_settings(config: dict, model: str) -> dict:
-    """The resolved settings of a model: what its cells and its embedding cache depend on, the zoo entry's
-    facts included (so that changing one in the zoo reruns exactly that model's cells)."""
+    """The resolved settings of a model: what its cells and its embedding cache depend on, with a digest of
+    the zoo entry's facts (so that changing one in the zoo reruns exactly that model's cells; the entry itself
+    is in ``ftbench.zoo``, and a strategy's adapter targets, resolved from it, are in the strategy's settings)."""
     spec = dict(config["models"][model], name=model)
     spec["img_size"] = model_img_size(config, model)
     spec.pop("weights", None)  # a path: jobs get the file as an input, so its content, not its name, counts
     entry = model_entry(config, model)
-    spec["zoo"] = {key: value for key, value in asdict(entry).items() if key not in ZOO_BOOKKEEPING}
+    facts = {key: value for key, value in asdict(entry).items() if key not in ZOO_BOOKKEEPING}
+    spec["zoo"] = hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return spec
 
 

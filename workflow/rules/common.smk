@@ -12,7 +12,6 @@ sys.path.insert(0, SRC)
 from ftbench import DATA_VERSION, EMBEDDING_VERSION, SPLIT_VERSION
 from ftbench.config import ConfigError, resolved_grid, selected, validate
 from ftbench import grid
-from ftbench.data.adapters import download_source
 from ftbench.grid import CELL_FILES
 
 try:
@@ -61,9 +60,17 @@ def to_json(value) -> str:
 # ---- input and params functions of the rules (Snakemake's convention: functions here, rules in the stage files)
 
 
+@functools.cache
+def download(dataset: str) -> dict | None:
+    """What the download rule fetches for a dataset (None: a local copy or a manual download)."""
+    from ftbench.data.adapters import download_source  # polars, pydicom: only when a data rule is planned
+
+    return download_source(DATASETS[dataset])
+
+
 def dataset_download(w) -> list[str]:
     """A downloaded dataset's completion marker (local copies and manual downloads have none)."""
-    return ["resources/datasets/{dataset}/.downloaded"] if download_source(DATASETS[w.dataset]) else []
+    return ["resources/datasets/{dataset}/.downloaded"] if download(w.dataset) else []
 
 
 def model_weights(model: str) -> str | None:

@@ -11,7 +11,7 @@ rule download_dataset:
         done=touch("resources/datasets/{dataset}/.downloaded"),
     params:
         adapter=lambda w: DATASETS[w.dataset]["adapter"],
-        source=lambda w: to_json(download_source(DATASETS[w.dataset])),
+        source=lambda w: to_json(download(w.dataset)),
     conda:
         "../../envs/ftbench.yaml"
     log:
