@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from ftbench import inputs, metrics, probes, strategies
+from ftbench import inputs, metrics, probes, strategies, strategy_kinds
 from ftbench.assembly import build_model, frozen_backbone, model_entry
 from ftbench.data import store as image_store
 from ftbench.device import device_name, library_versions, peak_memory_mb, pick_device, seed_everything
@@ -154,10 +154,13 @@ def run_cell(settings: dict, task_table: str, split: str, store: str | None, out
         draw = pl.read_parquet(fewshot).filter(pl.col("repetition") == settings["regime"]["repetition"])
     validation = settings["regime"].get("validation", "full")
     cache = np.load(embeddings, mmap_mode="r") if embeddings else None
-    parts = partitions(table, split_table, settings["fold"], draw, cache if store is None else image_store.load(store),
-                       validation)
+    # a frozen backbone's strategy trains from the cache alone; a trained one from the images, and from the cache
+    # in the epochs its backbone is frozen
+    trained = strategy_kinds.mode(strategy["kind"]) == "trained"
+    source = image_store.load(store) if store is not None and (trained or cache is None) else cache
+    parts = partitions(table, split_table, settings["fold"], draw, source, validation)
     cached_parts = partitions(table, split_table, settings["fold"], draw, cache, validation) \
-        if store is not None and cache is not None else None
+        if trained and store is not None and cache is not None else None
     log.info("cell %s: %s / %s / %s / fold %d | %s", settings["task"], model_spec["name"], strategy["name"],
              settings["regime"]["name"], settings["fold"], ", ".join(f"{p} {len(v.y)} images" for p, v in parts.items()))
     outcome, record = run_candidates(settings, parts, device, embeddings, weights_path, Path(out_dir), cached_parts)
