@@ -25,7 +25,7 @@ import platform
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--workdir", help="run there and keep it (default: a temporary folder)")
     parser.add_argument("--calibrate", default="tiny_resnet/fft", help="model/strategy the FLOP rate is fitted on")
     args = parser.parse_args()
-    started, code = datetime.now(timezone.utc), commit()  # the code measured: as it is when the run starts
+    started, code = datetime.now(UTC), commit()  # the code measured: as it is when the run starts
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)

@@ -151,7 +151,7 @@ class FakeTCIA:
         """The Range headers of the image requests for one series (on one API version), in order."""
         return [rng for path, rng in self.log if "getImage" in path and uid in path and f"/services/{version}" in path]
 
-    def __enter__(self) -> "FakeTCIA":
+    def __enter__(self) -> FakeTCIA:
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
 

@@ -175,9 +175,9 @@ def test_the_image_store_checks_free_space_first_and_never_leaves_its_temporary_
     with pytest.raises(OSError, match=r"not enough free disk space for the image store: it needs 0.0 MiB \(16,512 bytes\), .* has 0.0 MiB \(10,000 bytes\) available"):
         store.build(table, 64, out)  # 4 x 64 x 64 + header = 16,512 bytes > 10,000
     monkeypatch.undo()
-    real = store.resize
+    real, calls = store.resize, []
 
-    def disk_fills_at_the_third(pixels, side, calls=[]):
+    def disk_fills_at_the_third(pixels, side):
         calls.append(1)
         if len(calls) == 3:
             raise OSError(errno.ENOSPC, "No space left on device")

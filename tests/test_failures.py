@@ -2,9 +2,8 @@
 
 import polars as pl
 import pytest
-from smk import DEMO, snakemake, write_config
-
 from conftest import ROOT
+from smk import DEMO, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -6,11 +6,10 @@ import re
 
 import pytest
 import torch
-import yaml
 
 from ftbench import backbones, blocks, grid, probes, reference, strategies
 from ftbench import strategy_kinds as kinds
-from ftbench.config import SCHEMA, ConfigError, validate
+from ftbench.config import ConfigError, validate
 from ftbench.zoo import resolve
 
 TRAINING = {"lr": 1e-3, "weight_decay": 0.0}
@@ -300,7 +299,7 @@ def test_a_new_kind_is_one_table_entry_and_one_setup_function(monkeypatch, raw_c
         "norm_lr": kinds.Setting(kinds.NUMBER, "learning rate of the norms", lambda r, e, t: 10 * r["lr"], "10 × lr")}))
     monkeypatch.setitem(strategies.STRATEGIES, "norms_only", norms_only)
     for name in ("config.schema.yaml", "strategies.schema.yaml"):  # the schema as `reference` would write it
-        make = reference.GENERATED.get(reference.SCHEMAS / name, lambda: (reference.SCHEMAS / name).read_text())
+        make = reference.GENERATED.get(reference.SCHEMAS / name, (reference.SCHEMAS / name).read_text)
         (tmp_path / name).write_text(make())
     raw_config["strategies"]["norms"] = {"kind": "norms_only", "lr": 1e-3}
     raw_config["benchmark"]["strategies"] = ["norms"]

@@ -22,7 +22,6 @@ from ftbench import cli, weights, zoo
 from ftbench.zoo import ZOO
 
 
-
 class Hub(http.server.ThreadingHTTPServer):
     """Serves `files` (URL path -> bytes) like the Hugging Face hub's resolve URLs and a plain file host."""
 

@@ -1,6 +1,5 @@
 """The model zoo: every entry builds as the published architecture, reads its stated feature and adapts as stated."""
 
-import dataclasses
 import re
 
 import pytest

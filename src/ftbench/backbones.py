@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-import re
 from collections.abc import Callable
 
 import torch

@@ -7,8 +7,12 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ftbench.errors import Preempted
+
+if TYPE_CHECKING:
+    import polars as pl
 
 log = logging.getLogger("ftbench")
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal with its state saved; a rerun resumes
@@ -165,7 +169,7 @@ def cmd_cost(args) -> None:
         print(note)
 
 
-def missing_cells(expected: list[str], have: set[str], logs: str | None) -> "pl.DataFrame":
+def missing_cells(expected: list[str], have: set[str], logs: str | None) -> pl.DataFrame:
     """The grid's cells without a result, each with the last line of its training log (None: no log)."""
     import polars as pl
 

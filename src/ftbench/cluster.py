@@ -43,14 +43,14 @@ SIZE_PATTERNS: tuple[tuple[str, str], ...] = (
 FEWSHOT_GROUP = "fewshot_cells"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def size_class(arch: str) -> str:
     """The size class of an architecture (a zoo key or a timm name), from its name alone."""
     text = f"{arch} {resolve(arch).name}".lower()
     return next((cls for pattern, cls in SIZE_PATTERNS if re.search(pattern, text)), "m")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def seconds_per_cell(projection: str) -> dict[str, float]:
     """Mean seconds of a cell of each training job (``grid.Job.path``) in a `snakemake cost` projection
     (``results/partial/cost_cells.csv``); a job with a cell nothing could estimate is left out."""

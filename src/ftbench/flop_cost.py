@@ -30,7 +30,6 @@ few percent at most), and the head.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,6 @@ from pathlib import Path
 import polars as pl
 
 from ftbench import grid
-from ftbench import strategy_kinds as kinds
 from ftbench.config import task_validation
 
 

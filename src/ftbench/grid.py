@@ -7,10 +7,10 @@ cells whose definition changed.
 
 from __future__ import annotations
 
-import re
 import functools
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -53,7 +53,7 @@ class Cell:
     fold: int
 
     @cached_property
-    def job(self) -> "Job":
+    def job(self) -> Job:
         return Job(self.task, self.model, self.strategy, regime_group(self.regime))
 
     @cached_property
@@ -68,7 +68,7 @@ class Cell:
         return f"{self.job.path}/{self.leaf}"
 
     @classmethod
-    def from_path(cls, cell_dir: str | Path) -> "Cell":
+    def from_path(cls, cell_dir: str | Path) -> Cell:
         """The cell whose folder ``cell_dir`` is (any prefix before the cell path is ignored)."""
         match = CELL_PATH.search(Path(cell_dir).as_posix())
         if not match or (match["group"] == "full") != (match["rep"] is None):
@@ -126,7 +126,7 @@ def regime_settings(config: dict, regime: str) -> dict:
     return _regime_settings(regime, (config.get("regimes", {}).get("fewshot") or {}).get("validation", "kshot"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _regime_settings(regime: str, validation: str) -> dict:
     parsed = parse_regime(regime)
     return parsed if parsed["name"] == "full" else parsed | {"validation": validation}

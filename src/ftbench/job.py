@@ -100,7 +100,7 @@ class StopRecorder:
         self.received: int | None = None
         self.then = then
 
-    def __enter__(self) -> "StopRecorder":
+    def __enter__(self) -> StopRecorder:
         self.previous = {sig: signal.signal(sig, self.handle) for sig in STOP_SIGNALS}
         return self
 

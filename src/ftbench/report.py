@@ -11,7 +11,7 @@ import html
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -369,7 +369,7 @@ def _within_html(res: Results, metric: str, label: str) -> str:
             f"'undecided' means the folds cannot tell. The test accounts for the folds' shared training patients "
             f"(Nadeau-Bengio correction); its frequentist twin, the corrected resampled t, is in the details and in "
             f"<code>results/stats/within_task.csv</code> (every pair, MCC and PR-AUC).</p>" + table_html(compact)
-            + f"<details><summary>every strategy against the best, with the probabilities</summary>"
+            + "<details><summary>every strategy against the best, with the probabilities</summary>"
             + table_html(detail) + "</details>")
 
 
@@ -391,7 +391,7 @@ def _missing_html(res: Results) -> str:
             "no result: not run yet, or their job stopped without writing one (the log's last line says why). "
             "Figures and tests use the cells that exist; rerun <code>snakemake</code> (with "
             "<code>--keep-going</code>) to fill the grid.</p>" + table_html(grouped)
-            + f"<details><summary>every missing cell and the last line of its log</summary>"
+            + "<details><summary>every missing cell and the last line of its log</summary>"
             + table_html(listing.rename({"log": "last log line"}).head(2000)) + "</details>")
     return "".join(parts)
 
@@ -492,7 +492,7 @@ def build(res: Results, figs: list[Figure]) -> str:
                 ("table", "All results"), ("data", "Data"), ("methods", "Methods")]
     nav = "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in sections if t)
     p = [f"<header><h1>{esc(res.title)}</h1><p class='muted small'>ftbench {__version__} · generated "
-         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · self-contained: works offline and prints</p></header>",
+         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · self-contained: works offline and prints</p></header>",
          f"<nav class='nop'>{nav}</nav>",
          "<h2 id='overview'>Overview</h2>", _grid_line(res), _cards(res), _key_results(res)]
     tests = _tests_table(res, "mcc")

@@ -166,7 +166,7 @@ class Comparisons:
             getattr(self, name).write_csv(Path(out_dir) / f"{name}.csv")
 
     @classmethod
-    def read(cls, out_dir: str | Path) -> "Comparisons":
+    def read(cls, out_dir: str | Path) -> Comparisons:
         return cls(**{name: pl.read_csv(Path(out_dir) / f"{name}.csv", schema=schema) for name, schema in SCHEMAS.items()})
 
 

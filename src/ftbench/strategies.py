@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ftbench import blocks, tuners
-from ftbench.backbones import Classifier
 from ftbench import strategy_kinds as kinds
+from ftbench.backbones import Classifier
 from ftbench.zoo import LAYOUTS, ZooEntry
 
 log = logging.getLogger("ftbench.strategies")

@@ -27,7 +27,7 @@ def _excel(path: Path, id_column: str) -> pl.DataFrame:
     book = load_workbook(path, read_only=True, data_only=True)
     try:
         rows = book.worksheets[0].iter_rows(values_only=True)
-        for number, row in enumerate(rows, start=1):
+        for number, row in enumerate(rows, start=1):  # noqa: B007 (the header row number, read after the loop)
             names = [_cell(v) for v in row]
             if id_column in names:
                 break

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import tarfile
 import urllib.request
 import zipfile
-import tarfile
 from pathlib import Path
 
 CHUNK = 1 << 20

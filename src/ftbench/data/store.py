@@ -13,7 +13,6 @@ import polars as pl
 from ftbench.data.images import decode, resize
 
 
-
 def _header(shape: tuple[int, int, int]) -> bytes:
     """The .npy header of a C-ordered uint8 array of ``shape`` (what np.save writes before the data)."""
     buffer = io.BytesIO()
