@@ -8,7 +8,7 @@ CORES ?= 2
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast lint clean
 
 $(BIN)/ftbench: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,15 @@ demo: setup
 	$(BIN)/snakemake --configfile workflow/presets/demo.yaml --cores $(CORES)
 	@echo "report: results/report/index.html"
 
-test: setup
+# Snakemake's linter, the formatters' checks and the generated reference: what CI runs before the tests
+lint: setup
+	@out=$$($(BIN)/snakemake --lint 2>&1); if echo "$$out" | grep -q "^Lints for"; then echo "$$out"; exit 1; fi
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	PYTHONPATH=src $(BIN)/python -m ftbench reference --check
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

@@ -6,7 +6,11 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+
 configfile: str(Path(workflow.basedir) / "config.yaml")
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

@@ -69,8 +69,18 @@ def planned_submissions(workdir: Path, *args: str) -> tuple[Counter, Counter, in
 
     dryrun.Executor.run_job = record
     # `--quiet all`, unlike a bare `--quiet`, still hands every job to the executor (silently)
-    argv = ["-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--profile", str(ROOT / "slurm"), "-n",
-            "--quiet", "all", *args]
+    argv = [
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--profile",
+        str(ROOT / "slurm"),
+        "-n",
+        "--quiet",
+        "all",
+        *args,
+    ]
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
@@ -99,21 +109,41 @@ def main() -> None:
 
     print(f"config: config.yaml {' '.join(extra)}".rstrip())
     print(f"jobs in the plan: {sum(jobs.values())}  ({', '.join(f'{r} {n}' for r, n in jobs.most_common())})")
-    print(f"Slurm jobs with the profile's grouping: {sum(submitted.values())}  "
-          f"({', '.join(f'{k} {n}' for k, n in submitted.most_common())})")
-    print(f"Slurm jobs without grouping: {ungrouped}  "
-          f"(grouping submits {ungrouped / sum(submitted.values()):.1f}x fewer jobs)")
+    print(
+        f"Slurm jobs with the profile's grouping: {sum(submitted.values())}  "
+        f"({', '.join(f'{k} {n}' for k, n in submitted.most_common())})"
+    )
+    print(
+        f"Slurm jobs without grouping: {ungrouped}  "
+        f"(grouping submits {ungrouped / sum(submitted.values()):.1f}x fewer jobs)"
+    )
     n = sum(jobs.values())
-    print(f"`snakemake -n --quiet` (parse, DAG, job stats): {quiet[0]:.1f} s wall, {quiet[1]:.1f} s CPU "
-          f"({1000 * quiet[1] / n:.2f} ms CPU per job)")
-    print(f"  with --profile slurm (+ grouping): {profiled[0]:.1f} s wall, {profiled[1]:.1f} s CPU "
-          f"(x{profiled[1] / quiet[1]:.2f} CPU)")
-    print(f"  `snakemake -n` listing every job: {listed[0]:.1f} s wall, {listed[1]:.1f} s CPU "
-          f"(x{listed[1] / quiet[1]:.2f} CPU)")
+    print(
+        f"`snakemake -n --quiet` (parse, DAG, job stats): {quiet[0]:.1f} s wall, {quiet[1]:.1f} s CPU "
+        f"({1000 * quiet[1] / n:.2f} ms CPU per job)"
+    )
+    print(
+        f"  with --profile slurm (+ grouping): {profiled[0]:.1f} s wall, {profiled[1]:.1f} s CPU "
+        f"(x{profiled[1] / quiet[1]:.2f} CPU)"
+    )
+    print(
+        f"  `snakemake -n` listing every job: {listed[0]:.1f} s wall, {listed[1]:.1f} s CPU "
+        f"(x{listed[1] / quiet[1]:.2f} CPU)"
+    )
     print(f"  in-process dry run scheduling every job (--profile slurm, the count above): {scheduled:.1f} s wall")
-    record("dryrun" + "".join(f"_{Path(c).stem}" for c in extra), {
-        "jobs": n, "jobs_by_rule": dict(jobs), "slurm_jobs": sum(submitted.values()), "slurm_jobs_ungrouped": ungrouped,
-        "quiet_wall_s": quiet[0], "quiet_cpu_s": quiet[1], "profile_cpu_s": profiled[1], "listed_cpu_s": listed[1]})
+    record(
+        "dryrun" + "".join(f"_{Path(c).stem}" for c in extra),
+        {
+            "jobs": n,
+            "jobs_by_rule": dict(jobs),
+            "slurm_jobs": sum(submitted.values()),
+            "slurm_jobs_ungrouped": ungrouped,
+            "quiet_wall_s": quiet[0],
+            "quiet_cpu_s": quiet[1],
+            "profile_cpu_s": profiled[1],
+            "listed_cpu_s": listed[1],
+        },
+    )
 
 
 if __name__ == "__main__":

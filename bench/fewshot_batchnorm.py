@@ -39,12 +39,24 @@ POLICIES = {"re-estimate (0)": 0, "keep pretrained (10000)": 10_000}
 
 
 def dataset(root: Path, seed: int, patients: int, signal: float) -> dict:
-    spec = {"adapter": "synthetic", "synthetic": {"patients": patients, "images_per_patient": [1, 2], "signal": signal,
-                                                  "side": SIDE, "seed": seed, "positive_rate": 0.5}}
+    spec = {
+        "adapter": "synthetic",
+        "synthetic": {
+            "patients": patients,
+            "images_per_patient": [1, 2],
+            "signal": signal,
+            "side": SIDE,
+            "seed": seed,
+            "positive_rate": 0.5,
+        },
+    }
     table, _ = build_table(f"syn{seed}", spec, root)
     task, _ = tasks.build(table, {"dataset": "syn", "label": "outcome", "positive": ["poor"]}, "syn")
-    paths = {"store": str(store.build(table, SIDE, root / "images.npy")), "task": str(root / "task.parquet"),
-             "split": str(root / "folds.parquet")}
+    paths = {
+        "store": str(store.build(table, SIDE, root / "images.npy")),
+        "task": str(root / "task.parquet"),
+        "split": str(root / "folds.parquet"),
+    }
     task.write_parquet(paths["task"])
     split = splits.kfold(task, FOLDS, 0.2, 0, "syn")
     split.write_parquet(paths["split"])
@@ -54,11 +66,24 @@ def dataset(root: Path, seed: int, patients: int, signal: float) -> dict:
 
 
 def settings(kind: str, lr: float, fold: int, regime: dict, bn_min: int, epochs: int = 15) -> dict:
-    return {"version": 0, "task": "syn", "fold": fold, "regime": regime,
-            "model": {"name": "test_resnet", "arch": "test_resnet", "img_size": SIDE},
-            "strategy": {"name": kind, "kind": kind, "head_lr": 1e-2},
-            "training": {"batch_size": 32, "max_epochs": epochs, "patience": 5, "lr": lr, "weight_decay": 0.01,
-                         "augment": True, "seed": 0, "batchnorm_min_images": bn_min}}
+    return {
+        "version": 0,
+        "task": "syn",
+        "fold": fold,
+        "regime": regime,
+        "model": {"name": "test_resnet", "arch": "test_resnet", "img_size": SIDE},
+        "strategy": {"name": kind, "kind": kind, "head_lr": 1e-2},
+        "training": {
+            "batch_size": 32,
+            "max_epochs": epochs,
+            "patience": 5,
+            "lr": lr,
+            "weight_decay": 0.01,
+            "augment": True,
+            "seed": 0,
+            "batchnorm_min_images": bn_min,
+        },
+    }
 
 
 def pretrain(data: dict, out: Path) -> str:
@@ -66,8 +91,9 @@ def pretrain(data: dict, out: Path) -> str:
     from safetensors.torch import save_file
 
     cfg = settings("fft", 3e-3, 0, {"name": "full"}, 0, epochs=20)
-    parts = partitions(pl.read_parquet(data["task"]), pl.read_parquet(data["split"]), 0, None,
-                       store.load(data["store"]))
+    parts = partitions(
+        pl.read_parquet(data["task"]), pl.read_parquet(data["split"]), 0, None, store.load(data["store"])
+    )
     generator = seed_everything(0)
     model, plan, prep, _, _ = build_model(cfg, False, torch.device("cpu"))
     fit(model, plan, parts, prep, cfg["training"], generator)
@@ -91,16 +117,35 @@ def main() -> None:
                         regime = {"name": f"k{k}r{rep}", "k": k, "repetition": rep, "validation": "kshot"}
                         for policy, bn_min in POLICIES.items():
                             out = root / "cells" / kind / policy / regime["name"] / f"fold{fold}"
-                            run_cell(settings(kind, lr, fold, regime, bn_min), data["task"], data["split"],
-                                     data["store"], str(out), fewshot=str(root / "target" / f"k{k}.parquet"),
-                                     weights_path=weights)
+                            run_cell(
+                                settings(kind, lr, fold, regime, bn_min),
+                                data["task"],
+                                data["split"],
+                                data["store"],
+                                str(out),
+                                fewshot=str(root / "target" / f"k{k}.parquet"),
+                                weights_path=weights,
+                            )
                             metrics = json.loads((out / "metrics.json").read_text())
-                            rows.append({"strategy": kind, "k": k, "policy": policy, "mcc": metrics.get("mcc"),
-                                         "roc_auc": metrics.get("roc_auc")})
-    table = (pl.DataFrame(rows).group_by("strategy", "k", "policy")
-             .agg(pl.col("mcc").mean().alias("mcc_mean"), pl.col("roc_auc").mean().alias("roc_auc_mean"),
-                  pl.len().alias("cells"))
-             .sort("strategy", "k", "policy"))
+                            rows.append(
+                                {
+                                    "strategy": kind,
+                                    "k": k,
+                                    "policy": policy,
+                                    "mcc": metrics.get("mcc"),
+                                    "roc_auc": metrics.get("roc_auc"),
+                                }
+                            )
+    table = (
+        pl.DataFrame(rows)
+        .group_by("strategy", "k", "policy")
+        .agg(
+            pl.col("mcc").mean().alias("mcc_mean"),
+            pl.col("roc_auc").mean().alias("roc_auc_mean"),
+            pl.len().alias("cells"),
+        )
+        .sort("strategy", "k", "policy")
+    )
     with pl.Config(tbl_rows=-1, float_precision=3):
         print(table)
     record("fewshot_batchnorm", {"seconds": round(time.perf_counter() - started), "rows": table.to_dicts()})

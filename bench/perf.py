@@ -61,8 +61,13 @@ def prepare(workdir: Path, patients: int, side: int) -> dict:
         path = workdir / f"k{k}.parquet"
         splits.fewshot_draws(task, split, k, 5, 0, "bench").write_parquet(path)
         draws.update({f"k{k}r{rep}": str(path) for rep in range(5)})
-    return {"table": table, "store": str(store), "task": str(workdir / "task.parquet"),
-            "split": str(workdir / "folds.parquet"), "draws": draws}
+    return {
+        "table": table,
+        "store": str(store),
+        "task": str(workdir / "task.parquet"),
+        "split": str(workdir / "folds.parquet"),
+        "draws": draws,
+    }
 
 
 def lp_grid(arch: str, side: int, patients: int, epochs: int) -> None:
@@ -73,18 +78,39 @@ def lp_grid(arch: str, side: int, patients: int, epochs: int) -> None:
         work = Path(tmp)
         data = prepare(work, patients, side)
         model = {"name": arch, "arch": arch, "img_size": side}
-        training = {"batch_size": 32, "max_epochs": epochs, "patience": epochs, "lr": 1e-2, "weight_decay": 0.0,
-                    "augment": True, "seed": 0}
+        training = {
+            "batch_size": 32,
+            "max_epochs": epochs,
+            "patience": epochs,
+            "lr": 1e-2,
+            "weight_decay": 0.0,
+            "augment": True,
+            "seed": 0,
+        }
         cells = [(regime, fold) for regime in data["draws"] for fold in range(5)]
 
         def grid(cache: str | None) -> float:
             start = time.perf_counter()
             for regime, fold in cells:
                 k, rep = map(int, regime[1:].split("r"))
-                settings = {"task": "bench", "fold": fold, "regime": {"name": regime, "k": k, "repetition": rep},
-                            "model": model, "strategy": {"name": "lp", "kind": "lp"}, "training": training}
-                run_cell(settings, data["task"], data["split"], data["store"], str(work / "cells" / regime / str(fold)),
-                         data["draws"][regime], threads=torch.get_num_threads(), embeddings=cache)
+                settings = {
+                    "task": "bench",
+                    "fold": fold,
+                    "regime": {"name": regime, "k": k, "repetition": rep},
+                    "model": model,
+                    "strategy": {"name": "lp", "kind": "lp"},
+                    "training": training,
+                }
+                run_cell(
+                    settings,
+                    data["task"],
+                    data["split"],
+                    data["store"],
+                    str(work / "cells" / regime / str(fold)),
+                    data["draws"][regime],
+                    threads=torch.get_num_threads(),
+                    embeddings=cache,
+                )
             return time.perf_counter() - start
 
         start = time.perf_counter()
@@ -94,13 +120,26 @@ def lp_grid(arch: str, side: int, patients: int, epochs: int) -> None:
         e2e = grid(None)
         print(f"[lp] {arch} at {side}px, {data['table'].height} images, {len(cells)} cells x {epochs} epochs")
         print(f"[lp] end to end through the backbone: {e2e:8.1f} s")
-        print(f"[lp] from the cache: {cache_build:6.1f} s to build + {cached:6.1f} s to train = {cache_build + cached:8.1f} s")
+        print(
+            f"[lp] from the cache: {cache_build:6.1f} s to build + {cached:6.1f} s to train = {cache_build + cached:8.1f} s"
+        )
         print(f"[lp] ratio end-to-end / cached: {e2e / (cache_build + cached):.1f}x  (target >= 20x)")
         from record import record
 
-        record("perf_lp", {"arch": arch, "side": side, "images": data["table"].height, "cells": len(cells),
-                           "epochs": epochs, "end_to_end_s": e2e, "cache_build_s": cache_build, "cached_s": cached,
-                           "ratio": e2e / (cache_build + cached)})
+        record(
+            "perf_lp",
+            {
+                "arch": arch,
+                "side": side,
+                "images": data["table"].height,
+                "cells": len(cells),
+                "epochs": epochs,
+                "end_to_end_s": e2e,
+                "cache_build_s": cache_build,
+                "cached_s": cached,
+                "ratio": e2e / (cache_build + cached),
+            },
+        )
 
 
 def _train_loop(model, optimizer, batches, prep_fn, steps: int, autocast: torch.dtype | None = None) -> float:
@@ -151,21 +190,41 @@ def pipeline(arch: str, side: int, patients: int, steps: int, batch: int) -> Non
         # 1. the real pipeline: rows of the memory-mapped store -> uint8 tensor -> device-side prep
         prep = inputs.Preprocess(entry, device, augment=True, generator=gen)
         rows = np.random.default_rng(0).permutation(n)
-        real = _train_loop(*fresh(), lambda: cycle(lambda i: (inputs.load_rows(store, rows[i:i + batch]),
-                                                               labels[rows[i:i + batch]])),
-                           lambda x: prep(x, train=True), steps)
+        real = _train_loop(
+            *fresh(),
+            lambda: cycle(lambda i: (inputs.load_rows(store, rows[i : i + batch]), labels[rows[i : i + batch]])),
+            lambda x: prep(x, train=True),
+            steps,
+        )
         # 2. the same loop on model-ready tensors already in memory (no loading, no augmentation)
         ready = prep(torch.from_numpy(np.array(store)), train=False)
-        memory = _train_loop(*fresh(), lambda: cycle(lambda i: (ready[i:i + batch], labels[i:i + batch])),
-                             lambda x: x, steps)
+        memory = _train_loop(
+            *fresh(), lambda: cycle(lambda i: (ready[i : i + batch], labels[i : i + batch])), lambda x: x, steps
+        )
         # 3. a plain loader: decode every file every epoch with PIL + torchvision transforms
-        transform = T.Compose([T.Grayscale(3), T.Resize((side, side)), T.RandomAffine(6, (0.06, 0.06), (0.9, 1.1)),
-                               T.ColorJitter(0.08, 0.15), T.ToImage(), T.ToDtype(torch.float32, scale=True),
-                               T.Normalize(entry.mean, entry.std)])
+        transform = T.Compose(
+            [
+                T.Grayscale(3),
+                T.Resize((side, side)),
+                T.RandomAffine(6, (0.06, 0.06), (0.9, 1.1)),
+                T.ColorJitter(0.08, 0.15),
+                T.ToImage(),
+                T.ToDtype(torch.float32, scale=True),
+                T.Normalize(entry.mean, entry.std),
+            ]
+        )
         files = data["table"]["file"].to_list()
-        plain = _train_loop(*fresh(), lambda: cycle(lambda i: (
-            torch.stack([transform(Image.open(files[j]).convert("L")) for j in range(i, i + batch)]),
-            labels[i:i + batch])), lambda x: x, steps)
+        plain = _train_loop(
+            *fresh(),
+            lambda: cycle(
+                lambda i: (
+                    torch.stack([transform(Image.open(files[j]).convert("L")) for j in range(i, i + batch)]),
+                    labels[i : i + batch],
+                )
+            ),
+            lambda x: x,
+            steps,
+        )
         print(f"[pipeline] {arch} FFT at {side}px, batch {batch}, {steps} steps, {torch.get_num_threads()} threads")
         print(f"[pipeline] real pipeline (memmap uint8 + device-side augment): {real:7.1f} images/s")
         print(f"[pipeline] tensors already in memory:                         {memory:7.1f} images/s")
@@ -198,9 +257,14 @@ def gpu() -> None:
             y = torch.randint(0, 2, (64,), device=device)
             prep = inputs.Preprocess(entry, device, augment=True)
             torch.cuda.reset_peak_memory_stats()
-            rate = _train_loop(model, optimizer, lambda: iter(lambda: (x, y), None),
-                               lambda batch: prep(batch, train=True).contiguous(memory_format=torch.channels_last), 30,
-                               autocast=torch.bfloat16 if dtype == torch.bfloat16 else None)
+            rate = _train_loop(
+                model,
+                optimizer,
+                lambda: iter(lambda: (x, y), None),
+                lambda batch: prep(batch, train=True).contiguous(memory_format=torch.channels_last),
+                30,
+                autocast=torch.bfloat16 if dtype == torch.bfloat16 else None,
+            )
             peak = torch.cuda.max_memory_allocated() / 2**30
             print(f"[gpu] {arch} {kind} {str(dtype).split('.')[-1]}: {rate:8.1f} images/s, peak {peak:.1f} GiB")
     side_by_side("cuda", threads=max(1, (os.cpu_count() or 1) // max(CONCURRENT)))
@@ -216,8 +280,9 @@ SIDE_BY_SIDE = (
 )
 
 
-def synthetic_cell(arch: str, spec: dict, sizes: tuple[int, int, int], epochs: int, device: torch.device,
-                   batch: int = 32) -> tuple[float, float]:
+def synthetic_cell(
+    arch: str, spec: dict, sizes: tuple[int, int, int], epochs: int, device: torch.device, batch: int = 32
+) -> tuple[float, float]:
     """A cell's work as ftbench.cell and ftbench.loop do it, on random uint8 images at 224 px (seconds, peak GiB):
     seeds and deterministic algorithms, the model built and moved, then each epoch AdamW steps in bf16 autocast
     with the loss read back, BatchNorm recalibration on the training images, the validation pass; the test pass."""
@@ -233,20 +298,23 @@ def synthetic_cell(arch: str, spec: dict, sizes: tuple[int, int, int], epochs: i
     model = model.to(device)
     optimizer = torch.optim.AdamW(plan.param_groups, fused=True if device.type == "cuda" else None)
     prep = inputs.Preprocess(entry, device, augment=True, generator=torch.Generator().manual_seed(0))
-    x = {part: torch.randint(0, 256, (n, 224, 224), dtype=torch.uint8) for part, n in zip(("train", "val", "test"), sizes)}
+    x = {
+        part: torch.randint(0, 256, (n, 224, 224), dtype=torch.uint8)
+        for part, n in zip(("train", "val", "test"), sizes)
+    }
     y = torch.arange(sizes[0]) % 2
     norms = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
     def forward(part: str) -> None:
         with autocast(device):
             for i in range(0, len(x[part]), batch):
-                torch.softmax(model(prep(x[part][i:i + batch], train=False)).float(), 1).cpu()
+                torch.softmax(model(prep(x[part][i : i + batch], train=False)).float(), 1).cpu()
 
     for _ in range(epochs):
         model.train()
         order = torch.randperm(sizes[0], generator=generator)
         for i in range(0, sizes[0], batch):
-            idx = order[i:i + batch]
+            idx = order[i : i + batch]
             with autocast(device):
                 logits = model(prep(x["train"][idx], train=True)).float()
             loss = F.cross_entropy(logits, y[idx].to(device))
@@ -308,14 +376,18 @@ def side_by_side(device: str, runs=SIDE_BY_SIDE, counts=CONCURRENT, threads: int
             assert conn.recv() == "ready"
         for what, arch, spec, sizes, epochs, cells in runs:
             _cells_side_by_side(conns, (arch, spec, sizes, 1), len(conns))  # warm-up: kernels, lazy imports
-            print(f"[gpu] side by side: {what} ({sizes[0]} training, {sizes[1]} validation, {sizes[2]} test images, "
-                  f"{epochs} epochs), {cells} cells, {threads} CPU threads a cell")
+            print(
+                f"[gpu] side by side: {what} ({sizes[0]} training, {sizes[1]} validation, {sizes[2]} test images, "
+                f"{epochs} epochs), {cells} cells, {threads} CPU threads a cell"
+            )
             alone = None
             for n in counts:
                 wall, done = _cells_side_by_side(conns[:n], (arch, spec, sizes, epochs), cells)
                 alone = alone or wall
-                print(f"[gpu]   N={n}: {wall:7.1f} s, {3600 * cells / wall:7.0f} cells/h, {alone / wall:4.2f}x; a cell "
-                      f"{np.mean([s for s, _ in done]):5.1f} s, peak {max(m for _, m in done):4.1f} GiB")
+                print(
+                    f"[gpu]   N={n}: {wall:7.1f} s, {3600 * cells / wall:7.0f} cells/h, {alone / wall:4.2f}x; a cell "
+                    f"{np.mean([s for s, _ in done]):5.1f} s, peak {max(m for _, m in done):4.1f} GiB"
+                )
     finally:
         for conn in conns:
             conn.send(None)

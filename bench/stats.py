@@ -19,9 +19,19 @@ from statsmodels.stats.multitest import multipletests
 
 from ftbench import stats
 
-SCHEMA = {"task": pl.String, "model": pl.String, "strategy": pl.String, "regime": pl.String, "regime_group": pl.String,
-          "repetition": pl.Int32, "fold": pl.Int64, "family": pl.String, "status": pl.String, "mcc": pl.Float64,
-          "pr_auc": pl.Float64}
+SCHEMA = {
+    "task": pl.String,
+    "model": pl.String,
+    "strategy": pl.String,
+    "regime": pl.String,
+    "regime_group": pl.String,
+    "repetition": pl.Int32,
+    "fold": pl.Int64,
+    "family": pl.String,
+    "status": pl.String,
+    "mcc": pl.Float64,
+    "pr_auc": pl.Float64,
+}
 
 
 def grid(seed: int = 0) -> pl.DataFrame:
@@ -38,8 +48,21 @@ def grid(seed: int = 0) -> pl.DataFrame:
                     for r in reps:
                         for fold in range(5):
                             value = float(rng.normal(0.3 + 0.02 * s, 0.1))
-                            rows.append((f"t{task}", model, f"s{s}", group if r is None else f"{group}r{r}", group, r,
-                                         fold, family, "ok", value, value))
+                            rows.append(
+                                (
+                                    f"t{task}",
+                                    model,
+                                    f"s{s}",
+                                    group if r is None else f"{group}r{r}",
+                                    group,
+                                    r,
+                                    fold,
+                                    family,
+                                    "ok",
+                                    value,
+                                    value,
+                                )
+                            )
     return pl.DataFrame(rows, schema=SCHEMA, orient="row")
 
 
@@ -49,13 +72,17 @@ def main() -> None:
     start = time.perf_counter()
     result = stats.compare(cells)
     took = time.perf_counter() - start
-    print(f"{cells.height:,} cells: stats.compare {took:.1f} s; {result.friedman.height} across-task scopes, "
-          f"{result.within_task.height:,} within-task pairs")
+    print(
+        f"{cells.height:,} cells: stats.compare {took:.1f} s; {result.friedman.height} across-task scopes, "
+        f"{result.within_task.height:,} within-task pairs"
+    )
     start = time.perf_counter()
     for _ in range(20):
         multipletests([0.01, 0.02, 0.03], method="holm")
-    print(f"statsmodels multipletests(method='holm'): {(time.perf_counter() - start) / 20 * 1000:.0f} ms a call "
-          f"(the stage makes one per task, model and regime group and metric)")
+    print(
+        f"statsmodels multipletests(method='holm'): {(time.perf_counter() - start) / 20 * 1000:.0f} ms a call "
+        f"(the stage makes one per task, model and regime group and metric)"
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,10 @@ from ftbench.config import load  # noqa: E402
 def job_inputs(config: dict, job: grid.Job) -> dict[str, str]:
     """The train rule's inputs of ``job`` (see workflow/rules/train.smk; the demo has no weight files)."""
     dataset = config["tasks"][job.task]["dataset"]
-    inputs = {"task-table": f"results/tasks/{job.task}/images.parquet",
-              "split": f"results/splits/{job.task}/folds.parquet"}
+    inputs = {
+        "task-table": f"results/tasks/{job.task}/images.parquet",
+        "split": f"results/splits/{job.task}/folds.parquet",
+    }
     if grid.uses_cache(config, job.strategy):
         inputs["embeddings"] = f"results/embeddings/{dataset}/{job.model}.npy"
     else:
@@ -44,11 +46,25 @@ def job_inputs(config: dict, job: grid.Job) -> dict[str, str]:
 def time_job(config: dict, job: grid.Job, cells: list, out: Path) -> float:
     settings = json.dumps(grid.job_settings(config, job, cells), sort_keys=True)
     args = [f"--{k}={v}" for k, v in job_inputs(config, job).items()]
-    cmd = [sys.executable, "-m", "ftbench", "train", "--job", settings, *args, "--threads",
-           str(config["training"]["threads"]), "--out-dir", str(out / "cells"), "--checkpoints", str(out / "ckpt")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ftbench",
+        "train",
+        "--job",
+        settings,
+        *args,
+        "--threads",
+        str(config["training"]["threads"]),
+        "--out-dir",
+        str(out / "cells"),
+        "--checkpoints",
+        str(out / "ckpt"),
+    ]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT, stderr=subprocess.DEVNULL,
-                   env=os.environ | {"PYTHONPATH": str(ROOT / "src")})
+    subprocess.run(
+        cmd, check=True, cwd=ROOT, stderr=subprocess.DEVNULL, env=os.environ | {"PYTHONPATH": str(ROOT / "src")}
+    )
     return time.perf_counter() - start
 
 
@@ -77,7 +93,9 @@ def main() -> None:
     fft = next(r[4] for r in rows if r[0] == "fft")
     print(f"{'strategy':20s} {'kind':19s} {'jobs':>4s} {'cells':>5s} {'job s':>7s} {'vs fft':>7s} {'demo +s':>8s}")
     for name, kind, jobs, cells, seconds in rows:
-        print(f"{name:20s} {kind:19s} {jobs:4d} {cells:5d} {seconds:7.1f} {seconds / fft:7.2f} {seconds / args.cores:8.0f}")
+        print(
+            f"{name:20s} {kind:19s} {jobs:4d} {cells:5d} {seconds:7.1f} {seconds / fft:7.2f} {seconds / args.cores:8.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -18,9 +18,18 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-                  "--remote-debugging-port=0", "--remote-allow-origins=*")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--remote-debugging-port=0",
+    "--remote-allow-origins=*",
+)
 
 
 def chromium() -> str:
@@ -80,12 +89,22 @@ class DevTools:
             self.ws.settimeout(30)
 
 
-def visit(page: Path, profile: Path, screenshot: Path | None = None, width: int = 1366, height: int = 900,
-          scripts: tuple[str, ...] = ()) -> PageVisit:
+def visit(
+    page: Path,
+    profile: Path,
+    screenshot: Path | None = None,
+    width: int = 1366,
+    height: int = 900,
+    scripts: tuple[str, ...] = (),
+) -> PageVisit:
     """Load ``page`` (a local file) in a fresh headless Chromium; report what it logged and requested."""
     profile.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         port_file = profile / "DevToolsActivePort"
         end = time.monotonic() + 60

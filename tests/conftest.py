@@ -44,9 +44,17 @@ def make_task_table(patients: int, positive_every: int = 3, images: int = 2, cen
     rows = []
     for p in range(patients):
         for i in range(1 + p % images):
-            rows.append({"row": len(rows), "image_id": f"p{p}_{i}", "patient_id": f"p{p}",
-                         "label": int(p % positive_every == 0), "centre": f"c{p % centres}", "view": "PA",
-                         "time": float(i)})
+            rows.append(
+                {
+                    "row": len(rows),
+                    "image_id": f"p{p}_{i}",
+                    "patient_id": f"p{p}",
+                    "label": int(p % positive_every == 0),
+                    "centre": f"c{p % centres}",
+                    "view": "PA",
+                    "time": float(i),
+                }
+            )
     return pl.DataFrame(rows).with_columns(pl.col("label").cast(pl.Int8))
 
 
@@ -58,8 +66,17 @@ def synthetic_data(tmp_path_factory) -> dict:
     from ftbench.data.adapters import build_table
 
     root = tmp_path_factory.mktemp("synthetic")
-    spec = {"adapter": "synthetic", "synthetic": {"patients": 100, "images_per_patient": [1, 2], "signal": 1.5,
-                                                  "side": 48, "seed": 3, "positive_rate": 0.5}}
+    spec = {
+        "adapter": "synthetic",
+        "synthetic": {
+            "patients": 100,
+            "images_per_patient": [1, 2],
+            "signal": 1.5,
+            "side": 48,
+            "seed": 3,
+            "positive_rate": 0.5,
+        },
+    }
     table, rejects = build_table("syn", spec, root)
     assert rejects.height == 0
     store_path = store.build(table, 48, root / "images_48.npy")
@@ -68,18 +85,34 @@ def synthetic_data(tmp_path_factory) -> dict:
     task.write_parquet(task_path)
     split_path = root / "folds.parquet"
     splits.kfold(task, 5, 0.2, 0, "syn").write_parquet(split_path)
-    return {"root": root, "table": table, "task": task, "task_path": str(task_path), "split": str(split_path),
-            "store": str(store_path)}
+    return {
+        "root": root,
+        "table": table,
+        "task": task,
+        "task_path": str(task_path),
+        "split": str(split_path),
+        "store": str(store_path),
+    }
 
 
 def cell_settings(arch: str, kind: str, lr: float, **overrides) -> dict:
     """Resolved settings of one cell, as grid.cell_settings would produce them."""
     settings = {
-        "version": 1, "task": "syn", "fold": 0, "regime": {"name": "full"},
+        "version": 1,
+        "task": "syn",
+        "fold": 0,
+        "regime": {"name": "full"},
         "model": {"name": arch, "arch": arch, "img_size": 48},
         "strategy": {"name": kind, "kind": kind},
-        "training": {"batch_size": 32, "max_epochs": 15, "patience": 5, "lr": lr, "weight_decay": 0.01,
-                     "augment": False, "seed": 0},
+        "training": {
+            "batch_size": 32,
+            "max_epochs": 15,
+            "patience": 5,
+            "lr": lr,
+            "weight_decay": 0.01,
+            "augment": False,
+            "seed": 0,
+        },
     }
     for key, value in overrides.items():
         settings[key] = {**settings[key], **value} if isinstance(value, dict) else value

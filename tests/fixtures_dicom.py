@@ -40,16 +40,29 @@ def radiograph(rows: int = 48, cols: int = 40, high: int = 4095) -> np.ndarray:
     img = np.tile(np.linspace(0.1, 0.3, cols), (rows, 1))
     img[:, : cols // 2] += 0.6
     number = next(_IMAGES)
-    img[-1, cols - 12:] += [0.05 * (number >> bit & 1) for bit in range(12)]
+    img[-1, cols - 12 :] += [0.05 * (number >> bit & 1) for bit in range(12)]
     return np.round(img * high).astype(np.uint16 if high > 255 else np.uint8)
 
 
-def make_dicom(path: str | Path, pixels: np.ndarray | None = None, *, photometric: str = "MONOCHROME2",
-               bits_stored: int = 12, patient: str = "P1", view: str | None = "PA", modality: str = "CR",
-               series_uid: str | None = None, series_description: str = "", study_description: str = "",
-               body_part: str = "CHEST", study_date: str = "20200401", window: tuple[float, float] | None = None,
-               rescale: tuple[float, float] | None = None, image_type: list[str] | None = None,
-               references: int = 0) -> Path:
+def make_dicom(
+    path: str | Path,
+    pixels: np.ndarray | None = None,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    patient: str = "P1",
+    view: str | None = "PA",
+    modality: str = "CR",
+    series_uid: str | None = None,
+    series_description: str = "",
+    study_description: str = "",
+    body_part: str = "CHEST",
+    study_date: str = "20200401",
+    window: tuple[float, float] | None = None,
+    rescale: tuple[float, float] | None = None,
+    image_type: list[str] | None = None,
+    references: int = 0,
+) -> Path:
     """Write a single-frame radiograph (or, with ``pixels=None``, a DICOM object without pixel data);
     ``references``: that many items in a ReferencedImageSequence."""
     sop = generate_uid()
@@ -130,21 +143,49 @@ class FakeTCIA:
         """The API versions in the order the adapter asks them by default."""
         return [self.api_of("v4"), self.api_of("v1")]
 
-    def add_series(self, patient: str, modality: str, dicoms: list[Path], description: str = "",
-                   bad_md5: str | None = None, ext: str = ".dcm", unlisted: dict[str, bytes] | None = None) -> str:
+    def add_series(
+        self,
+        patient: str,
+        modality: str,
+        dicoms: list[Path],
+        description: str = "",
+        bad_md5: str | None = None,
+        ext: str = ".dcm",
+        unlisted: dict[str, bytes] | None = None,
+    ) -> str:
         uid = generate_uid()
         files = {f"{i + 1:08d}{ext}": Path(p).read_bytes() for i, p in enumerate(dicoms)}
         body = series_zip(files, bad_md5=f"{int(bad_md5):08d}{ext}" if bad_md5 else None, unlisted=unlisted)
-        self.series[uid] = {"zip": body, "row": {
-            "SeriesInstanceUID": uid, "StudyInstanceUID": generate_uid(), "Modality": modality,
-            "ProtocolName": "", "SeriesDate": "2020-04-01 00:00:00.0", "SeriesDescription": description,
-            "BodyPartExamined": "CHEST", "SeriesNumber": "1", "AnnotationsFlag": "", "Collection": self.collection,
-            "Site": "ACME", "PatientID": patient, "Manufacturer": "ACME", "ManufacturerModelName": "CR-1",
-            "SoftwareVersions": "1", "ImageCount": len(files), "MaxSubmissionTimestamp": "2021-08-06 00:00:00.0",
-            "LicenseName": "Creative Commons Attribution 4.0 International License",
-            "LicenseURI": "https://creativecommons.org/licenses/by/4.0/", "DataDescriptionURI": "https://doi.org/10.7937/x",
-            "FileSize": len(body), "DateReleased": "2021-08-06 00:00:00.0", "StudyDesc": "", "StudyDate": "2020-04-01",
-            "ThirdPartyAnalysis": "NO"}}
+        self.series[uid] = {
+            "zip": body,
+            "row": {
+                "SeriesInstanceUID": uid,
+                "StudyInstanceUID": generate_uid(),
+                "Modality": modality,
+                "ProtocolName": "",
+                "SeriesDate": "2020-04-01 00:00:00.0",
+                "SeriesDescription": description,
+                "BodyPartExamined": "CHEST",
+                "SeriesNumber": "1",
+                "AnnotationsFlag": "",
+                "Collection": self.collection,
+                "Site": "ACME",
+                "PatientID": patient,
+                "Manufacturer": "ACME",
+                "ManufacturerModelName": "CR-1",
+                "SoftwareVersions": "1",
+                "ImageCount": len(files),
+                "MaxSubmissionTimestamp": "2021-08-06 00:00:00.0",
+                "LicenseName": "Creative Commons Attribution 4.0 International License",
+                "LicenseURI": "https://creativecommons.org/licenses/by/4.0/",
+                "DataDescriptionURI": "https://doi.org/10.7937/x",
+                "FileSize": len(body),
+                "DateReleased": "2021-08-06 00:00:00.0",
+                "StudyDesc": "",
+                "StudyDate": "2020-04-01",
+                "ThirdPartyAnalysis": "NO",
+            },
+        }
         return uid
 
     def requests_for(self, uid: str, version: str = "") -> list[str | None]:
@@ -179,7 +220,11 @@ class FakeTCIA:
                         return self._send(body, "text/html", status=status)
                 if url.path.endswith("/getSeries"):
                     asked = (query.get("Collection"), query.get("Modality"))
-                    rows = [s["row"] for s in server.series.values() if (s["row"]["Collection"], s["row"]["Modality"]) == asked]
+                    rows = [
+                        s["row"]
+                        for s in server.series.values()
+                        if (s["row"]["Collection"], s["row"]["Modality"]) == asked
+                    ]
                     return self._send(json.dumps(rows).encode() if rows else b"", "application/json")
                 if url.path.endswith("/getImageWithMD5Hash"):
                     uid = query.get("SeriesInstanceUID")
@@ -215,7 +260,7 @@ class FakeTCIA:
                     self.close_connection = True
                 self.end_headers()
                 for at in range(0, end, 4096):
-                    block = body[at:min(at + 4096, end)]
+                    block = body[at : min(at + 4096, end)]
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block) if server.framing == "chunked" else block)
                 if end < len(body):  # a dropped connection: part of the body, then the socket closes
                     self.close_connection = True

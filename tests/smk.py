@@ -26,8 +26,16 @@ def write_config(path: Path, content: dict) -> Path:
     return path
 
 
-def snakemake(root: Path, workdir: Path, *args: str, python: str = sys.executable, cwd: Path | None = None,
-              env: dict | None = None, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
+def snakemake(
+    root: Path,
+    workdir: Path,
+    *args: str,
+    python: str = sys.executable,
+    cwd: Path | None = None,
+    env: dict | None = None,
+    check: bool = True,
+    timeout: int = 1200,
+) -> subprocess.CompletedProcess:
     """`python -m snakemake -s <root>/Snakefile -d <workdir> ...`, failing with its output on error."""
     env = dict(os.environ, PATH=f"{Path(python).parent}:{os.environ['PATH']}", **(env or {}))
     cmd = [python, "-m", "snakemake", "-s", str(root / "Snakefile"), "-d", str(workdir), *args]

@@ -44,13 +44,19 @@ def _counts_from_csv(csv_path, label, positive, negative):
     return images, patients, len(frontal) - len(rows)
 
 
-@pytest.mark.parametrize("label, positive, negative", [
-    ("survival", ["N"], ["Y"]), ("went_icu", ["Y"], ["N"]), ("intubated", ["Y"], ["N"])])
+@pytest.mark.parametrize(
+    "label, positive, negative", [("survival", ["N"], ["Y"]), ("went_icu", ["Y"], ["N"]), ("intubated", ["Y"], ["N"])]
+)
 def test_cohen_task_counts_match_metadata(cohen_sample, tmp_path, label, positive, negative):
     table, rejects = build_table("cohen", {"adapter": "cohen", "path": str(cohen_sample)}, tmp_path)
     assert rejects.height == 0 and table.height == 101
-    spec = {"dataset": "cohen", "label": label, "positive": positive, "negative": negative,
-            "filter": {"view": ["PA", "AP", "AP Supine"]}}
+    spec = {
+        "dataset": "cohen",
+        "label": label,
+        "positive": positive,
+        "negative": negative,
+        "filter": {"view": ["PA", "AP", "AP Supine"]},
+    }
     rows, report = tasks.build(table, spec, label)
     images, patients, unlabelled = _counts_from_csv(cohen_sample / "metadata.csv", label, positive, negative)
     assert report["images_per_class"] == {str(c): images[c] for c in (0, 1)}
@@ -85,26 +91,48 @@ def test_manifest_adapter_resolves_inside_root_and_rejects_escapes(tmp_path):
         Image.fromarray(np.full((20, 20), i * 40, np.uint8)).save(root / "img" / f"{i}.png")
     (tmp_path / "secret.png").write_bytes((root / "img" / "0.png").read_bytes())
     csv = root / "manifest.csv"
-    csv.write_text("path,pid,death,site\nimg/0.png,a,1,X\nimg/1.png,a,1,X\nimg/2.png,b,0,Y\n"
-                   "img/3.png,c,0,Y\n../secret.png,d,1,X\n")
-    spec = {"adapter": "manifest", "path": str(csv), "root": str(root),
-            "columns": {"file": "path", "patient_id": "pid", "centre": "site"}}
+    csv.write_text(
+        "path,pid,death,site\nimg/0.png,a,1,X\nimg/1.png,a,1,X\nimg/2.png,b,0,Y\nimg/3.png,c,0,Y\n../secret.png,d,1,X\n"
+    )
+    spec = {
+        "adapter": "manifest",
+        "path": str(csv),
+        "root": str(root),
+        "columns": {"file": "path", "patient_id": "pid", "centre": "site"},
+    }
     table, rejects = build_table("mine", spec, tmp_path)
     assert table.height == 4 and set(table["centre"]) == {"X", "Y"} and "death" in table.columns
     assert rejects.height == 1 and "escapes root" in rejects["reason"][0] and "line 6" in rejects["reason"][0]
 
 
 def test_task_rejects_contradicting_patient_labels(tmp_path):
-    table = pl.DataFrame({"image_id": ["1", "2", "3"], "patient_id": ["a", "a", "b"], "file": ["x"] * 3,
-                          "centre": [None] * 3, "view": ["PA"] * 3, "time": [0.0, 1.0, 0.0], "y": ["1", "0", "0"]})
+    table = pl.DataFrame(
+        {
+            "image_id": ["1", "2", "3"],
+            "patient_id": ["a", "a", "b"],
+            "file": ["x"] * 3,
+            "centre": [None] * 3,
+            "view": ["PA"] * 3,
+            "time": [0.0, 1.0, 0.0],
+            "y": ["1", "0", "0"],
+        }
+    )
     with pytest.raises(ValueError, match=r"patient\(s\) \['a'\] have images with both labels"):
         tasks.build(table, {"dataset": "d", "label": "y", "positive": ["1"]}, "t")
 
 
 def test_task_image_policy_first_and_last():
-    table = pl.DataFrame({"image_id": list("abcd"), "patient_id": ["p", "p", "q", "q"], "file": ["x"] * 4,
-                          "centre": [None] * 4, "view": ["PA"] * 4, "time": [5.0, 1.0, 0.0, 2.0],
-                          "y": ["1", "1", "0", "0"]})
+    table = pl.DataFrame(
+        {
+            "image_id": list("abcd"),
+            "patient_id": ["p", "p", "q", "q"],
+            "file": ["x"] * 4,
+            "centre": [None] * 4,
+            "view": ["PA"] * 4,
+            "time": [5.0, 1.0, 0.0, 2.0],
+            "y": ["1", "1", "0", "0"],
+        }
+    )
     first, rep = tasks.build(table, {"dataset": "d", "label": "y", "positive": ["1"], "images": "first"}, "t")
     last, _ = tasks.build(table, {"dataset": "d", "label": "y", "positive": ["1"], "images": "last"}, "t")
     assert sorted(first["image_id"]) == ["b", "c"] and sorted(last["image_id"]) == ["a", "d"]
@@ -112,8 +140,17 @@ def test_task_image_policy_first_and_last():
 
 
 def test_task_label_value_outside_the_declared_ones_names_value_and_image():
-    table = pl.DataFrame({"image_id": ["1", "2", "3"], "patient_id": ["a", "b", "c"], "file": ["f1", "f2", "f3"],
-                          "centre": [None] * 3, "view": ["PA"] * 3, "time": [0.0] * 3, "y": ["Y", "N", "maybe"]})
+    table = pl.DataFrame(
+        {
+            "image_id": ["1", "2", "3"],
+            "patient_id": ["a", "b", "c"],
+            "file": ["f1", "f2", "f3"],
+            "centre": [None] * 3,
+            "view": ["PA"] * 3,
+            "time": [0.0] * 3,
+            "y": ["Y", "N", "maybe"],
+        }
+    )
     with pytest.raises(ValueError, match=r"column 'y' has value\(s\) \['maybe'\] outside .* image 3 \(f3\)"):
         tasks.build(table, {"dataset": "d", "label": "y", "positive": ["N"], "negative": ["Y"]}, "t")
     # empty values are unknown labels: counted, not an error
@@ -132,9 +169,26 @@ def test_data_report_states_choices_and_counts_per_class_centre_view_and_rejects
     table.write_parquet(tmp_path / "table.parquet")
     rejects.write_csv(tmp_path / "rejects.csv")
     task = {"dataset": "s", "label": "outcome", "positive": ["poor"], "images": "last", "split_by": "patient"}
-    assert cli.main(["task", "--name", "t", "--spec", json.dumps(task), "--table", str(tmp_path / "table.parquet"),
-                     "--rejects", str(tmp_path / "rejects.csv"), "--out", str(tmp_path / "t.parquet"),
-                     "--report", str(tmp_path / "r.json")]) == 0
+    assert (
+        cli.main(
+            [
+                "task",
+                "--name",
+                "t",
+                "--spec",
+                json.dumps(task),
+                "--table",
+                str(tmp_path / "table.parquet"),
+                "--rejects",
+                str(tmp_path / "rejects.csv"),
+                "--out",
+                str(tmp_path / "t.parquet"),
+                "--report",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["images_policy"] == "last" and report["split_by"] == "patient"
     assert report["negative"] == "every other non-empty value"
@@ -148,14 +202,20 @@ def test_data_report_states_choices_and_counts_per_class_centre_view_and_rejects
 
 
 # ---- issue 14: Cohen's real metadata carries free text besides Y/N; a pinned snapshot -------------------------------
-COHEN_COLUMNS = ("patientid,offset,sex,age,finding,survival,intubated,intubation_present,went_icu,in_icu,view,modality,"
-                 "date,location,folder,filename,doi,url,license,clinical_notes,other_notes,")
+COHEN_COLUMNS = (
+    "patientid,offset,sex,age,finding,survival,intubated,intubation_present,went_icu,in_icu,view,modality,"
+    "date,location,folder,filename,doi,url,license,clinical_notes,other_notes,"
+)
 COHEN_ROWS = [  # (patient, offset, finding, survival, intubated, went_icu, view): the kinds of rows upstream holds
-    ("1", "0", "COVID-19", "Y", "N", "N", "PA"), ("1", "3", "COVID-19", "Y", "N", "N", "AP"),
-    ("2", "0", "COVID-19", "N", "Y", "Y", "AP Supine"), ("3", "5", "COVID-19, ARDS", "N", "Y", "Y", "AP"),
+    ("1", "0", "COVID-19", "Y", "N", "N", "PA"),
+    ("1", "3", "COVID-19", "Y", "N", "N", "AP"),
+    ("2", "0", "COVID-19", "N", "Y", "Y", "AP Supine"),
+    ("3", "5", "COVID-19, ARDS", "N", "Y", "Y", "AP"),
     ("4", "?", "COVID-19", "?", "Not visible", "Would have been stated", "PA"),  # free text meaning "not known"
-    ("5", "", "COVID-19", "Y", "N", "N", "PA"), ("6", "2", "COVID-19", "", "", "", "PA"),
-    ("7", "1", "SARS", "N", "", "", "PA"), ("8", "0", "todo", "Y", "Not visible", "Would have been stated", "PA"),
+    ("5", "", "COVID-19", "Y", "N", "N", "PA"),
+    ("6", "2", "COVID-19", "", "", "", "PA"),
+    ("7", "1", "SARS", "N", "", "", "PA"),
+    ("8", "0", "todo", "Y", "Not visible", "Would have been stated", "PA"),
     ("9", "4", "COVID-19", "Y", "N", "N", "L"),
 ]
 
@@ -168,8 +228,10 @@ def _cohen_metadata(root, rows=COHEN_ROWS):
         img = np.zeros((24, 24), np.uint8)
         img[i, :] = 200
         Image.fromarray(img).save(root / "images" / f"{i}.png")
-        lines.append(f'{pid},{offset},M,60,"{finding}",{survival},{intubated},,{icu},,{view},X-ray,2020,"Somewhere, X",'
-                     f'images,{i}.png,,,,"notes, with a comma",,')
+        lines.append(
+            f'{pid},{offset},M,60,"{finding}",{survival},{intubated},,{icu},,{view},X-ray,2020,"Somewhere, X",'
+            f'images,{i}.png,,,,"notes, with a comma",,'
+        )
     (root / "metadata.csv").write_text("\n".join(lines) + "\n")
     return root
 
@@ -200,16 +262,24 @@ def test_default_cohen_tasks_drop_and_count_declared_unknown_values(tmp_path, de
         assert report["unlabelled_images"] == 2  # patient 6's empty label and the declared unknown value
         # each filter's counts: what it left out, by value, and the images after it
         assert report["images_filtered_out"] == {"finding: SARS": 1, "finding: todo": 1, "view: L": 1}
-        assert report["steps"] == {"images": 10, "after filter finding": 8, "after filter modality": 8,
-                                   "after filter view": 7, "with a known label": 5}
+        assert report["steps"] == {
+            "images": 10,
+            "after filter finding": 8,
+            "after filter modality": 8,
+            "after filter view": 7,
+            "with a known label": 5,
+        }
         assert report["times_read_as"] == {"missing": 1, "number": 4}
 
 
 def test_an_undeclared_free_text_label_stays_an_error_naming_value_and_image(tmp_path, default_cohen_tasks):
     rows = [*COHEN_ROWS, ("10", "0", "COVID-19", "Unclear", "N", "N", "PA")]
     table, _ = build_table("cohen", {"adapter": "cohen", "path": str(_cohen_metadata(tmp_path / "c", rows))}, tmp_path)
-    with pytest.raises(ValueError, match=r"task 'cohen_death': column 'survival' has value\(s\) \['Unclear'\] outside "
-                                         r"the declared positive \['N'\] and negative \['Y'\].*image 10:10.png"):
+    with pytest.raises(
+        ValueError,
+        match=r"task 'cohen_death': column 'survival' has value\(s\) \['Unclear'\] outside "
+        r"the declared positive \['N'\] and negative \['Y'\].*image 10:10.png",
+    ):
         tasks.build(table, default_cohen_tasks["cohen_death"], "cohen_death")
 
 
@@ -246,13 +316,18 @@ def test_cohen_download_checks_file_checksums_and_refuses_an_archive_unlike_the_
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         metadata = hashlib.sha256(b"patientid,offset\n1,0\n").hexdigest()
-        spec = {"adapter": "cohen", "url": f"http://127.0.0.1:{server.server_address[1]}/abc.zip",
-                "checksums": {"metadata.csv": metadata}}
+        spec = {
+            "adapter": "cohen",
+            "url": f"http://127.0.0.1:{server.server_address[1]}/abc.zip",
+            "checksums": {"metadata.csv": metadata},
+        }
         out = tmp_path / "cohen"
         download("cohen", download_source(spec), out)
         assert json.loads((out / RECORD).read_text()) == {spec["url"]: hashlib.sha256(served["body"]).hexdigest()}
         served["body"] = archive(b"rebuilt")
-        with pytest.raises(ValueError, match=f"checksum mismatch.*{RECORD} holds the SHA-256 of this URL's first download"):
+        with pytest.raises(
+            ValueError, match=f"checksum mismatch.*{RECORD} holds the SHA-256 of this URL's first download"
+        ):
             download("cohen", download_source(spec), out)
         wrong = {**spec, "checksums": {"metadata.csv": "0" * 64}}
         with pytest.raises(ValueError, match="metadata.csv has SHA-256 .*, the config's checksums say 0000"):

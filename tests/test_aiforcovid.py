@@ -37,11 +37,17 @@ def afc(tmp_path):
             severe = i % 2 == 0
             death = int(severe and i % 4 == 0)
             release = "" if i < 5 else "_r2"
-            releases[release].append([pid, hospital, float(rng.integers(40, 90)), "M", "SEVERE" if severe else "MILD",
-                                      float(death)])
+            releases[release].append(
+                [pid, hospital, float(rng.integers(40, 90)), "M", "SEVERE" if severe else "MILD", float(death)]
+            )
             if pid != "P_3_7":  # listed, image missing
-                make_dicom(root / f"imgs{release}" / f"{pid}.dcm", radiograph(), patient=pid,
-                           view="AP" if h else None, photometric="MONOCHROME2")
+                make_dicom(
+                    root / f"imgs{release}" / f"{pid}.dcm",
+                    radiograph(),
+                    patient=pid,
+                    view="AP" if h else None,
+                    photometric="MONOCHROME2",
+                )
     make_dicom(root / "imgs" / "P_9_9.dcm", radiograph(), patient="P_9_9")  # an image no sheet lists
     for release, rows in releases.items():
         _sheet(root / f"AIforCOVID{release}.xlsx", rows)
@@ -54,12 +60,15 @@ def test_table_centres_and_rejects(afc, tmp_path):
     assert sorted(table["centre"].unique()) == ["A", "B", "C"]
     assert set(table["sheet"]) == {"AIforCOVID.xlsx", "AIforCOVID_r2.xlsx"}
     assert table.filter(pl.col("centre") == "A")["view"].unique().to_list() == ["unknown"]
-    assert dict(zip(rejects["image_id"], rejects["kind"])) == {"P_9_9": "not in the clinical sheets",
-                                                               "P_3_7": "image missing"}
+    assert dict(zip(rejects["image_id"], rejects["kind"])) == {
+        "P_9_9": "not in the clinical sheets",
+        "P_3_7": "image missing",
+    }
 
 
-@pytest.mark.parametrize("task, truth", [
-    ("afc_severity", lambda h, i: i % 2 == 0), ("afc_death", lambda h, i: i % 4 == 0)])
+@pytest.mark.parametrize(
+    "task, truth", [("afc_severity", lambda h, i: i % 2 == 0), ("afc_death", lambda h, i: i % 4 == 0)]
+)
 def test_protocol_tasks_and_leave_one_centre_out(afc, tmp_path, task, truth):
     table, _ = build_table("afc", {"adapter": "aiforcovid", "path": str(afc)}, tmp_path)
     spec = CONFIG["tasks"][task]

@@ -8,18 +8,33 @@ from conftest import ROOT
 from ftbench import cluster, grid
 
 
-@pytest.mark.parametrize(("arch", "size"), [
-    ("test_vit", "xs"), ("resnet18", "s"), ("dinov2_vits14", "s"), ("resnet50", "m"), ("densenet121", "m"),
-    ("dinov2_vitb14", "m"), ("vgg19", "l"), ("dinov2_vitl14", "l"), ("vit_huge_patch14_224", "xl"),
-])
+@pytest.mark.parametrize(
+    ("arch", "size"),
+    [
+        ("test_vit", "xs"),
+        ("resnet18", "s"),
+        ("dinov2_vits14", "s"),
+        ("resnet50", "m"),
+        ("densenet121", "m"),
+        ("dinov2_vitb14", "m"),
+        ("vgg19", "l"),
+        ("dinov2_vitl14", "l"),
+        ("vit_huge_patch14_224", "xl"),
+    ],
+)
 def test_size_class_from_the_architecture_name(arch, size):
     assert cluster.size_class(arch) == size
 
 
 def test_requests_grow_with_model_size_image_side_cells_and_attempt(demo_config):
-    config = {**demo_config, "models": {
-        "small": {"arch": "resnet18"}, "large": {"arch": "dinov2_vitl14", "img_size": 224},
-        "large_hires": {"arch": "dinov2_vitl14", "img_size": 448}}}
+    config = {
+        **demo_config,
+        "models": {
+            "small": {"arch": "resnet18"},
+            "large": {"arch": "dinov2_vitl14", "img_size": 224},
+            "large_hires": {"arch": "dinov2_vitl14", "img_size": 448},
+        },
+    }
     job = {name: grid.Job("t", name, "lp", "full") for name in config["models"]}
     runtime = {name: cluster.runtime_min(config, j, 5) for name, j in job.items()}
     assert runtime["small"] < runtime["large"] < runtime["large_hires"]
@@ -34,11 +49,16 @@ def test_requests_grow_with_model_size_image_side_cells_and_attempt(demo_config)
 
 def test_a_cost_projection_replaces_the_guesses_where_it_has_the_job(demo_config, tmp_path):
     projection = tmp_path / "cost_cells.csv"
-    projection.write_text("cell,seconds,source\n"
-                          "t/vit/lora/full/fold0,600,measured\nt/vit/lora/full/fold1,1200,job\n"
-                          "t/vit/fft/full/fold0,300,measured\nt/vit/fft/full/fold1,,\n")
-    config = {**demo_config, "models": {"vit": {"arch": "dinov2_vitl14"}},
-              "cluster": {"runtimes": str(projection), "runtime_margin": 1.5}}
+    projection.write_text(
+        "cell,seconds,source\n"
+        "t/vit/lora/full/fold0,600,measured\nt/vit/lora/full/fold1,1200,job\n"
+        "t/vit/fft/full/fold0,300,measured\nt/vit/fft/full/fold1,,\n"
+    )
+    config = {
+        **demo_config,
+        "models": {"vit": {"arch": "dinov2_vitl14"}},
+        "cluster": {"runtimes": str(projection), "runtime_margin": 1.5},
+    }
     lora, fft = grid.Job("t", "vit", "lora", "full"), grid.Job("t", "vit", "fft", "full")
     # 900 s a cell on average x 1.5 x 4 cells = 90 min; twice that on a retry
     assert cluster.runtime_min(config, lora, 4) == 90
@@ -51,8 +71,11 @@ def test_a_cost_projection_replaces_the_guesses_where_it_has_the_job(demo_config
 
 
 def test_a_job_with_concurrent_cells_asks_for_their_threads_and_memory_and_for_its_rounds_of_cells(demo_config):
-    one = {**demo_config, "models": {"vit": {"arch": "dinov2_vitb14"}},
-           "training": {**demo_config["training"], "threads": 2, "concurrent_cells": 1}}
+    one = {
+        **demo_config,
+        "models": {"vit": {"arch": "dinov2_vitb14"}},
+        "training": {**demo_config["training"], "threads": 2, "concurrent_cells": 1},
+    }
     four = {**one, "training": {**one["training"], "concurrent_cells": 4}}
     fewshot = grid.Job("t", "vit", "lora", "k8")
     assert (cluster.threads(one, 25), cluster.threads(four, 25)) == (2, 8)
@@ -67,11 +90,16 @@ def test_a_job_with_concurrent_cells_asks_for_their_threads_and_memory_and_for_i
 
 def test_a_projection_gives_the_time_of_a_round_of_concurrent_cells(demo_config, tmp_path):
     projection = tmp_path / "cost_cells.csv"
-    projection.write_text("cell,seconds,source\n" + "".join(f"t/vit/lora/k8/r{r}/fold{f},120,measured\n"
-                                                             for r in range(5) for f in range(5)))
-    config = {**demo_config, "models": {"vit": {"arch": "dinov2_vitb14"}},
-              "training": {**demo_config["training"], "concurrent_cells": 8},
-              "cluster": {"runtimes": str(projection), "runtime_margin": 1.5}}
+    projection.write_text(
+        "cell,seconds,source\n"
+        + "".join(f"t/vit/lora/k8/r{r}/fold{f},120,measured\n" for r in range(5) for f in range(5))
+    )
+    config = {
+        **demo_config,
+        "models": {"vit": {"arch": "dinov2_vitb14"}},
+        "training": {**demo_config["training"], "concurrent_cells": 8},
+        "cluster": {"runtimes": str(projection), "runtime_margin": 1.5},
+    }
     # 25 cells 8 at a time: 4 rounds of 120 s (measured side by side) x 1.5 = 12 min
     assert cluster.runtime_min(config, grid.Job("t", "vit", "lora", "k8"), 25) == 12
 
@@ -97,8 +125,13 @@ def read_profile(monkeypatch, **environ) -> dict:
 
 
 def test_profile_is_found_and_takes_account_and_partitions_from_the_environment(monkeypatch):
-    profile = read_profile(monkeypatch, FTBENCH_SLURM_ACCOUNT="proj42", FTBENCH_SLURM_PARTITION="cpu",
-                           FTBENCH_SLURM_GPU_PARTITION="gpu", FTBENCH_SLURM_GPU_MODEL="a100")
+    profile = read_profile(
+        monkeypatch,
+        FTBENCH_SLURM_ACCOUNT="proj42",
+        FTBENCH_SLURM_PARTITION="cpu",
+        FTBENCH_SLURM_GPU_PARTITION="gpu",
+        FTBENCH_SLURM_GPU_MODEL="a100",
+    )
     assert profile["executor"] == "slurm"
     assert {"slurm_account=proj42", "slurm_partition=cpu"} <= set(profile["default-resources"])
     assert {"train:gpu=1", "train:gpu_model=a100", "train:slurm_partition=gpu"} <= set(profile["set-resources"])

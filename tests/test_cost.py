@@ -40,21 +40,39 @@ def _cells(paths, device="NVIDIA A40", scale=1.0):
         n_train, n_val, n_test = SIZES[(task, group)]
         slow = scale if rest[-1] == "fold0" and rest[0] in ("fold0", "r0") else 1.0
         train, check, total = _parts(model, task, group)
-        rows.append({"cell": path, "task": task, "model": model, "strategy": "lora", "regime_group": group,
-                     "status": "ok", "wall_seconds": total * slow, "train_seconds": train * slow,
-                     "check_seconds": check * slow, "device_name": device, "n_train": n_train, "n_val": n_val,
-                     "n_test": float(n_test), "epochs": EPOCHS[group]})
+        rows.append(
+            {
+                "cell": path,
+                "task": task,
+                "model": model,
+                "strategy": "lora",
+                "regime_group": group,
+                "status": "ok",
+                "wall_seconds": total * slow,
+                "train_seconds": train * slow,
+                "check_seconds": check * slow,
+                "device_name": device,
+                "n_train": n_train,
+                "n_val": n_val,
+                "n_test": float(n_test),
+                "epochs": EPOCHS[group],
+            }
+        )
     return pl.DataFrame(rows)
 
 
-GRID = [_path(t, m, "full", f) for t in ("big", "small") for m in ("vit", "cnn") for f in range(3)] + \
-       [_path("big", m, "k4", f, r) for m in ("vit", "cnn") for r in range(2) for f in range(3)]
+GRID = [_path(t, m, "full", f) for t in ("big", "small") for m in ("vit", "cnn") for f in range(3)] + [
+    _path("big", m, "k4", f, r) for m in ("vit", "cnn") for r in range(2) for f in range(3)
+]
 
 
 def test_each_cell_gets_its_measured_its_jobs_or_its_scaled_seconds():
     # ran: every cnn cell of both tasks, vit only fold 0 and 1 of the big task (full) and few-shot rep 0
-    ran = [c for c in GRID if "/cnn/" in c] + [_path("big", "vit", "full", f) for f in (0, 1)] + \
-          [_path("big", "vit", "k4", f) for f in range(3)]
+    ran = (
+        [c for c in GRID if "/cnn/" in c]
+        + [_path("big", "vit", "full", f) for f in (0, 1)]
+        + [_path("big", "vit", "k4", f) for f in range(3)]
+    )
     cells = _cells(ran, scale=1.5)
     projected = cost.project(GRID, cells).sort("cell")
     by_cell = dict(zip(projected["cell"], zip(projected["source"], projected["seconds"])))
@@ -96,12 +114,21 @@ def test_cells_nothing_can_estimate_are_left_without_seconds_and_counted():
 
 def test_cells_from_several_devices_need_a_choice(tmp_path, capsys):
     cells = pl.concat([_cells(GRID[:3], device="NVIDIA A40"), _cells(GRID[3:6], device="NVIDIA H100 80GB HBM3")])
-    with pytest.raises(ValueError, match=r"2 devices \('NVIDIA A40' \(3 cells\), 'NVIDIA H100 80GB HBM3' \(3 cells\)\)"):
+    with pytest.raises(
+        ValueError, match=r"2 devices \('NVIDIA A40' \(3 cells\), 'NVIDIA H100 80GB HBM3' \(3 cells\)\)"
+    ):
         cost.project(GRID, cells)
     cells.write_parquet(tmp_path / "cells.parquet")
     (tmp_path / "grid.txt").write_text("\n".join(GRID) + "\n")
-    args = ["cost", "--cells", str(tmp_path / "cells.parquet"), "--grid", str(tmp_path / "grid.txt"),
-            "--out", str(tmp_path / "cost.csv")]
+    args = [
+        "cost",
+        "--cells",
+        str(tmp_path / "cells.parquet"),
+        "--grid",
+        str(tmp_path / "grid.txt"),
+        "--out",
+        str(tmp_path / "cost.csv"),
+    ]
     assert cli.main(args) == 1  # the error above, as a message
     assert cli.main(args + ["--device-name", "H100"]) == 0
     summary, per_cell = pl.read_csv(tmp_path / "cost.csv"), pl.read_csv(tmp_path / "cost_cells.csv")
@@ -116,31 +143,56 @@ def test_the_pilot_runs_each_pair_on_one_task_and_one_cheap_pair_on_the_others(t
     from smk import DEMO, planned, snakemake, write_config
 
     demo = yaml.safe_load(DEMO.read_text())
-    config = {"datasets": {"second": demo["datasets"]["synthetic"]},
-              "tasks": {"second": demo["tasks"]["synthetic_outcome"] | {"dataset": "second"}},
-              "benchmark": {"tasks": ["synthetic_outcome", "second"]},
-              "regimes": {"fewshot": {"k": [4, 8], "repetitions": 1}}, "cluster": {"pilot_task": pilot_task}}
-    plan = planned(snakemake(ROOT, tmp_path, "--configfile", str(DEMO), str(write_config(tmp_path / "c.yaml", config)),
-                             "-n", "pilot"))
+    config = {
+        "datasets": {"second": demo["datasets"]["synthetic"]},
+        "tasks": {"second": demo["tasks"]["synthetic_outcome"] | {"dataset": "second"}},
+        "benchmark": {"tasks": ["synthetic_outcome", "second"]},
+        "regimes": {"fewshot": {"k": [4, 8], "repetitions": 1}},
+        "cluster": {"pilot_task": pilot_task},
+    }
+    plan = planned(
+        snakemake(
+            ROOT, tmp_path, "--configfile", str(DEMO), str(write_config(tmp_path / "c.yaml", config)), "-n", "pilot"
+        )
+    )
     jobs = {path.removeprefix("results/cells/") for path in plan["train"]}
     pilot, other = ("synthetic_outcome", "second") if pilot_task is None else ("second", "synthetic_outcome")
-    pairs = {f"{m}/{s}" for m in ("tiny_vit", "tiny_resnet") for s in demo["benchmark"]["strategies"]} - {"tiny_resnet/vpt"}
+    pairs = {f"{m}/{s}" for m in ("tiny_vit", "tiny_resnet") for s in demo["benchmark"]["strategies"]} - {
+        "tiny_resnet/vpt"
+    }
     # every pair at full data and the smallest K on the pilot task; the others: every group of one cached probe
-    assert jobs == {f"{pilot}/{pair}/{group}" for pair in pairs for group in ("full", "k4")} | \
-        {f"{other}/tiny_vit/lp/{group}" for group in ("full", "k4", "k8")}
+    assert jobs == {f"{pilot}/{pair}/{group}" for pair in pairs for group in ("full", "k4")} | {
+        f"{other}/tiny_vit/lp/{group}" for group in ("full", "k4", "k8")
+    }
 
 
 def test_a_fitted_probe_without_epochs_is_scaled_by_its_start_up_alone():
-    probe = [{"cell": f"small/vit/knn/full/fold{f}", "task": "small", "model": "vit", "strategy": "knn",
-              "regime_group": "full", "status": "ok", "wall_seconds": 2.0 + f, "train_seconds": 0.0,
-              "check_seconds": 0.0, "device_name": "NVIDIA A40", "n_train": 80, "n_val": 20, "n_test": 25.0,
-              "epochs": 0} for f in range(3)]
+    probe = [
+        {
+            "cell": f"small/vit/knn/full/fold{f}",
+            "task": "small",
+            "model": "vit",
+            "strategy": "knn",
+            "regime_group": "full",
+            "status": "ok",
+            "wall_seconds": 2.0 + f,
+            "train_seconds": 0.0,
+            "check_seconds": 0.0,
+            "device_name": "NVIDIA A40",
+            "n_train": 80,
+            "n_val": 20,
+            "n_test": 25.0,
+            "epochs": 0,
+        }
+        for f in range(3)
+    ]
     cells = pl.concat([_cells([_path("big", "cnn", "full", 0)]), pl.DataFrame(probe)], how="diagonal_relaxed")
     projected = cost.project(["big/vit/knn/full/fold0"], cells)  # the cnn cell tells the big task's sizes
     assert (projected["source"][0], projected["seconds"][0]) == ("scaled", pytest.approx(3.0))  # the mean start-up
 
 
 # ---- the FLOP model (ftbench.flop_cost): a figure without a pilot ------------------------------------------
+
 
 def _flop_config(demo_config, **cost_settings) -> dict:
     """The demo config projected onto an A40, its task's sizes declared (80 patients, 160 images)."""
@@ -158,13 +210,16 @@ def test_every_trained_strategy_kind_has_a_backward_cost():
     assert trained <= set(flop_cost.BACKWARD), trained - set(flop_cost.BACKWARD)
 
 
-@pytest.mark.parametrize("kind, spec, epochs, recalibrated, backward", [
-    ("fft", {}, 4, 4, 2.0 * 4),
-    ("lora", {}, 4, 4, 1.0 * 4),
-    ("lp", {}, 4, 0, 0.0),  # frozen: no backward pass through the backbone, its statistics kept
-    ("lp_ft", {"lp_epochs": 2}, 4, 2, 2.0 * 2),  # two epochs of probing, then two of everything
-    ("gradual_unfreezing", {"unfreeze_every": 1}, 4, 3, 2.0 * (0 + 1 + 2 + 3) / 5),  # 5 blocks, one more each epoch
-])
+@pytest.mark.parametrize(
+    "kind, spec, epochs, recalibrated, backward",
+    [
+        ("fft", {}, 4, 4, 2.0 * 4),
+        ("lora", {}, 4, 4, 1.0 * 4),
+        ("lp", {}, 4, 0, 0.0),  # frozen: no backward pass through the backbone, its statistics kept
+        ("lp_ft", {"lp_epochs": 2}, 4, 2, 2.0 * 2),  # two epochs of probing, then two of everything
+        ("gradual_unfreezing", {"unfreeze_every": 1}, 4, 3, 2.0 * (0 + 1 + 2 + 3) / 5),  # 5 blocks, one more each epoch
+    ],
+)
 def test_image_passes_follow_the_training_loop(kind, spec, epochs, recalibrated, backward):
     from ftbench import flop_cost
 
@@ -176,12 +231,22 @@ def test_image_passes_follow_the_training_loop(kind, spec, epochs, recalibrated,
     assert flop_cost.passes(100, 20, 30, 2.5, lambda e: 2.0, batchnorm=False) == (2.5 * 120 + 30, 2.5 * 200)
     if kind in ("lp_ft", "gradual_unfreezing"):  # with the cache, the frozen epochs run no backbone pass
         frozen = sum(1 for e in range(epochs) if ratio(spec, 5, e) == 0)
-        cached, _ = flop_cost.passes(100, 20, 30, epochs, lambda e: ratio(spec, 5, e), batchnorm=True, frozen_cached=True)
+        cached, _ = flop_cost.passes(
+            100, 20, 30, epochs, lambda e: ratio(spec, 5, e), batchnorm=True, frozen_cached=True
+        )
         assert frozen and cached == forward - frozen * (100 + 20)
 
 
-@pytest.mark.parametrize("kind, strategy", [("fft", {}), ("lora", {"rank": 4}), ("lp", {}),
-                                            ("lp_ft", {"lp_epochs": 2}), ("gradual_unfreezing", {"unfreeze_every": 1})])
+@pytest.mark.parametrize(
+    "kind, strategy",
+    [
+        ("fft", {}),
+        ("lora", {"rank": 4}),
+        ("lp", {}),
+        ("lp_ft", {"lp_epochs": 2}),
+        ("gradual_unfreezing", {"unfreeze_every": 1}),
+    ],
+)
 def test_forward_passes_are_those_a_real_cell_runs(synthetic_data, tmp_path, monkeypatch, kind, strategy):
     """Every image the backbone sees in a real cell (training steps, BatchNorm recalibration, validation, final
     predictions) is one the FLOP model counts: a change to the loop that it does not follow fails here."""
@@ -196,10 +261,14 @@ def test_forward_passes_are_those_a_real_cell_runs(synthetic_data, tmp_path, mon
 
     seen = []
     features = backbones.Classifier.features
-    monkeypatch.setattr(backbones.Classifier, "features",
-                        lambda self, x: seen.append(0 if x.device.type == "meta" else len(x)) or features(self, x))
-    settings = cell_settings("test_resnet", kind, 1e-3, strategy=strategy,
-                             training={"max_epochs": 4, "patience": 10, "batch_size": 16})
+    monkeypatch.setattr(
+        backbones.Classifier,
+        "features",
+        lambda self, x: seen.append(0 if x.device.type == "meta" else len(x)) or features(self, x),
+    )
+    settings = cell_settings(
+        "test_resnet", kind, 1e-3, strategy=strategy, training={"max_epochs": 4, "patience": 10, "batch_size": 16}
+    )
     run_cell(settings, synthetic_data["task_path"], synthetic_data["split"], synthetic_data["store"], str(tmp_path))
     run = json.loads((tmp_path / "run.json").read_text())
     n_test = len(pl.read_parquet(tmp_path / "predictions.parquet"))
@@ -207,8 +276,14 @@ def test_forward_passes_are_those_a_real_cell_runs(synthetic_data, tmp_path, mon
     cost_of = flop_cost.model_cost(config, "m")
     entry = resolve("test_resnet", 48)
     spec = kinds.resolve(settings["strategy"], entry, settings["training"])[0]
-    forward, _ = flop_cost.passes(run["n_train"], run["n_val"], n_test, run["epochs"],
-                                  lambda e: flop_cost.BACKWARD[kind](spec, cost_of.blocks, e), cost_of.batchnorm)
+    forward, _ = flop_cost.passes(
+        run["n_train"],
+        run["n_val"],
+        n_test,
+        run["epochs"],
+        lambda e: flop_cost.BACKWARD[kind](spec, cost_of.blocks, e),
+        cost_of.batchnorm,
+    )
     assert run["epochs"] == 4 and cost_of.batchnorm
     assert sum(seen) == forward
 
@@ -217,9 +292,19 @@ def test_without_a_pilot_every_cell_is_projected_from_flops(demo_config, tmp_pat
     from ftbench import flop_cost
 
     config = _flop_config(demo_config)
-    estimate = flop_cost.estimate(config, pl.DataFrame(schema={"model": pl.String, "strategy": pl.String,
-                                                               "regime": pl.String, "status": pl.String,
-                                                               "epochs": pl.Int64}), tmp_path)
+    estimate = flop_cost.estimate(
+        config,
+        pl.DataFrame(
+            schema={
+                "model": pl.String,
+                "strategy": pl.String,
+                "regime": pl.String,
+                "status": pl.String,
+                "epochs": pl.Int64,
+            }
+        ),
+        tmp_path,
+    )
     cells = {row["cell"]: row for row in estimate.cells.iter_rows(named=True)}
     assert estimate.sizes_from == {"synthetic_outcome": "declared"}
     # declared: 80 patients, 2 images each; a fold tests 1/5, validates 0.2 of the rest, trains on the others
@@ -240,8 +325,15 @@ def test_candidates_multiply_and_a_pilot_gives_the_epochs(demo_config, tmp_path)
     from ftbench import flop_cost
 
     config = _flop_config(demo_config, early_stopping="0.1", mfu="0.4", startup="1.5")  # as `--config` passes them
-    pilot = pl.DataFrame({"model": ["tiny_vit"] * 2, "strategy": ["fft"] * 2, "regime": ["full", "full"],
-                          "status": ["ok", "ok"], "epochs": [4, 6]})
+    pilot = pl.DataFrame(
+        {
+            "model": ["tiny_vit"] * 2,
+            "strategy": ["fft"] * 2,
+            "regime": ["full", "full"],
+            "status": ["ok", "ok"],
+            "epochs": [4, 6],
+        }
+    )
     one = {r["cell"]: r for r in flop_cost.estimate(config, pilot, tmp_path).cells.iter_rows(named=True)}
     config["strategies"]["fft"]["lr"] = [1e-3, 1e-4]
     two = {r["cell"]: r for r in flop_cost.estimate(config, pilot, tmp_path).cells.iter_rows(named=True)}
@@ -260,9 +352,11 @@ def test_sizes_are_counted_from_the_data_stage_when_it_ran(demo_config, tmp_path
 
     config = _flop_config(demo_config)
     table = make_task_table(40, images=3)  # 1, 2 or 3 images per patient
-    files = {"table": tmp_path / "tasks/synthetic_outcome/images.parquet",
-             "split": tmp_path / "splits/synthetic_outcome/folds.parquet",
-             "k4": tmp_path / "splits/synthetic_outcome/fewshot/k4.parquet"}
+    files = {
+        "table": tmp_path / "tasks/synthetic_outcome/images.parquet",
+        "split": tmp_path / "splits/synthetic_outcome/folds.parquet",
+        "k4": tmp_path / "splits/synthetic_outcome/fewshot/k4.parquet",
+    }
     for path in files.values():
         path.parent.mkdir(parents=True, exist_ok=True)
     table.write_parquet(files["table"])
@@ -276,8 +370,11 @@ def test_sizes_are_counted_from_the_data_stage_when_it_ran(demo_config, tmp_path
     images = table.group_by("patient_id").len("images")
     fold0 = split.filter(pl.col("fold") == 0).join(images, on="patient_id")
     count = {part: fold0.filter(pl.col("part") == part)["images"].sum() for part in ("train", "val", "test")}
-    draw = pl.read_parquet(files["k4"]).filter((pl.col("fold") == 0) & (pl.col("repetition") == 0)).join(
-        images, on="patient_id")
+    draw = (
+        pl.read_parquet(files["k4"])
+        .filter((pl.col("fold") == 0) & (pl.col("repetition") == 0))
+        .join(images, on="patient_id")
+    )
     drawn = {part: draw.filter(pl.col("part") == part)["images"].sum() for part in ("train", "val")}
     assert source == "data"
     assert sizes[("full", 0)] == (count["train"], count["val"], count["test"])
@@ -314,12 +411,27 @@ def test_the_cost_command_projects_onto_the_named_gpu(demo_config, tmp_path, cap
     def ran(cell: str, device: str) -> pl.DataFrame:
         task, model, strategy, *_ = cell.split("/")
         return _cells([_path("big", "cnn", "full", 0)], device=device).with_columns(
-            pl.lit(cell).alias("cell"), pl.lit(task).alias("task"), pl.lit(model).alias("model"),
-            pl.lit(strategy).alias("strategy"), pl.lit("full").alias("regime"))
+            pl.lit(cell).alias("cell"),
+            pl.lit(task).alias("task"),
+            pl.lit(model).alias("model"),
+            pl.lit(strategy).alias("strategy"),
+            pl.lit("full").alias("regime"),
+        )
 
     pl.concat([ran(vit, "NVIDIA A40"), ran(resnet, "cpu")]).write_parquet(tmp_path / "cells.parquet")
-    args = ["cost", "--cells", str(tmp_path / "cells.parquet"), "--grid", str(tmp_path / "grid.txt"),
-            "--results", str(tmp_path), "--out", str(tmp_path / "cost.csv"), "--config", json.dumps(config)]
+    args = [
+        "cost",
+        "--cells",
+        str(tmp_path / "cells.parquet"),
+        "--grid",
+        str(tmp_path / "grid.txt"),
+        "--results",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "cost.csv"),
+        "--config",
+        json.dumps(config),
+    ]
     assert cli.main(args) == 0
     source = dict(pl.read_csv(tmp_path / "cost_cells.csv").select("cell", "source").iter_rows())
     # the A40 cell counts, and stands for its job's other folds; the CPU one says nothing of an A40
@@ -347,8 +459,9 @@ def test_snakemake_cost_makes_the_data_stage_of_undeclared_tasks_only(tmp_path):
     from conftest import ROOT
     from smk import DEMO, planned, snakemake
 
-    plan = planned(snakemake(ROOT, tmp_path, "--configfile", str(DEMO), "--config", "cost={device: h100}", "-n",
-                             "cost"))
+    plan = planned(
+        snakemake(ROOT, tmp_path, "--configfile", str(DEMO), "--config", "cost={device: h100}", "-n", "cost")
+    )
     assert {"task_table", "folds", "fewshot"} <= set(plan) and "train" not in plan and "image_store" not in plan
     declared = "cost={device: h100, tasks: {synthetic_outcome: {patients: 80, images: 160}}}"
     plan = planned(snakemake(ROOT, tmp_path, "--configfile", str(DEMO), "--config", declared, "-n", "cost"))

@@ -19,8 +19,14 @@ def test_monochrome2_keeps_and_monochrome1_inverts_at_any_depth(tmp_path, bits_s
     stored = radiograph(high=high)
     m2 = decode(make_dicom(tmp_path / "m2.dcm", stored, bits_stored=bits_stored))
     # MONOCHROME1: the same anatomy stored the other way round (low values display bright)
-    m1 = decode(make_dicom(tmp_path / "m1.dcm", (high - stored.astype(np.int64)).astype(stored.dtype),
-                           photometric="MONOCHROME1", bits_stored=bits_stored))
+    m1 = decode(
+        make_dicom(
+            tmp_path / "m1.dcm",
+            (high - stored.astype(np.int64)).astype(stored.dtype),
+            photometric="MONOCHROME1",
+            bits_stored=bits_stored,
+        )
+    )
     assert m2.dtype == m1.dtype == np.uint8 and m2.shape == (48, 40)
     assert _bright_left(m2) and _bright_left(m1)
     assert m2.min() == 0 and m2.max() == 255  # the full 8-bit range is used, whatever the stored depth
@@ -57,10 +63,13 @@ def test_broken_dicom_raises_a_decode_error(tmp_path, content):
 
 
 def test_build_table_and_store_read_dicom(tmp_path):
-    good = [make_dicom(tmp_path / f"{i}.dcm", radiograph(), patient=f"p{i}", photometric=photo)
-            for i, photo in enumerate(["MONOCHROME2", "MONOCHROME2"])]
-    good.append(make_dicom(tmp_path / "2.dcm", (4095 - radiograph()).astype(np.uint16), patient="p2",
-                           photometric="MONOCHROME1"))
+    good = [
+        make_dicom(tmp_path / f"{i}.dcm", radiograph(), patient=f"p{i}", photometric=photo)
+        for i, photo in enumerate(["MONOCHROME2", "MONOCHROME2"])
+    ]
+    good.append(
+        make_dicom(tmp_path / "2.dcm", (4095 - radiograph()).astype(np.uint16), patient="p2", photometric="MONOCHROME1")
+    )
     nopix = make_dicom(tmp_path / "3.dcm", None, patient="p3")
     csv = tmp_path / "m.csv"
     csv.write_text("file,patient_id,y\n" + "".join(f"{p.name},p{i},1\n" for i, p in enumerate([*good, nopix])))
@@ -71,14 +80,20 @@ def test_build_table_and_store_read_dicom(tmp_path):
     assert all(_bright_left(img) for img in pixels)
 
 
-@pytest.mark.parametrize("fields, view", [
-    ({"view": "PA"}, "PA"), ({"view": "AP"}, "AP"), ({"view": "LL"}, "lateral"), ({"view": "LATERAL"}, "lateral"),
-    ({"view": None, "series_description": "CHEST AP PORT"}, "AP"),
-    ({"view": None, "series_description": "", "study_description": "XR CHEST PA ONLY"}, "PA"),
-    ({"view": None, "study_description": "CHEST ROUTINE PA AP AND LATERAL"}, "ambiguous"),
-    ({"view": None, "series_description": "CHEST PA/AP"}, "frontal"),
-    ({"view": None}, "unknown"),
-])
+@pytest.mark.parametrize(
+    "fields, view",
+    [
+        ({"view": "PA"}, "PA"),
+        ({"view": "AP"}, "AP"),
+        ({"view": "LL"}, "lateral"),
+        ({"view": "LATERAL"}, "lateral"),
+        ({"view": None, "series_description": "CHEST AP PORT"}, "AP"),
+        ({"view": None, "series_description": "", "study_description": "XR CHEST PA ONLY"}, "PA"),
+        ({"view": None, "study_description": "CHEST ROUTINE PA AP AND LATERAL"}, "ambiguous"),
+        ({"view": None, "series_description": "CHEST PA/AP"}, "frontal"),
+        ({"view": None}, "unknown"),
+    ],
+)
 def test_view_from_view_position_or_descriptions(tmp_path, fields, view):
     path = make_dicom(tmp_path / "v.dcm", radiograph(), **fields)
     header = dicom.header(path)

@@ -15,16 +15,22 @@ from ftbench.job import run_job
 def job_of(settings: dict, folds) -> dict:
     """A full-data job of the cell ``settings`` over ``folds``."""
     shared = {k: v for k, v in settings.items() if k not in ("regime", "fold")}
-    return shared | {"group": "full", "cells": [{"regime": {"name": "full"}, "fold": f, "leaf": f"fold{f}"}
-                                                for f in folds]}
+    return shared | {
+        "group": "full",
+        "cells": [{"regime": {"name": "full"}, "fold": f, "leaf": f"fold{f}"} for f in folds],
+    }
 
 
 def results(folder: Path, leaf: str) -> dict:
     """What a cell's result is: its test probabilities, its history without the timings, its threads."""
     run = json.loads((folder / leaf / "run.json").read_text())
     epochs = [{k: v for k, v in e.items() if not k.endswith("seconds")} for e in run["history"]["epochs"]]
-    return {"prob": pl.read_parquet(folder / leaf / "predictions.parquet")["prob"].to_list(), "epochs": epochs,
-            "best": (run["history"]["best_epoch"], run["history"]["best_val_loss"]), "threads": run["threads"]}
+    return {
+        "prob": pl.read_parquet(folder / leaf / "predictions.parquet")["prob"].to_list(),
+        "epochs": epochs,
+        "best": (run["history"]["best_epoch"], run["history"]["best_val_loss"]),
+        "threads": run["threads"],
+    }
 
 
 def test_cells_trained_side_by_side_equal_those_trained_one_by_one(synthetic_data, tmp_path):

@@ -22,9 +22,25 @@ def _job(settings: dict) -> dict:
 
 
 def _train(data: dict, job: dict, out: Path, checkpoints: Path, *args: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "ftbench", "train", "--job", json.dumps(job), "--task-table", data["task_path"],
-           "--split", data["split"], "--store", data["store"], "--out-dir", str(out), "--checkpoints", str(checkpoints),
-           *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ftbench",
+        "train",
+        "--job",
+        json.dumps(job),
+        "--task-table",
+        data["task_path"],
+        "--split",
+        data["split"],
+        "--store",
+        data["store"],
+        "--out-dir",
+        str(out),
+        "--checkpoints",
+        str(checkpoints),
+        *args,
+    ]
     env = dict(os.environ, FTBENCH_CHECKPOINT_SECONDS="0", PYTHONPATH=str(Path(__file__).parents[1] / "src"))
     return subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -105,12 +121,16 @@ def _ends_as_one_by_one(data: dict, three_cells: dict, out: Path, checkpoints: P
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, when", [
-    (signal.SIGUSR1, "cell 3/3"),  # the workers are still starting: no training handles a signal yet
-    (signal.SIGTERM, "epoch   2"),  # mid-epoch
-])
-def test_a_stopped_job_stops_every_cell_it_trains_side_by_side_and_resumes_them(synthetic_data, three_cells,
-                                                                               tmp_path, sig, when):
+@pytest.mark.parametrize(
+    "sig, when",
+    [
+        (signal.SIGUSR1, "cell 3/3"),  # the workers are still starting: no training handles a signal yet
+        (signal.SIGTERM, "epoch   2"),  # mid-epoch
+    ],
+)
+def test_a_stopped_job_stops_every_cell_it_trains_side_by_side_and_resumes_them(
+    synthetic_data, three_cells, tmp_path, sig, when
+):
     out, checkpoints = tmp_path / "out", tmp_path / "ckpt"
     first = _train(synthetic_data, three_cells["job"], out, checkpoints, *SIDE_BY_SIDE)
     _wait_for(first, when)
@@ -149,14 +169,26 @@ def test_finished_cells_of_a_dead_job_are_not_trained_again(synthetic_data, tmp_
     settings = cell_settings("test_resnet", "lp", 1e-2, training={"max_epochs": 2})
     job = _job(settings) | {"cells": [{"regime": {"name": "full"}, "fold": f, "leaf": f"fold{f}"} for f in (0, 1)]}
     checkpoints = tmp_path / "ckpt"
-    run_job(job, synthetic_data["task_path"], synthetic_data["split"], synthetic_data["store"], str(tmp_path / "a"),
-            str(checkpoints))
+    run_job(
+        job,
+        synthetic_data["task_path"],
+        synthetic_data["split"],
+        synthetic_data["store"],
+        str(tmp_path / "a"),
+        str(checkpoints),
+    )
     first = (tmp_path / "a" / "fold0" / "run.json").read_text()
     # the job died after fold 0: its finished cell waits in the checkpoints folder
     (checkpoints / "fold0").mkdir(parents=True)
     for name in ("predictions.parquet", "metrics.json", "run.json"):
         (checkpoints / "fold0" / name).write_bytes((tmp_path / "a" / "fold0" / name).read_bytes())
-    run_job(job, synthetic_data["task_path"], synthetic_data["split"], synthetic_data["store"], str(tmp_path / "b"),
-            str(checkpoints))
+    run_job(
+        job,
+        synthetic_data["task_path"],
+        synthetic_data["split"],
+        synthetic_data["store"],
+        str(tmp_path / "b"),
+        str(checkpoints),
+    )
     assert (tmp_path / "b" / "fold0" / "run.json").read_text() == first  # taken over, not retrained
     assert (tmp_path / "b" / "fold1" / "metrics.json").is_file()

@@ -34,8 +34,11 @@ def test_knn_takes_at_most_the_training_size_as_neighbours():
 
 
 def test_probe_settings_hold_the_seed_only(demo_config):
-    config = {**demo_config, "strategies": {**demo_config["strategies"], "probe": {"kind": "logreg"}},
-              "benchmark": {**demo_config["benchmark"], "strategies": ["lp", "probe"]}}
+    config = {
+        **demo_config,
+        "strategies": {**demo_config["strategies"], "probe": {"kind": "logreg"}},
+        "benchmark": {**demo_config["benchmark"], "strategies": ["lp", "probe"]},
+    }
     cell = next(c for c in grid.cells(config) if c.strategy == "probe")
     settings = grid.cell_settings(config, cell)
     assert settings["training"] == {"seed": config["training"]["seed"]}  # lr changes rerun nothing
@@ -49,8 +52,14 @@ def test_a_probe_cell_fitted_from_the_cache_writes_a_complete_cell(synthetic_dat
     settings = cell_settings("test_resnet", kind, 1e-2, regime={"name": "full"})
     cache = tmp_path / "emb.npy"
     info = embeddings.build(settings["model"], synthetic_data["store"], str(cache))
-    run = run_cell(settings, synthetic_data["task_path"], synthetic_data["split"], None, str(tmp_path / "cell"),
-                   embeddings=str(cache))
+    run = run_cell(
+        settings,
+        synthetic_data["task_path"],
+        synthetic_data["split"],
+        None,
+        str(tmp_path / "cell"),
+        embeddings=str(cache),
+    )
     metrics = json.loads((tmp_path / "cell" / "metrics.json").read_text())
     assert metrics["status"] == "ok" and -1 <= metrics["mcc"] <= 1 and 0 <= metrics["threshold"] <= 1
     losses = [c["val_loss"] for c in run["candidates"]]  # every candidate's loss, the (first) lowest chosen
@@ -58,5 +67,10 @@ def test_a_probe_cell_fitted_from_the_cache_writes_a_complete_cell(synthetic_dat
     assert run["trainable_params"] == (info["dim"] + 1 if kind == "logreg" else 0)
     assert run["total_params"] > run["trainable_params"] and run["gflops"] > 0
     with pytest.raises(ValueError, match="fitted on the embedding cache"):
-        run_cell(settings, synthetic_data["task_path"], synthetic_data["split"], synthetic_data["store"],
-                 str(tmp_path / "e2e"))
+        run_cell(
+            settings,
+            synthetic_data["task_path"],
+            synthetic_data["split"],
+            synthetic_data["store"],
+            str(tmp_path / "e2e"),
+        )

@@ -54,9 +54,12 @@ def test_report_shows_every_view_with_a_caption_and_finds_the_best_strategy(demo
     assert "2 tasks: no across-task test possible (minimum 6)" in html and "mean ranks only" in html
     # within each task and model the folds compare strategies, fft (the strongest signal) against the rest
     comparisons = stats.Comparisons.read(root / "out" / "stats")
-    res = report.Results(cells=pl.read_parquet(root / "out" / "cells.parquet"),
-                         summary=pl.read_parquet(root / "out" / "summary.parquet"), predictions=pl.DataFrame(),
-                         comparisons=comparisons)
+    res = report.Results(
+        cells=pl.read_parquet(root / "out" / "cells.parquet"),
+        summary=pl.read_parquet(root / "out" / "summary.parquet"),
+        predictions=pl.DataFrame(),
+        comparisons=comparisons,
+    )
     against = report.against_best(res, "mcc")
     assert against.height == 2 * 3 * 3 * 2 and (against["best"] == "fft").all()  # tasks x regimes x models x others
     assert (against["folds"] == 3).all() and "better" not in against["verdict"].to_list()
@@ -76,10 +79,12 @@ def browser_ready():
 
 def test_report_in_headless_chromium(browser_ready, demo_like, tmp_path):
     _, page = demo_like
-    sort_mcc = ("(() => { const t = document.querySelector('#table ~ .wrap table'); "
-                "const th = [...t.tHead.rows[0].cells].find(c => c.textContent.trim() === 'mcc'); "
-                "const i = th.cellIndex; th.click(); th.click(); "  # descending
-                "return [...t.tBodies[0].rows].map(r => parseFloat(r.cells[i].dataset.v)); })()")
+    sort_mcc = (
+        "(() => { const t = document.querySelector('#table ~ .wrap table'); "
+        "const th = [...t.tHead.rows[0].cells].find(c => c.textContent.trim() === 'mcc'); "
+        "const i = th.cellIndex; th.click(); th.click(); "  # descending
+        "return [...t.tBodies[0].rows].map(r => parseFloat(r.cells[i].dataset.v)); })()"
+    )
     shot = tmp_path / "report.png"
     seen = visit(page, tmp_path / "profile", shot, scripts=("document.querySelectorAll('figure svg').length", sort_mcc))
     assert seen.console_errors == []
@@ -92,8 +97,14 @@ def test_report_in_headless_chromium(browser_ready, demo_like, tmp_path):
 
 def test_partial_grid_report_lists_missing_and_failed_cells(tmp_path):
     root = tmp_path / "results"
-    make_results(root, tasks={"death": 0.3}, models={"cnn_a": "cnn"}, strategies={"fft": 2.5, "lp": 0.6, "lora": 1.6},
-                 regimes=("full", "k2r0"), folds=3)
+    make_results(
+        root,
+        tasks={"death": 0.3},
+        models={"cnn_a": "cnn"},
+        strategies={"fft": 2.5, "lp": 0.6, "lora": 1.6},
+        regimes=("full", "k2r0"),
+        folds=3,
+    )
     cells = root / "cells" / "death" / "cnn_a"
     shutil.rmtree(cells / "lp" / "k2")  # a whole regime of a strategy never ran
     shutil.rmtree(cells / "fft" / "full" / "fold2")  # one job stopped, its log says why
@@ -101,12 +112,20 @@ def test_partial_grid_report_lists_missing_and_failed_cells(tmp_path):
     log.parent.mkdir(parents=True)
     log.write_text("INFO epoch 0\nERROR torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
     metrics = cells / "lora" / "full" / "fold1" / "metrics.json"
-    metrics.write_text(json.dumps(json.loads(metrics.read_text()) | {"status": "failed", "error": "loss is nan at epoch 4"}))
+    metrics.write_text(
+        json.dumps(json.loads(metrics.read_text()) | {"status": "failed", "error": "loss is nan at epoch 4"})
+    )
     (cells / "lp" / "full" / "fold0" / "run.json").write_text("{not json")
     html = build_report(root, tmp_path / "out").read_text()
     assert "Missing cells (4)" in html and "Failed cells (2)" in html
-    for text in ("death/cnn_a/lp/k2/r0/fold0", "death/cnn_a/fft/full/fold2", "CUDA out of memory",
-                 "no log: not started", "loss is nan at epoch 4", "unreadable cell output"):
+    for text in (
+        "death/cnn_a/lp/k2/r0/fold0",
+        "death/cnn_a/fft/full/fold2",
+        "CUDA out of memory",
+        "no log: not started",
+        "loss is nan at epoch 4",
+        "unreadable cell output",
+    ):
         assert text in html, text
     assert ">12</b>cells done" in html  # 18 in the grid, 4 missing, 2 failed
     # fft's fold 2 takes its job's mean; lp's few-shot cells: these fake cells record no sizes to scale by
@@ -117,8 +136,9 @@ def test_partial_grid_report_lists_missing_and_failed_cells(tmp_path):
 
 def test_one_cell_grid_builds_a_report_that_says_what_it_cannot_test(tmp_path):
     root = tmp_path / "results"
-    make_results(root, tasks={"death": 0.3}, models={"cnn_a": "cnn"}, strategies={"fft": 2.5}, regimes=("full",),
-                 folds=1)
+    make_results(
+        root, tasks={"death": 0.3}, models={"cnn_a": "cnn"}, strategies={"fft": 2.5}, regimes=("full",), folds=1
+    )
     html = build_report(root, tmp_path / "out").read_text()
     assert "1 task: no across-task test possible (minimum 6)" in html
     assert "Only one task" in html and ">1</b>cells done" in html
@@ -126,8 +146,14 @@ def test_one_cell_grid_builds_a_report_that_says_what_it_cannot_test(tmp_path):
 
 def test_grid_without_any_result_builds_a_report_listing_every_cell(tmp_path):
     root = tmp_path / "results"
-    grid = make_results(root, tasks={"death": 0.3}, models={"cnn_a": "cnn"}, strategies={"fft": 2.5, "lp": 0.6},
-                        regimes=("full",), folds=2)
+    grid = make_results(
+        root,
+        tasks={"death": 0.3},
+        models={"cnn_a": "cnn"},
+        strategies={"fft": 2.5, "lp": 0.6},
+        regimes=("full",),
+        folds=2,
+    )
     shutil.rmtree(root / "cells")
     html = build_report(root, tmp_path / "out").read_text()
     assert "No cell has a result yet" in html and f"Missing cells ({len(grid)})" in html

@@ -15,10 +15,18 @@ from smk import DEMO, REDUCED, planned, snakemake, write_config
 pytestmark = pytest.mark.slow
 
 # training jobs (every fold, and few-shot repetition, of a regime group) of the reduced demo
-JOBS = {f"results/cells/synthetic_outcome/{model}/{strategy}/{group}"
-        for model in ["tiny_resnet"] for strategy in ["lp", "bitfit"] for group in ["full", "k4"]}
-DOWNSTREAM = {"aggregate": {"results/cells.parquet"}, "stats": {"results/stats/friedman.csv"},
-              "report": {"results/report/index.html"}, "all": {""}}
+JOBS = {
+    f"results/cells/synthetic_outcome/{model}/{strategy}/{group}"
+    for model in ["tiny_resnet"]
+    for strategy in ["lp", "bitfit"]
+    for group in ["full", "k4"]
+}
+DOWNSTREAM = {
+    "aggregate": {"results/cells.parquet"},
+    "stats": {"results/stats/friedman.csv"},
+    "report": {"results/report/index.html"},
+    "all": {""},
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +34,9 @@ def done(tmp_path_factory) -> dict:
     """A copy of the workflow and a finished run of the reduced demo."""
     tmp = tmp_path_factory.mktemp("rerun")
     repo = tmp / "repo"
-    shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".*", "__pycache__", "*.egg-info", "results", "resources",
-                                                              "tests"))
+    shutil.copytree(
+        ROOT, repo, ignore=shutil.ignore_patterns(".*", "__pycache__", "*.egg-info", "results", "resources", "tests")
+    )
     configs = ["--configfile", str(DEMO), str(write_config(tmp / "reduced.yaml", REDUCED))]
     work = tmp / "work"
     snakemake(repo, work, *configs, "--cores", "2")
@@ -57,8 +66,11 @@ def test_adding_a_model_runs_only_its_cells(done):
     assert jobs.pop("train") == {job.replace("tiny_resnet", "tiny_vit") for job in JOBS}
     # its linear probes need its embedding cache; the list of expected cells is an input of the report:
     # it is rewritten, nothing else upstream reruns
-    assert jobs == {**DOWNSTREAM, "embeddings": {"results/embeddings/synthetic/tiny_vit.npy"},
-                    "grid_list": {"results/grid.txt"}}
+    assert jobs == {
+        **DOWNSTREAM,
+        "embeddings": {"results/embeddings/synthetic/tiny_vit.npy"},
+        "grid_list": {"results/grid.txt"},
+    }
 
 
 def test_refactoring_code_or_changing_the_interpreter_reruns_nothing(done):
@@ -68,8 +80,14 @@ def test_refactoring_code_or_changing_the_interpreter_reruns_nothing(done):
     assert plan(done) == {}
     # {FTBENCH} in the shell commands holds the interpreter path; Snakemake's code trigger compares the
     # rule's command template, not the formatted command, so another path to the same Python changes nothing
-    other = next((str(p) for p in Path(sys.executable).parent.glob("python3*")
-                  if re.fullmatch(r"python3(\.\d+)?", p.name) and str(p) != sys.executable), None)
+    other = next(
+        (
+            str(p)
+            for p in Path(sys.executable).parent.glob("python3*")
+            if re.fullmatch(r"python3(\.\d+)?", p.name) and str(p) != sys.executable
+        ),
+        None,
+    )
     if other:
         assert plan(done, python=other) == {}
 

@@ -18,7 +18,9 @@ def s1() -> dict:
 
 
 def _settings(config: dict, task: str, model: str, strategy: str) -> dict:
-    job = next(j for j in grid.jobs(config) if (j.task, j.model, j.strategy, j.group) == (task, model, strategy, "full"))
+    job = next(
+        j for j in grid.jobs(config) if (j.task, j.model, j.strategy, j.group) == (task, model, strategy, "full")
+    )
     return grid.job_settings(config, job, grid.jobs(config)[job])
 
 
@@ -29,12 +31,17 @@ def test_s1_settings_resolve_as_its_configs_give_them(s1):
     assert _settings(s1, "car_icu", "resnet18", "s1_bitfit")["training"]["batch_size"] == 32
     assert _settings(s1, "cohen_death", "resnet18", "s1_bitfit")["training"]["batch_size"] == 64
     lora = _settings(s1, "afc_death", "dinov2_vits14", "s1_lora_r4")
-    assert (lora["strategy"]["rank"], lora["strategy"]["alpha"], lora["strategy"]["dropout"], lora["training"]["lr"]) == (
-        4, 1, 0.1, 1e-4)
+    assert (
+        lora["strategy"]["rank"],
+        lora["strategy"]["alpha"],
+        lora["strategy"]["dropout"],
+        lora["training"]["lr"],
+    ) == (4, 1, 0.1, 1e-4)
     # the targets of the model's family: DINOv2 qkv, fc1, fc2; CLIP q, k, v; CNNs conv1
     assert lora["strategy"]["target_modules"] == [r"(?:.*\.)?blocks\.\d+\.(?:attn\.qkv|mlp\.fc[12])"]
     assert _settings(s1, "afc_death", "clip_vitl14", "s1_lora_r4")["strategy"]["target_modules"] == [
-        r"model\.encoder\.layers\.\d+\.self_attn\.[qkv]_proj"]
+        r"model\.encoder\.layers\.\d+\.self_attn\.[qkv]_proj"
+    ]
     assert _settings(s1, "afc_death", "resnet50", "s1_lora_r8")["strategy"]["target_modules"] == [r"(?:.*\.)?conv1"]
     assert s1["regimes"]["fewshot"]["k"] == [2, 4, 8, 16, 32] and grid.fold_count(s1, "afc_severity") == 6
     assert s1["training"]["schedule"] == {"name": "plateau", "warmup_epochs": 50, "patience": 25, "min_lr": 1e-8}
@@ -45,15 +52,19 @@ def test_s1_runs_end_to_end_on_the_demo_data(tmp_path):
     """Every strategy of the preset, with its per-family targets and head-lr candidates, on the demo's synthetic
     task and tiny models (2 folds, K=2, a few epochs so that it runs on a CPU)."""
     demo = load(ROOT / "config.yaml", ROOT / "workflow" / "presets" / "demo.yaml")
-    swap = write_config(tmp_path / "swap.yaml", {
-        "benchmark": {"tasks": ["synthetic_outcome"], "models": ["tiny_vit", "tiny_resnet"]},
-        "datasets": {"synthetic": demo["datasets"]["synthetic"]},
-        "tasks": {"synthetic_outcome": demo["tasks"]["synthetic_outcome"] | {"batch_size": 32}},
-        "models": {"tiny_vit": demo["models"]["tiny_vit"], "tiny_resnet": demo["models"]["tiny_resnet"]},
-        "regimes": {"fewshot": {"k": [2], "repetitions": 1}},
-        "validation": {"folds": 2},
-        "training": {"max_epochs": 2, "patience": 1, "schedule": {"name": "plateau", "warmup_epochs": 1}},
-        "report": {"bootstrap": 20}})
+    swap = write_config(
+        tmp_path / "swap.yaml",
+        {
+            "benchmark": {"tasks": ["synthetic_outcome"], "models": ["tiny_vit", "tiny_resnet"]},
+            "datasets": {"synthetic": demo["datasets"]["synthetic"]},
+            "tasks": {"synthetic_outcome": demo["tasks"]["synthetic_outcome"] | {"batch_size": 32}},
+            "models": {"tiny_vit": demo["models"]["tiny_vit"], "tiny_resnet": demo["models"]["tiny_resnet"]},
+            "regimes": {"fewshot": {"k": [2], "repetitions": 1}},
+            "validation": {"folds": 2},
+            "training": {"max_epochs": 2, "patience": 1, "schedule": {"name": "plateau", "warmup_epochs": 1}},
+            "report": {"bootstrap": 20},
+        },
+    )
     snakemake(ROOT, tmp_path, "--configfile", str(S1), str(swap), "--cores", "2", timeout=3000)
     cells = pl.read_parquet(tmp_path / "results" / "cells.parquet")
     # 10 strategies on the ViT, 7 on the ResNet (no VeRA on convolutions) x (full + K=2) x 2 folds

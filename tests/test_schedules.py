@@ -54,8 +54,9 @@ def test_l2_sp_penalty_is_zero_at_the_start_and_grows_with_distance(arch):
 
 @pytest.mark.parametrize("arch", ["test_vit", "test_resnet"])
 def test_lp_ft_probes_the_head_then_fine_tunes_everything(arch):
-    model, plan, optimizer = _setup(arch, {"kind": "lp_ft", "lp_epochs": 2, "lp_lr": 0.05},
-                                    {"lr": 1e-4, "weight_decay": 0.0})
+    model, plan, optimizer = _setup(
+        arch, {"kind": "lp_ft", "lp_epochs": 2, "lp_lr": 0.05}, {"lr": 1e-4, "weight_decay": 0.0}
+    )
     head_lr = lambda: next(g["lr"] for g in optimizer.param_groups if g["name"] == "head")  # noqa: E731
     for epoch in (0, 1):
         assert plan.on_epoch(optimizer, epoch) is False
@@ -68,10 +69,13 @@ def test_lp_ft_probes_the_head_then_fine_tunes_everything(arch):
     assert not torch.equal(model.head.weight, head)
 
 
-@pytest.mark.parametrize("arch, order", [
-    ("test_vit", [f"blocks.{i}" for i in range(5, -1, -1)] + ["stem"]),
-    ("test_resnet", ["layer4", "layer3", "layer2", "layer1", "stem"]),
-])
+@pytest.mark.parametrize(
+    "arch, order",
+    [
+        ("test_vit", [f"blocks.{i}" for i in range(5, -1, -1)] + ["stem"]),
+        ("test_resnet", ["layer4", "layer3", "layer2", "layer1", "stem"]),
+    ],
+)
 def test_gradual_unfreezing_opens_one_block_from_the_top_on_schedule(arch, order):
     model, plan, optimizer = _setup(arch, {"kind": "gradual_unfreezing", "unfreeze_every": 2})
     stack = {b.name: {f"backbone.{n}" for n, _ in b.params} for b in blocks.blocks(model.backbone)}
@@ -133,14 +137,16 @@ def test_layer_wise_decay_slows_learning_towards_the_input():
     model, plan, optimizer = _setup("test_vit", {"kind": "llrd", "lr_decay": 0.5}, {"lr": 0.01, "weight_decay": 0.0})
     lrs = [(g["name"], g["lr"]) for g in optimizer.param_groups]
     assert [n for n, _ in lrs] == ["stem"] + [f"blocks.{i}" for i in range(6)] + ["head"]
-    assert [lr for _, lr in lrs] == pytest.approx([0.01 * 0.5 ** k for k in range(7, -1, -1)])
+    assert [lr for _, lr in lrs] == pytest.approx([0.01 * 0.5**k for k in range(7, -1, -1)])
 
 
 def test_adalora_prunes_its_rank_budget_over_the_steps():
     torch.manual_seed(0)
-    model, plan, optimizer = _setup("test_vit", {"kind": "adalora", "rank": 2, "init_rank": 6,
-                                                 "warmup_fraction": 0.2, "final_fraction": 0.2},
-                                    {"lr": 1e-2, "weight_decay": 0.0})
+    model, plan, optimizer = _setup(
+        "test_vit",
+        {"kind": "adalora", "rank": 2, "init_rank": 6, "warmup_fraction": 0.2, "final_fraction": 0.2},
+        {"lr": 1e-2, "weight_decay": 0.0},
+    )
     ranks = lambda: sum(int((p != 0).sum()) for n, p in model.named_parameters() if "lora_E" in n)  # noqa: E731
     sites = sum(1 for n, _ in model.named_parameters() if "lora_E" in n)
     for step in range(1, 21):
@@ -153,9 +159,11 @@ def test_adalora_prunes_its_rank_budget_over_the_steps():
 def test_adalora_keeps_its_schedule_when_resumed_mid_run():
     """A run resumed from a checkpoint calls the step hook first at a step > 1: the schedule still holds."""
     torch.manual_seed(0)
-    model, plan, optimizer = _setup("test_vit", {"kind": "adalora", "rank": 2, "init_rank": 6,
-                                                 "warmup_fraction": 0.2, "final_fraction": 0.2},
-                                    {"lr": 1e-2, "weight_decay": 0.0})
+    model, plan, optimizer = _setup(
+        "test_vit",
+        {"kind": "adalora", "rank": 2, "init_rank": 6, "warmup_fraction": 0.2, "final_fraction": 0.2},
+        {"lr": 1e-2, "weight_decay": 0.0},
+    )
     sites = sum(1 for n, _ in model.named_parameters() if "lora_E" in n)
     for step in range(11, 31):  # resumed after step 10 of 30
         _step(model, plan, optimizer, n=4)
@@ -166,8 +174,10 @@ def test_adalora_keeps_its_schedule_when_resumed_mid_run():
 def _parts(n=24, side=32):
     gen = torch.Generator().manual_seed(0)
     frame = pl.DataFrame({"row": range(n)})
-    return {part: Part(torch.randint(0, 255, (n, side, side), dtype=torch.uint8, generator=gen),
-                       torch.arange(n) % 2, frame) for part in ("train", "val", "test")}
+    return {
+        part: Part(torch.randint(0, 255, (n, side, side), dtype=torch.uint8, generator=gen), torch.arange(n) % 2, frame)
+        for part in ("train", "val", "test")
+    }
 
 
 def test_fit_runs_the_hooks_and_restarts_patience_at_a_new_phase():
@@ -184,8 +194,14 @@ def test_fit_runs_the_hooks_and_restarts_patience_at_a_new_phase():
     plan.on_step = lambda optimizer, step, total: calls["steps"].append((step, total))
     plan.on_epoch = lambda optimizer, epoch: calls["epochs"].append(epoch) or epoch == 2
     training = {"lr": 0.0, "weight_decay": 0.0, "batch_size": 10, "max_epochs": 12, "patience": 2}
-    history = fit(model, plan, _parts(), inputs.Preprocess(entry, torch.device("cpu"), False), training,
-                  torch.Generator().manual_seed(0))
+    history = fit(
+        model,
+        plan,
+        _parts(),
+        inputs.Preprocess(entry, torch.device("cpu"), False),
+        training,
+        torch.Generator().manual_seed(0),
+    )
     # without a new phase the run stops after epoch 2 (best epoch 0, patience 2); the phase that starts
     # at epoch 2 gets its own 2 epochs of patience
     assert calls["epochs"] == [0, 1, 2, 3] and len(history["epochs"]) == 4 and history["best_epoch"] == 0
@@ -203,8 +219,14 @@ def test_early_stopping_cannot_cut_adalora_short_of_its_rank_budget():
     spec = {"kind": "adalora", "rank": 2, "init_rank": 6, "warmup_fraction": 0.1, "final_fraction": 0.3}
     plan = strategies.apply(model, entry, spec, {"lr": 0.0, "weight_decay": 0.0})
     training = {"lr": 0.0, "weight_decay": 0.0, "batch_size": 12, "max_epochs": 10, "patience": 1}
-    history = fit(model, plan, _parts(), inputs.Preprocess(entry, torch.device("cpu"), False), training,
-                  torch.Generator().manual_seed(0))
+    history = fit(
+        model,
+        plan,
+        _parts(),
+        inputs.Preprocess(entry, torch.device("cpu"), False),
+        training,
+        torch.Generator().manual_seed(0),
+    )
     total = 10 * math.ceil(24 / 12)
     first_ready = next(e for e in range(10) if (e + 1) * 2 > total - int(0.3 * total))  # epoch 7 (steps 15, 16)
     assert history["best_epoch"] == first_ready and len(history["epochs"]) == first_ready + 2
@@ -213,12 +235,15 @@ def test_early_stopping_cannot_cut_adalora_short_of_its_rank_budget():
     assert budget and sum(sum(mask) for mask in budget.values()) <= sites * 2  # the target: rank 2 on average
 
 
-@pytest.mark.parametrize("kind, spec", [
-    ("auto_rgn", {}),
-    ("adalora", {"rank": 2, "init_rank": 6, "warmup_fraction": 0.2, "final_fraction": 0.3}),
-    ("lp_ft", {"lp_epochs": 2}),
-    ("gradual_unfreezing", {"unfreeze_every": 1}),
-])
+@pytest.mark.parametrize(
+    "kind, spec",
+    [
+        ("auto_rgn", {}),
+        ("adalora", {"rank": 2, "init_rank": 6, "warmup_fraction": 0.2, "final_fraction": 0.3}),
+        ("lp_ft", {"lp_epochs": 2}),
+        ("gradual_unfreezing", {"unfreeze_every": 1}),
+    ],
+)
 def test_a_schedule_resumed_after_a_stop_signal_ends_bit_identical(kind, spec, tmp_path):
     """The hooks' own state (Auto-RGN's gradient sums, AdaLoRA's importance scores and rank pattern, the
     phases) survives a stop and a resume: the final weights equal those of a run never stopped."""
@@ -240,8 +265,15 @@ def test_a_schedule_resumed_after_a_stop_signal_ends_bit_identical(kind, spec, t
         plan.on_step = on_step
         prep = inputs.Preprocess(entry, torch.device("cpu"), augment=True, generator=torch.Generator().manual_seed(1))
         torch.manual_seed(0)
-        history = fit(model, plan, _parts(), prep, training, torch.Generator().manual_seed(0),
-                      Checkpoint(tmp_path / f"{kind}.pt", every=0))
+        history = fit(
+            model,
+            plan,
+            _parts(),
+            prep,
+            training,
+            torch.Generator().manual_seed(0),
+            Checkpoint(tmp_path / f"{kind}.pt", every=0),
+        )
         return model.state_dict(), [epoch["val_loss"] for epoch in history["epochs"]]
 
     with pytest.raises(Preempted):

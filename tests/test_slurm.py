@@ -48,8 +48,13 @@ def _install() -> str | None:
         return f"Slurm is not installed ({', '.join(_missing())} missing) and there is no apt-get to install it"
 
     def apt(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["apt-get", *args], capture_output=True, text=True, timeout=900,
-                              env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        return subprocess.run(
+            ["apt-get", *args],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+        )
 
     proc = apt("install", "-y", "-q", "slurm-wlm", "munge")
     if proc.returncode:  # stale package lists: refresh once
@@ -77,8 +82,11 @@ def _node() -> tuple[str, str]:
     out = subprocess.run([_sbin("slurmd"), "-C"], capture_output=True, text=True, check=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("NodeName="))
     name = line.split()[0].removeprefix("NodeName=")
-    cpus = " ".join(f for f in line.split()[1:] if f.split("=")[0] in ("CPUs", "Boards", "SocketsPerBoard",
-                                                                       "CoresPerSocket", "ThreadsPerCore"))
+    cpus = " ".join(
+        f
+        for f in line.split()[1:]
+        if f.split("=")[0] in ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore")
+    )
     return name, cpus
 
 
@@ -153,8 +161,13 @@ def slurm(tmp_path_factory):
     try:
         subprocess.run([_sbin("slurmctld")], check=True)
         subprocess.run([_sbin("slurmd")], check=True)
-        _wait(lambda: subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.strip()
-              in {"idle", "mixed"}, "the Slurm node to become idle")
+        _wait(
+            lambda: (
+                subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.strip()
+                in {"idle", "mixed"}
+            ),
+            "the Slurm node to become idle",
+        )
         yield state
     finally:
         subprocess.run(["scontrol", "shutdown"], capture_output=True)
@@ -181,16 +194,34 @@ def slurm_run(slurm, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("slurm_run")
     work = tmp / "work"
     proc = snakemake(
-        ROOT, work, "--profile", "slurm", "--configfile", str(DEMO), str(write_config(tmp / "reduced.yaml", REDUCED)),
+        ROOT,
+        work,
+        "--profile",
+        "slurm",
+        "--configfile",
+        str(DEMO),
+        str(write_config(tmp / "reduced.yaml", REDUCED)),
         # the README's recipe for CPU-only partitions: no GPU, and --cores (>= training.threads) stacks a
         # batch's cells in series as the GPU limit does on GPU partitions
-        "--set-resources", "train:gpu=0", "--cores", "1",
-        "--group-components", "fewshot_cells=2", "fewshot_splits=20",
-        "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+        "--set-resources",
+        "train:gpu=0",
+        "--cores",
+        "1",
+        "--group-components",
+        "fewshot_cells=2",
+        "fewshot_splits=20",
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
         cwd=ROOT,  # `--profile slurm` is found in the repository root, as users run it
         # the partition through the profile's environment variable; none of the caller's other settings
-        env={"FTBENCH_SLURM_PARTITION": "local", "FTBENCH_SLURM_ACCOUNT": "", "FTBENCH_SLURM_GPU_PARTITION": "",
-             "FTBENCH_SLURM_GPU_MODEL": ""},
+        env={
+            "FTBENCH_SLURM_PARTITION": "local",
+            "FTBENCH_SLURM_ACCOUNT": "",
+            "FTBENCH_SLURM_GPU_PARTITION": "",
+            "FTBENCH_SLURM_GPU_MODEL": "",
+        },
     )
     return {"work": work, "log": proc.stdout + proc.stderr, "ctld": (slurm / "slurmctld.log").read_text()}
 
@@ -211,14 +242,21 @@ def test_cells_ran_as_slurm_jobs(slurm_run):
     # the controller ran every one of them to a clean exit on the partition named in the environment
     completed = set(re.findall(r"_job_complete: JobId=(\d+) WEXITSTATUS 0", slurm_run["ctld"]))
     # started by the main scheduler ("Allocate ... Partition=local") or by backfill ("Started ... in local")
-    started = {a or b for a, b in re.findall(r"Allocate JobId=(\d+) NodeList=\S+ #CPUs=\d+ Partition=local"
-                                              r"|Started JobId=(\d+) in local on", slurm_run["ctld"])}
+    started = {
+        a or b
+        for a, b in re.findall(
+            r"Allocate JobId=(\d+) NodeList=\S+ #CPUs=\d+ Partition=local"
+            r"|Started JobId=(\d+) in local on",
+            slurm_run["ctld"],
+        )
+    }
     assert set(submitted) <= completed & started
     # a batch asks for the CPUs of one job and the summed wall time of its jobs (2 x 1 min)
     for job in (job for job, kind in submitted.items() if kind.startswith("group_fewshot_cells")):
         info = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
         assert "NumCPUs=1 " in info and "TimeLimit=00:02:00 " in info, info
-    history = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%i %T"], capture_output=True,
-                             text=True, check=True).stdout
+    history = subprocess.run(
+        ["squeue", "--states=all", "--noheader", "--format=%i %T"], capture_output=True, text=True, check=True
+    ).stdout
     states = dict(line.split() for line in history.splitlines())
     assert all(states.get(job) == "COMPLETED" for job in submitted), states

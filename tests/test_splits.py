@@ -71,11 +71,14 @@ def test_fewshot_exact_reproducible_and_nested():
 def test_fewshot_k_too_large_names_task_fold_class_and_count():
     table = make_task_table(30)
     split = splits.kfold(table, 5, 0.2, 0)
-    with pytest.raises(ValueError, match=r"task 'death', fold 0, class 0 \(negative\): few-shot K=50 asked for but only \d+ "):
+    with pytest.raises(
+        ValueError, match=r"task 'death', fold 0, class 0 \(negative\): few-shot K=50 asked for but only \d+ "
+    ):
         splits.fewshot(table, split, 50, 0, 0, "death")
 
 
 # --- every scheme: hold-out, leave-one-centre-out, and properties over random tables -------------------
+
 
 @st.composite
 def patient_tables(draw):
@@ -88,8 +91,17 @@ def patient_tables(draw):
         label = int(draw(st.floats(0, 1)) < rate)
         centre = f"c{draw(st.integers(0, centres - 1))}"
         for i in range(draw(st.integers(1, 3))):
-            rows.append({"row": len(rows), "image_id": f"p{p}_{i}", "patient_id": f"p{p:03d}", "label": label,
-                         "centre": centre, "view": "PA", "time": float(i)})
+            rows.append(
+                {
+                    "row": len(rows),
+                    "image_id": f"p{p}_{i}",
+                    "patient_id": f"p{p:03d}",
+                    "label": label,
+                    "centre": centre,
+                    "view": "PA",
+                    "time": float(i),
+                }
+            )
     return pl.DataFrame(rows).with_columns(pl.col("label").cast(pl.Int8))
 
 
@@ -101,10 +113,12 @@ def validations(table: pl.DataFrame):
     ).map(lambda v: {**v, "val_fraction": 0.2, "seed": 0})
 
 
-CLEAR_ERRORS = (r"task 't': class \d \((negative|positive)\) has \d+ patients, fewer than the \d folds asked for",
-                r"task 't', fold \d+ \(test: .+\): class \d \((negative|positive)\) has [01] patients in the training "
-                r"part, too few to carve a validation part with both classes",
-                r"task 't', fold \d+ \(test: .+\): the test part has no patient of class \d \((negative|positive)\)")
+CLEAR_ERRORS = (
+    r"task 't': class \d \((negative|positive)\) has \d+ patients, fewer than the \d folds asked for",
+    r"task 't', fold \d+ \(test: .+\): class \d \((negative|positive)\) has [01] patients in the training "
+    r"part, too few to carve a validation part with both classes",
+    r"task 't', fold \d+ \(test: .+\): the test part has no patient of class \d \((negative|positive)\)",
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -165,14 +179,18 @@ def test_loco_on_a_dataset_with_centres(tmp_path):
 
 def test_loco_centres_must_match_the_data():
     table = make_task_table(30, centres=3)
-    with pytest.raises(ValueError, match=r"validation.centres lists \['c0', 'c1', 'cX'\] but the task's patients come "
-                                         r"from \['c0', 'c1', 'c2'\] \(listed, not in the data: \['cX'\]; in the data, "
-                                         r"not listed: \['c2'\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"validation.centres lists \['c0', 'c1', 'cX'\] but the task's patients come "
+        r"from \['c0', 'c1', 'c2'\] \(listed, not in the data: \['cX'\]; in the data, "
+        r"not listed: \['c2'\]\)",
+    ):
         splits.make(table, {"scheme": "loco", "centres": ["c0", "c1", "cX"], "val_fraction": 0.2, "seed": 0}, "t")
 
 
 def test_loco_patient_in_two_centres_is_an_error():
     table = make_task_table(30, centres=2).with_columns(
-        pl.when(pl.col("image_id") == "p1_1").then(pl.lit("c0")).otherwise(pl.col("centre")).alias("centre"))
+        pl.when(pl.col("image_id") == "p1_1").then(pl.lit("c0")).otherwise(pl.col("centre")).alias("centre")
+    )
     with pytest.raises(ValueError, match=r"patient\(s\) \['p1'\] have images from several centres"):
         splits.make(table, {"scheme": "loco", "centres": ["c0", "c1"], "val_fraction": 0.2, "seed": 0}, "t")

@@ -21,27 +21,61 @@ def wide(**columns) -> tuple[pl.DataFrame, list[str]]:
     return frame, sorted(columns)
 
 
-CELL_SCHEMA = {"task": pl.String, "model": pl.String, "strategy": pl.String, "regime": pl.String,
-               "regime_group": pl.String, "repetition": pl.Int32, "fold": pl.Int64, "family": pl.String,
-               "status": pl.String, "mcc": pl.Float64, "pr_auc": pl.Float64}
+CELL_SCHEMA = {
+    "task": pl.String,
+    "model": pl.String,
+    "strategy": pl.String,
+    "regime": pl.String,
+    "regime_group": pl.String,
+    "repetition": pl.Int32,
+    "fold": pl.Int64,
+    "family": pl.String,
+    "status": pl.String,
+    "mcc": pl.Float64,
+    "pr_auc": pl.Float64,
+}
 
 
-def cells_frame(values: dict[str, list[float]], task: str = "t", model: str = "m", family: str = "cnn",
-                regime: str = "full", repetition: int | None = None) -> pl.DataFrame:
+def cells_frame(
+    values: dict[str, list[float]],
+    task: str = "t",
+    model: str = "m",
+    family: str = "cnn",
+    regime: str = "full",
+    repetition: int | None = None,
+) -> pl.DataFrame:
     """Cells of one task, model and regime: ``values[strategy][fold]`` is the metric of that cell (None: failed)."""
     name = regime if repetition is None else f"{regime}r{repetition}"
-    rows = [{"task": task, "model": model, "strategy": s, "regime": name, "regime_group": regime,
-             "repetition": repetition, "fold": f, "family": family, "status": "ok" if v is not None else "failed",
-             "mcc": v, "pr_auc": v} for s, vs in values.items() for f, v in enumerate(vs)]
+    rows = [
+        {
+            "task": task,
+            "model": model,
+            "strategy": s,
+            "regime": name,
+            "regime_group": regime,
+            "repetition": repetition,
+            "fold": f,
+            "family": family,
+            "status": "ok" if v is not None else "failed",
+            "mcc": v,
+            "pr_auc": v,
+        }
+        for s, vs in values.items()
+        for f, v in enumerate(vs)
+    ]
     return pl.DataFrame(rows, schema=CELL_SCHEMA)
 
 
 # --- Friedman and Nemenyi over tasks ------------------------------------------------------------------------
 
+
 def test_friedman_matches_scipy_documented_example():
     # scipy.stats.friedmanchisquare docs: statistic 10.5714..., p 0.005063...
-    frame, names = wide(a_before=[72, 96, 88, 92, 74, 76, 82], b_after=[120, 120, 132, 120, 101, 96, 112],
-                        c_later=[76, 95, 104, 96, 84, 72, 76])
+    frame, names = wide(
+        a_before=[72, 96, 88, 92, 74, 76, 82],
+        b_after=[120, 120, 132, 120, 101, 96, 112],
+        c_later=[76, 95, 104, 96, 84, 72, 76],
+    )
     row, ranks, posthoc = stats.friedman_nemenyi(frame, names, 0.05)
     assert row["statistic"] == pytest.approx(10.571428571428571)
     assert row["p_value"] == pytest.approx(0.005063414171757498)
@@ -51,8 +85,9 @@ def test_friedman_matches_scipy_documented_example():
 def test_friedman_and_nemenyi_hand_computed_perfect_ordering():
     # 6 tasks, every one ranks a > b > c: chi2 = 12/(n k (k+1)) sum R^2 - 3n(k+1) = (1/6)(6²+12²+18²) - 72 = 12,
     # p = exp(-12/2) (chi-square, 2 df); mean ranks 1, 2, 3 (1 = best)
-    frame, names = wide(a=[0.9, 0.8, 0.7, 0.95, 0.85, 0.75], b=[0.5, 0.4, 0.45, 0.6, 0.5, 0.4],
-                        c=[0.1, 0.2, 0.0, 0.3, 0.1, 0.2])
+    frame, names = wide(
+        a=[0.9, 0.8, 0.7, 0.95, 0.85, 0.75], b=[0.5, 0.4, 0.45, 0.6, 0.5, 0.4], c=[0.1, 0.2, 0.0, 0.3, 0.1, 0.2]
+    )
     row, ranks, posthoc = stats.friedman_nemenyi(frame, names, 0.05)
     assert row["statistic"] == pytest.approx(12.0)
     assert row["p_value"] == pytest.approx(math.exp(-6))
@@ -65,8 +100,10 @@ def test_friedman_and_nemenyi_hand_computed_perfect_ordering():
     assert "fewer than 10 tasks" in row["note"]
 
 
-@pytest.mark.parametrize("k, q", [(2, 1.960), (3, 2.343), (4, 2.569), (5, 2.728), (6, 2.850), (7, 2.949),
-                                  (8, 3.031), (9, 3.102), (10, 3.164)])
+@pytest.mark.parametrize(
+    "k, q",
+    [(2, 1.960), (3, 2.343), (4, 2.569), (5, 2.728), (6, 2.850), (7, 2.949), (8, 3.031), (9, 3.102), (10, 3.164)],
+)
 def test_critical_difference_matches_demsar_table(k, q):
     # Demšar (2006), Table 5(a): critical values q_0.05 of the two-tailed Nemenyi test
     n = 12
@@ -79,8 +116,11 @@ def test_min_tasks_is_where_the_exact_wilcoxon_can_first_reject():
 
 
 def test_friedman_below_the_minimum_gives_mean_ranks_and_no_test():
-    frame, names = wide(a=[0.9, 0.8, None, 0.7, 0.9, 0.8, 0.7], b=[0.5, 0.4, 0.3, 0.45, 0.5, 0.4, 0.3],
-                        c=[0.1, None, 0.2, 0.0, 0.1, 0.1, 0.2])
+    frame, names = wide(
+        a=[0.9, 0.8, None, 0.7, 0.9, 0.8, 0.7],
+        b=[0.5, 0.4, 0.3, 0.45, 0.5, 0.4, 0.3],
+        c=[0.1, None, 0.2, 0.0, 0.1, 0.1, 0.2],
+    )
     row, ranks, posthoc = stats.friedman_nemenyi(frame, names, 0.05)
     assert row["tasks"] == 5 and row["p_value"] is None and posthoc == []  # 2 incomplete tasks leave 5 < 6
     assert row["note"] == "5 tasks: no across-task test possible (minimum 6)"
@@ -93,6 +133,7 @@ def test_friedman_below_the_minimum_gives_mean_ranks_and_no_test():
 
 
 # --- paired Wilcoxon with Holm over tasks ---------------------------------------------------------------------
+
 
 def test_wilcoxon_matches_scipy_documented_example():
     # scipy.stats.wilcoxon docs: differences in height of 15 pairs -> statistic 24, p 0.041259765625 (exact)
@@ -107,8 +148,9 @@ def test_wilcoxon_matches_scipy_documented_example():
 def test_wilcoxon_holm_hand_computed():
     # a beats b and c in all 6 tasks: exact two-sided p = 2 / 2^6 = 0.03125 each; b and c are identical.
     # Holm over the two tested pairs: sorted p (0.03125, 0.03125) -> 2 x 0.03125 = 0.0625 for both
-    frame, names = wide(a=[0.9, 0.8, 0.85, 0.7, 0.95, 0.9], b=[0.5, 0.4, 0.3, 0.45, 0.6, 0.5],
-                        c=[0.5, 0.4, 0.3, 0.45, 0.6, 0.5])
+    frame, names = wide(
+        a=[0.9, 0.8, 0.85, 0.7, 0.95, 0.9], b=[0.5, 0.4, 0.3, 0.45, 0.6, 0.5], c=[0.5, 0.4, 0.3, 0.45, 0.6, 0.5]
+    )
     rows = {(r["a"], r["b"]): r for r in stats.paired_wilcoxon(frame, names, 0.05)}
     for pair in (("a", "b"), ("a", "c")):
         assert rows[pair]["p_value"] == pytest.approx(0.03125)
@@ -139,18 +181,24 @@ def test_smallest_wilcoxon_p_is_two_over_two_to_the_n():
 
 # --- blocks are tasks ----------------------------------------------------------------------------------------
 
+
 def test_blocks_are_tasks_six_tasks_five_folds_give_six_blocks():
     rng = np.random.default_rng(0)
     quality = {"fft": 0.6, "lora": 0.5, "lp": 0.3}
-    cells = pl.concat([cells_frame({s: list(q + rng.normal(0, 0.1, 5)) for s, q in quality.items()},
-                                   task=f"task{t}", model=model)
-                       for t in range(6) for model in ("resnet18", "resnet50")])
+    cells = pl.concat(
+        [
+            cells_frame({s: list(q + rng.normal(0, 0.1, 5)) for s, q in quality.items()}, task=f"task{t}", model=model)
+            for t in range(6)
+            for model in ("resnet18", "resnet50")
+        ]
+    )
     result = stats.compare(cells, metrics=("mcc",))
     (row,) = result.friedman.rows(named=True)
     assert (row["tasks"], row["strategies"], row["models"]) == (6, 3, "resnet18, resnet50")
     # the block of a task: each strategy's mean over the task's 2 models x 5 folds, then Friedman over 6 blocks
-    blocks = (cells.group_by("task", "strategy").agg(pl.col("mcc").mean())
-              .pivot(on="strategy", index="task").sort("task"))
+    blocks = (
+        cells.group_by("task", "strategy").agg(pl.col("mcc").mean()).pivot(on="strategy", index="task").sort("task")
+    )
     expected = ss.friedmanchisquare(*(blocks[s].to_numpy() for s in sorted(quality)))
     assert row["statistic"] == pytest.approx(expected.statistic) and row["p_value"] == pytest.approx(expected.pvalue)
     assert row["critical_difference"] == pytest.approx(stats.critical_difference(3, 6))
@@ -172,22 +220,37 @@ def test_one_task_never_tests_over_its_folds():
 
 # --- pairing: every strategy of a comparison measured on the same cells -----------------------------------
 
+
 def test_strategies_on_some_models_only_get_their_own_scope():
     # a biomedical family of a ResNet and a ViT; VPT runs on the ViT only
-    cells = pl.concat([cells_frame({"fft": [0.5] * 3, "lp": [0.4] * 3}, model="resnet", family="fm"),
-                       cells_frame({"fft": [0.6] * 3, "lp": [0.3] * 3, "vpt": [0.5] * 3}, model="vit", family="fm")])
-    assert stats.scopes(cells) == [("fm", "full", ("resnet", "vit"), ["fft", "lp"]),
-                                   ("fm", "full", ("vit",), ["fft", "lp", "vpt"])]
+    cells = pl.concat(
+        [
+            cells_frame({"fft": [0.5] * 3, "lp": [0.4] * 3}, model="resnet", family="fm"),
+            cells_frame({"fft": [0.6] * 3, "lp": [0.3] * 3, "vpt": [0.5] * 3}, model="vit", family="fm"),
+        ]
+    )
+    assert stats.scopes(cells) == [
+        ("fm", "full", ("resnet", "vit"), ["fft", "lp"]),
+        ("fm", "full", ("vit",), ["fft", "lp", "vpt"]),
+    ]
     result = stats.compare(cells, metrics=("mcc",))
     means = {(r["models"], r["strategy"]): r["mean"] for r in result.ranks.rows(named=True)}
-    assert means == {("resnet, vit", "fft"): pytest.approx(0.55), ("resnet, vit", "lp"): pytest.approx(0.35),
-                     ("vit", "fft"): pytest.approx(0.6), ("vit", "lp"): pytest.approx(0.3),
-                     ("vit", "vpt"): pytest.approx(0.5)}
+    assert means == {
+        ("resnet, vit", "fft"): pytest.approx(0.55),
+        ("resnet, vit", "lp"): pytest.approx(0.35),
+        ("vit", "fft"): pytest.approx(0.6),
+        ("vit", "lp"): pytest.approx(0.3),
+        ("vit", "vpt"): pytest.approx(0.5),
+    }
 
 
 def test_a_failed_cell_leaves_that_cell_out_for_every_strategy():
-    cells = pl.concat([cells_frame({"fft": [0.9, 0.8, 0.7, 0.6], "lp": [0.5, 0.4, None, 0.2]}, task="t1"),
-                       cells_frame({"fft": [0.1, 0.2], "lp": [None, None]}, task="t2")])
+    cells = pl.concat(
+        [
+            cells_frame({"fft": [0.9, 0.8, 0.7, 0.6], "lp": [0.5, 0.4, None, 0.2]}, task="t1"),
+            cells_frame({"fft": [0.1, 0.2], "lp": [None, None]}, task="t2"),
+        ]
+    )
     values = stats.cell_values(cells, "mcc")
     blocks, counts = stats.task_blocks(values, ("m",), ["fft", "lp"])
     # t1: fold 2 failed for lp, so fft's block is also the mean over folds 0, 1, 3; t2 has no cell in common
@@ -198,6 +261,7 @@ def test_a_failed_cell_leaves_that_cell_out_for_every_strategy():
 
 
 # --- within one task: corrected and Bayesian correlated t over folds --------------------------------------
+
 
 def test_nadeau_bengio_corrected_t_hand_computed():
     a = np.array([0.80, 0.75, 0.70, 0.85, 0.78])
@@ -256,7 +320,8 @@ def test_baycomp_reproduces_its_documented_example():
     assert (nbc.mean(), aode.mean()) == (pytest.approx(92.19582), pytest.approx(93.30815))
     assert baycomp.two_on_single(nbc, aode, runs=10) == pytest.approx((0.024471493163386815, 0.97552850683661319))
     assert baycomp.two_on_single(nbc, aode, runs=10, rope=0.5) == pytest.approx(
-        (0.0023685180162288377, 0.13517773046085313, 0.86245375152291803))
+        (0.0023685180162288377, 0.13517773046085313, 0.86245375152291803)
+    )
     # stats.correlated_t is this test with one run: its posterior on the first run's 10 folds, in closed form
     a, b = nbc[:10], aode[:10]
     d = b - a
@@ -267,8 +332,12 @@ def test_baycomp_reproduces_its_documented_example():
 
 
 def test_within_task_averages_repetitions_per_fold_and_pairs_only_shared_cells():
-    k4 = pl.concat([cells_frame({"a": [0.6, 0.7, 0.8], "b": [0.5, 0.5, 0.6]}, regime="k4", repetition=0),
-                    cells_frame({"a": [0.8, 0.5, 0.6], "b": [0.3, None, 0.4]}, regime="k4", repetition=1)])
+    k4 = pl.concat(
+        [
+            cells_frame({"a": [0.6, 0.7, 0.8], "b": [0.5, 0.5, 0.6]}, regime="k4", repetition=0),
+            cells_frame({"a": [0.8, 0.5, 0.6], "b": [0.3, None, 0.4]}, regime="k4", repetition=1),
+        ]
+    )
     (row,) = stats.compare(k4, metrics=("mcc",)).within_task.rows(named=True)
     # fold means over the repetitions both have: a (0.7, 0.7, 0.7), b (0.4, 0.5, 0.5); fold 1's r1 is b's failure
     assert (row["folds"], row["cells"], row["regime_group"]) == (3, 5, "k4")
@@ -283,7 +352,8 @@ def test_within_task_holm_corrects_the_pairs_of_one_task_and_model():
     values = {"a": [0.9, 0.8, 0.85, 0.7, 0.95], "b": [0.5, 0.45, 0.5, 0.4, 0.6], "c": [0.52, 0.4, 0.55, 0.42, 0.58]}
     rows = stats.compare(cells_frame(values), metrics=("mcc",)).within_task.sort("p_value")
     assert rows["p_holm"].to_list() == pytest.approx(
-        list(np.maximum.accumulate(rows["p_value"].to_numpy() * np.array([3, 2, 1]))))
+        list(np.maximum.accumulate(rows["p_value"].to_numpy() * np.array([3, 2, 1])))
+    )
 
 
 def test_compare_on_an_empty_grid_gives_empty_tables():
@@ -293,9 +363,12 @@ def test_compare_on_an_empty_grid_gives_empty_tables():
 
 
 def test_compare_leaves_degenerate_groups_to_notes_not_library_warnings():
-    cells = pl.concat([cells_frame({"fft": [0.9, 0.8, 0.7, 0.9, 0.85], "lp": [0.5, 0.4, 0.3, 0.5, None]}),
-                       cells_frame({"fft": [0.2, 0.2], "lp": [0.2, 0.2]}, family="vit", model="v", regime="k4",
-                                   repetition=0)])
+    cells = pl.concat(
+        [
+            cells_frame({"fft": [0.9, 0.8, 0.7, 0.9, 0.85], "lp": [0.5, 0.4, 0.3, 0.5, None]}),
+            cells_frame({"fft": [0.2, 0.2], "lp": [0.2, 0.2]}, family="vit", model="v", regime="k4", repetition=0),
+        ]
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         result = stats.compare(cells, metrics=("mcc", "pr_auc"))
@@ -303,6 +376,7 @@ def test_compare_leaves_degenerate_groups_to_notes_not_library_warnings():
 
 
 # --- bootstrap --------------------------------------------------------------------------------------------
+
 
 def test_weighted_metrics_equal_scikit_learn_with_sample_weights():
     rng = np.random.default_rng(0)
@@ -336,8 +410,16 @@ def predictions(patients: int, images: int, seed: int = 0, noise: float = 1.0) -
         for p in range(patients):
             label = int(p % 3 == 0)
             prob = float(1 / (1 + np.exp(-(2 * label - 1 + rng.normal(0, noise)))))
-            rows += [{"cell": f"fold{cell}", "patient_id": f"c{cell}p{p}", "label": label, "prob": prob,
-                      "pred": int(prob >= 0.5)} for _ in range(images)]
+            rows += [
+                {
+                    "cell": f"fold{cell}",
+                    "patient_id": f"c{cell}p{p}",
+                    "label": label,
+                    "prob": prob,
+                    "pred": int(prob >= 0.5),
+                }
+                for _ in range(images)
+            ]
     return pl.DataFrame(rows)
 
 
@@ -352,9 +434,13 @@ def test_bootstrap_ci_resamples_patients_not_images():
     """20 images per patient are not 20 independent observations: the CI must be as wide as with one image."""
     clustered = predictions(30, 20)
     one_image = predictions(30, 1)
-    as_if_independent = clustered.with_columns(pl.format("{}_{}", "patient_id", pl.int_range(pl.len())).alias("patient_id"))
-    width = {name: np.subtract(*stats.bootstrap_ci(rows, 400, 1)["mcc"][::-1])
-             for name, rows in (("clustered", clustered), ("one", one_image), ("independent", as_if_independent))}
+    as_if_independent = clustered.with_columns(
+        pl.format("{}_{}", "patient_id", pl.int_range(pl.len())).alias("patient_id")
+    )
+    width = {
+        name: np.subtract(*stats.bootstrap_ci(rows, 400, 1)["mcc"][::-1])
+        for name, rows in (("clustered", clustered), ("one", one_image), ("independent", as_if_independent))
+    }
     assert width["clustered"] == pytest.approx(width["one"])  # duplicated images weigh like one
     assert width["independent"] < 0.5 * width["clustered"]
 
@@ -368,6 +454,7 @@ def test_bootstrap_ci_brackets_the_mean_over_cells_and_is_reproducible():
 
 
 # --- Pareto front -----------------------------------------------------------------------------------------
+
 
 def test_pareto_front_hand_case():
     cost = [1, 2, 3, 4, 2, np.nan]

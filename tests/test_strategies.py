@@ -19,18 +19,43 @@ HEAD = {"head.weight", "head.bias"}
 # What the zoo's adapter targets are on the two tiny models, written out: a ViT's attention and MLP
 # linears (not the patch embedding), a ResNet's block convolutions (not the stem or the shortcuts).
 VIT_TARGETS = [f"blocks.{i}.{m}" for i in range(6) for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
-RESNET_TARGETS = ["layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1", "layer2.0.conv2", "layer3.0.conv1",
-                  "layer3.0.conv2", "layer3.0.conv3", "layer4.0.conv1", "layer4.0.conv2"]
+RESNET_TARGETS = [
+    "layer1.0.conv1",
+    "layer1.0.conv2",
+    "layer2.0.conv1",
+    "layer2.0.conv2",
+    "layer3.0.conv1",
+    "layer3.0.conv2",
+    "layer3.0.conv3",
+    "layer4.0.conv1",
+    "layer4.0.conv2",
+]
 TARGETS = {"test_vit": VIT_TARGETS, "test_resnet": RESNET_TARGETS}
 VIT_NORMS = [f"blocks.{i}.norm{j}" for i in range(6) for j in (1, 2)] + ["norm"]
-RESNET_NORMS = ["conv1.1", "conv1.4", "bn1", "layer1.0.bn1", "layer1.0.bn2", "layer2.0.bn1", "layer2.0.bn2",
-                "layer2.0.downsample.2", "layer3.0.bn1", "layer3.0.bn2", "layer3.0.bn3", "layer3.0.downsample.2",
-                "layer4.0.bn1", "layer4.0.bn2", "layer4.0.downsample.2"]
+RESNET_NORMS = [
+    "conv1.1",
+    "conv1.4",
+    "bn1",
+    "layer1.0.bn1",
+    "layer1.0.bn2",
+    "layer2.0.bn1",
+    "layer2.0.bn2",
+    "layer2.0.downsample.2",
+    "layer3.0.bn1",
+    "layer3.0.bn2",
+    "layer3.0.bn3",
+    "layer3.0.downsample.2",
+    "layer4.0.bn1",
+    "layer4.0.bn2",
+    "layer4.0.downsample.2",
+]
 # SSF goes after the norms (and a ViT's patch embedding and targets); on a BatchNorm CNN not after the
 # convolutions, whose every channel the next BatchNorm renormalises
 SSF_SITES = {"test_vit": VIT_TARGETS + VIT_NORMS + ["patch_embed.proj"], "test_resnet": RESNET_NORMS}
-IA3_SITES = {"test_vit": [f"blocks.{i}.{m}" for i in range(6) for m in ("attn.qkv.k", "attn.qkv.v", "mlp.fc2")],
-             "test_resnet": RESNET_TARGETS}
+IA3_SITES = {
+    "test_vit": [f"blocks.{i}.{m}" for i in range(6) for m in ("attn.qkv.k", "attn.qkv.v", "mlp.fc2")],
+    "test_resnet": RESNET_TARGETS,
+}
 
 
 def _per_target(*suffixes):
@@ -62,8 +87,9 @@ EXPECTED = {
     "oft": _per_target("oft_R.default.weight"),
     "boft": _per_target("boft_R.default", "boft_s.default"),
     "fourierft": _per_target("fourierft_spectrum.default"),
-    "ln_tuning": lambda arch, base: {f"backbone.{m}.ln_tuning_layers.default.{w}" for m in VIT_NORMS
-                                     for w in ("weight", "bias")},
+    "ln_tuning": lambda arch, base: {
+        f"backbone.{m}.ln_tuning_layers.default.{w}" for m in VIT_NORMS for w in ("weight", "bias")
+    },
     "ssf": lambda arch, base: {f"backbone.{m}.ssf_{w}" for m in SSF_SITES[arch] for w in ("scale", "shift")},
     "vpt": lambda arch, base: {f"backbone.blocks.{i}.vpt_prompts" for i in range(6)},
     "lp_ft": _every,
@@ -74,8 +100,7 @@ EXPECTED = {
     "last_block": _top_block,
 }
 STARTS_FROZEN = {"lp_ft", "gradual_unfreezing"}  # only the head trains until their schedule unfreezes
-PAIRS = [(k, a) for k in sorted(strategies.STRATEGIES) for a in ARCHS
-         if not kinds.not_applicable(k, resolve(a))]
+PAIRS = [(k, a) for k in sorted(strategies.STRATEGIES) for a in ARCHS if not kinds.not_applicable(k, resolve(a))]
 EXCLUDED = [(k, a) for k in sorted(strategies.STRATEGIES) for a in ARCHS if (k, a) not in PAIRS]
 
 
@@ -209,8 +234,10 @@ def test_peft_oft_on_convolutions_changes_the_function_at_initialisation():
 def test_lora_uses_the_configured_rank_and_targets():
     model, entry = _model("test_vit")
     strategies.apply(model, entry, {"kind": "lora", "rank": 4, "target_modules": [r".*\.qkv"]}, TRAINING)
-    assert _trainable(model) == {f"backbone.blocks.{i}.attn.qkv.lora_{m}.default.weight"
-                                 for i in range(6) for m in "AB"} | HEAD
+    assert (
+        _trainable(model)
+        == {f"backbone.blocks.{i}.attn.qkv.lora_{m}.default.weight" for i in range(6) for m in "AB"} | HEAD
+    )
     assert all(4 in p.shape for n, p in model.named_parameters() if "lora_" in n)
 
 
@@ -223,13 +250,23 @@ def test_grid_leaves_out_pairs_that_cannot_work_and_says_why(demo_config):
     assert "does not apply to model 'tiny_resnet' (cnn)" in reasons[("tiny_resnet", "vpt_test")]
     assert kinds.not_applicable("vpt", resolve("test_resnet")) in reasons[("tiny_resnet", "vpt_test")]
     assert {(c.model, c.strategy) for c in grid.cells(config)} == {
-        ("tiny_vit", "fft"), ("tiny_resnet", "fft"), ("tiny_vit", "vpt_test")}
+        ("tiny_vit", "fft"),
+        ("tiny_resnet", "fft"),
+        ("tiny_vit", "vpt_test"),
+    }
 
 
-@pytest.mark.parametrize("model, works", [
-    ("dinov2_vits14", True), ("biomedclip", True),  # timm ViTs: a token sequence VPT can extend
-    ("clip_vitl14", False), ("pubmedclip", False), ("medclip_vit", False), ("resnet18", False),
-])
+@pytest.mark.parametrize(
+    "model, works",
+    [
+        ("dinov2_vits14", True),
+        ("biomedclip", True),  # timm ViTs: a token sequence VPT can extend
+        ("clip_vitl14", False),
+        ("pubmedclip", False),
+        ("medclip_vit", False),
+        ("resnet18", False),
+    ],
+)
 def test_vpt_applies_to_timm_vits_only(model, works):
     """transformers towers and Swin would fail mid-run: the grid leaves them out."""
     assert (kinds.not_applicable("vpt", resolve(model)) is None) == works
@@ -239,17 +276,22 @@ def test_oft_and_boft_leave_out_targets_their_blocks_do_not_divide(caplog):
     model, entry = _model("test_resnet")
     spec = {"kind": "boft", "block_size": 8, "target_modules": [r"conv1\.0", r"layer1\.0\.conv1"]}
     strategies.apply(model, entry, spec, TRAINING)  # the stem conv sees 3 x 3 x 3 = 27 inputs
-    assert _trainable(model) == {"backbone.layer1.0.conv1.boft_R.default", "backbone.layer1.0.conv1.boft_s.default"} | HEAD
+    assert (
+        _trainable(model) == {"backbone.layer1.0.conv1.boft_R.default", "backbone.layer1.0.conv1.boft_s.default"} | HEAD
+    )
     assert "conv1.0" in caplog.text and "block_size 8" in caplog.text
 
 
-@pytest.mark.parametrize("spec, key", [
-    ({"kind": "bitfit", "rank": 4}, "rank"),  # a hyper-parameter of another kind
-    ({"kind": "l2_sp", "weight_decay": 0.1}, "weight_decay"),  # L2-SP sets its own decays
-    ({"kind": "lora", "rank": 0}, "rank"),
-    ({"kind": "vpt", "deep": "yes"}, "deep"),
-    ({"kind": "llrd", "lr_decay": 1.5}, "lr_decay"),
-])
+@pytest.mark.parametrize(
+    "spec, key",
+    [
+        ({"kind": "bitfit", "rank": 4}, "rank"),  # a hyper-parameter of another kind
+        ({"kind": "l2_sp", "weight_decay": 0.1}, "weight_decay"),  # L2-SP sets its own decays
+        ({"kind": "lora", "rank": 0}, "rank"),
+        ({"kind": "vpt", "deep": "yes"}, "deep"),
+        ({"kind": "llrd", "lr_decay": 1.5}, "lr_decay"),
+    ],
+)
 def test_a_hyper_parameter_that_does_not_fit_its_kind_names_the_key(raw_config, spec, key):
     raw_config["strategies"]["mine"] = spec
     with pytest.raises(ConfigError, match=rf"config key 'strategies\.mine.*{key}"):
@@ -260,8 +302,12 @@ def test_blocks_cover_every_parameter_once_from_input_to_output():
     vit, _ = _model("test_vit")
     stack = blocks.blocks(vit.backbone)
     assert [b.name for b in stack] == ["stem"] + [f"blocks.{i}" for i in range(6)]
-    assert {n for n, _ in stack[0].params} == {"cls_token", "pos_embed", "patch_embed.proj.weight",
-                                               "patch_embed.proj.bias"}
+    assert {n for n, _ in stack[0].params} == {
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+    }
     assert {"norm.weight", "norm.bias"} <= {n for n, _ in stack[-1].params}  # the final norm joins the top block
     resnet, _ = _model("test_resnet")
     assert [b.name for b in blocks.blocks(resnet.backbone)] == ["stem", "layer1", "layer2", "layer3", "layer4"]
@@ -287,16 +333,29 @@ def test_blocks_of_other_architectures_and_the_fallback():
 def test_a_new_kind_is_one_table_entry_and_one_setup_function(monkeypatch, raw_config, tmp_path):
     """Declared once, a kind is picked up everywhere: the schema accepts its settings (and refuses others),
     the grid resolves its defaults, the docs list it, and apply() sets it up."""
+
     def norms_only(model, entry, spec, training):
         strategies._freeze_backbone(model)
         norms = [p for m in model.backbone.modules() if isinstance(m, strategies.NORM_LAYERS) for p in m.parameters()]
         for p in norms:
             p.requires_grad_(True)
-        return strategies.Plan([{"params": norms, "lr": spec["norm_lr"], "name": "norms"},
-                                strategies._head_group(model, spec, training)])
+        return strategies.Plan(
+            [{"params": norms, "lr": spec["norm_lr"], "name": "norms"}, strategies._head_group(model, spec, training)]
+        )
 
-    monkeypatch.setitem(kinds.KINDS, "norms_only", kinds.Kind("ours", "the norm layers' affine weights", {
-        "norm_lr": kinds.Setting(kinds.NUMBER, "learning rate of the norms", lambda r, e, t: 10 * r["lr"], "10 × lr")}))
+    monkeypatch.setitem(
+        kinds.KINDS,
+        "norms_only",
+        kinds.Kind(
+            "ours",
+            "the norm layers' affine weights",
+            {
+                "norm_lr": kinds.Setting(
+                    kinds.NUMBER, "learning rate of the norms", lambda r, e, t: 10 * r["lr"], "10 × lr"
+                )
+            },
+        ),
+    )
     monkeypatch.setitem(strategies.STRATEGIES, "norms_only", norms_only)
     for name in ("config.schema.yaml", "strategies.schema.yaml"):  # the schema as `reference` would write it
         make = reference.GENERATED.get(reference.SCHEMAS / name, (reference.SCHEMAS / name).read_text)
@@ -309,7 +368,11 @@ def test_a_new_kind_is_one_table_entry_and_one_setup_function(monkeypatch, raw_c
         validate(raw_config, tmp_path / "config.schema.yaml")
     job = next(iter(grid.jobs(config)))
     assert grid.job_settings(config, job, grid.jobs(config)[job])["strategy"] == {
-        "name": "norms", "kind": "norms_only", "head_lr": 1e-3, "norm_lr": 1e-2}
+        "name": "norms",
+        "kind": "norms_only",
+        "head_lr": 1e-3,
+        "norm_lr": 1e-2,
+    }
     assert "| `norms_only` | ours | the norm layers' affine weights |" in reference.strategy_tables()
     model, entry = _model("test_vit")
     strategies.apply(model, entry, {"kind": "norms_only"}, TRAINING)

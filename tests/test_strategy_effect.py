@@ -14,31 +14,48 @@ import torch
 from ftbench import backbones, strategies, strategy_kinds
 from ftbench.zoo import ZOO, resolve
 
-TINY_CLIP = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "patch_size": 8, "hidden_act": "quick_gelu"}
+TINY_CLIP = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "patch_size": 8,
+    "hidden_act": "quick_gelu",
+}
 # one backbone per family of the zoo (and per entry where two entries of a family load differently)
 FAMILIES = {
     "resnet18 (BatchNorm CNN)": ("resnet18", {"name": "test_resnet"}),
-    "densenet121 (BatchNorm before each convolution)": ("densenet121", {"model_args": {
-        "growth_rate": 8, "block_config": (2, 2, 2, 2)}}),
+    "densenet121 (BatchNorm before each convolution)": (
+        "densenet121",
+        {"model_args": {"growth_rate": 8, "block_config": (2, 2, 2, 2)}},
+    ),
     "vgg19 (CNN without normalisation)": ("vgg19", {"name": "vgg11", "model_args": {"mlp_ratio": 0.01}}),
     "dinov2_vits14 (timm ViT with LayerScale)": ("dinov2_vits14", {"model_args": {"depth": 2}}),
     "biomedclip (timm ViT)": ("biomedclip", {"model_args": {"depth": 2, "embed_dim": 64, "num_heads": 2}}),
     "clip_vitl14 (transformers CLIP tower)": ("clip_vitl14", {"config": TINY_CLIP}),
     "pubmedclip (transformers CLIP tower)": ("pubmedclip", {"config": TINY_CLIP}),
-    "medclip_vit (transformers Swin)": ("medclip_vit", {"config": {
-        "embed_dim": 32, "depths": [1, 1], "num_heads": [1, 2], "window_size": 2, "patch_size": 4}}),
+    "medclip_vit (transformers Swin)": (
+        "medclip_vit",
+        {"config": {"embed_dim": 32, "depths": [1, 1], "num_heads": [1, 2], "window_size": 2, "patch_size": 4}},
+    ),
 }
 TRAINED = sorted(k for k, kind in strategy_kinds.KINDS.items() if kind.mode == "trained")
-PAIRS = [(family, kind) for family in FAMILIES for kind in TRAINED
-         if not strategy_kinds.not_applicable(kind, resolve(FAMILIES[family][0]))]
+PAIRS = [
+    (family, kind)
+    for family in FAMILIES
+    for kind in TRAINED
+    if not strategy_kinds.not_applicable(kind, resolve(FAMILIES[family][0]))
+]
 
 
 def small(key: str) -> tuple[backbones.Classifier, object]:
     arch, options = FAMILIES[key]
     name = options.get("name", ZOO[arch].name)
-    entry = dataclasses.replace(resolve(arch, img_size=32), name=name,
-                                options=ZOO[arch].options | {k: v for k, v in options.items() if k != "name"})
+    entry = dataclasses.replace(
+        resolve(arch, img_size=32),
+        name=name,
+        options=ZOO[arch].options | {k: v for k, v in options.items() if k != "name"},
+    )
     torch.manual_seed(0)
     model = backbones.build(entry)
     gen = torch.Generator().manual_seed(0)

@@ -28,8 +28,12 @@ SPEC = {  # strategy settings for the tiny models, beyond the common learning ra
 CNN_SPEC = {  # peft's BOFT multiplies dense (C*k*k)^2 butterfly matrices every step: with every conv of
     "boft": {"target_modules": [r"layer[12]\..*conv\d"]},  # the ResNet, this cell takes ~90 s on CPU
 }
-PAIRS = [(k, a) for k in sorted(strategies.STRATEGIES) for a in ("test_vit", "test_resnet")
-         if not strategy_kinds.not_applicable(k, resolve(a))]
+PAIRS = [
+    (k, a)
+    for k in sorted(strategies.STRATEGIES)
+    for a in ("test_vit", "test_resnet")
+    if not strategy_kinds.not_applicable(k, resolve(a))
+]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +57,14 @@ def live_resnet(tmp_path_factory) -> str:
 def test_every_strategy_learns_the_synthetic_signal(kind, arch, synthetic_data, live_resnet, tmp_path):
     spec = {"head_lr": 1e-2} | SPEC.get(kind, {}) | (CNN_SPEC.get(kind, {}) if arch == "test_resnet" else {})
     settings = cell_settings(arch, kind, 1e-3, strategy=spec, training={"patience": 15})
-    run = run_cell(settings, synthetic_data["task_path"], synthetic_data["split"], synthetic_data["store"],
-                   str(tmp_path), weights_path=live_resnet if arch == "test_resnet" else None)
+    run = run_cell(
+        settings,
+        synthetic_data["task_path"],
+        synthetic_data["split"],
+        synthetic_data["store"],
+        str(tmp_path),
+        weights_path=live_resnet if arch == "test_resnet" else None,
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "ok"
     assert metrics["mcc"] >= (0.8 if kind == "fft" else 0.5), metrics

@@ -18,8 +18,10 @@ from ftbench.data import store, tasks, tcia
 from ftbench.data.adapters import build_table, download_source
 
 CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
-SHEETS = {"COVID-19-NY-SBU": "deidentified_overlap_tcia.csv.cleaned.csv_20210806.csv",
-          "COVID-19-AR": "COVID_19_AR_ClinicalCorrelates_July202020.xlsx"}
+SHEETS = {
+    "COVID-19-NY-SBU": "deidentified_overlap_tcia.csv.cleaned.csv_20210806.csv",
+    "COVID-19-AR": "COVID_19_AR_ClinicalCorrelates_July202020.xlsx",
+}
 
 
 def _sheet_bytes(collection: str, tmp_path, outcomes: dict[str, tuple[str, str]]) -> bytes:
@@ -44,15 +46,25 @@ def _sheet_bytes(collection: str, tmp_path, outcomes: dict[str, tuple[str, str]]
 # Per collection: patient ids as the collection spells them, and its outcome values (death, icu) per patient.
 # NY-SBU's is_icu comes as booleans or as 0/1: both spellings appear.
 CASES = {
-    "COVID-19-NY-SBU": {"ids": ["A000801", "A001234", "A002304", "A046441", "A099999"],
-                        "outcomes": [("deceased", "True"), ("discharged", "0"), ("discharged", "1"),
-                                     ("deceased", "False")]},
-    "COVID-19-AR": {"ids": ["COVID-19-AR-16406513", "COVID-19-AR-16406514", "COVID-19-AR-16424082",
-                            "COVID-19-AR-16434409", "COVID-19-AR-16439216"],
-                    "outcomes": [("Y", "1"), ("N", "0"), ("N", "1"), ("Y", "0")]},
+    "COVID-19-NY-SBU": {
+        "ids": ["A000801", "A001234", "A002304", "A046441", "A099999"],
+        "outcomes": [("deceased", "True"), ("discharged", "0"), ("discharged", "1"), ("deceased", "False")],
+    },
+    "COVID-19-AR": {
+        "ids": [
+            "COVID-19-AR-16406513",
+            "COVID-19-AR-16406514",
+            "COVID-19-AR-16424082",
+            "COVID-19-AR-16434409",
+            "COVID-19-AR-16439216",
+        ],
+        "outcomes": [("Y", "1"), ("N", "0"), ("N", "1"), ("Y", "0")],
+    },
 }
-TASKS = {"COVID-19-NY-SBU": {"death": "nysbu_death", "icu": "nysbu_icu"},
-         "COVID-19-AR": {"death": "car_death", "icu": "car_icu"}}
+TASKS = {
+    "COVID-19-NY-SBU": {"death": "nysbu_death", "icu": "nysbu_icu"},
+    "COVID-19-AR": {"death": "car_death", "icu": "car_icu"},
+}
 
 
 @pytest.fixture(params=sorted(CASES))
@@ -66,10 +78,24 @@ def collection(request, tmp_path):
     expected = {"kept": []}
     for n, pid in enumerate(ids):
         # every patient: a 12-bit MONOCHROME1 CR frontal image and a 16-bit MONOCHROME2 DX follow-up
-        m1 = make_dicom(src / f"{pid}_cr.dcm", (4095 - radiograph()).astype(np.uint16), photometric="MONOCHROME1",
-                        patient=pid, view="AP", study_date="20200401")
-        dx = make_dicom(src / f"{pid}_dx.dcm", radiograph(high=65535), bits_stored=16, patient=pid, view=None,
-                        modality="DX", series_description="CHEST PA", study_date=f"202004{10 + n:02d}")
+        m1 = make_dicom(
+            src / f"{pid}_cr.dcm",
+            (4095 - radiograph()).astype(np.uint16),
+            photometric="MONOCHROME1",
+            patient=pid,
+            view="AP",
+            study_date="20200401",
+        )
+        dx = make_dicom(
+            src / f"{pid}_dx.dcm",
+            radiograph(high=65535),
+            bits_stored=16,
+            patient=pid,
+            view=None,
+            modality="DX",
+            series_description="CHEST PA",
+            study_date=f"202004{10 + n:02d}",
+        )
         server.add_series(pid, "CR", [m1])
         server.add_series(pid, "DX", [dx], description="CHEST PA")
         expected["kept"] += [pid, pid]
@@ -81,17 +107,37 @@ def collection(request, tmp_path):
     outcomes = dict(zip(ids[:4], case["outcomes"]))  # the last patient is missing from the sheet
     server.files[f"/files/{SHEETS[name]}"] = _sheet_bytes(name, tmp_path, outcomes)
     with server:
-        spec = {"adapter": "tcia", "collection": name, "api": server.apis,
-                "clinical": {"url": f"{server.url}/files/{SHEETS[name]}"}}
-        yield {"name": name, "server": server, "spec": spec, "ids": ids, "outcomes": outcomes, "expected": expected,
-               "out": tmp_path / "resources" / "datasets" / "ds"}
+        spec = {
+            "adapter": "tcia",
+            "collection": name,
+            "api": server.apis,
+            "clinical": {"url": f"{server.url}/files/{SHEETS[name]}"},
+        }
+        yield {
+            "name": name,
+            "server": server,
+            "spec": spec,
+            "ids": ids,
+            "outcomes": outcomes,
+            "expected": expected,
+            "out": tmp_path / "resources" / "datasets" / "ds",
+        }
 
 
 def _download(col, tmp_path, monkeypatch):
     monkeypatch.setattr(tcia.time, "sleep", lambda seconds: None)
     out = col["out"]
-    argv = ["download", "--adapter", "tcia", "--source", json.dumps(download_source(col["spec"])),
-            "--out", str(out), "--done", str(out / ".downloaded")]
+    argv = [
+        "download",
+        "--adapter",
+        "tcia",
+        "--source",
+        json.dumps(download_source(col["spec"])),
+        "--out",
+        str(out),
+        "--done",
+        str(out / ".downloaded"),
+    ]
     assert cli.main(argv) == 0
     return out
 
@@ -99,8 +145,9 @@ def _download(col, tmp_path, monkeypatch):
 def test_download_end_to_end_from_v4(collection, tmp_path, monkeypatch):
     server, out = collection["server"], _download(collection, tmp_path, monkeypatch)
     # v4 listed per modality and served every series; v1 was never asked; MR was not listed
-    assert [p.split("?")[0].rsplit("/", 2)[1] for p, _ in server.log if "services" in p] == \
-        ["v4"] * (2 + len(server.series) - 1)
+    assert [p.split("?")[0].rsplit("/", 2)[1] for p, _ in server.log if "services" in p] == ["v4"] * (
+        2 + len(server.series) - 1
+    )
     listed = json.loads((out / "series.json").read_text())
     assert {r["Modality"] for r in listed} == {"CR", "DX"} and len(listed) == 2 * 5 + 2
     assert json.loads((out / "download.json").read_text())["api"] == server.api_of("v4")
@@ -126,7 +173,9 @@ def test_a_cut_streamed_transfer_starts_the_series_again(collection, tmp_path, m
     even when a megabyte had arrived before the cut."""
     server, pid = collection["server"], collection["ids"][0]
     server.framing = framing
-    big = server.add_series(pid, "CR", [make_dicom(tmp_path / "big.dcm", radiograph(1024, 1024), patient=pid, view="AP")])
+    big = server.add_series(
+        pid, "CR", [make_dicom(tmp_path / "big.dcm", radiograph(1024, 1024), patient=pid, view="AP")]
+    )
     size = len(server.series[big]["zip"])
     server.cuts[big] = [size * 3 // 4]  # the connection drops after 1.5 of 2 MB, once
     out = _download(collection, tmp_path, monkeypatch)
@@ -153,8 +202,10 @@ def test_a_failed_series_is_listed_and_fetched_again_by_the_next_run(collection,
     assert sum("getImage" in p for p, _ in server.log) == 1  # the verified series were not fetched again
 
 
-@pytest.mark.parametrize("answer", [(404, b"Not Found"), (401, b"Unauthorized"), (503, b"busy"),
-                                    (200, b"<html><body>Maintenance</body></html>")])
+@pytest.mark.parametrize(
+    "answer",
+    [(404, b"Not Found"), (401, b"Unauthorized"), (503, b"busy"), (200, b"<html><body>Maintenance</body></html>")],
+)
 def test_v4_failing_falls_back_to_v1(collection, tmp_path, monkeypatch, answer):
     server = collection["server"]
     server.refuse["v4"] = answer
@@ -169,7 +220,10 @@ def test_v4_failing_falls_back_to_v1(collection, tmp_path, monkeypatch, answer):
 def test_a_series_v4_refuses_is_fetched_from_v1(collection, tmp_path, monkeypatch):
     server = collection["server"]
     uid = next(iter(server.series))
-    server.refuse[f"v4/{uid}"] = (400, b"The user has not been granted the access to image with given SeriesInstanceUID")
+    server.refuse[f"v4/{uid}"] = (
+        400,
+        b"The user has not been granted the access to image with given SeriesInstanceUID",
+    )
     out = _download(collection, tmp_path, monkeypatch)
     assert server.requests_for(uid, "v4") == [None] and server.requests_for(uid, "v1") == [None]  # no back-off retries
     assert tcia.verified(out / "series" / uid) and json.loads((out / "failed.json").read_text()) == {}
@@ -213,8 +267,12 @@ def test_the_files_are_those_md5hashes_csv_lists(collection, tmp_path, monkeypat
 
 def test_a_file_not_matching_its_published_md5_fails_the_series(collection, tmp_path):
     server = collection["server"]
-    uid = server.add_series(collection["ids"][0], "CR", [make_dicom(tmp_path / "x.dcm", radiograph(),
-                                                                    patient=collection["ids"][0])], bad_md5="1")
+    uid = server.add_series(
+        collection["ids"][0],
+        "CR",
+        [make_dicom(tmp_path / "x.dcm", radiograph(), patient=collection["ids"][0])],
+        bad_md5="1",
+    )
     out = collection["out"]
     tcia.download(download_source(collection["spec"]), out, retries=0, wait=0)
     failed = json.loads((out / "failed.json").read_text())
@@ -228,8 +286,13 @@ def test_a_sheet_that_cannot_be_downloaded_says_what_to_fetch_and_where(collecti
     with pytest.raises(FileNotFoundError) as err:
         tcia.download(download_source(collection["spec"]), out, wait=0)
     sheet = out / "clinical" / SHEETS[name]
-    for part in (f"'{SHEETS[name]}'", tcia.COLLECTIONS[name]["page"], f"save it as {sheet}", "404",
-                 "datasets.ds.clinical.path"):
+    for part in (
+        f"'{SHEETS[name]}'",
+        tcia.COLLECTIONS[name]["page"],
+        f"save it as {sheet}",
+        "404",
+        "datasets.ds.clinical.path",
+    ):
         assert part in str(err.value)
     assert json.loads((out / "failed.json").read_text()) == {}  # the series are in place all the same
     with pytest.raises(FileNotFoundError, match=f"save it as {sheet}"):
@@ -246,10 +309,17 @@ def test_a_sheet_that_cannot_be_downloaded_says_what_to_fetch_and_where(collecti
 @pytest.mark.parametrize("derived", ["keep", "drop"])
 def test_derived_images_are_left_out_on_request_and_counted(collection, tmp_path, monkeypatch, derived):
     server, pid = collection["server"], collection["ids"][0]
-    kinds = {"subtraction": {"image_type": ["DERIVED", "SECONDARY"]}, "referencing": {"references": 2},
-             "processed": {"image_type": ["DERIVED", "PRIMARY"]}}  # the last one is an ordinary radiograph
-    uids = {kind: server.add_series(pid, "CR", [make_dicom(tmp_path / f"{kind}.dcm", radiograph(), patient=pid,
-                                                           view="AP", **fields)]) for kind, fields in kinds.items()}
+    kinds = {
+        "subtraction": {"image_type": ["DERIVED", "SECONDARY"]},
+        "referencing": {"references": 2},
+        "processed": {"image_type": ["DERIVED", "PRIMARY"]},
+    }  # the last one is an ordinary radiograph
+    uids = {
+        kind: server.add_series(
+            pid, "CR", [make_dicom(tmp_path / f"{kind}.dcm", radiograph(), patient=pid, view="AP", **fields)]
+        )
+        for kind, fields in kinds.items()
+    }
     collection["spec"]["derived"] = derived
     _download(collection, tmp_path, monkeypatch)
     table, rejects = build_table("ds", collection["spec"], tmp_path / "resources")
@@ -323,6 +393,9 @@ def test_series_are_fetched_over_several_connections_at_once(collection, tmp_pat
     out = collection["out"]
     summary = tcia.download(download_source(collection["spec"]), out, connections=3)
     listed = [row["SeriesInstanceUID"] for row in json.loads((out / "series.json").read_text())]
-    assert summary == {"api": collection["server"].api_of("v4"), "series": len(listed), "fetched": len(listed),
-                       "failed": 0} and len(listed) > 3
+    assert (
+        summary
+        == {"api": collection["server"].api_of("v4"), "series": len(listed), "fetched": len(listed), "failed": 0}
+        and len(listed) > 3
+    )
     assert peak[0] == 3 and all(tcia.verified(out / "series" / uid) for uid in listed)

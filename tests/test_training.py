@@ -29,8 +29,9 @@ def test_fft_learns_the_synthetic_signal(synthetic_data, tmp_path):
 
 
 def test_same_cell_twice_gives_identical_predictions(synthetic_data, tmp_path):
-    settings = cell_settings("test_vit", "lora", 3e-3, training={"max_epochs": 3, "augment": True},
-                             strategy={"rank": 4})
+    settings = cell_settings(
+        "test_vit", "lora", 3e-3, training={"max_epochs": 3, "augment": True}, strategy={"rank": 4}
+    )
     _, _, first = _run(synthetic_data, tmp_path / "a", settings)
     _, _, second = _run(synthetic_data, tmp_path / "b", settings)
     assert first["prob"].to_list() == second["prob"].to_list()
@@ -53,11 +54,22 @@ def test_a_k_shot_cell_learns_and_selects_from_at_most_its_label_budget(syntheti
     k, table = 2, pl.read_parquet(synthetic_data["task_path"])
     draws = tmp_path / "k2.parquet"
     splits.fewshot_draws(table, pl.read_parquet(synthetic_data["split"]), k, 1, 0).write_parquet(draws)
-    settings = cell_settings("test_resnet", "fft", 3e-3, training={"max_epochs": 4},
-                             regime={"name": "k2r0", "k": k, "repetition": 0, "validation": validation})
+    settings = cell_settings(
+        "test_resnet",
+        "fft",
+        3e-3,
+        training={"max_epochs": 4},
+        regime={"name": "k2r0", "k": k, "repetition": 0, "validation": validation},
+    )
     out = tmp_path / "cell"
-    run = run_cell(settings, synthetic_data["task_path"], synthetic_data["split"], synthetic_data["store"], str(out),
-                   fewshot=str(draws))
+    run = run_cell(
+        settings,
+        synthetic_data["task_path"],
+        synthetic_data["split"],
+        synthetic_data["store"],
+        str(out),
+        fewshot=str(draws),
+    )
     used = run["labels_used"]
     assert used["train_patients"] == 2 * k
     fold_val = pl.read_parquet(synthetic_data["split"]).filter((pl.col("fold") == 0) & (pl.col("part") == "val"))

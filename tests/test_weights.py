@@ -109,30 +109,55 @@ def transformers_clip(hub):
     """PubMedCLIP's format: a transformers CLIPModel state dict (older versions also saved position_ids)."""
     from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
 
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "patch_size": 8, "image_size": 32}
-    config = CLIPConfig(vision_config=vision, text_config={
-        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-        "vocab_size": 100, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1})
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "patch_size": 8,
+        "image_size": 32,
+    }
+    config = CLIPConfig(
+        vision_config=vision,
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "vocab_size": 100,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+    )
     torch.manual_seed(3)
     model = CLIPModel(config)
     state = model.state_dict() | {"vision_model.embeddings.position_ids": torch.arange(17)[None]}
-    entry = dataclasses.replace(ZOO["pubmedclip"], source="hf-hub:org/tiny-pubmedclip", img_size=32,
-                                options={"config": {k: v for k, v in vision.items() if k != "image_size"}})
+    entry = dataclasses.replace(
+        ZOO["pubmedclip"],
+        source="hf-hub:org/tiny-pubmedclip",
+        img_size=32,
+        options={"config": {k: v for k, v in vision.items() if k != "image_size"}},
+    )
     hub.files["/org/tiny-pubmedclip/resolve/main/pytorch_model.bin"] = _bytes(torch.save, state)
     reference = CLIPVisionModel(config.vision_config)
-    reference.load_state_dict({k.removeprefix("vision_model."): v for k, v in model.state_dict().items()
-                               if k.startswith("vision_model.")})
+    reference.load_state_dict(
+        {k.removeprefix("vision_model."): v for k, v in model.state_dict().items() if k.startswith("vision_model.")}
+    )
     return entry, reference
 
 
 SWIN = {"embed_dim": 16, "depths": [1, 2], "num_heads": [1, 2], "window_size": 2, "patch_size": 4}
 # transformers 5 name -> the transformers 4 name MedCLIP's checkpoint has (the inverse of the zoo's renames)
-SWIN_V4 = [(".attention.q_proj.", ".attention.self.query."), (".attention.k_proj.", ".attention.self.key."),
-           (".attention.v_proj.", ".attention.self.value."), (".attention.o_proj.", ".attention.output.dense."),
-           (".attention.relative_position_bias.relative_position_bias_table",
-            ".attention.self.relative_position_bias_table"),
-           (".mlp.fc1.", ".intermediate.dense."), (".mlp.fc2.", ".output.dense.")]
+SWIN_V4 = [
+    (".attention.q_proj.", ".attention.self.query."),
+    (".attention.k_proj.", ".attention.self.key."),
+    (".attention.v_proj.", ".attention.self.value."),
+    (".attention.o_proj.", ".attention.output.dense."),
+    (".attention.relative_position_bias.relative_position_bias_table", ".attention.self.relative_position_bias_table"),
+    (".mlp.fc1.", ".intermediate.dense."),
+    (".mlp.fc2.", ".output.dense."),
+]
 
 
 def medclip_swin_state(model) -> dict:
@@ -154,10 +179,17 @@ def medclip_vit(hub):
     torch.manual_seed(4)
     model = SwinModel(SwinConfig(image_size=32, **SWIN))
     state = {f"vision_model.model.{k}": v for k, v in medclip_swin_state(model).items()}
-    state |= {"vision_model.projection_head.weight": torch.randn(8, 32), "text_model.projection_head.weight":
-              torch.randn(8, 8), "logit_scale": torch.tensor(2.0)}
-    entry = dataclasses.replace(ZOO["medclip_vit"], source=hub.url + "/pytrial/medclip-vit-pretrained.zip",
-                                img_size=32, options={"config": SWIN})
+    state |= {
+        "vision_model.projection_head.weight": torch.randn(8, 32),
+        "text_model.projection_head.weight": torch.randn(8, 8),
+        "logit_scale": torch.tensor(2.0),
+    }
+    entry = dataclasses.replace(
+        ZOO["medclip_vit"],
+        source=hub.url + "/pytrial/medclip-vit-pretrained.zip",
+        img_size=32,
+        options={"config": SWIN},
+    )
     hub.files["/pytrial/medclip-vit-pretrained.zip"] = _zip({"pytorch_model.bin": _bytes(torch.save, state)})
     return entry, model
 
@@ -170,15 +202,20 @@ def medclip_resnet(hub):
     model = torchvision.models.resnet18()
     model.fc = torch.nn.Linear(512, 512, bias=False)
     state = {f"vision_model.model.{k}": v for k, v in model.state_dict().items()} | {"logit_scale": torch.tensor(2.0)}
-    entry = dataclasses.replace(ZOO["medclip_resnet50"], name="resnet18",
-                                source=hub.url + "/pytrial/medclip-pretrained.zip", img_size=32)
+    entry = dataclasses.replace(
+        ZOO["medclip_resnet50"], name="resnet18", source=hub.url + "/pytrial/medclip-pretrained.zip", img_size=32
+    )
     hub.files["/pytrial/medclip-pretrained.zip"] = _zip({"pytorch_model.bin": _bytes(torch.save, state)})
     model.fc = torch.nn.Identity()
     return entry, model
 
 
-KINDS = {"timm": timm_dinov2, "transformers_clip": transformers_clip,
-         "transformers_swin": medclip_vit, "torchvision": medclip_resnet}
+KINDS = {
+    "timm": timm_dinov2,
+    "transformers_clip": transformers_clip,
+    "transformers_swin": medclip_vit,
+    "torchvision": medclip_resnet,
+}
 
 
 def fetch(hub, monkeypatch, tmp_path, make) -> tuple:
@@ -273,8 +310,11 @@ def test_missing_or_corrupt_weights_name_model_and_path(hub, monkeypatch, tmp_pa
 
 def test_a_source_without_the_weight_file_names_model_and_source(hub, tmp_path):
     entry = dataclasses.replace(ZOO["pubmedclip"], source="hf-hub:org/empty")
-    with pytest.raises(weights.WeightsError, match=r"model 'pubmedclip': cannot fetch hf-hub:org/empty .* none of the "
-                                                   r"weight files \['model.safetensors', 'pytorch_model.bin'\]"):
+    with pytest.raises(
+        weights.WeightsError,
+        match=r"model 'pubmedclip': cannot fetch hf-hub:org/empty .* none of the "
+        r"weight files \['model.safetensors', 'pytorch_model.bin'\]",
+    ):
         weights.fetch("pubmedclip", entry, tmp_path)
 
 
@@ -290,13 +330,18 @@ def test_an_unreachable_hub_is_named_not_blamed_on_missing_files(monkeypatch, tm
         s.bind(("127.0.0.1", 0))
         host = f"127.0.0.1:{s.getsockname()[1]}"
     monkeypatch.setattr(hf, "ENDPOINT", f"http://{host}")
-    monkeypatch.setattr(hf, "HUGGINGFACE_CO_URL_TEMPLATE", f"http://{host}" + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        hf, "HUGGINGFACE_CO_URL_TEMPLATE", f"http://{host}" + "/{repo_id}/resolve/{revision}/{filename}"
+    )
     monkeypatch.setattr(hf, "HF_HUB_OFFLINE", offline_mode)
     monkeypatch.setattr(hf_http.time, "sleep", lambda seconds: None)  # the hub client's retries, without the waiting
     entry = dataclasses.replace(ZOO["pubmedclip"], source="hf-hub:org/model")
     reason = "HF_HUB_OFFLINE is set" if offline_mode else "Connection refused"
-    with pytest.raises(weights.WeightsError, match=rf"model 'pubmedclip': cannot reach {host} to fetch hf-hub:org/model "
-                                                   rf"\(.*{reason}.*\).*see docs/models.md, 'Offline machines'"):
+    with pytest.raises(
+        weights.WeightsError,
+        match=rf"model 'pubmedclip': cannot reach {host} to fetch hf-hub:org/model "
+        rf"\(.*{reason}.*\).*see docs/models.md, 'Offline machines'",
+    ):
         weights.fetch("pubmedclip", entry, tmp_path)
 
 
@@ -307,7 +352,9 @@ def test_an_unreachable_url_host_is_named(tmp_path):
         s.bind(("127.0.0.1", 0))
         host = f"127.0.0.1:{s.getsockname()[1]}"
     entry = dataclasses.replace(ZOO["medclip_vit"], source=f"http://{host}/medclip-vit-pretrained.zip")
-    with pytest.raises(weights.WeightsError, match=f"model 'medclip_vit': cannot reach {host} to fetch .*Connection refused"):
+    with pytest.raises(
+        weights.WeightsError, match=f"model 'medclip_vit': cannot reach {host} to fetch .*Connection refused"
+    ):
         weights.fetch("medclip_vit", entry, tmp_path)
 
 
@@ -352,15 +399,26 @@ def test_cell_loads_local_weights_before_training_and_reports_gflops(synthetic_d
     from ftbench.cell import run_cell
 
     torch.save(timm.create_model("test_resnet").state_dict(), tmp_path / "w.bin")
-    settings = cell_settings("test_resnet", "lp", 1e-2, training={"max_epochs": 1},
-                             model={"pretrained": True})
+    settings = cell_settings("test_resnet", "lp", 1e-2, training={"max_epochs": 1}, model={"pretrained": True})
     data = synthetic_data
     with pytest.raises(weights.WeightsError, match="model 'test_resnet'.*weight path .*absent.bin does not exist"):
-        run_cell(settings, data["task_path"], data["split"], data["store"], str(tmp_path / "a"),
-                 weights_path=str(tmp_path / "absent.bin"))
+        run_cell(
+            settings,
+            data["task_path"],
+            data["split"],
+            data["store"],
+            str(tmp_path / "a"),
+            weights_path=str(tmp_path / "absent.bin"),
+        )
     assert not (tmp_path / "a").exists()  # nothing trained, nothing written
-    run = run_cell(settings, data["task_path"], data["split"], data["store"], str(tmp_path / "b"),
-                   weights_path=str(tmp_path / "w.bin"))
+    run = run_cell(
+        settings,
+        data["task_path"],
+        data["split"],
+        data["store"],
+        str(tmp_path / "b"),
+        weights_path=str(tmp_path / "w.bin"),
+    )
     assert run["status"] == "ok" and 0 < run["gflops"] < 1
     assert json.loads((tmp_path / "b" / "run.json").read_text())["gflops"] == run["gflops"]
 
@@ -396,12 +454,24 @@ def test_weights_rule_runs_on_the_submitting_node(hub, tmp_path):
     import timm
 
     hub.files["/timm/test_vit.r160_in1k/resolve/main/model.safetensors"] = _safetensors(
-        timm.create_model("test_vit").state_dict())
+        timm.create_model("test_vit").state_dict()
+    )
     preset = tmp_path / "preset.yaml"
     preset.write_text("benchmark: {models: [vit]}\nmodels: {vit: {arch: test_vit.r160_in1k, pretrained: true}}\n")
-    _snakemake(tmp_path, "--configfile", str(ROOT / "workflow/presets/demo.yaml"), str(preset),
-               "--executor", "slurm", "--jobs", "1", "--slurm-init-seconds-before-status-checks", "1", "all_weights",
-               env={"HF_ENDPOINT": hub.url})
+    _snakemake(
+        tmp_path,
+        "--configfile",
+        str(ROOT / "workflow/presets/demo.yaml"),
+        str(preset),
+        "--executor",
+        "slurm",
+        "--jobs",
+        "1",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        "all_weights",
+        env={"HF_ENDPOINT": hub.url},
+    )
     manifest = json.loads((tmp_path / "resources/weights/vit/weights.json").read_text())
     assert manifest["source"] == "timm:test_vit.r160_in1k" and manifest["file"] == "model.safetensors"
 

@@ -8,16 +8,36 @@ import torch
 from ftbench import backbones, inputs, strategies, strategy_kinds, weights
 from ftbench.zoo import ZOO, resolve
 
-PROTOCOL = {"resnet18", "resnet50", "densenet121", "vgg19", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14",
-            "clip_vitl14", "biomedclip", "pubmedclip", "medclip_resnet50", "medclip_vit"}
+PROTOCOL = {
+    "resnet18",
+    "resnet50",
+    "densenet121",
+    "vgg19",
+    "dinov2_vits14",
+    "dinov2_vitb14",
+    "dinov2_vitl14",
+    "clip_vitl14",
+    "biomedclip",
+    "pubmedclip",
+    "medclip_resnet50",
+    "medclip_vit",
+}
 
 # Backbone parameters (millions, classifier excluded) and forward GFLOPs per 224-px image (2 per multiply-add,
 # attention included): the published architectures, e.g. ResNet-50 4.1 GMACs, ViT-B/16 17.6, Swin-T 4.5, ViT-B/32 4.4.
 PUBLISHED = {
-    "resnet18": (11.18, 3.63), "resnet50": (23.51, 8.17), "densenet121": (6.95, 5.67), "vgg19": (139.57, 39.26),
-    "dinov2_vits14": (21.63, 12.25), "dinov2_vitb14": (85.72, 46.32), "dinov2_vitl14": (303.23, 162.02),
-    "clip_vitl14": (303.18, 162.02), "biomedclip": (85.80, 35.13), "pubmedclip": (87.46, 8.82),
-    "medclip_resnet50": (23.51, 8.17), "medclip_vit": (27.52, 8.98),
+    "resnet18": (11.18, 3.63),
+    "resnet50": (23.51, 8.17),
+    "densenet121": (6.95, 5.67),
+    "vgg19": (139.57, 39.26),
+    "dinov2_vits14": (21.63, 12.25),
+    "dinov2_vitb14": (85.72, 46.32),
+    "dinov2_vitl14": (303.23, 162.02),
+    "clip_vitl14": (303.18, 162.02),
+    "biomedclip": (85.80, 35.13),
+    "pubmedclip": (87.46, 8.82),
+    "medclip_resnet50": (23.51, 8.17),
+    "medclip_vit": (27.52, 8.98),
 }
 # Built for real on CPU and run at a small input size: one per loader and kind (all are checked on meta above)
 SMALL = {"resnet18": 64, "dinov2_vits14": 56, "pubmedclip": 64, "medclip_resnet50": 64}
@@ -80,12 +100,20 @@ def test_inputs_are_normalised_with_each_models_statistics():
 def test_any_timm_name_builds_with_generic_blocks_and_targets():
     cnn, vit = resolve("convnext_atto", img_size=32), resolve("vit_tiny_patch16_224", img_size=32)
     assert (cnn.kind, vit.kind, cnn.source, resolve("convnext_atto", pretrained=True).source) == (
-        "cnn", "vit", None, "timm:convnext_atto")
+        "cnn",
+        "vit",
+        None,
+        "timm:convnext_atto",
+    )
     with torch.device("meta"):
         assert backbones.blocks(backbones.build(cnn).backbone, cnn) == [f"stages.{i}" for i in range(4)]
         vit_model = backbones.build(vit)
     assert strategies.adapter_targets(vit_model.backbone, vit.targets, convs=False)[:4] == [
-        "blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"]
+        "blocks.0.attn.qkv",
+        "blocks.0.attn.proj",
+        "blocks.0.mlp.fc1",
+        "blocks.0.mlp.fc2",
+    ]
 
 
 # the attention projections of each layout (query, key, value; fused in timm)
@@ -122,5 +150,8 @@ def test_ia3_rescales_keys_values_and_the_mlp_activation_only(key):
     input of the MLP's second linear); never queries or the attention's output projection."""
     adapted = _adapted(key, "ia3")
     roles = {re.sub(r".*?(attn\.qkv\.|self_attn\.|attention\.|mlp\.)", r"\1", name) for name in adapted}
-    assert roles in ({"attn.qkv.k", "attn.qkv.v", "mlp.fc2"}, {"self_attn.k_proj", "self_attn.v_proj", "mlp.fc2"},
-                     {"attention.k_proj", "attention.v_proj", "mlp.fc2"}), roles
+    assert roles in (
+        {"attn.qkv.k", "attn.qkv.v", "mlp.fc2"},
+        {"self_attn.k_proj", "self_attn.v_proj", "mlp.fc2"},
+        {"attention.k_proj", "attention.v_proj", "mlp.fc2"},
+    ), roles

@@ -23,8 +23,11 @@ def frozen_backbone(entry: ZooEntry) -> tuple[int, int, float | None]:
     if key not in _FROZEN:
         with torch.device("meta"):
             full = backbones.build(entry)
-        _FROZEN[key] = (full.head.in_features, sum(p.numel() for p in full.backbone.parameters()),
-                        backbones.forward_gflops(full, entry.img_size))
+        _FROZEN[key] = (
+            full.head.in_features,
+            sum(p.numel() for p in full.backbone.parameters()),
+            backbones.forward_gflops(full, entry.img_size),
+        )
     return _FROZEN[key]
 
 
@@ -47,8 +50,7 @@ def build_model(settings: dict, cached: bool, device: torch.device, weights_path
     plan = strategies.apply(model, entry, strategy, training)
     # a frozen feature extractor sees un-augmented images, exactly as the embedding cache does
     frozen = not plan.trains(model.backbone)
-    prep = inputs.Preprocess(entry, device, training["augment"] and not frozen,
-                              torch.Generator().manual_seed(seed))
+    prep = inputs.Preprocess(entry, device, training["augment"] and not frozen, torch.Generator().manual_seed(seed))
     if device.type == "cuda" and entry.kind == "cnn":
         model = model.to(memory_format=torch.channels_last)  # the layout cuDNN's fast convolutions use
     return model.to(device), plan, prep, 0, backbones.forward_gflops(model, entry.img_size)

@@ -33,8 +33,9 @@ def load_strict(module: nn.Module, state: State) -> None:
     """Load ``state`` into ``module``; every tensor must be there, with its shape, and nothing else."""
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{len(missing)} tensors missing (e.g. {missing[:3]}), "
-                         f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        raise ValueError(
+            f"{len(missing)} tensors missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
 
 
 def fit_position_embedding(module: nn.Module, state: State, key: str) -> State:
@@ -54,8 +55,11 @@ def fit_position_embedding(module: nn.Module, state: State, key: str) -> State:
 def _timm(entry: ZooEntry, state: State | None) -> nn.Module:
     import timm
 
-    kwargs = {"global_pool": entry.pool} | ({"img_size": entry.img_size} if entry.kind == "vit" else {}) \
-        | entry.options.get("model_args", {})  # architecture arguments of timm's constructor
+    kwargs = (
+        {"global_pool": entry.pool}
+        | ({"img_size": entry.img_size} if entry.kind == "vit" else {})
+        | entry.options.get("model_args", {})
+    )  # architecture arguments of timm's constructor
     if state is None:
         return timm.create_model(entry.name, pretrained=False, num_classes=0, **kwargs)
     # timm loads the state itself, strictly, through the architecture's checkpoint filter (which e.g. resamples
@@ -64,8 +68,13 @@ def _timm(entry: ZooEntry, state: State | None) -> nn.Module:
     classifier = classifier if isinstance(classifier, str) else classifier[0]
     weight = state.get(f"{classifier}.weight")
     num_classes = 0 if weight is None else weight.shape[0]
-    model = timm.create_model(entry.name, pretrained=True, num_classes=num_classes,
-                              pretrained_cfg_overlay={"state_dict": state, "num_classes": num_classes}, **kwargs)
+    model = timm.create_model(
+        entry.name,
+        pretrained=True,
+        num_classes=num_classes,
+        pretrained_cfg_overlay={"state_dict": state, "num_classes": num_classes},
+        **kwargs,
+    )
     model.reset_classifier(0, entry.pool)
     return model
 
@@ -161,7 +170,9 @@ def forward_gflops(model: nn.Module, img_size: int) -> float | None:
         for tensor in itertools.chain(module._parameters.values(), module._buffers.values()):
             if tensor is not None:
                 ghost = torch.empty_like(tensor, device="meta")
-                memo[id(tensor)] = nn.Parameter(ghost, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else ghost
+                memo[id(tensor)] = (
+                    nn.Parameter(ghost, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else ghost
+                )
     try:
         ghost_model = copy.deepcopy(model, memo).eval()
         with torch.no_grad(), FlopCounterMode(display=False) as counter:

@@ -23,8 +23,14 @@ from ftbench.loop import Checkpoint, Diverged, Part, class_weights, fit, predict
 log = logging.getLogger("ftbench.train")
 
 
-def partitions(task_table: pl.DataFrame, split: pl.DataFrame, fold: int, fewshot: pl.DataFrame | None,
-               source: np.ndarray, validation: str = "full") -> dict[str, Part]:
+def partitions(
+    task_table: pl.DataFrame,
+    split: pl.DataFrame,
+    fold: int,
+    fewshot: pl.DataFrame | None,
+    source: np.ndarray,
+    validation: str = "full",
+) -> dict[str, Part]:
     """train / val / test rows of ``fold`` from ``source`` (image store or embedding cache).
 
     A few-shot draw replaces the train patients; ``validation`` says what the cell validates on: the fold's
@@ -44,7 +50,9 @@ def partitions(task_table: pl.DataFrame, split: pl.DataFrame, fold: int, fewshot
     for part, patients in ids.items():
         frame = task_table.filter(pl.col("patient_id").is_in(patients.implode())).sort("row")
         rows = frame["row"].to_numpy().astype(np.int64)
-        out[part] = Part(inputs.load_rows(source, rows), torch.from_numpy(frame["label"].to_numpy().astype(np.int64)), frame)
+        out[part] = Part(
+            inputs.load_rows(source, rows), torch.from_numpy(frame["label"].to_numpy().astype(np.int64)), frame
+        )
         if out[part].y.numel() == 0:
             raise ValueError(f"fold {fold}: the {part} part has no images")
     return out
@@ -55,8 +63,15 @@ def candidates(settings: dict) -> list[dict]:
     return [settings | c for c in settings.get("candidates", [])] or [settings]
 
 
-def train_candidate(settings: dict, parts: dict[str, Part], device: torch.device, cached: bool,
-                    weights_path: str | None, state: Path, cached_parts: dict[str, Part] | None = None) -> dict:
+def train_candidate(
+    settings: dict,
+    parts: dict[str, Part],
+    device: torch.device,
+    cached: bool,
+    weights_path: str | None,
+    state: Path,
+    cached_parts: dict[str, Part] | None = None,
+) -> dict:
     """Train one candidate's model: validation (if any) and test probabilities, its validation loss (the best
     epoch's), history, trainable and total parameters, forward GFLOPs; an ``error`` instead if it diverged.
 
@@ -76,9 +91,15 @@ def train_candidate(settings: dict, parts: dict[str, Part], device: torch.device
         log.error("cell failed: %s", err)
         return outcome | {"error": str(err)}
     val = history.pop("val_probs")  # the best epoch's, computed when it was checked: not predicted again
-    return outcome | {"history": history, "val_loss": history["best_val_loss"],
-                      "test": predict(model, parts["test"], prep, training["batch_size"])} | \
-        ({"val": val} if val is not None else {})
+    return (
+        outcome
+        | {
+            "history": history,
+            "val_loss": history["best_val_loss"],
+            "test": predict(model, parts["test"], prep, training["batch_size"]),
+        }
+        | ({"val": val} if val is not None else {})
+    )
 
 
 def fit_candidate(settings: dict, parts: dict[str, Part]) -> dict:
@@ -89,15 +110,27 @@ def fit_candidate(settings: dict, parts: dict[str, Part]) -> dict:
     probe = probes.PROBES[settings["strategy"]["kind"]](settings["strategy"], len(y), seed).fit(x, y)
     probs = {part: probe.predict_proba(parts[part].x.numpy())[:, 1] for part in ("val", "test") if part in parts}
     learned = probes.parameters(probe)
-    val_loss = weighted_loss(probs["val"], parts["val"].y.numpy(), class_weights(parts["train"].y)) \
-        if "val" in probs else None
-    return {"trainable": learned, "total": learned + backbone_params, "gflops": gflops, "history": {},
-            "val_loss": val_loss} | probs
+    val_loss = (
+        weighted_loss(probs["val"], parts["val"].y.numpy(), class_weights(parts["train"].y)) if "val" in probs else None
+    )
+    return {
+        "trainable": learned,
+        "total": learned + backbone_params,
+        "gflops": gflops,
+        "history": {},
+        "val_loss": val_loss,
+    } | probs
 
 
-def run_candidates(settings: dict, parts: dict[str, Part], device: torch.device, embeddings: str | None,
-                   weights_path: str | None, out_dir: Path,
-                   cached_parts: dict[str, Part] | None = None) -> tuple[dict, list[dict]]:
+def run_candidates(
+    settings: dict,
+    parts: dict[str, Part],
+    device: torch.device,
+    embeddings: str | None,
+    weights_path: str | None,
+    out_dir: Path,
+    cached_parts: dict[str, Part] | None = None,
+) -> tuple[dict, list[dict]]:
     """Train (or fit) every candidate of the cell and keep the one with the lowest validation loss; the chosen
     outcome and a record of every candidate (its settings, validation loss, status).
 
@@ -108,37 +141,72 @@ def run_candidates(settings: dict, parts: dict[str, Part], device: torch.device,
     for i, candidate in enumerate(settings_list):
         done = out_dir / f"candidate{i}.json"
         if len(settings_list) > 1 and done.is_file():
-            outcomes.append({k: np.asarray(v) if k in ("val", "test") else v
-                             for k, v in json.loads(done.read_text()).items()})
+            outcomes.append(
+                {k: np.asarray(v) if k in ("val", "test") else v for k, v in json.loads(done.read_text()).items()}
+            )
             continue
         if candidate["strategy"]["kind"] in probes.PROBES:
             if embeddings is None:
-                raise ValueError(f"strategy '{candidate['strategy']['name']}' ({candidate['strategy']['kind']}) is "
-                                 "fitted on the embedding cache: give the cell --embeddings")
+                raise ValueError(
+                    f"strategy '{candidate['strategy']['name']}' ({candidate['strategy']['kind']}) is "
+                    "fitted on the embedding cache: give the cell --embeddings"
+                )
             outcome = fit_candidate(candidate, parts)
         else:
             state = out_dir / ("state.pt" if len(settings_list) == 1 else f"state{i}.pt")
-            outcome = train_candidate(candidate, parts, device, embeddings is not None and cached_parts is None,
-                                      weights_path, state, cached_parts)
+            outcome = train_candidate(
+                candidate,
+                parts,
+                device,
+                embeddings is not None and cached_parts is None,
+                weights_path,
+                state,
+                cached_parts,
+            )
         if len(settings_list) > 1:
             out_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(done, lambda p: p.write_text(json.dumps(
-                {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in outcome.items()}, default=str)))
+            write_atomic(
+                done,
+                lambda p: p.write_text(
+                    json.dumps(
+                        {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in outcome.items()}, default=str
+                    )
+                ),
+            )
         outcomes.append(outcome)
     ok = [i for i, o in enumerate(outcomes) if "error" not in o]
     chosen = min(ok, key=lambda i: outcomes[i]["val_loss"]) if ok else 0
-    record = [{"strategy": c["strategy"], "training": c["training"], "val_loss": o.get("val_loss"),
-               "status": "failed" if "error" in o else "ok", "chosen": i == chosen}
-              for i, (c, o) in enumerate(zip(settings_list, outcomes))]
+    record = [
+        {
+            "strategy": c["strategy"],
+            "training": c["training"],
+            "val_loss": o.get("val_loss"),
+            "status": "failed" if "error" in o else "ok",
+            "chosen": i == chosen,
+        }
+        for i, (c, o) in enumerate(zip(settings_list, outcomes))
+    ]
     if len(settings_list) > 1:
-        log.info("candidate %d of %d chosen on validation loss: %s", chosen + 1, len(settings_list),
-                 [r["val_loss"] for r in record])
+        log.info(
+            "candidate %d of %d chosen on validation loss: %s",
+            chosen + 1,
+            len(settings_list),
+            [r["val_loss"] for r in record],
+        )
     return outcomes[chosen], record if len(settings_list) > 1 else []
 
 
-def run_cell(settings: dict, task_table: str, split: str, store: str | None, out_dir: str,
-             fewshot: str | None = None, threads: int = 1, embeddings: str | None = None,
-             weights_path: str | None = None) -> dict:
+def run_cell(
+    settings: dict,
+    task_table: str,
+    split: str,
+    store: str | None,
+    out_dir: str,
+    fewshot: str | None = None,
+    threads: int = 1,
+    embeddings: str | None = None,
+    weights_path: str | None = None,
+) -> dict:
     """Train (or, a probe, fit) and evaluate one cell; write its files into ``out_dir``.
 
     ``embeddings`` (the backbone's embedding cache, see ``ftbench.embeddings``) replaces ``store`` for a frozen
@@ -159,18 +227,37 @@ def run_cell(settings: dict, task_table: str, split: str, store: str | None, out
     trained = strategy_kinds.mode(strategy["kind"]) == "trained"
     source = image_store.load(store) if store is not None and (trained or cache is None) else cache
     parts = partitions(table, split_table, settings["fold"], draw, source, validation)
-    cached_parts = partitions(table, split_table, settings["fold"], draw, cache, validation) \
-        if trained and store is not None and cache is not None else None
-    log.info("cell %s: %s / %s / %s / fold %d | %s", settings["task"], model_spec["name"], strategy["name"],
-             settings["regime"]["name"], settings["fold"], ", ".join(f"{p} {len(v.y)} images" for p, v in parts.items()))
+    cached_parts = (
+        partitions(table, split_table, settings["fold"], draw, cache, validation)
+        if trained and store is not None and cache is not None
+        else None
+    )
+    log.info(
+        "cell %s: %s / %s / %s / fold %d | %s",
+        settings["task"],
+        model_spec["name"],
+        strategy["name"],
+        settings["regime"]["name"],
+        settings["fold"],
+        ", ".join(f"{p} {len(v.y)} images" for p, v in parts.items()),
+    )
     outcome, record = run_candidates(settings, parts, device, embeddings, weights_path, Path(out_dir), cached_parts)
     run = write_cell(Path(out_dir), settings, parts, outcome, record, device, threads, embeddings, started)
     log.info("cell done in %.1fs: %s", run["wall_seconds"], run["summary"])
     return run
 
 
-def write_cell(out: Path, settings: dict, parts: dict[str, Part], outcome: dict, record: list[dict],
-               device: torch.device, threads: int, embeddings: str | None, started: float) -> dict:
+def write_cell(
+    out: Path,
+    settings: dict,
+    parts: dict[str, Part],
+    outcome: dict,
+    record: list[dict],
+    device: torch.device,
+    threads: int,
+    embeddings: str | None,
+    started: float,
+) -> dict:
     """Score the test predictions at the validation-chosen threshold (0.5 without a validation part) and write
     the cell's three files."""
     history = outcome["history"]
@@ -183,31 +270,54 @@ def write_cell(out: Path, settings: dict, parts: dict[str, Part], outcome: dict,
         probs, result = np.full(len(parts["test"].y), np.nan), {}
     out.mkdir(parents=True, exist_ok=True)
     epochs = history.get("epochs", [])
-    predictions = parts["test"].frame.select("image_id", "patient_id", "label", "centre").with_columns(
-        pl.Series("prob", probs, dtype=pl.Float64))
+    predictions = (
+        parts["test"]
+        .frame.select("image_id", "patient_id", "label", "centre")
+        .with_columns(pl.Series("prob", probs, dtype=pl.Float64))
+    )
     write_atomic(out / "predictions.parquet", predictions.write_parquet)
-    cell = {k: settings[k] for k in ("task", "fold")} | {"model": settings["model"]["name"],
-                                                           "strategy": settings["strategy"]["name"],
-                                                           "regime": settings["regime"]["name"]}
-    write_atomic(out / "metrics.json", lambda p: p.write_text(json.dumps(
-        cell | {"status": status, "error": error} | result, indent=1, allow_nan=True)))
+    cell = {k: settings[k] for k in ("task", "fold")} | {
+        "model": settings["model"]["name"],
+        "strategy": settings["strategy"]["name"],
+        "regime": settings["regime"]["name"],
+    }
+    write_atomic(
+        out / "metrics.json",
+        lambda p: p.write_text(
+            json.dumps(cell | {"status": status, "error": error} | result, indent=1, allow_nan=True)
+        ),
+    )
     run = cell | {
-        "status": status, "trainable_params": outcome["trainable"], "total_params": outcome["total"],
-        "trainable_fraction": outcome["trainable"] / outcome["total"], "gflops": outcome["gflops"],
+        "status": status,
+        "trainable_params": outcome["trainable"],
+        "total_params": outcome["total"],
+        "trainable_fraction": outcome["trainable"] / outcome["total"],
+        "gflops": outcome["gflops"],
         "wall_seconds": time.perf_counter() - started,
-        "peak_memory_mb": peak_memory_mb(device), "device": str(device),
-        "n_train": len(parts["train"].y), "n_val": len(parts["val"].y) if "val" in parts else 0, "epochs": len(epochs),
+        "peak_memory_mb": peak_memory_mb(device),
+        "device": str(device),
+        "n_train": len(parts["train"].y),
+        "n_val": len(parts["val"].y) if "val" in parts else 0,
+        "epochs": len(epochs),
         # every labelled patient the cell learned or selected from (training, early stopping, threshold, candidates)
-        "labels_used": {f"{part}_patients": parts[part].frame["patient_id"].n_unique() if part in parts else 0
-                        for part in ("train", "val")},
+        "labels_used": {
+            f"{part}_patients": parts[part].frame["patient_id"].n_unique() if part in parts else 0
+            for part in ("train", "val")
+        },
         # where the time went (see ftbench.cost): optimisation steps, and per-epoch checks (BatchNorm
         # recalibration, validation); the rest is start-up and the test predictions
         "train_seconds": sum(e["train_seconds"] for e in epochs),
         "check_seconds": sum(e["seconds"] - e["train_seconds"] for e in epochs),
-        "device_name": device_name(device), "threads": threads, "seed": settings["training"]["seed"] + settings["fold"],
-        "versions": library_versions(), "embedding_cache": embeddings, "settings": settings, "history": history,
+        "device_name": device_name(device),
+        "threads": threads,
+        "seed": settings["training"]["seed"] + settings["fold"],
+        "versions": library_versions(),
+        "embedding_cache": embeddings,
+        "settings": settings,
+        "history": history,
         "candidates": record,
     }
     write_atomic(out / "run.json", lambda p: p.write_text(json.dumps(run, indent=1, default=str)))
-    return run | {"summary": ", ".join(f"{k} {result[k]:.3f}" for k in ("mcc", "pr_auc", "roc_auc") if k in result)
-                  or status}
+    return run | {
+        "summary": ", ".join(f"{k} {result[k]:.3f}" for k in ("mcc", "pr_auc", "roc_auc") if k in result) or status
+    }

@@ -70,10 +70,17 @@ def cmd_folds(args) -> None:
     split, summary = splits.make(pl.read_parquet(args.task_table), args.validation, args.task)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     split.write_parquet(args.out)
-    Path(args.summary).write_text(json.dumps({"task": args.task, "validation": args.validation, "folds": summary}, indent=1))
+    Path(args.summary).write_text(
+        json.dumps({"task": args.task, "validation": args.validation, "folds": summary}, indent=1)
+    )
     for fold in summary:
-        log.info("task %s fold %d (test: %s): %s", args.task, fold["fold"], fold["test"],
-                 {k: v for k, v in fold.items() if k.endswith("_patients")})
+        log.info(
+            "task %s fold %d (test: %s): %s",
+            args.task,
+            fold["fold"],
+            fold["test"],
+            {k: v for k, v in fold.items() if k.endswith("_patients")},
+        )
 
 
 def cmd_fewshot(args) -> None:
@@ -95,23 +102,41 @@ def cmd_weights(args) -> None:
     file = weights.fetch(args.model, entry, Path(args.out).parent)
     weights.check(args.model, entry, file)
     manifest = weights.write_manifest(args.out, args.model, entry, file)
-    log.info("model %s: %s (%d bytes, sha256 %s) from %s", args.model, file, manifest["bytes"], manifest["sha256"],
-             entry.source)
+    log.info(
+        "model %s: %s (%d bytes, sha256 %s) from %s",
+        args.model,
+        file,
+        manifest["bytes"],
+        manifest["sha256"],
+        entry.source,
+    )
 
 
 def cmd_train(args) -> None:
     from ftbench.job import run_job
 
-    run_job(args.job, args.task_table, args.split, args.store, args.out_dir, args.checkpoints, args.fewshot,
-            args.threads, args.embeddings, args.weights, args.concurrent_cells)
+    run_job(
+        args.job,
+        args.task_table,
+        args.split,
+        args.store,
+        args.out_dir,
+        args.checkpoints,
+        args.fewshot,
+        args.threads,
+        args.embeddings,
+        args.weights,
+        args.concurrent_cells,
+    )
 
 
 def cmd_embed(args) -> None:
     from ftbench import embeddings
 
     info = embeddings.build(args.model, args.store, args.out, args.batch_size, args.threads, weights_path=args.weights)
-    log.info("embedding cache %s: %d images x %d features in %.1fs", args.out, info["images"], info["dim"],
-             info["seconds"])
+    log.info(
+        "embedding cache %s: %d images x %d features in %.1fs", args.out, info["images"], info["dim"], info["seconds"]
+    )
 
 
 def cmd_aggregate(args) -> None:
@@ -124,8 +149,12 @@ def cmd_aggregate(args) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         frame.write_parquet(path)
     summary.write_csv(Path(args.summary).with_suffix(".csv"))
-    log.info("aggregated %d cells (%d ok) into %d summary rows", cells.height,
-             cells.filter(cells["status"] == "ok").height, summary.height)
+    log.info(
+        "aggregated %d cells (%d ok) into %d summary rows",
+        cells.height,
+        cells.filter(cells["status"] == "ok").height,
+        summary.height,
+    )
 
 
 def cmd_stats(args) -> None:
@@ -161,10 +190,12 @@ def cmd_cost(args) -> None:
         print(summary)
     done, rest = summary["done_hours"].sum(), summary["remaining_hours"].sum()
     counts = dict(projected.group_by("source").len().iter_rows())
-    print(f"{projected.height} cells: {done:.4g} device-hours measured ({counts.get('measured', 0)} cells), "
-          f"{rest:.4g} projected for the rest (cells from their job: {counts.get('job', 0)}, scaled: "
-          f"{counts.get('scaled', 0)}, from FLOPs: {counts.get('flops', 0)}), total {done + rest:.4g}; "
-          f"without an estimate: {counts.get(None, 0)} cells")
+    print(
+        f"{projected.height} cells: {done:.4g} device-hours measured ({counts.get('measured', 0)} cells), "
+        f"{rest:.4g} projected for the rest (cells from their job: {counts.get('job', 0)}, scaled: "
+        f"{counts.get('scaled', 0)}, from FLOPs: {counts.get('flops', 0)}), total {done + rest:.4g}; "
+        f"without an estimate: {counts.get(None, 0)} cells"
+    )
     for note in notes:
         print(note)
 
@@ -196,15 +227,26 @@ def cmd_report(args) -> None:
     except ValueError as err:  # cells from several devices: `snakemake cost` with report.cost_device
         log.warning("no projection of the missing cells' time: %s", err)
     res = report.Results(
-        cells=cells, summary=pl.read_parquet(args.summary), predictions=pl.read_parquet(args.predictions),
+        cells=cells,
+        summary=pl.read_parquet(args.summary),
+        predictions=pl.read_parquet(args.predictions),
         comparisons=stats.Comparisons.read(args.stats_dir),
         data_reports=[json.loads(Path(p).read_text()) for p in args.data_reports],
         rejects={Path(p).parent.name: pl.read_csv(p) for p in args.rejects},
-        missing=missing_cells(expected, set(cells["cell"].to_list()), args.logs), projection=projection,
-        alpha=args.alpha, resamples=args.bootstrap, title=args.title)
+        missing=missing_cells(expected, set(cells["cell"].to_list()), args.logs),
+        projection=projection,
+        alpha=args.alpha,
+        resamples=args.bootstrap,
+        title=args.title,
+    )
     figs = report.write(res, args.out, args.figures_dir)
-    log.info("report %s: %d figures, %d cells missing, %d failed", args.out, len(figs), res.missing.height,
-             cells.filter(pl.col("status") != "ok").height)
+    log.info(
+        "report %s: %d figures, %d cells missing, %d failed",
+        args.out,
+        len(figs),
+        res.missing.height,
+        cells.filter(pl.col("status") != "ok").height,
+    )
 
 
 def cmd_reference(args) -> None:
@@ -284,12 +326,22 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--store", help="image store (not needed with --embeddings)")
     s.add_argument("--weights", help="pretrained weights: a manifest of the weights stage, a file or a folder")
     s.add_argument("--out-dir", required=True)
-    s.add_argument("--checkpoints", required=True, help="folder for finished cells and training state until the job ends")
-    s.add_argument("--threads", type=int, default=1,
-                   help="CPU threads of the job: each of the cells it trains at a time gets threads / that number")
-    s.add_argument("--concurrent-cells", type=int, default=1,
-                   help="train up to this many cells at the same time, in worker processes on the job's one device "
-                        "(the results are those of training them one by one)")
+    s.add_argument(
+        "--checkpoints", required=True, help="folder for finished cells and training state until the job ends"
+    )
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads of the job: each of the cells it trains at a time gets threads / that number",
+    )
+    s.add_argument(
+        "--concurrent-cells",
+        type=int,
+        default=1,
+        help="train up to this many cells at the same time, in worker processes on the job's one device "
+        "(the results are those of training them one by one)",
+    )
     s.add_argument("--embeddings", help="embedding cache to train a frozen-backbone strategy from")
     s.set_defaults(func=cmd_train)
 
@@ -303,8 +355,12 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_embed)
 
     s = sub.add_parser("aggregate", help="collect cells into tables and summarise them over folds")
-    s.add_argument("--cells-root", nargs="+", required=True,
-                   help="folders of cells (results/cells, and results/checkpoints for a partial report)")
+    s.add_argument(
+        "--cells-root",
+        nargs="+",
+        required=True,
+        help="folders of cells (results/cells, and results/checkpoints for a partial report)",
+    )
     s.add_argument("--grid", help="file listing the grid's cells (results/grid.txt): read only those")
     s.add_argument("--cells-out", required=True)
     s.add_argument("--predictions-out", required=True)
@@ -313,22 +369,36 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_aggregate)
 
-    s = sub.add_parser("stats", help="compare strategies across tasks (Friedman + Nemenyi, Wilcoxon + Holm) and "
-                                     "within each task (corrected and Bayesian correlated t over folds)")
+    s = sub.add_parser(
+        "stats",
+        help="compare strategies across tasks (Friedman + Nemenyi, Wilcoxon + Holm) and "
+        "within each task (corrected and Bayesian correlated t over folds)",
+    )
     s.add_argument("--cells", required=True)
     s.add_argument("--alpha", type=float, default=0.05)
-    s.add_argument("--rope", type=float, default=0.01,
-                   help="region of practical equivalence of the Bayesian test, in metric units (ours: 0.01)")
+    s.add_argument(
+        "--rope",
+        type=float,
+        default=0.01,
+        help="region of practical equivalence of the Bayesian test, in metric units (ours: 0.01)",
+    )
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_stats)
 
     s = sub.add_parser("cost", help="project the device-hours of every cell of the grid from the cells that ran")
     s.add_argument("--cells", required=True, help="the cells table of `aggregate` (results/partial/cells.parquet)")
     s.add_argument("--grid", required=True, help="file listing every cell of the grid (results/grid.txt)")
-    s.add_argument("--device-name", help="use only cells that ran on this device (a part of its name; default: "
-                                         "cost.device's GPU when the config names one)")
-    s.add_argument("--config", type=_json, help="the resolved config as JSON: with cost.device, cells nothing measured "
-                                                "are projected from FLOPs (ftbench.flop_cost)")
+    s.add_argument(
+        "--device-name",
+        help="use only cells that ran on this device (a part of its name; default: "
+        "cost.device's GPU when the config names one)",
+    )
+    s.add_argument(
+        "--config",
+        type=_json,
+        help="the resolved config as JSON: with cost.device, cells nothing measured "
+        "are projected from FLOPs (ftbench.flop_cost)",
+    )
     s.add_argument("--results", default="results", help="the results folder, whose data stage gives the sizes")
     s.add_argument("--out", required=True, help="summary .csv; the per-cell projection goes beside it (*_cells.csv)")
     s.set_defaults(func=cmd_cost)

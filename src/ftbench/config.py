@@ -24,8 +24,14 @@ SCHEME_KEYS = {"kfold": ("folds",), "holdout": ("test_fraction",), "loco": ("cen
 # TCIA collections whose clinical sheet ftbench knows (ftbench.data.tcia.COLLECTIONS; kept torch-, polars-free here).
 KNOWN_COLLECTIONS = ("COVID-19-NY-SBU", "COVID-19-AR")
 # Dataset keys that only some adapters read: anywhere else they would be ignored without a word.
-ADAPTER_KEYS = {"url": ("cohen",), "checksums": ("cohen",), "encoding": ("manifest",), "root": ("manifest",),
-                "columns": ("manifest",), "synthetic": ("synthetic",)}
+ADAPTER_KEYS = {
+    "url": ("cohen",),
+    "checksums": ("cohen",),
+    "encoding": ("manifest",),
+    "root": ("manifest",),
+    "columns": ("manifest",),
+    "synthetic": ("synthetic",),
+}
 
 
 class ConfigError(ValueError):
@@ -108,39 +114,58 @@ def check_references(config: dict) -> None:
     for name, ds in config["datasets"].items():
         for key, adapters in ADAPTER_KEYS.items():
             if key in ds and ds["adapter"] not in adapters:
-                raise ConfigError(f"config key 'datasets.{name}.{key}': only the {', '.join(adapters)} adapter reads it, "
-                                  f"not {ds['adapter']}")
+                raise ConfigError(
+                    f"config key 'datasets.{name}.{key}': only the {', '.join(adapters)} adapter reads it, "
+                    f"not {ds['adapter']}"
+                )
         if ds["adapter"] in LOCAL_ONLY and not ds.get("path"):
-            raise ConfigError(f"config key 'datasets.{name}.path': the {ds['adapter']} adapter reads a local copy, "
-                              f"give its {LOCAL_ONLY[ds['adapter']]}")
+            raise ConfigError(
+                f"config key 'datasets.{name}.path': the {ds['adapter']} adapter reads a local copy, "
+                f"give its {LOCAL_ONLY[ds['adapter']]}"
+            )
         if ds["adapter"] == "tcia":
             if not ds.get("collection"):
-                raise ConfigError(f"config key 'datasets.{name}.collection': the tcia adapter needs the collection name")
+                raise ConfigError(
+                    f"config key 'datasets.{name}.collection': the tcia adapter needs the collection name"
+                )
             if ds.get("path") and not ds.get("clinical", {}).get("path"):
-                raise ConfigError(f"config key 'datasets.{name}.clinical.path': a local copy (path:) of a TCIA "
-                                  "collection needs its clinical spreadsheet as a local file too")
+                raise ConfigError(
+                    f"config key 'datasets.{name}.clinical.path': a local copy (path:) of a TCIA "
+                    "collection needs its clinical spreadsheet as a local file too"
+                )
             if ds["collection"] not in KNOWN_COLLECTIONS and not {"url", "path"} & set(ds.get("clinical", {})):
-                raise ConfigError(f"config key 'datasets.{name}.clinical': collection '{ds['collection']}' has no "
-                                  "clinical sheet known to ftbench; give clinical.url or clinical.path, and clinical.id_column")
+                raise ConfigError(
+                    f"config key 'datasets.{name}.clinical': collection '{ds['collection']}' has no "
+                    "clinical sheet known to ftbench; give clinical.url or clinical.path, and clinical.id_column"
+                )
     for name in bench["tasks"]:
         check_validation(task_validation(config, name), name)
     if not config.get("regimes", {}).get("full", True) and not (config["regimes"].get("fewshot") or {}).get("k"):
-        raise ConfigError("config key 'regimes': the grid is empty (regimes.full is false and regimes.fewshot lists no K)")
-    if ((config.get("regimes", {}).get("fewshot") or {}).get("k")
-            and config["regimes"]["fewshot"].get("validation") == "none"):
+        raise ConfigError(
+            "config key 'regimes': the grid is empty (regimes.full is false and regimes.fewshot lists no K)"
+        )
+    if (config.get("regimes", {}).get("fewshot") or {}).get("k") and config["regimes"]["fewshot"].get(
+        "validation"
+    ) == "none":
         for name in bench["strategies"]:
             if listed := kinds.listed_candidates(config["strategies"][name]):
-                raise ConfigError(f"config key 'regimes.fewshot.validation': 'none' leaves nothing to choose strategy "
-                                  f"'{name}''s candidates on ({', '.join(listed)}); give one value each, or validate "
-                                  "few-shot cells on K labels ('kshot')")
+                raise ConfigError(
+                    f"config key 'regimes.fewshot.validation': 'none' leaves nothing to choose strategy "
+                    f"'{name}''s candidates on ({', '.join(listed)}); give one value each, or validate "
+                    "few-shot cells on K labels ('kshot')"
+                )
     pilot = config.get("cluster", {}).get("pilot_task")
     if pilot and pilot not in bench["tasks"]:
-        raise ConfigError(f"config key 'cluster.pilot_task': '{pilot}' is not a task of the benchmark "
-                          f"(benchmark.tasks: {', '.join(bench['tasks'])})")
+        raise ConfigError(
+            f"config key 'cluster.pilot_task': '{pilot}' is not a task of the benchmark "
+            f"(benchmark.tasks: {', '.join(bench['tasks'])})"
+        )
     runtimes = config.get("cluster", {}).get("runtimes")
     if runtimes and not Path(runtimes).is_file():
-        raise ConfigError(f"config key 'cluster.runtimes': {runtimes} does not exist "
-                          "(`snakemake cost` writes results/partial/cost_cells.csv)")
+        raise ConfigError(
+            f"config key 'cluster.runtimes': {runtimes} does not exist "
+            "(`snakemake cost` writes results/partial/cost_cells.csv)"
+        )
 
 
 def check_classes(task: dict, name: str) -> None:
@@ -162,9 +187,11 @@ def resolved_grid(config: dict, cells: int) -> str:
     if fewshot.get("k"):
         parts.append(f"few-shot K={','.join(map(str, fewshot['k']))} x {fewshot.get('repetitions', 5)} repetition(s)")
     bench = config["benchmark"]
-    return (f"ftbench: grid: {' + '.join(parts)}; {len(bench['tasks'])} task(s), {len(bench['models'])} model(s), "
-            f"{len(bench['strategies'])} strateg{'y' if len(bench['strategies']) == 1 else 'ies'}: {cells} cells "
-            "(a preset's regimes: merges key by key into config.yaml's; fewshot: null turns few-shot off)")
+    return (
+        f"ftbench: grid: {' + '.join(parts)}; {len(bench['tasks'])} task(s), {len(bench['models'])} model(s), "
+        f"{len(bench['strategies'])} strateg{'y' if len(bench['strategies']) == 1 else 'ies'}: {cells} cells "
+        "(a preset's regimes: merges key by key into config.yaml's; fewshot: null turns few-shot off)"
+    )
 
 
 def task_validation(config: dict, task: str) -> dict:
@@ -178,8 +205,10 @@ def task_validation(config: dict, task: str) -> dict:
 def check_validation(validation: dict, task: str) -> None:
     """What the schema cannot say: LOCO needs its centres listed (the grid must be known before the data)."""
     if validation["scheme"] == "loco" and not validation.get("centres"):
-        raise ConfigError(f"config key 'tasks.{task}.validation.centres': the loco scheme needs the list of the "
-                          "task's centres (one fold each), so the grid is known without reading data")
+        raise ConfigError(
+            f"config key 'tasks.{task}.validation.centres': the loco scheme needs the list of the "
+            "task's centres (one fold each), so the grid is known without reading data"
+        )
 
 
 def selected(config: dict, kind: str) -> dict[str, Any]:

@@ -47,8 +47,10 @@ def measured_cells(cells: pl.DataFrame, device_name: str | None = None) -> pl.Da
     devices = timed.group_by("device_name").len().sort("device_name")
     if devices.height > 1:
         listing = ", ".join(f"'{d}' ({n} cells)" for d, n in devices.iter_rows())
-        raise ValueError(f"the measured cells ran on {devices.height} devices ({listing}): choose one with "
-                         "--device-name, since seconds on one device say nothing of another")
+        raise ValueError(
+            f"the measured cells ran on {devices.height} devices ({listing}): choose one with "
+            "--device-name, since seconds on one device say nothing of another"
+        )
     return timed.with_columns(_kind())
 
 
@@ -59,55 +61,97 @@ def _kind() -> pl.Expr:
 def fit_pairs(measured: pl.DataFrame) -> pl.DataFrame:
     """Per (model, strategy): the rates of :func:`project`'s ``scaled`` formula, from that pair's cells."""
     # ok cells only (a diverged cell stopped early); a fitted probe runs no epochs: its time is all ``fixed``
-    usable = measured.filter(pl.all_horizontal(pl.col(
-        "n_train", "n_val", "n_test", "epochs", "train_seconds", "check_seconds").is_not_null())
-        & (pl.col("status") == "ok"))
+    usable = measured.filter(
+        pl.all_horizontal(
+            pl.col("n_train", "n_val", "n_test", "epochs", "train_seconds", "check_seconds").is_not_null()
+        )
+        & (pl.col("status") == "ok")
+    )
     rows = []
     for (model, strategy), cells in usable.group_by(PAIR, maintain_order=True):
         c = {name: cells[name].to_numpy().astype(float) for name in cells.columns if cells[name].dtype.is_numeric()}
         train_rate = c["train_seconds"].sum() / max((c["epochs"] * c["n_train"]).sum(), 1.0)
-        (check_val, check_train), _ = nnls(np.column_stack([c["epochs"] * c["n_val"], c["epochs"] * c["n_train"]]),
-                                           c["check_seconds"])
+        (check_val, check_train), _ = nnls(
+            np.column_stack([c["epochs"] * c["n_val"], c["epochs"] * c["n_train"]]), c["check_seconds"]
+        )
         rest = c["wall_seconds"] - c["train_seconds"] - c["check_seconds"] - check_val * c["n_test"]
-        rows.append({"model": model, "strategy": strategy, "fixed": max(rest.mean(), 0.0), "train_rate": train_rate,
-                     "check_rate_train": check_train, "check_rate_val": check_val, "fitted_on": cells.height})
-    schema = {"model": pl.String, "strategy": pl.String, "fixed": pl.Float64, "train_rate": pl.Float64,
-              "check_rate_train": pl.Float64, "check_rate_val": pl.Float64, "fitted_on": pl.Int64}
+        rows.append(
+            {
+                "model": model,
+                "strategy": strategy,
+                "fixed": max(rest.mean(), 0.0),
+                "train_rate": train_rate,
+                "check_rate_train": check_train,
+                "check_rate_val": check_val,
+                "fitted_on": cells.height,
+            }
+        )
+    schema = {
+        "model": pl.String,
+        "strategy": pl.String,
+        "fixed": pl.Float64,
+        "train_rate": pl.Float64,
+        "check_rate_train": pl.Float64,
+        "check_rate_val": pl.Float64,
+        "fitted_on": pl.Int64,
+    }
     return pl.DataFrame(rows, schema=schema)
 
 
-def project(grid: list[str], cells: pl.DataFrame, device_name: str | None = None,
-            paper: pl.DataFrame | None = None) -> pl.DataFrame:
+def project(
+    grid: list[str], cells: pl.DataFrame, device_name: str | None = None, paper: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """Every cell of ``grid`` (paths as in ``results/grid.txt``) with its seconds and their ``source``; ``paper``
     (columns ``cell``, ``flop_seconds``) gives the seconds of cells nothing measured could estimate."""
     measured = measured_cells(cells, device_name)
-    target = pl.DataFrame([cell_keys(c) for c in grid], schema={
-        "cell": pl.String, "task": pl.String, "model": pl.String, "strategy": pl.String, "regime": pl.String,
-        "fold": pl.Int64}).with_columns(pl.col("regime").str.replace(r"r\d+$", "").alias("regime_group"))
+    target = pl.DataFrame(
+        [cell_keys(c) for c in grid],
+        schema={
+            "cell": pl.String,
+            "task": pl.String,
+            "model": pl.String,
+            "strategy": pl.String,
+            "regime": pl.String,
+            "fold": pl.Int64,
+        },
+    ).with_columns(pl.col("regime").str.replace(r"r\d+$", "").alias("regime_group"))
     target = target.with_columns(_kind())
     jobs = measured.group_by(JOB).agg(pl.col("wall_seconds").mean().alias("job_seconds"))
     sizes = measured.group_by("task", "regime_group").agg(pl.col("n_train", "n_val", "n_test").mean())
     epochs = measured.group_by(*PAIR, "kind").agg(pl.col("epochs").mean())
-    per_epoch = ((pl.col("train_rate") + pl.col("check_rate_train")) * pl.col("n_train")
-                 + pl.col("check_rate_val") * pl.col("n_val"))
+    per_epoch = (pl.col("train_rate") + pl.col("check_rate_train")) * pl.col("n_train") + pl.col(
+        "check_rate_val"
+    ) * pl.col("n_val")
     scaled = pl.col("fixed") + pl.col("epochs") * per_epoch + pl.col("check_rate_val") * pl.col("n_test")
-    out = (target
-           .join(measured.select("cell", pl.col("wall_seconds").alias("cell_seconds")), on="cell", how="left")
-           .join(jobs, on=JOB, how="left")
-           .join(sizes, on=["task", "regime_group"], how="left")
-           .join(epochs, on=[*PAIR, "kind"], how="left")
-           .join(fit_pairs(measured), on=PAIR, how="left")
-           .with_columns(scaled.alias("scaled_seconds")))
+    out = (
+        target.join(measured.select("cell", pl.col("wall_seconds").alias("cell_seconds")), on="cell", how="left")
+        .join(jobs, on=JOB, how="left")
+        .join(sizes, on=["task", "regime_group"], how="left")
+        .join(epochs, on=[*PAIR, "kind"], how="left")
+        .join(fit_pairs(measured), on=PAIR, how="left")
+        .with_columns(scaled.alias("scaled_seconds"))
+    )
     if paper is None:
         paper = pl.DataFrame(schema={"cell": pl.String, "flop_seconds": pl.Float64})
     out = out.join(paper.select("cell", "flop_seconds"), on="cell", how="left")
     return out.select(
-        "cell", "task", "model", "strategy", "regime", "fold",
+        "cell",
+        "task",
+        "model",
+        "strategy",
+        "regime",
+        "fold",
         pl.coalesce("cell_seconds", "job_seconds", "scaled_seconds", "flop_seconds").alias("seconds"),
-        pl.when(pl.col("cell_seconds").is_not_null()).then(pl.lit("measured"))
-        .when(pl.col("job_seconds").is_not_null()).then(pl.lit("job"))
-        .when(pl.col("scaled_seconds").is_not_null()).then(pl.lit("scaled"))
-        .when(pl.col("flop_seconds").is_not_null()).then(pl.lit("flops")).alias("source"))
+        pl.when(pl.col("cell_seconds").is_not_null())
+        .then(pl.lit("measured"))
+        .when(pl.col("job_seconds").is_not_null())
+        .then(pl.lit("job"))
+        .when(pl.col("scaled_seconds").is_not_null())
+        .then(pl.lit("scaled"))
+        .when(pl.col("flop_seconds").is_not_null())
+        .then(pl.lit("flops"))
+        .alias("source"),
+    )
 
 
 def summarise(projected: pl.DataFrame, concurrent_cells: int = 1) -> pl.DataFrame:
@@ -119,10 +163,15 @@ def summarise(projected: pl.DataFrame, concurrent_cells: int = 1) -> pl.DataFram
     wall = pl.col("source").is_in(["measured", "job", "scaled"])
     hours = pl.when(wall).then(pl.col("seconds") / concurrent_cells).otherwise(pl.col("seconds")) / 3600
     measured = pl.col("source") == "measured"
-    return (projected.group_by(PAIR).agg(
-        pl.len().alias("cells"), measured.sum().alias("measured_cells"),
-        hours.filter(measured).sum().alias("done_hours"),
-        hours.filter(~measured).sum().alias("remaining_hours"),
-        pl.col("source").is_null().sum().alias("unestimated_cells"))
+    return (
+        projected.group_by(PAIR)
+        .agg(
+            pl.len().alias("cells"),
+            measured.sum().alias("measured_cells"),
+            hours.filter(measured).sum().alias("done_hours"),
+            hours.filter(~measured).sum().alias("remaining_hours"),
+            pl.col("source").is_null().sum().alias("unestimated_cells"),
+        )
         .with_columns((pl.col("done_hours") + pl.col("remaining_hours")).alias("total_hours"))
-        .sort(PAIR))
+        .sort(PAIR)
+    )

@@ -30,8 +30,15 @@ def compute(model: backbones.Classifier, pixels: np.ndarray, prep: inputs.Prepro
     return torch.cat(out).numpy()
 
 
-def build(model_spec: dict, store: str, out: str, batch_size: int = 64, threads: int = 1, device: str = "auto",
-          weights_path: str | None = None) -> dict:
+def build(
+    model_spec: dict,
+    store: str,
+    out: str,
+    batch_size: int = 64,
+    threads: int = 1,
+    device: str = "auto",
+    weights_path: str | None = None,
+) -> dict:
     """Write the cache of ``store`` for the model ``model_spec`` (a cell's ``model`` settings)."""
     from ftbench.device import pick_device
 
@@ -45,8 +52,13 @@ def build(model_spec: dict, store: str, out: str, batch_size: int = 64, threads:
     tmp = out_path.with_name(out_path.name + ".tmp.npy")
     np.save(tmp, features)
     tmp.replace(out_path)
-    info = {"model": model_spec["name"], "images": int(features.shape[0]), "dim": int(features.shape[1]),
-            "total_params": sum(p.numel() for p in model.backbone.parameters()),
-            "seconds": time.perf_counter() - started, "device": str(dev)}
+    info = {
+        "model": model_spec["name"],
+        "images": int(features.shape[0]),
+        "dim": int(features.shape[1]),
+        "total_params": sum(p.numel() for p in model.backbone.parameters()),
+        "seconds": time.perf_counter() - started,
+        "device": str(dev),
+    }
     out_path.with_suffix(".json").write_text(json.dumps(info, indent=1))
     return info

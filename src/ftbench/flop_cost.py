@@ -101,10 +101,33 @@ def _last_block(spec: dict, blocks: int, epoch: int) -> float:
 
 
 BACKWARD: dict[str, Backward] = {
-    "fft": _everything, "l2_sp": _everything, "auto_rgn": _everything, "llrd": _everything,
-    "lp": _head, "lp_ft": _lp_ft, "gradual_unfreezing": _gradual_unfreezing, "last_block": _last_block,
-    **dict.fromkeys(("lora", "vera", "ia3", "bitfit", "dora", "loha", "lokr", "adalora", "oft", "boft", "fourierft",
-                     "ln_tuning", "ssf", "vpt"), _adapters),
+    "fft": _everything,
+    "l2_sp": _everything,
+    "auto_rgn": _everything,
+    "llrd": _everything,
+    "lp": _head,
+    "lp_ft": _lp_ft,
+    "gradual_unfreezing": _gradual_unfreezing,
+    "last_block": _last_block,
+    **dict.fromkeys(
+        (
+            "lora",
+            "vera",
+            "ia3",
+            "bitfit",
+            "dora",
+            "loha",
+            "lokr",
+            "adalora",
+            "oft",
+            "boft",
+            "fourierft",
+            "ln_tuning",
+            "ssf",
+            "vpt",
+        ),
+        _adapters,
+    ),
 }
 
 
@@ -116,8 +139,15 @@ def _epochs(epochs: float) -> Iterator[tuple[int, float]]:
         yield whole, epochs - whole
 
 
-def passes(n_train: float, n_val: float, n_test: float, epochs: float, backward: Callable[[int], float],
-           batchnorm: bool, frozen_cached: bool = False) -> tuple[float, float]:
+def passes(
+    n_train: float,
+    n_val: float,
+    n_test: float,
+    epochs: float,
+    backward: Callable[[int], float],
+    batchnorm: bool,
+    frozen_cached: bool = False,
+) -> tuple[float, float]:
     """(forward, backward) passes, in forward passes of one image, that training and evaluating one candidate
     of a cell takes: the forward passes are what ``ftbench.loop`` runs, the backward ones their cost.
     ``frozen_cached``: epochs whose backbone is frozen train the head on the embedding cache (no pass)."""
@@ -159,8 +189,10 @@ def model_cost(config: dict, model: str) -> ModelCost:
         full = backbones.build(entry)
     gflops = backbones.forward_gflops(full, entry.img_size)
     if gflops is None:
-        raise ValueError(f"model '{model}': its forward GFLOPs could not be counted on the meta device (see the "
-                         "warning above), so `snakemake cost` cannot project it from FLOPs")
+        raise ValueError(
+            f"model '{model}': its forward GFLOPs could not be counted on the meta device (see the "
+            "warning above), so `snakemake cost` cannot project it from FLOPs"
+        )
     batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in full.backbone.modules())
     return ModelCost(gflops, batchnorm, len(blocks.blocks(full.backbone, entry.blocks or None)))
 
@@ -180,7 +212,8 @@ def _data_files(config: dict, task: str, results: Path) -> dict[str, Path]:
     groups = sorted({grid.regime_group(r) for r in grid.regimes(config)} - {"full"})
     splits = results / "splits" / task
     return {"table": results / "tasks" / task / "images.parquet", "split": splits / "folds.parquet"} | {
-        group: splits / "fewshot" / f"{group}.parquet" for group in groups}
+        group: splits / "fewshot" / f"{group}.parquet" for group in groups
+    }
 
 
 def data_inputs(config: dict, task: str, results: str = "results") -> list[str]:
@@ -192,8 +225,9 @@ def _counted_sizes(config: dict, files: dict[str, Path]) -> Sizes:
     """Sizes counted from a task's table (one row per image), folds and few-shot draws."""
     images = pl.read_parquet(files["table"]).group_by("patient_id").len("images")
     split = pl.read_parquet(files["split"]).join(images, on="patient_id")
-    parts = {(fold, part): n for fold, part, n in
-             split.group_by("fold", "part").agg(pl.col("images").sum()).iter_rows()}
+    parts = {
+        (fold, part): n for fold, part, n in split.group_by("fold", "part").agg(pl.col("images").sum()).iter_rows()
+    }
     folds = sorted({fold for fold, _ in parts})
     out: Sizes = {}
     for regime in grid.regimes(config):
@@ -201,10 +235,15 @@ def _counted_sizes(config: dict, files: dict[str, Path]) -> Sizes:
         train = {fold: parts.get((fold, "train"), 0) for fold in folds}
         val = {fold: parts.get((fold, "val"), 0) for fold in folds}
         if "k" in parsed:
-            draws = pl.read_parquet(files[grid.regime_group(regime)]).filter(
-                pl.col("repetition") == parsed["repetition"]).join(images, on="patient_id")
-            drawn = {(fold, part): n for fold, part, n in
-                     draws.group_by("fold", "part").agg(pl.col("images").sum()).iter_rows()}
+            draws = (
+                pl.read_parquet(files[grid.regime_group(regime)])
+                .filter(pl.col("repetition") == parsed["repetition"])
+                .join(images, on="patient_id")
+            )
+            drawn = {
+                (fold, part): n
+                for fold, part, n in draws.group_by("fold", "part").agg(pl.col("images").sum()).iter_rows()
+            }
             train = {fold: drawn.get((fold, "train"), 0) for fold in folds}
             val = {fold: _fewshot_val(parsed["validation"], drawn.get((fold, "val"), 0), val[fold]) for fold in folds}
         out |= {(regime, fold): (train[fold], val[fold], parts.get((fold, "test"), 0)) for fold in folds}
@@ -229,8 +268,10 @@ def _declared_sizes(config: dict, task: str, declared: dict) -> Sizes:
         k = parsed.get("k")
         patients = train if k is None else min(2 * k, train)  # K patients per class
         val_patients = val if k is None else _fewshot_val(parsed["validation"], min(2 * k, val), val)
-        out |= {(regime, fold): (patients * per_patient, val_patients * per_patient, test * per_patient)
-                for fold in range(grid.fold_count(config, task))}
+        out |= {
+            (regime, fold): (patients * per_patient, val_patients * per_patient, test * per_patient)
+            for fold in range(grid.fold_count(config, task))
+        }
     return out
 
 
@@ -243,8 +284,10 @@ def task_sizes(config: dict, task: str, results: Path) -> tuple[Sizes, str]:
     declared = settings(config)["tasks"].get(task)
     if declared is None:
         missing = ", ".join(str(p) for p in files.values() if not p.is_file())
-        raise ValueError(f"task '{task}': no sizes to project its cells with: the data stage's {missing} are missing "
-                         f"(`snakemake cost` makes them), and config key 'cost.tasks.{task}' declares none")
+        raise ValueError(
+            f"task '{task}': no sizes to project its cells with: the data stage's {missing} are missing "
+            f"(`snakemake cost` makes them), and config key 'cost.tasks.{task}' declares none"
+        )
     return _declared_sizes(config, task, declared), "declared"
 
 
@@ -255,11 +298,16 @@ def settings(config: dict) -> dict:
     unknown = set(spec.get("tasks") or {}) - set(config["tasks"])
     if unknown:
         raise ValueError(f"config key 'cost.tasks': {', '.join(sorted(unknown))} not a task of the catalogue (tasks:)")
-    return {"device": spec.get("device"), "precision": spec.get("precision", "bf16"),
-            "mfu": float(spec.get("mfu", 0.2)), "early_stopping": float(spec.get("early_stopping", 1.0)),
-            "startup": float(spec.get("startup", 0.0)),
-            "tasks": {task: {key: int(n) for key, n in counts.items()}
-                      for task, counts in (spec.get("tasks") or {}).items()}}
+    return {
+        "device": spec.get("device"),
+        "precision": spec.get("precision", "bf16"),
+        "mfu": float(spec.get("mfu", 0.2)),
+        "early_stopping": float(spec.get("early_stopping", 1.0)),
+        "startup": float(spec.get("startup", 0.0)),
+        "tasks": {
+            task: {key: int(n) for key, n in counts.items()} for task, counts in (spec.get("tasks") or {}).items()
+        },
+    }
 
 
 def rate(config: dict) -> float:
@@ -287,8 +335,9 @@ class Estimate:
     sizes_from: dict[str, str]
 
 
-def estimate(config: dict, cells: pl.DataFrame, results: Path, flop_rate: float | None = None,
-             startup: float | None = None) -> Estimate:
+def estimate(
+    config: dict, cells: pl.DataFrame, results: Path, flop_rate: float | None = None, startup: float | None = None
+) -> Estimate:
     """Every cell of the config's grid with its FLOP-model passes, FLOPs and seconds: FLOPs / ``flop_rate``
     (FLOP/s; default: the configured device's :func:`rate`) + ``startup`` (default ``cost.startup``), with epochs
     from ``cells`` (those that ran) where they have them."""
@@ -314,24 +363,50 @@ def estimate(config: dict, cells: pl.DataFrame, results: Path, flop_rate: float 
             for candidate in candidates[key]:
                 epochs = pilot or expected_epochs(candidate["training"], s["early_stopping"])
                 spec, backward = candidate["strategy"], BACKWARD[candidate["strategy"]["kind"]]
-                total += sum(passes(n_train, n_val, n_test, epochs,
-                                    lambda e, spec=spec, backward=backward: backward(spec, cost.blocks, e),
-                                    cost.batchnorm, grid.caches_frozen_epochs(config, cell.strategy)))
+                total += sum(
+                    passes(
+                        n_train,
+                        n_val,
+                        n_test,
+                        epochs,
+                        lambda e, spec=spec, backward=backward: backward(spec, cost.blocks, e),
+                        cost.batchnorm,
+                        grid.caches_frozen_epochs(config, cell.strategy),
+                    )
+                )
                 epochs_used.append(epochs)
-        rows.append({"cell": cell.path, "n_train": n_train, "n_val": n_val, "n_test": n_test,
-                     "candidates": len(candidates[key]),
-                     "epochs": sum(epochs_used) / len(epochs_used) if epochs_used else None,
-                     "epochs_from": None if not epochs_used else "pilot" if pilot else "settings",
-                     "gflops": cost.gflops, "passes": total})
-    schema = {"cell": pl.String, "n_train": pl.Float64, "n_val": pl.Float64, "n_test": pl.Float64,
-              "candidates": pl.Int64, "epochs": pl.Float64, "epochs_from": pl.String, "gflops": pl.Float64,
-              "passes": pl.Float64}
+        rows.append(
+            {
+                "cell": cell.path,
+                "n_train": n_train,
+                "n_val": n_val,
+                "n_test": n_test,
+                "candidates": len(candidates[key]),
+                "epochs": sum(epochs_used) / len(epochs_used) if epochs_used else None,
+                "epochs_from": None if not epochs_used else "pilot" if pilot else "settings",
+                "gflops": cost.gflops,
+                "passes": total,
+            }
+        )
+    schema = {
+        "cell": pl.String,
+        "n_train": pl.Float64,
+        "n_val": pl.Float64,
+        "n_test": pl.Float64,
+        "candidates": pl.Int64,
+        "epochs": pl.Float64,
+        "epochs_from": pl.String,
+        "gflops": pl.Float64,
+        "passes": pl.Float64,
+    }
     flops = pl.col("passes") * pl.col("gflops") * 1e9
-    table = pl.DataFrame(rows, schema=schema).with_columns(flops.alias("flops"), (flops / flop_rate + startup)
-                                                           .alias("flop_seconds"))
+    table = pl.DataFrame(rows, schema=schema).with_columns(
+        flops.alias("flops"), (flops / flop_rate + startup).alias("flop_seconds")
+    )
     gflops = {model: cost.gflops for model, cost in models.items()}
     embeddings = embedding_passes(config, grid_cells, results).with_columns(
-        pl.col("model").replace_strict(gflops, return_dtype=pl.Float64).alias("gflops"))
+        pl.col("model").replace_strict(gflops, return_dtype=pl.Float64).alias("gflops")
+    )
     flops = pl.col("images") * pl.col("gflops") * 1e9
     embeddings = embeddings.with_columns(flops.alias("flops"), (flops / flop_rate).alias("flop_seconds"))
     return Estimate(table, embeddings, sizes_from)
@@ -355,8 +430,11 @@ def embedding_passes(config: dict, grid_cells: list[grid.Cell], results: Path) -
     rows = []
     for (dataset, model), names in tasks.items():
         table = results / "data" / dataset / "table.parquet"
-        images = float(pl.scan_parquet(table).select(pl.len()).collect().item()) if table.is_file() else \
-            max(task_images(config, task, results) for task in names)
+        images = (
+            float(pl.scan_parquet(table).select(pl.len()).collect().item())
+            if table.is_file()
+            else max(task_images(config, task, results) for task in names)
+        )
         rows.append({"dataset": dataset, "model": model, "images": images})
     return pl.DataFrame(rows, schema={"dataset": pl.String, "model": pl.String, "images": pl.Float64})
 
@@ -364,10 +442,16 @@ def embedding_passes(config: dict, grid_cells: list[grid.Cell], results: Path) -
 def embedding_summary(embeddings: pl.DataFrame) -> pl.DataFrame:
     """The embedding caches' device-hours per model, as rows of ``cost.summarise``'s table (no cells)."""
     hours = embeddings.group_by("model", maintain_order=True).agg((pl.col("flop_seconds").sum() / 3600).alias("hours"))
-    return hours.select("model", pl.lit("(embedding cache)").alias("strategy"), pl.lit(0).alias("cells"),
-                        pl.lit(0).alias("measured_cells"), pl.lit(0.0).alias("done_hours"),
-                        pl.col("hours").alias("remaining_hours"), pl.lit(0).alias("unestimated_cells"),
-                        pl.col("hours").alias("total_hours"))
+    return hours.select(
+        "model",
+        pl.lit("(embedding cache)").alias("strategy"),
+        pl.lit(0).alias("cells"),
+        pl.lit(0).alias("measured_cells"),
+        pl.lit(0.0).alias("done_hours"),
+        pl.col("hours").alias("remaining_hours"),
+        pl.lit(0).alias("unestimated_cells"),
+        pl.col("hours").alias("total_hours"),
+    )
 
 
 def describe(config: dict, estimate: Estimate) -> list[str]:
@@ -375,8 +459,10 @@ def describe(config: dict, estimate: Estimate) -> list[str]:
     s, cells = settings(config), estimate.cells
     device = DEVICES[s["device"]]
     peak = getattr(device, s["precision"])
-    by_source = {source: sorted(task for task, origin in estimate.sizes_from.items() if origin == source)
-                 for source in ("data", "declared")}
+    by_source = {
+        source: sorted(task for task, origin in estimate.sizes_from.items() if origin == source)
+        for source in ("data", "declared")
+    }
     pilot, settled = (cells.filter(pl.col("epochs_from") == source).height for source in ("pilot", "settings"))
     return [
         f"FLOP model: {s['device']} ({s['precision']}, {peak:g} TFLOPS dense) x MFU {s['mfu']:g} = "
@@ -385,8 +471,10 @@ def describe(config: dict, estimate: Estimate) -> list[str]:
         f"epochs: the pilot's mean for {pilot} cells, max_epochs x {s['early_stopping']:g} (at least patience + 1) "
         f"for {settled}; every candidate of a strategy trained (cells with several: "
         f"{cells.filter(pl.col('candidates') > 1).height})",
-        "sizes: counted from the data stage for " + (", ".join(by_source["data"]) or "no task")
-        + "; derived from cost.tasks for " + (", ".join(by_source["declared"]) or "no task"),
+        "sizes: counted from the data stage for "
+        + (", ".join(by_source["data"]) or "no task")
+        + "; derived from cost.tasks for "
+        + (", ".join(by_source["declared"]) or "no task"),
         f"start-up: {s['startup']:g} s per cell (cost.startup; {cells.height * s['startup'] / 3600:.1f} device-hours); "
         f"each further second of it adds {cells.height / 3600:.1f} device-hours",
     ]

@@ -32,14 +32,25 @@ FOLD_COUNTS = {
 }
 
 TASK_TRAINING_KEYS = ("batch_size",)  # training settings a task may set for its own cells
-TRAINING_KEYS = ("batch_size", "max_epochs", "patience", "lr", "weight_decay", "augment", "seed", "batchnorm_min_images",
-                 "schedule")
+TRAINING_KEYS = (
+    "batch_size",
+    "max_epochs",
+    "patience",
+    "lr",
+    "weight_decay",
+    "augment",
+    "seed",
+    "batchnorm_min_images",
+    "schedule",
+)
 
 # The cell contract: the files a finished cell leaves in its folder (see Cell.path), written by ftbench.cell,
 # moved by ftbench.job, read by ftbench.aggregate and watched by the partial report.
 CELL_FILES = ("predictions.parquet", "metrics.json", "run.json")
-CELL_PATH = re.compile(r"(?P<task>[^/]+)/(?P<model>[^/]+)/(?P<strategy>[^/]+)/(?P<group>full|k\d+)/"
-                       r"(?:r(?P<rep>\d+)/)?fold(?P<fold>\d+)$")
+CELL_PATH = re.compile(
+    r"(?P<task>[^/]+)/(?P<model>[^/]+)/(?P<strategy>[^/]+)/(?P<group>full|k\d+)/"
+    r"(?:r(?P<rep>\d+)/)?fold(?P<fold>\d+)$"
+)
 
 
 @dataclass(frozen=True)
@@ -72,8 +83,10 @@ class Cell:
         """The cell whose folder ``cell_dir`` is (any prefix before the cell path is ignored)."""
         match = CELL_PATH.search(Path(cell_dir).as_posix())
         if not match or (match["group"] == "full") != (match["rep"] is None):
-            raise ValueError(f"{cell_dir}: not a cell directory (expected <task>/<model>/<strategy>/full/fold<F> "
-                             "or <task>/<model>/<strategy>/k<K>/r<R>/fold<F>)")
+            raise ValueError(
+                f"{cell_dir}: not a cell directory (expected <task>/<model>/<strategy>/full/fold<F> "
+                "or <task>/<model>/<strategy>/k<K>/r<R>/fold<F>)"
+            )
         regime = match["group"] if match["rep"] is None else f"{match['group']}r{match['rep']}"
         return cls(match["task"], match["model"], match["strategy"], regime, int(match["fold"]))
 
@@ -145,10 +158,13 @@ def excluded(config: dict) -> dict[tuple[str, str], str]:
         for model in config["benchmark"]["models"]:
             entry = resolve(config["models"][model]["arch"])
             if allowed and entry.kind not in allowed:
-                out[(model, strategy)] = f"strategy '{strategy}' applies to {allowed}, model '{model}' is a {entry.kind}"
+                out[(model, strategy)] = (
+                    f"strategy '{strategy}' applies to {allowed}, model '{model}' is a {entry.kind}"
+                )
             elif reason := kinds.not_applicable(spec["kind"], entry):
-                out[(model, strategy)] = (f"strategy '{strategy}' ({spec['kind']}) does not apply to model '{model}' "
-                                          f"({entry.kind}): {reason}")
+                out[(model, strategy)] = (
+                    f"strategy '{strategy}' ({spec['kind']}) does not apply to model '{model}' ({entry.kind}): {reason}"
+                )
     return out
 
 
@@ -182,7 +198,10 @@ def uses_cache(config: dict, strategy: str) -> bool:
 def caches_frozen_epochs(config: dict, strategy: str) -> bool:
     """Whether a trained strategy's first, frozen-backbone epochs (LP-FT's linear probing, gradual unfreezing's
     head-only epochs) train from the embedding cache: its jobs get the cache beside the image store."""
-    return config["training"].get("embedding_cache", True) and kinds.KINDS[config["strategies"][strategy]["kind"]].frozen_start
+    return (
+        config["training"].get("embedding_cache", True)
+        and kinds.KINDS[config["strategies"][strategy]["kind"]].frozen_start
+    )
 
 
 def model_settings(config: dict, model: str) -> dict:
@@ -211,8 +230,9 @@ def model_img_size(config: dict, model: str) -> int:
 
 def task_training(config: dict, task: str) -> dict:
     """The training settings of a task's cells: ``training`` with the task's own batch size over it."""
-    return config["training"] | {key: config["tasks"][task][key] for key in TASK_TRAINING_KEYS
-                                 if key in config["tasks"][task]}
+    return config["training"] | {
+        key: config["tasks"][task][key] for key in TASK_TRAINING_KEYS if key in config["tasks"][task]
+    }
 
 
 def strategy_candidates(config: dict, task: str, model: str, strategy: str) -> list[dict]:
@@ -241,16 +261,24 @@ def _shared_settings(config: dict, task: str, model: str, strategy: str) -> dict
     """The settings every cell of a (task, model, strategy) shares. Memoised on what they are made of (the model's,
     the strategy's, the training and the task's entries), since every regime group's job asks for them: the
     returned dict is shared, never change it."""
-    parts = (config["models"][model], config["strategies"][strategy], config["training"],
-             {key: config["tasks"][task][key] for key in TASK_TRAINING_KEYS if key in config["tasks"][task]})
+    parts = (
+        config["models"][model],
+        config["strategies"][strategy],
+        config["training"],
+        {key: config["tasks"][task][key] for key in TASK_TRAINING_KEYS if key in config["tasks"][task]},
+    )
     return _memo_shared(task, model, strategy, json.dumps(parts, sort_keys=True, default=str))
 
 
 @functools.lru_cache(maxsize=4096)
 def _memo_shared(task: str, model: str, strategy: str, parts: str) -> dict:
     config_models, config_strategy, training, task_keys = json.loads(parts)
-    config = {"models": {model: config_models}, "strategies": {strategy: config_strategy}, "training": training,
-              "tasks": {task: task_keys}}
+    config = {
+        "models": {model: config_models},
+        "strategies": {strategy: config_strategy},
+        "training": training,
+        "tasks": {task: task_keys},
+    }
     candidates = strategy_candidates(config, task, model, strategy)
     shared = {"version": TRAINING_VERSION, "task": task, "model": model_settings(config, model)} | candidates[0]
     return shared | ({"candidates": candidates} if len(candidates) > 1 else {})
@@ -259,7 +287,9 @@ def _memo_shared(task: str, model: str, strategy: str, parts: str) -> dict:
 def cell_settings(config: dict, cell: Cell) -> dict:
     """The resolved settings of one cell: everything that changes its result, nothing else."""
     return _shared_settings(config, cell.task, cell.model, cell.strategy) | {
-        "regime": regime_settings(config, cell.regime), "fold": cell.fold}
+        "regime": regime_settings(config, cell.regime),
+        "fold": cell.fold,
+    }
 
 
 def jobs(config: dict, grid_cells: list[Cell] | None = None) -> dict[Job, list[Cell]]:
@@ -275,4 +305,5 @@ def job_settings(config: dict, job: Job, job_cells: list[Cell]) -> dict:
     """The settings of a job: the shared ones, and each cell's regime, fold and folder."""
     return _shared_settings(config, job.task, job.model, job.strategy) | {
         "group": job.group,
-        "cells": [{"regime": regime_settings(config, c.regime), "fold": c.fold, "leaf": c.leaf} for c in job_cells]}
+        "cells": [{"regime": regime_settings(config, c.regime), "fold": c.fold, "leaf": c.leaf} for c in job_cells],
+    }

@@ -42,8 +42,13 @@ class Preprocess:
         angle = self._rand(n, -0.1, 0.1)
         scale = self._rand(n, 0.9, 1.1)
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        theta = torch.stack([torch.stack([cos, -sin, self._rand(n, -0.06, 0.06)], 1),
-                             torch.stack([sin, cos, self._rand(n, -0.06, 0.06)], 1)], 1)
+        theta = torch.stack(
+            [
+                torch.stack([cos, -sin, self._rand(n, -0.06, 0.06)], 1),
+                torch.stack([sin, cos, self._rand(n, -0.06, 0.06)], 1),
+            ],
+            1,
+        )
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         contrast = self._rand(n, 0.85, 1.15).view(n, 1, 1, 1)

@@ -34,15 +34,27 @@ POLL_SECONDS = 0.2  # how often a job, and a worker holding a stop signal for it
 def finished(folder: Path, settings: dict) -> bool:
     """Whether ``folder`` holds a completed cell trained with exactly ``settings``."""
     try:
-        return all((folder / f).is_file() for f in CELL_FILES) and \
-            json.loads((folder / "run.json").read_text())["settings"] == settings
+        return (
+            all((folder / f).is_file() for f in CELL_FILES)
+            and json.loads((folder / "run.json").read_text())["settings"] == settings
+        )
     except (OSError, ValueError, KeyError):
         return False
 
 
-def run_job(job: dict, task_table: str, split: str, store: str | None, out_dir: str, checkpoints: str,
-            fewshot: str | None = None, threads: int = 1, embeddings: str | None = None,
-            weights_path: str | None = None, concurrent: int = 1) -> None:
+def run_job(
+    job: dict,
+    task_table: str,
+    split: str,
+    store: str | None,
+    out_dir: str,
+    checkpoints: str,
+    fewshot: str | None = None,
+    threads: int = 1,
+    embeddings: str | None = None,
+    weights_path: str | None = None,
+    concurrent: int = 1,
+) -> None:
     """Train every cell of a job (see ``grid.Job``) into ``out_dir/<cell leaf>``.
 
     Cells are trained into ``checkpoints`` first, which Snakemake never deletes: when a job dies (time
@@ -57,8 +69,15 @@ def run_job(job: dict, task_table: str, split: str, store: str | None, out_dir: 
     shared = {k: v for k, v in job.items() if k not in ("cells", "group")}
     work, out = Path(checkpoints), Path(out_dir)
     width = max(1, min(concurrent, len(job["cells"])))
-    common = {"task_table": task_table, "split": split, "store": store, "fewshot": fewshot,
-              "threads": max(1, threads // width), "embeddings": embeddings, "weights_path": weights_path}
+    common = {
+        "task_table": task_table,
+        "split": split,
+        "store": store,
+        "fewshot": fewshot,
+        "threads": max(1, threads // width),
+        "embeddings": embeddings,
+        "weights_path": weights_path,
+    }
     todo = []
     for number, cell in enumerate(job["cells"], start=1):
         settings = shared | {"regime": cell["regime"], "fold": cell["fold"]}
@@ -146,8 +165,11 @@ class Workers:
             try:
                 for number in range(self.size):
                     ours, theirs = context.Pipe()
-                    process = context.Process(target=work, args=(theirs, self.common, logging.getLogger().level),
-                                              name=f"ftbench-cell-worker-{number}")
+                    process = context.Process(
+                        target=work,
+                        args=(theirs, self.common, logging.getLogger().level),
+                        name=f"ftbench-cell-worker-{number}",
+                    )
                     process.start()
                     theirs.close()
                     pool.append(Worker(process, ours))
@@ -156,8 +178,11 @@ class Workers:
                     for worker in pool:
                         self._send(worker, queue, go)
                         if stop.received is not None and worker.task is not None and worker.told != stop.received:
-                            log.warning("%s: cell %s saves its state and stops", signal.Signals(stop.received).name,
-                                        worker.task.leaf)
+                            log.warning(
+                                "%s: cell %s saves its state and stops",
+                                signal.Signals(stop.received).name,
+                                worker.task.leaf,
+                            )
                             os.kill(worker.process.pid, stop.received)
                             worker.told = stop.received
                     ready = set(wait([w.conn for w in pool] + [w.process.sentinel for w in pool], POLL_SECONDS))
@@ -176,8 +201,9 @@ class Workers:
         if errors:
             raise errors[0][1]
         if stopped or (left and stop.received is not None):
-            raise Preempted(f"{len(stopped)} cell(s) stopped with their state saved ({', '.join(stopped)}), "
-                            f"{len(left)} not started")
+            raise Preempted(
+                f"{len(stopped)} cell(s) stopped with their state saved ({', '.join(stopped)}), {len(left)} not started"
+            )
         if left:
             raise RuntimeError(f"cells {left} were not trained: the worker processes exited (see the log above)")
 
@@ -216,9 +242,15 @@ class Workers:
             return False
         worker.process.join()
         if worker.task is not None:
-            errors.append((worker.task.leaf, RuntimeError(
-                f"cell {worker.task.leaf}: its worker process died (exit code {worker.process.exitcode}; "
-                "a negative code is the signal that killed it, e.g. -9 by the out-of-memory killer)")))
+            errors.append(
+                (
+                    worker.task.leaf,
+                    RuntimeError(
+                        f"cell {worker.task.leaf}: its worker process died (exit code {worker.process.exitcode}; "
+                        "a negative code is the signal that killed it, e.g. -9 by the out-of-memory killer)"
+                    ),
+                )
+            )
         return True
 
 
@@ -231,8 +263,9 @@ def work(conn: Connection, common: dict, level: int) -> None:
     state and stops.
     """
     recorder = StopRecorder()
-    recorder.then = lambda signum: threading.Thread(target=_pass_on, args=(signum, recorder.handle),
-                                                    daemon=True).start()
+    recorder.then = lambda signum: threading.Thread(
+        target=_pass_on, args=(signum, recorder.handle), daemon=True
+    ).start()
     with recorder:
         logging.basicConfig(level=level, stream=sys.stderr)
         try:
@@ -240,8 +273,12 @@ def work(conn: Connection, common: dict, level: int) -> None:
             from ftbench.cell import run_cell
 
             while (task := conn.recv()) is not None:
-                logging.basicConfig(level=level, stream=sys.stderr, force=True,
-                                    format=f"%(asctime)s %(levelname)s %(name)s [{task.leaf}]: %(message)s")
+                logging.basicConfig(
+                    level=level,
+                    stream=sys.stderr,
+                    force=True,
+                    format=f"%(asctime)s %(levelname)s %(name)s [{task.leaf}]: %(message)s",
+                )
                 try:
                     run_cell(task.settings, out_dir=task.folder, **common)
                     answer = None

@@ -52,8 +52,10 @@ def predict(model: torch.nn.Module, part: Part, prep: inputs.Preprocess, batch_s
     """Positive-class probabilities of every image of ``part``."""
     model.eval()
     with autocast(prep.device):
-        probs = [torch.softmax(model(prep(part.x[i:i + batch_size], train=False)).float(), 1)[:, 1].cpu()
-                 for i in range(0, len(part.x), batch_size)]
+        probs = [
+            torch.softmax(model(prep(part.x[i : i + batch_size], train=False)).float(), 1)[:, 1].cpu()
+            for i in range(0, len(part.x), batch_size)
+        ]
     return torch.cat(probs).numpy().astype(np.float64)
 
 
@@ -80,7 +82,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, part: Part, prep, batch_size: 
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average over this pass
     for i in range(0, len(part.x), batch_size):
-        model(prep(part.x[i:i + batch_size], train=False))
+        model(prep(part.x[i : i + batch_size], train=False))
     for m, momentum in zip(norms, saved):
         m.momentum = momentum
 
@@ -155,9 +157,16 @@ class Progress:
     history: list[dict] = field(default_factory=list)
 
 
-def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], prep: inputs.Preprocess,
-        training: dict, generator: torch.Generator, checkpoint: Checkpoint | None = None,
-        cached: dict[str, Part] | None = None) -> dict:
+def fit(
+    model: torch.nn.Module,
+    plan: strategies.Plan,
+    parts: dict[str, Part],
+    prep: inputs.Preprocess,
+    training: dict,
+    generator: torch.Generator,
+    checkpoint: Checkpoint | None = None,
+    cached: dict[str, Part] | None = None,
+) -> dict:
     """Train with early stopping on validation loss; restore the best epoch. Returns the history, with the
     validation probabilities of the best epoch.
 
@@ -168,8 +177,9 @@ def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], p
     trains and validates the head on those features instead of running the backbone again.
     """
     checkpoint = checkpoint or Checkpoint(None, 0)
-    optimizer = torch.optim.AdamW(plan.param_groups, weight_decay=training["weight_decay"],
-                                  fused=True if prep.device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(
+        plan.param_groups, weight_decay=training["weight_decay"], fused=True if prep.device.type == "cuda" else None
+    )
     progress = _resume(checkpoint, model, plan, optimizer, prep, generator) or Progress()
     weights = class_weights(parts["train"].y).to(prep.device)
     total_steps = training["max_epochs"] * math.ceil(len(parts["train"].x) / training["batch_size"])
@@ -178,18 +188,46 @@ def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], p
             _start_epoch(plan, optimizer, progress, training)
             started = time.perf_counter()
             frozen = _train_mode(model, len(parts["train"].x), training)
-            net, epoch_parts, epoch_prep = (model.head, cached, inputs.Features(prep.device)) \
-                if frozen and cached is not None else (model, parts, prep)
-            train_loss = _train_epoch(net, plan, epoch_parts["train"], epoch_prep, training, generator, optimizer,
-                                      weights, progress, total_steps, stop, augment=not frozen)
+            net, epoch_parts, epoch_prep = (
+                (model.head, cached, inputs.Features(prep.device))
+                if frozen and cached is not None
+                else (model, parts, prep)
+            )
+            train_loss = _train_epoch(
+                net,
+                plan,
+                epoch_parts["train"],
+                epoch_prep,
+                training,
+                generator,
+                optimizer,
+                weights,
+                progress,
+                total_steps,
+                stop,
+                augment=not frozen,
+            )
             trained = time.perf_counter() - started  # the optimisation steps; the rest checks the model
             val_loss, val_probs = _check(net, epoch_parts, epoch_prep, training["batch_size"], weights, progress.epoch)
-            progress.history.append({"epoch": progress.epoch, "train_loss": train_loss, "val_loss": val_loss,
-                                     "seconds": time.perf_counter() - started, "train_seconds": trained})
-            log.info("epoch %3d  train loss %.4f  val loss %s  (%.1fs)", progress.epoch, train_loss,
-                     "-" if val_loss is None else f"{val_loss:.4f}", progress.history[-1]["seconds"])
-            if _early_stop(model, progress, val_loss, val_probs, training["patience"],
-                           plan.ready(progress.step, total_steps)):
+            progress.history.append(
+                {
+                    "epoch": progress.epoch,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "seconds": time.perf_counter() - started,
+                    "train_seconds": trained,
+                }
+            )
+            log.info(
+                "epoch %3d  train loss %.4f  val loss %s  (%.1fs)",
+                progress.epoch,
+                train_loss,
+                "-" if val_loss is None else f"{val_loss:.4f}",
+                progress.history[-1]["seconds"],
+            )
+            if _early_stop(
+                model, progress, val_loss, val_probs, training["patience"], plan.ready(progress.step, total_steps)
+            ):
                 break
             _save(checkpoint, progress, model, plan, optimizer, prep, generator, force=stop.received is not None)
             if stop.received is not None:
@@ -199,8 +237,12 @@ def fit(model: torch.nn.Module, plan: strategies.Plan, parts: dict[str, Part], p
     checkpoint.clear()
     best_loss = progress.best["loss"] if "val" in parts else None
     val_probs = progress.best.get("val_probs")
-    return {"best_epoch": progress.best["epoch"], "best_val_loss": best_loss, "epochs": progress.history,
-            "val_probs": None if val_probs is None else val_probs.numpy()}
+    return {
+        "best_epoch": progress.best["epoch"],
+        "best_val_loss": best_loss,
+        "epochs": progress.history,
+        "val_probs": None if val_probs is None else val_probs.numpy(),
+    }
 
 
 def _start_epoch(plan: strategies.Plan, optimizer, progress: Progress, training: dict) -> None:
@@ -212,8 +254,12 @@ def _start_epoch(plan: strategies.Plan, optimizer, progress: Progress, training:
         progress.phase_start = progress.epoch
     for group in optimizer.param_groups:
         group["unscheduled_lr"] = group["lr"]
-    schedules.apply(training.get("schedule", {"name": "constant"}), optimizer, progress.epoch,
-                    [epoch["val_loss"] for epoch in progress.history])
+    schedules.apply(
+        training.get("schedule", {"name": "constant"}),
+        optimizer,
+        progress.epoch,
+        [epoch["val_loss"] for epoch in progress.history],
+    )
 
 
 def _train_mode(model, n_train: int, training: dict) -> bool:
@@ -231,16 +277,27 @@ def _train_mode(model, n_train: int, training: dict) -> bool:
     return False
 
 
-def _train_epoch(net, plan: strategies.Plan, train: Part, prep, training: dict, generator: torch.Generator,
-                 optimizer, weights: torch.Tensor, progress: Progress, total_steps: int, stop: StopSignals,
-                 augment: bool) -> float:
+def _train_epoch(
+    net,
+    plan: strategies.Plan,
+    train: Part,
+    prep,
+    training: dict,
+    generator: torch.Generator,
+    optimizer,
+    weights: torch.Tensor,
+    progress: Progress,
+    total_steps: int,
+    stop: StopSignals,
+    augment: bool,
+) -> float:
     """One pass of optimizer steps over the shuffled training part; the mean training loss (penalty included)."""
     order, bs = torch.randperm(len(train.x), generator=generator), training["batch_size"]
     total = 0.0
     for i in range(0, len(order), bs):
         if stop.stop_now:
             raise Preempted(f"stopped in epoch {progress.epoch}; resumes after epoch {progress.epoch - 1}")
-        idx = order[i:i + bs]
+        idx = order[i : i + bs]
         with autocast(prep.device):
             logits = net(prep(train.x[idx], train=augment)).float()
         loss = F.cross_entropy(logits, train.y[idx].to(prep.device), weight=weights)
@@ -258,8 +315,9 @@ def _train_epoch(net, plan: strategies.Plan, train: Part, prep, training: dict, 
     return total / len(order)
 
 
-def _check(net, parts: dict[str, Part], prep, batch_size: int, weights: torch.Tensor,
-           epoch: int) -> tuple[float | None, np.ndarray | None]:
+def _check(
+    net, parts: dict[str, Part], prep, batch_size: int, weights: torch.Tensor, epoch: int
+) -> tuple[float | None, np.ndarray | None]:
     """The validation loss and probabilities after an epoch (None without a validation part), BatchNorm
     statistics re-estimated first."""
     recalibrate_batchnorm(net, parts["train"], prep, batch_size)
@@ -272,8 +330,9 @@ def _check(net, parts: dict[str, Part], prep, batch_size: int, weights: torch.Te
     return val_loss, probs
 
 
-def _early_stop(model, progress: Progress, val_loss: float | None, val_probs: np.ndarray | None, patience: int,
-                ready: bool) -> bool:
+def _early_stop(
+    model, progress: Progress, val_loss: float | None, val_probs: np.ndarray | None, patience: int, ready: bool
+) -> bool:
     """Keep the epoch if it is the best so far; True when ``patience`` epochs of the phase brought nothing.
 
     Without a validation loss every epoch is kept (the last one wins) and training never stops early. Before
@@ -284,9 +343,12 @@ def _early_stop(model, progress: Progress, val_loss: float | None, val_probs: np
         progress.phase_start = progress.epoch + 1
         return False
     if val_loss is None or val_loss < progress.best["loss"] - 1e-6:
-        progress.best = {"loss": math.inf if val_loss is None else val_loss, "epoch": progress.epoch,
-                         "state": copy.deepcopy(model.state_dict()),
-                         "val_probs": None if val_probs is None else torch.from_numpy(val_probs)}
+        progress.best = {
+            "loss": math.inf if val_loss is None else val_loss,
+            "epoch": progress.epoch,
+            "state": copy.deepcopy(model.state_dict()),
+            "val_probs": None if val_probs is None else torch.from_numpy(val_probs),
+        }
         return False
     if progress.epoch - max(progress.best["epoch"], progress.phase_start - 1) >= patience:
         log.info("early stop: no validation improvement for %d epochs", patience)
@@ -295,17 +357,27 @@ def _early_stop(model, progress: Progress, val_loss: float | None, val_probs: np
 
 
 def _save(checkpoint: Checkpoint, progress: Progress, model, plan, optimizer, prep, generator, force: bool) -> None:
-    checkpoint.save({
-        "epoch": progress.epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "best": progress.best, "history": progress.history, "step": progress.step, "plan": plan.state(),
-        "phase_start": progress.phase_start,
-        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-        "prep_generator": prep.generator.get_state() if prep.generator is not None else torch.empty(0),
-    }, force=force)
+    checkpoint.save(
+        {
+            "epoch": progress.epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "best": progress.best,
+            "history": progress.history,
+            "step": progress.step,
+            "plan": plan.state(),
+            "phase_start": progress.phase_start,
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "prep_generator": prep.generator.get_state() if prep.generator is not None else torch.empty(0),
+        },
+        force=force,
+    )
 
 
-def _resume(checkpoint: Checkpoint, model, plan: strategies.Plan, optimizer, prep,
-            generator: torch.Generator) -> Progress | None:
+def _resume(
+    checkpoint: Checkpoint, model, plan: strategies.Plan, optimizer, prep, generator: torch.Generator
+) -> Progress | None:
     """The progress of a previous run from its checkpoint (weights, optimizer, hooks and generators restored),
     the strategy's schedule replayed up to its epoch; None without one."""
     saved = checkpoint.load()

@@ -55,7 +55,9 @@ def _thresholded(labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
     tn, fp, fn, tp = skm.confusion_matrix(labels, preds, labels=[0, 1]).ravel()
     return {
         "mcc": float(skm.matthews_corrcoef(labels, preds)),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(labels, preds)) if len(np.unique(labels)) > 1 else math.nan,
+        "balanced_accuracy": float(skm.balanced_accuracy_score(labels, preds))
+        if len(np.unique(labels)) > 1
+        else math.nan,
         "f1": float(skm.f1_score(labels, preds, zero_division=0)),
         "sensitivity": float(tp / (tp + fn)) if tp + fn else math.nan,
         "specificity": float(tn / (tn + fp)) if tn + fp else math.nan,

@@ -23,9 +23,19 @@ from sklearn import metrics as skm  # noqa: E402
 
 from ftbench import stats  # noqa: E402
 
-plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
-                     "font.family": ["DejaVu Sans", "sans-serif"], "legend.fontsize": 8, "axes.titlesize": 9.5,
-                     "axes.titleweight": "bold", "svg.hashsalt": "ftbench"})
+plt.rcParams.update(
+    {
+        "svg.fonttype": "none",
+        "font.size": 9,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "font.family": ["DejaVu Sans", "sans-serif"],
+        "legend.fontsize": 8,
+        "axes.titlesize": 9.5,
+        "axes.titleweight": "bold",
+        "svg.hashsalt": "ftbench",
+    }
+)
 
 LABELS = {"mcc": "MCC", "pr_auc": "PR-AUC", "roc_auc": "ROC-AUC"}
 MARKERS = "osD^vP*Xph"
@@ -43,8 +53,10 @@ def styles(summary: pl.DataFrame) -> Styles:
     cmap = plt.get_cmap("tab10")
     strategies = sorted(summary["strategy"].unique().to_list()) if summary.height else []
     models = model_order(summary)
-    return Styles({s: matplotlib.colors.to_hex(cmap(i % 10)) for i, s in enumerate(strategies)},
-                  {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(models)})
+    return Styles(
+        {s: matplotlib.colors.to_hex(cmap(i % 10)) for i, s in enumerate(strategies)},
+        {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(models)},
+    )
 
 
 def model_order(summary: pl.DataFrame) -> list[str]:
@@ -63,11 +75,12 @@ def regime_order(regimes) -> list[str]:
 def to_svg(fig) -> str:
     buf = io.StringIO()
     # no metadata block: no date (reports of the same results are identical) and no namespace URLs
-    fig.savefig(buf, format="svg", bbox_inches="tight",
-                metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
+    fig.savefig(
+        buf, format="svg", bbox_inches="tight", metadata={"Creator": None, "Date": None, "Format": None, "Type": None}
+    )
     plt.close(fig)
     svg = buf.getvalue()
-    return svg[svg.index("<svg"):]
+    return svg[svg.index("<svg") :]
 
 
 def _value(frame: pl.DataFrame, column: str):
@@ -93,8 +106,9 @@ def heatmap(summary: pl.DataFrame, task: str, metric: str) -> str | None:
     cmap = plt.get_cmap("RdBu" if metric == "mcc" else "Blues")
     norm = matplotlib.colors.Normalize(-1.0 if metric == "mcc" else 0.0, 1.0)
     width = 1.0 + 0.95 * len(strategies)
-    fig, axes = plt.subplots(1, len(regimes), figsize=(width * len(regimes) + 1.6, 0.62 * len(models) + 1.1),
-                             squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, len(regimes), figsize=(width * len(regimes) + 1.6, 0.62 * len(models) + 1.1), squeeze=False, sharey=True
+    )
     mesh = None
     for ax, regime in zip(axes[0], regimes):
         sub = data.filter(pl.col("regime_group") == regime)
@@ -109,8 +123,15 @@ def heatmap(summary: pl.DataFrame, task: str, metric: str) -> str | None:
                 ax.text(j, i, text, ha="center", va="center", fontsize=7.5, color="white" if dark else "#1b1f24")
                 grid[i, j] = np.nan if mean is None else mean
         # vector cells (crisp in print); missing ones show the grey background
-        mesh = ax.pcolormesh(np.arange(len(strategies) + 1) - 0.5, np.arange(len(models) + 1) - 0.5,
-                             np.ma.masked_invalid(grid), cmap=cmap, norm=norm, edgecolors="white", linewidth=1)
+        mesh = ax.pcolormesh(
+            np.arange(len(strategies) + 1) - 0.5,
+            np.arange(len(models) + 1) - 0.5,
+            np.ma.masked_invalid(grid),
+            cmap=cmap,
+            norm=norm,
+            edgecolors="white",
+            linewidth=1,
+        )
         ax.set_facecolor("#eef0f2")
         ax.set_xlim(-0.5, len(strategies) - 0.5)
         ax.set_ylim(len(models) - 0.5, -0.5)  # first model on top
@@ -130,36 +151,61 @@ def cd_diagrams(comparisons: stats.Comparisons, metric: str, style: Styles, alph
     tests = comparisons.friedman.filter(pl.col("metric") == metric)
     if tests.height == 0:
         return None
-    scopes = tests.select("family", "models").unique().sort(  # a family's widest scope first
-        "family", pl.col("models").str.count_matches(","), "models", descending=[False, True, False])
+    scopes = (
+        tests.select("family", "models")
+        .unique()
+        .sort(  # a family's widest scope first
+            "family", pl.col("models").str.count_matches(","), "models", descending=[False, True, False]
+        )
+    )
     regimes = regime_order(tests["regime_group"].to_list())
     ks = max(tests["strategies"].max() or 2, 2)
-    fig, axes = plt.subplots(scopes.height, len(regimes),
-                             figsize=(4.4 * len(regimes), (0.3 * ks + 1.1) * scopes.height), squeeze=False)
+    fig, axes = plt.subplots(
+        scopes.height, len(regimes), figsize=(4.4 * len(regimes), (0.3 * ks + 1.1) * scopes.height), squeeze=False
+    )
     for r, (family, models) in enumerate(scopes.iter_rows()):
         for c, regime in enumerate(regimes):
             ax = axes[r][c]
-            key = ((pl.col("family") == family) & (pl.col("models") == models) & (pl.col("regime_group") == regime)
-                   & (pl.col("metric") == metric))
+            key = (
+                (pl.col("family") == family)
+                & (pl.col("models") == models)
+                & (pl.col("regime_group") == regime)
+                & (pl.col("metric") == metric)
+            )
             test, ranks, posthoc = tests.filter(key), comparisons.ranks.filter(key), comparisons.posthoc.filter(key)
             title = f"{family} ({models}) · {regime}"
             if ranks.height == 0:
                 ax.axis("off")
                 note = test["note"][0] if test.height else "no cells"
-                ax.text(0.5, 0.5, f"{title}\nno ranks: {note}", ha="center", va="center", fontsize=8,
-                        color="#57606a", wrap=True, transform=ax.transAxes)
+                ax.text(
+                    0.5,
+                    0.5,
+                    f"{title}\nno ranks: {note}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="#57606a",
+                    wrap=True,
+                    transform=ax.transAxes,
+                )
                 continue
             names = ranks["strategy"].to_list()
             tested = test["p_value"][0] is not None and posthoc.height > 0
             # untested: every pair marked apart, so that no bar joins strategies (a bar would claim a test)
-            p = pd.DataFrame(np.eye(len(names)) if not tested else np.ones((len(names), len(names))),
-                             index=names, columns=names)
+            p = pd.DataFrame(
+                np.eye(len(names)) if not tested else np.ones((len(names), len(names))), index=names, columns=names
+            )
             for a, b, value in posthoc.select("a", "b", "p_nemenyi").iter_rows():
                 p.loc[a, b] = p.loc[b, a] = value
             drawn = sp.critical_difference_diagram(
-                dict(zip(names, ranks["mean_rank"].to_list())), p, ax=ax, alpha=alpha,
+                dict(zip(names, ranks["mean_rank"].to_list())),
+                p,
+                ax=ax,
+                alpha=alpha,
                 color_palette={n: style.colour.get(n, "#333333") for n in names},
-                label_fmt_left="{label} ({rank:.2f})", label_fmt_right="({rank:.2f}) {label}")
+                label_fmt_left="{label} ({rank:.2f})",
+                label_fmt_right="({rank:.2f}) {label}",
+            )
             ax.set_xlim(0.8, len(names) + 0.2)
             bottom = min(t.get_position()[1] for t in drawn["labels"]) - 0.8
             ax.set_ylim(bottom, 2.2)
@@ -190,13 +236,14 @@ def fewshot_curves(summary: pl.DataFrame, task: str, metric: str, style: Styles)
     cols = min(len(models), 3)
     rows = math.ceil(len(models) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.5 * cols + 1.3, 2.7 * rows), squeeze=False, sharey=True)
-    for ax in axes.flat[len(models):]:
+    for ax in axes.flat[len(models) :]:
         ax.axis("off")
     dodge = 0.08
     for ax, model in zip(axes.flat, models):
         for j, strategy in enumerate(strategies):
-            sub = data.filter((pl.col("model") == model) & (pl.col("strategy") == strategy)
-                              & pl.col(f"{metric}_mean").is_not_null())
+            sub = data.filter(
+                (pl.col("model") == model) & (pl.col("strategy") == strategy) & pl.col(f"{metric}_mean").is_not_null()
+            )
             shift = (j - (len(strategies) - 1) / 2) * dodge
             colour = style.colour.get(strategy)
             few = sub.filter(pl.col("k").is_not_null()).sort("k")
@@ -264,33 +311,59 @@ def efficiency(summary: pl.DataFrame, task: str, style: Styles, metric: str = "m
             x, label = (x * 60, "compute minutes (all folds)") if minutes else (x, "compute hours (all folds)")
         front = stats.pareto_front(x, mean)
         order = np.argsort(x[front])
-        ax.plot(x[front][order], mean[front][order], color="#57606a", lw=1, ls="--", zorder=1,
-                drawstyle="steps-post", label="Pareto front")
+        ax.plot(
+            x[front][order],
+            mean[front][order],
+            color="#57606a",
+            lw=1,
+            ls="--",
+            zorder=1,
+            drawstyle="steps-post",
+            label="Pareto front",
+        )
         for i, (model, strategy) in enumerate(data.select("model", "strategy").iter_rows()):
-            _interval(ax, [x[i]], [mean[i]], [low[i]], [high[i]], color=style.colour[strategy],
-                      marker=style.marker.get(model, "o"), ms=6, capsize=2, lw=0.8,
-                      markeredgecolor="black" if front[i] else style.colour[strategy], markeredgewidth=1.2)
+            _interval(
+                ax,
+                [x[i]],
+                [mean[i]],
+                [low[i]],
+                [high[i]],
+                color=style.colour[strategy],
+                marker=style.marker.get(model, "o"),
+                ms=6,
+                capsize=2,
+                lw=0.8,
+                markeredgecolor="black" if front[i] else style.colour[strategy],
+                markeredgewidth=1.2,
+            )
         if cost == "trainable_params" and np.nanmin(x) > 0:
             ax.set_xscale("log")
         ax.set_xlabel(label)
     axes[0].set_ylabel(f"{LABELS.get(metric, metric)} ({regime})")
-    handles = [plt.Line2D([], [], color=c, marker="o", ls="none", label=s) for s, c in style.colour.items()
-               if s in data["strategy"].to_list()]
-    handles += [plt.Line2D([], [], color="#57606a", marker=style.marker[m], ls="none", label=m)
-                for m in model_order(data)]
+    handles = [
+        plt.Line2D([], [], color=c, marker="o", ls="none", label=s)
+        for s, c in style.colour.items()
+        if s in data["strategy"].to_list()
+    ]
+    handles += [
+        plt.Line2D([], [], color="#57606a", marker=style.marker[m], ls="none", label=m) for m in model_order(data)
+    ]
     handles.append(plt.Line2D([], [], color="#57606a", ls="--", label="Pareto front (black edge)"))
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False)
     fig.tight_layout()
     return to_svg(fig)
 
 
-def best_pairs(predictions: pl.DataFrame, summary: pl.DataFrame, task: str,
-               top: int = 3) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+def best_pairs(
+    predictions: pl.DataFrame, summary: pl.DataFrame, task: str, top: int = 3
+) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
     """The ``top`` (model, strategy) pairs by mean MCC on full data, with their test labels and probabilities
     pooled over folds; pairs whose pooled test parts hold one class only are left out."""
-    best = (summary.filter((pl.col("task") == task) & (pl.col("regime_group") == "full")
-                           & pl.col("mcc_mean").is_not_null())
-            .sort("mcc_mean", descending=True).head(top))
+    best = (
+        summary.filter((pl.col("task") == task) & (pl.col("regime_group") == "full") & pl.col("mcc_mean").is_not_null())
+        .sort("mcc_mean", descending=True)
+        .head(top)
+    )
     preds = predictions.filter((pl.col("task") == task) & (pl.col("regime_group") == "full"))
     out = []
     for model, strategy in best.select("model", "strategy").iter_rows():
@@ -315,23 +388,35 @@ def roc_pr(predictions: pl.DataFrame, summary: pl.DataFrame, task: str, style: S
         precision, recall, _ = skm.precision_recall_curve(y, p)
         kw = {"color": style.colour[strategy], "ls": DASHES[i % 4], "lw": 1.6}
         roc.plot(fpr, tpr, label=f"{model} · {strategy} (AUC {skm.roc_auc_score(y, p):.2f})", **kw)
-        pr.step(recall, precision, where="post", label=f"{model} · {strategy} (AP {skm.average_precision_score(y, p):.2f})",
-                **kw)
+        pr.step(
+            recall,
+            precision,
+            where="post",
+            label=f"{model} · {strategy} (AP {skm.average_precision_score(y, p):.2f})",
+            **kw,
+        )
     roc.plot([0, 1], [0, 1], color="grey", lw=0.7, ls=":")
-    roc.set(xlabel="false positive rate (1 − specificity)", ylabel="true positive rate (sensitivity)",
-            title="ROC", xlim=(0, 1), ylim=(0, 1.02))
+    roc.set(
+        xlabel="false positive rate (1 − specificity)",
+        ylabel="true positive rate (sensitivity)",
+        title="ROC",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
     positive_rate = pairs[-1][2].mean()
     pr.axhline(positive_rate, color="grey", lw=0.7, ls=":", label=f"chance ({positive_rate:.2f})")
-    pr.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision-recall", xlim=(0, 1),
-           ylim=(0, 1.02))
+    pr.set(
+        xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.02)
+    )
     roc.legend(loc="lower right", frameon=False, fontsize=7.5)
     pr.legend(loc="lower left", frameon=False, fontsize=7.5)
     fig.tight_layout()
     return to_svg(fig)
 
 
-def calibration(predictions: pl.DataFrame, summary: pl.DataFrame, task: str, style: Styles, top: int = 3,
-                bins: int = 10) -> str | None:
+def calibration(
+    predictions: pl.DataFrame, summary: pl.DataFrame, task: str, style: Styles, top: int = 3, bins: int = 10
+) -> str | None:
     """Reliability diagram of the same pairs as :func:`roc_pr`: observed positive rate against mean predicted
     probability in ``bins`` equal-width bins (the bins of the cells' ECE), with the predictions' histogram."""
     from sklearn.calibration import calibration_curve
@@ -346,9 +431,15 @@ def calibration(predictions: pl.DataFrame, summary: pl.DataFrame, task: str, sty
     for i, (model, strategy, y, p) in enumerate(pairs):
         observed, predicted = calibration_curve(y, p, n_bins=bins, strategy="uniform")
         kw = {"color": style.colour[strategy], "ls": DASHES[i % 4], "lw": 1.4}
-        curve.plot(predicted, observed, marker=style.marker[model], ms=4, **kw,
-                   label=f"{model} · {strategy} (ECE {expected_calibration_error(y, p, bins):.2f}, "
-                         f"Brier {skm.brier_score_loss(y, p):.2f})")
+        curve.plot(
+            predicted,
+            observed,
+            marker=style.marker[model],
+            ms=4,
+            **kw,
+            label=f"{model} · {strategy} (ECE {expected_calibration_error(y, p, bins):.2f}, "
+            f"Brier {skm.brier_score_loss(y, p):.2f})",
+        )
         hist.hist(p, bins=edges, histtype="step", **kw)
     curve.plot([0, 1], [0, 1], color="grey", lw=0.7, ls=":")
     curve.set(ylabel="observed positive rate", title="Calibration", xlim=(0, 1), ylim=(0, 1.02))
@@ -360,8 +451,9 @@ def calibration(predictions: pl.DataFrame, summary: pl.DataFrame, task: str, sty
 
 def imbalance(summary: pl.DataFrame, style: Styles) -> str | None:
     """MCC and PR-AUC on full data against each task's positive rate; PR-AUC's chance level is the diagonal."""
-    data = summary.filter((pl.col("regime_group") == "full") & pl.col("mcc_mean").is_not_null()
-                          & pl.col("positive_rate").is_not_null())
+    data = summary.filter(
+        (pl.col("regime_group") == "full") & pl.col("mcc_mean").is_not_null() & pl.col("positive_rate").is_not_null()
+    )
     if data.height == 0:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.2))
@@ -372,8 +464,16 @@ def imbalance(summary: pl.DataFrame, style: Styles) -> str | None:
         for j, strategy in enumerate(strategies):
             sub = data.filter(pl.col("strategy") == strategy)
             x = sub["positive_rate"].to_numpy() + (j - (len(strategies) - 1) / 2) * 0.006
-            ax.scatter(x, sub[f"{metric}_mean"].to_numpy(), color=style.colour[strategy], s=24, label=strategy,
-                       edgecolor="white", linewidth=0.5, zorder=3)
+            ax.scatter(
+                x,
+                sub[f"{metric}_mean"].to_numpy(),
+                color=style.colour[strategy],
+                s=24,
+                label=strategy,
+                edgecolor="white",
+                linewidth=0.5,
+                zorder=3,
+            )
         if metric == "pr_auc":
             ax.plot([0, 1], [0, 1], color="grey", lw=0.7, ls=":", label="chance (= positive rate)")
             ax.set_ylim(0, 1.02)

@@ -19,8 +19,9 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 
 def logreg(spec: dict, n_train: int, seed: int) -> ClassifierMixin:
     """L2-regularised, class-balanced logistic regression on standardised features, inverse strength ``C``."""
-    return make_pipeline(StandardScaler(), LogisticRegression(C=spec["C"], class_weight="balanced", max_iter=5000,
-                                                              random_state=seed))
+    return make_pipeline(
+        StandardScaler(), LogisticRegression(C=spec["C"], class_weight="balanced", max_iter=5000, random_state=seed)
+    )
 
 
 def knn(spec: dict, n_train: int, seed: int) -> ClassifierMixin:

@@ -105,6 +105,7 @@ class Results:
 
 # --- small HTML pieces ----------------------------------------------------------------------------------
 
+
 def esc(value) -> str:
     return html.escape(str(value))
 
@@ -116,7 +117,13 @@ def _fmt(value) -> tuple[str, str]:
     if isinstance(value, bool):
         return ("yes" if value else "no"), str(int(value))
     if isinstance(value, float):
-        shown = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}" if abs(value) < 0.001 and value else f"{value:.3f}"
+        shown = (
+            f"{value:,.0f}"
+            if abs(value) >= 1000
+            else f"{value:.3g}"
+            if abs(value) < 0.001 and value
+            else f"{value:.3f}"
+        )
         return shown, repr(value)
     if isinstance(value, int):
         return f"{value:,}", str(value)
@@ -156,16 +163,25 @@ def with_text(summary: pl.DataFrame) -> pl.DataFrame:
     """Add ``<metric>_text`` columns: '0.812 [0.74, 0.86]' for CI metrics, '0.812 ± 0.050' for the others."""
     texts = {}
     for m in METRIC_COLUMNS:
-        rows = summary.select([pl.col(f"{m}_{s}") if f"{m}_{s}" in summary.columns else pl.lit(None).alias(f"{m}_{s}")
-                               for s in ("mean", "sd", "ci_low", "ci_high")]).iter_rows()
+        rows = summary.select(
+            [
+                pl.col(f"{m}_{s}") if f"{m}_{s}" in summary.columns else pl.lit(None).alias(f"{m}_{s}")
+                for s in ("mean", "sd", "ci_low", "ci_high")
+            ]
+        ).iter_rows()
         texts[f"{m}_text"] = [
-            "–" if mean is None else f"{_num(mean, 3)} [{_num(low, 2)}, {_num(high, 2)}]"
-            if low is not None and not math.isnan(low) else f"{_num(mean, 3)} ± {_num(sd or 0.0, 3)}"
-            for mean, sd, low, high in rows]
+            "–"
+            if mean is None
+            else f"{_num(mean, 3)} [{_num(low, 2)}, {_num(high, 2)}]"
+            if low is not None and not math.isnan(low)
+            else f"{_num(mean, 3)} ± {_num(sd or 0.0, 3)}"
+            for mean, sd, low, high in rows
+        ]
     return summary.with_columns(pl.Series(k, v, dtype=pl.String) for k, v in texts.items())
 
 
 # --- sections ---------------------------------------------------------------------------------------------
+
 
 def figures(res: Results) -> list[Figure]:
     """Every figure the data allow, in page order."""
@@ -185,12 +201,20 @@ def figures(res: Results) -> list[Figure]:
         add("calibration", task, plots.calibration(res.predictions, summary, task, style))
         add("fewshot", task, plots.fewshot_curves(summary, task, "mcc", style))
     for metric in ("mcc", "pr_auc"):
-        add(f"cd_{metric}", metric, plots.cd_diagrams(res.comparisons, metric, style, res.alpha),
-            f"Alpha = {res.alpha}.")
+        add(
+            f"cd_{metric}",
+            metric,
+            plots.cd_diagrams(res.comparisons, metric, style, res.alpha),
+            f"Alpha = {res.alpha}.",
+        )
     for task in tasks:
         add("efficiency", task, plots.efficiency(summary, task, style))
-    add("imbalance", "all", plots.imbalance(summary, style),
-        "Only one task: points stand in one column." if len(tasks) == 1 else "")
+    add(
+        "imbalance",
+        "all",
+        plots.imbalance(summary, style),
+        "Only one task: points stand in one column." if len(tasks) == 1 else "",
+    )
     return out
 
 
@@ -212,39 +236,62 @@ def _cards(res: Results) -> str:
     if missing and res.projection is not None:
         rest = res.projection.filter(pl.col("cell").is_in(res.missing["cell"].implode()))
         unknown = rest["source"].null_count()
-        to_go = card(f'{(rest["seconds"].sum() or 0) / 3600:,.2f} h', "projected for the missing cells"
-                     + (f" ({unknown:,} not estimable yet)" if unknown else ""))
+        to_go = card(
+            f"{(rest['seconds'].sum() or 0) / 3600:,.2f} h",
+            "projected for the missing cells" + (f" ({unknown:,} not estimable yet)" if unknown else ""),
+        )
 
-    bar = "".join(f'<span style="width:{100 * n / total:.2f}%;background:{c}"></span>'
-                  for n, c in ((ok.height, "#2da44e"), (failed, "#cf222e"), (missing, "#d0d7de")))
-    return (f'<div class="cards">{card(f"{ok.height:,}", "cells done")}{card(f"{failed:,}", "cells failed", failed > 0)}'
-            f'{card(f"{missing:,}", "cells missing", missing > 0)}{to_go}{card(f"{hours:,.2f} h", f"compute ({devices})")}'
-            f'{card(f"{gpu_hours:,.2f} h", "GPU-hours") if gpu_hours else ""}'
-            f'{card("–" if peak is None else f"{peak:,.0f} MB", "largest peak memory")}'
-            f'{card(f"{rejected:,}", "images rejected")}</div>'
-            f'<div class="progress" title="done / failed / missing">{bar}</div>'
-            f'<p class="small muted legend"><i style="background:#2da44e"></i>done <i style="background:#cf222e"></i>failed'
-            f' <i style="background:#d0d7de"></i>missing — {100 * ok.height / total:.0f}% of the grid has a result.</p>')
+    bar = "".join(
+        f'<span style="width:{100 * n / total:.2f}%;background:{c}"></span>'
+        for n, c in ((ok.height, "#2da44e"), (failed, "#cf222e"), (missing, "#d0d7de"))
+    )
+    return (
+        f'<div class="cards">{card(f"{ok.height:,}", "cells done")}{card(f"{failed:,}", "cells failed", failed > 0)}'
+        f"{card(f'{missing:,}', 'cells missing', missing > 0)}{to_go}{card(f'{hours:,.2f} h', f'compute ({devices})')}"
+        f"{card(f'{gpu_hours:,.2f} h', 'GPU-hours') if gpu_hours else ''}"
+        f"{card('–' if peak is None else f'{peak:,.0f} MB', 'largest peak memory')}"
+        f"{card(f'{rejected:,}', 'images rejected')}</div>"
+        f'<div class="progress" title="done / failed / missing">{bar}</div>'
+        f'<p class="small muted legend"><i style="background:#2da44e"></i>done <i style="background:#cf222e"></i>failed'
+        f' <i style="background:#d0d7de"></i>missing — {100 * ok.height / total:.0f}% of the grid has a result.</p>'
+    )
 
 
 def _grid_line(res: Results) -> str:
-    frame = pl.concat([res.cells.select("task", "model", "strategy", "regime", "fold"),
-                       _missing_keys(res.missing)]) if res.cells.height or res.missing.height else res.cells
+    frame = (
+        pl.concat([res.cells.select("task", "model", "strategy", "regime", "fold"), _missing_keys(res.missing)])
+        if res.cells.height or res.missing.height
+        else res.cells
+    )
     if frame.height == 0:
         return '<p class="note">The grid has no cells: nothing to report beyond the data.</p>'
     plural = {"task": "tasks", "model": "models", "strategy": "strategies"}
     parts = [f"{frame[c].n_unique()} {c if frame[c].n_unique() == 1 else plural[c]}" for c in plural]
     regimes = plots.regime_order({r if not r.startswith("k") else r.split("r")[0] for r in frame["regime"].unique()})
-    empty = ('<p class="note">No cell has a result yet: the report lists the grid\'s cells and the data reports.</p>'
-             if res.cells.height == 0 else "")
-    return (f'<p>Grid: {", ".join(parts)}; regimes {esc(", ".join(regimes))}; {frame["fold"].n_unique()} folds '
-            f'— {frame.height:,} cells.</p>{empty}')
+    empty = (
+        '<p class="note">No cell has a result yet: the report lists the grid\'s cells and the data reports.</p>'
+        if res.cells.height == 0
+        else ""
+    )
+    return (
+        f"<p>Grid: {', '.join(parts)}; regimes {esc(', '.join(regimes))}; {frame['fold'].n_unique()} folds "
+        f"— {frame.height:,} cells.</p>{empty}"
+    )
 
 
 def _missing_keys(missing: pl.DataFrame) -> pl.DataFrame:
     rows = [aggregate.cell_keys(cell) for cell in missing["cell"]]
-    return pl.DataFrame(rows, schema={"cell": pl.String, "task": pl.String, "model": pl.String, "strategy": pl.String,
-                                      "regime": pl.String, "fold": pl.Int64}).drop("cell")
+    return pl.DataFrame(
+        rows,
+        schema={
+            "cell": pl.String,
+            "task": pl.String,
+            "model": pl.String,
+            "strategy": pl.String,
+            "regime": pl.String,
+            "fold": pl.Int64,
+        },
+    ).drop("cell")
 
 
 def _key_results(res: Results) -> str:
@@ -254,36 +301,62 @@ def _key_results(res: Results) -> str:
     ranked = s.sort("mcc_mean", descending=True).group_by("task", "regime_group", maintain_order=True)
     best = ranked.agg(
         pl.format("{} · {}", pl.col("model"), pl.col("strategy")).first().alias("best (model · strategy)"),
-        pl.col("mcc_text").first().alias("MCC [95% CI]"), pl.col("mcc_mean").first().alias("_mcc"),
-        pl.col("pr_auc_text").first().alias("PR-AUC [95% CI]"), pl.col("pr_auc_mean").first().alias("_pr"),
+        pl.col("mcc_text").first().alias("MCC [95% CI]"),
+        pl.col("mcc_mean").first().alias("_mcc"),
+        pl.col("pr_auc_text").first().alias("PR-AUC [95% CI]"),
+        pl.col("pr_auc_mean").first().alias("_pr"),
         pl.format("{} · {}", pl.col("model"), pl.col("strategy")).get(1, null_on_oob=True).alias("runner-up"),
         (pl.col("mcc_mean").first() - pl.col("mcc_mean").get(1, null_on_oob=True)).alias("MCC lead"),
-        pl.len().alias("combinations"))
+        pl.len().alias("combinations"),
+    )
     best = best.with_columns(pl.col("regime_group").alias("regime")).select(
-        "task", "regime", "best (model · strategy)", "MCC [95% CI]", "_mcc", "PR-AUC [95% CI]", "_pr", "runner-up",
-        "MCC lead", "combinations")
+        "task",
+        "regime",
+        "best (model · strategy)",
+        "MCC [95% CI]",
+        "_mcc",
+        "PR-AUC [95% CI]",
+        "_pr",
+        "runner-up",
+        "MCC lead",
+        "combinations",
+    )
     order = {r: i for i, r in enumerate(plots.regime_order(best["regime"].to_list()))}
     best = best.sort(pl.col("task"), pl.col("regime").replace_strict(order, return_dtype=pl.Int64))
-    return ("<h3>Best per task and regime</h3><p class='small muted'>Ranked by mean MCC; the CI is a 95% patient "
-            "bootstrap of that mean. A lead smaller than the CI width is not a win: see the tests below.</p>"
-            + table_html(best, {"MCC [95% CI]": "_mcc", "PR-AUC [95% CI]": "_pr"}))
+    return (
+        "<h3>Best per task and regime</h3><p class='small muted'>Ranked by mean MCC; the CI is a 95% patient "
+        "bootstrap of that mean. A lead smaller than the CI width is not a win: see the tests below.</p>"
+        + table_html(best, {"MCC [95% CI]": "_mcc", "PR-AUC [95% CI]": "_pr"})
+    )
 
 
 def _labels_used(summary: pl.DataFrame) -> str:
     """The label budget next to K: the most labelled patients any K-shot cell trained and validated on."""
-    rows = (summary.filter(pl.col("k").is_not_null())
-            .group_by("task", "k", "validation").agg(pl.col("train_patients_max").max(), pl.col("val_patients_max").max())
-            .sort("task", "k"))
+    rows = (
+        summary.filter(pl.col("k").is_not_null())
+        .group_by("task", "k", "validation")
+        .agg(pl.col("train_patients_max").max(), pl.col("val_patients_max").max())
+        .sort("task", "k")
+    )
     if not rows.height:
         return ""
-    note = {"kshot": "K per class of the fold's validation part (at most 2K)", "full": "the fold's whole validation "
-            "part: more labels than K", "none": "none: max_epochs, threshold 0.5"}
-    table = rows.select("task", "k", pl.col("train_patients_max").alias("training patients (at most)"),
-                        pl.col("val_patients_max").alias("validation patients (at most)"),
-                        pl.col("validation").replace_strict(note, default=pl.col("validation")).alias("validation on"))
-    return ("<p class='small muted'>Labels each K-shot cell learned or selected from (training, early stopping, "
-            "threshold, candidate settings): K patients per class to train on, and what it validated on.</p>"
-            + table_html(table))
+    note = {
+        "kshot": "K per class of the fold's validation part (at most 2K)",
+        "full": "the fold's whole validation part: more labels than K",
+        "none": "none: max_epochs, threshold 0.5",
+    }
+    table = rows.select(
+        "task",
+        "k",
+        pl.col("train_patients_max").alias("training patients (at most)"),
+        pl.col("val_patients_max").alias("validation patients (at most)"),
+        pl.col("validation").replace_strict(note, default=pl.col("validation")).alias("validation on"),
+    )
+    return (
+        "<p class='small muted'>Labels each K-shot cell learned or selected from (training, early stopping, "
+        "threshold, candidate settings): K patients per class to train on, and what it validated on.</p>"
+        + table_html(table)
+    )
 
 
 def _tests_table(res: Results, metric: str) -> pl.DataFrame:
@@ -292,17 +365,38 @@ def _tests_table(res: Results, metric: str) -> pl.DataFrame:
     if f.height == 0:
         return f
     scope = ["family", "models", "regime_group"]
-    best = (res.comparisons.ranks.filter(pl.col("metric") == metric).sort("mean_rank")
-            .group_by(scope, maintain_order=True)
-            .agg(pl.format("{} ({})", pl.col("strategy"), pl.col("mean_rank").round(2)).first().alias("best mean rank")))
-    verdict = (pl.when(pl.col("p_value").is_null()).then(pl.lit("not tested"))
-               .when(pl.col("p_value") < res.alpha).then(pl.lit("strategies differ"))
-               .otherwise(pl.lit("no evidence of a difference")))
-    return (f.join(best, on=scope, how="left")
-            .with_columns(verdict.alias("verdict"), pl.col("regime_group").alias("regime"))
-            .select("family", "models", "regime", "strategies", pl.col("tasks").alias("tasks (blocks)"),
-                    "tasks_dropped", "cells_unpaired", pl.col("statistic").alias("chi²"), "p_value", "verdict",
-                    pl.col("critical_difference").alias("CD"), "best mean rank", "note"))
+    best = (
+        res.comparisons.ranks.filter(pl.col("metric") == metric)
+        .sort("mean_rank")
+        .group_by(scope, maintain_order=True)
+        .agg(pl.format("{} ({})", pl.col("strategy"), pl.col("mean_rank").round(2)).first().alias("best mean rank"))
+    )
+    verdict = (
+        pl.when(pl.col("p_value").is_null())
+        .then(pl.lit("not tested"))
+        .when(pl.col("p_value") < res.alpha)
+        .then(pl.lit("strategies differ"))
+        .otherwise(pl.lit("no evidence of a difference"))
+    )
+    return (
+        f.join(best, on=scope, how="left")
+        .with_columns(verdict.alias("verdict"), pl.col("regime_group").alias("regime"))
+        .select(
+            "family",
+            "models",
+            "regime",
+            "strategies",
+            pl.col("tasks").alias("tasks (blocks)"),
+            "tasks_dropped",
+            "cells_unpaired",
+            pl.col("statistic").alias("chi²"),
+            "p_value",
+            "verdict",
+            pl.col("critical_difference").alias("CD"),
+            "best mean rank",
+            "note",
+        )
+    )
 
 
 def against_best(res: Results, metric: str) -> pl.DataFrame:
@@ -312,28 +406,51 @@ def against_best(res: Results, metric: str) -> pl.DataFrame:
     if w.height == 0 or res.summary.height == 0:
         return pl.DataFrame()
     keys = ["task", "regime_group", "model"]
-    best = (res.summary.filter(pl.col(f"{metric}_mean").is_not_null()).sort(f"{metric}_mean", descending=True)
-            .group_by(keys, maintain_order=True)
-            .agg(pl.col("strategy").first().alias("best"), pl.col(f"{metric}_mean").first().alias("best_mean")))
+    best = (
+        res.summary.filter(pl.col(f"{metric}_mean").is_not_null())
+        .sort(f"{metric}_mean", descending=True)
+        .group_by(keys, maintain_order=True)
+        .agg(pl.col("strategy").first().alias("best"), pl.col(f"{metric}_mean").first().alias("best_mean"))
+    )
     w = w.join(best, on=keys)
     sides = []
     for me, other, sign in (("a", "b", -1), ("b", "a", 1)):  # mean_diff is a - b
-        sides.append(w.filter(pl.col(me) == pl.col("best")).select(
-            *keys, "best", "best_mean", pl.col(other).alias("strategy"), "folds",
-            (sign * pl.col("mean_diff") + 0.0).alias("Δ"),  # + 0.0: no "-0.000"
-            pl.col(f"p_{me}_better").alias("P(best better)"), pl.col("p_equivalent").alias("P(equivalent)"),
-            pl.col(f"p_{other}_better").alias("P(this better)"), "p_holm", "note"))
+        sides.append(
+            w.filter(pl.col(me) == pl.col("best")).select(
+                *keys,
+                "best",
+                "best_mean",
+                pl.col(other).alias("strategy"),
+                "folds",
+                (sign * pl.col("mean_diff") + 0.0).alias("Δ"),  # + 0.0: no "-0.000"
+                pl.col(f"p_{me}_better").alias("P(best better)"),
+                pl.col("p_equivalent").alias("P(equivalent)"),
+                pl.col(f"p_{other}_better").alias("P(this better)"),
+                "p_holm",
+                "note",
+            )
+        )
     rows = pl.concat(sides)
     decided = stats.DECISION
-    verdict = (pl.when(pl.col("P(best better)") >= decided).then(pl.lit("worse"))
-               .when(pl.col("P(equivalent)") >= decided).then(pl.lit("equivalent"))
-               .when(pl.col("P(this better)") >= decided).then(pl.lit("better"))
-               .when(pl.col("P(best better)").is_null()).then(pl.lit("not tested"))
-               .otherwise(pl.lit("undecided")))
+    verdict = (
+        pl.when(pl.col("P(best better)") >= decided)
+        .then(pl.lit("worse"))
+        .when(pl.col("P(equivalent)") >= decided)
+        .then(pl.lit("equivalent"))
+        .when(pl.col("P(this better)") >= decided)
+        .then(pl.lit("better"))
+        .when(pl.col("P(best better)").is_null())
+        .then(pl.lit("not tested"))
+        .otherwise(pl.lit("undecided"))
+    )
     order = {r: i for i, r in enumerate(plots.regime_order(rows["regime_group"].to_list()))}
-    return (rows.with_columns(verdict.alias("verdict"))
-            .sort(pl.col("task"), pl.col("regime_group").replace_strict(order, return_dtype=pl.Int64), "model",
-                  pl.col("Δ"), descending=[False, False, False, True]))
+    return rows.with_columns(verdict.alias("verdict")).sort(
+        pl.col("task"),
+        pl.col("regime_group").replace_strict(order, return_dtype=pl.Int64),
+        "model",
+        pl.col("Δ"),
+        descending=[False, False, False, True],
+    )
 
 
 def _within_html(res: Results, metric: str, label: str) -> str:
@@ -348,51 +465,85 @@ def _within_html(res: Results, metric: str, label: str) -> str:
         return pl.col("strategy").filter(pl.col("verdict") == kind).str.join(", ").alias(kind)
 
     kinds = ("worse", "equivalent", "undecided", "better", "not tested")
-    compact = (rows.group_by(keys, maintain_order=True)
-               .agg(pl.col("best").first(), pl.col("best_mean").first().alias(label), pl.col("folds").max(),
-                    *(listed(k) for k in kinds))
-               .rename({"regime_group": "regime", "folds": "folds (units)", "worse": f"worse (P ≥ {stats.DECISION})",
-                        "equivalent": f"equivalent (P ≥ {stats.DECISION})"}))
+    compact = (
+        rows.group_by(keys, maintain_order=True)
+        .agg(
+            pl.col("best").first(),
+            pl.col("best_mean").first().alias(label),
+            pl.col("folds").max(),
+            *(listed(k) for k in kinds),
+        )
+        .rename(
+            {
+                "regime_group": "regime",
+                "folds": "folds (units)",
+                "worse": f"worse (P ≥ {stats.DECISION})",
+                "equivalent": f"equivalent (P ≥ {stats.DECISION})",
+            }
+        )
+    )
     empty = [c for c in compact.columns if compact[c].dtype == pl.String and not compact[c].str.len_chars().max()]
     compact = compact.drop(empty)  # a verdict no strategy got
     rope = res.comparisons.within_task["rope"][0]
-    detail = rows.select("task", pl.col("regime_group").alias("regime"), "model", "best", "strategy",
-                         pl.col("folds").alias("folds (units)"), pl.col("Δ").alias(f"Δ {label} (this − best)"),
-                         "P(best better)", "P(equivalent)", "P(this better)", "verdict",
-                         pl.col("p_holm").alias("corrected t: p (Holm)"), "note")
-    return (f"<h3>Within each task: strategies against the best, {label}</h3><p class='small muted'>Unit: the "
-            f"<b>fold</b> (few-shot repetitions averaged per fold); N = the folds column. For each task, regime and "
-            f"model, every strategy is compared with the one of highest mean {label} by the Bayesian correlated "
-            f"t-test (baycomp) with a region of practical equivalence of ±{rope:g}: 'worse' means P(best better by "
-            f"more than {rope:g}) ≥ {stats.DECISION}, 'equivalent' P(difference within ±{rope:g}) ≥ "
-            f"{stats.DECISION}; "
-            f"'undecided' means the folds cannot tell. The test accounts for the folds' shared training patients "
-            f"(Nadeau-Bengio correction); its frequentist twin, the corrected resampled t, is in the details and in "
-            f"<code>results/stats/within_task.csv</code> (every pair, MCC and PR-AUC).</p>" + table_html(compact)
-            + "<details><summary>every strategy against the best, with the probabilities</summary>"
-            + table_html(detail) + "</details>")
+    detail = rows.select(
+        "task",
+        pl.col("regime_group").alias("regime"),
+        "model",
+        "best",
+        "strategy",
+        pl.col("folds").alias("folds (units)"),
+        pl.col("Δ").alias(f"Δ {label} (this − best)"),
+        "P(best better)",
+        "P(equivalent)",
+        "P(this better)",
+        "verdict",
+        pl.col("p_holm").alias("corrected t: p (Holm)"),
+        "note",
+    )
+    return (
+        f"<h3>Within each task: strategies against the best, {label}</h3><p class='small muted'>Unit: the "
+        f"<b>fold</b> (few-shot repetitions averaged per fold); N = the folds column. For each task, regime and "
+        f"model, every strategy is compared with the one of highest mean {label} by the Bayesian correlated "
+        f"t-test (baycomp) with a region of practical equivalence of ±{rope:g}: 'worse' means P(best better by "
+        f"more than {rope:g}) ≥ {stats.DECISION}, 'equivalent' P(difference within ±{rope:g}) ≥ "
+        f"{stats.DECISION}; "
+        f"'undecided' means the folds cannot tell. The test accounts for the folds' shared training patients "
+        f"(Nadeau-Bengio correction); its frequentist twin, the corrected resampled t, is in the details and in "
+        f"<code>results/stats/within_task.csv</code> (every pair, MCC and PR-AUC).</p>"
+        + table_html(compact)
+        + "<details><summary>every strategy against the best, with the probabilities</summary>"
+        + table_html(detail)
+        + "</details>"
+    )
 
 
 def _missing_html(res: Results) -> str:
     parts = []
     failed = res.cells.filter(pl.col("status") != "ok")
     if failed.height:
-        parts.append(f"<h3 class='bad'>Failed cells ({failed.height})</h3><p class='small muted'>These cells ran "
-                     "but produced no usable result (their metrics are left out of every figure and test).</p>"
-                     + table_html(failed.select("task", "model", "strategy", "regime", "fold", "error")))
+        parts.append(
+            f"<h3 class='bad'>Failed cells ({failed.height})</h3><p class='small muted'>These cells ran "
+            "but produced no usable result (their metrics are left out of every figure and test).</p>"
+            + table_html(failed.select("task", "model", "strategy", "regime", "fold", "error"))
+        )
     if res.missing.height:
         keys = _missing_keys(res.missing)
-        grouped = (keys.group_by("task", "model", "strategy").agg(pl.len().alias("missing cells"),
-                                                                   pl.col("regime").unique().sort().str.join(", ").alias("regimes"))
-                   .sort("task", "model", "strategy"))
+        grouped = (
+            keys.group_by("task", "model", "strategy")
+            .agg(pl.len().alias("missing cells"), pl.col("regime").unique().sort().str.join(", ").alias("regimes"))
+            .sort("task", "model", "strategy")
+        )
         listing = res.missing.with_columns(pl.col("log").fill_null("no log: not started"))
         parts.append(
             f"<h3 class='bad'>Missing cells ({res.missing.height})</h3><p class='small muted'>Cells of the grid with "
             "no result: not run yet, or their job stopped without writing one (the log's last line says why). "
             "Figures and tests use the cells that exist; rerun <code>snakemake</code> (with "
-            "<code>--keep-going</code>) to fill the grid.</p>" + table_html(grouped)
+            "<code>--keep-going</code>) to fill the grid.</p>"
+            + table_html(grouped)
             + "<details><summary>every missing cell and the last line of its log</summary>"
-            + table_html(listing.rename({"log": "last log line"}).head(2000)) + "</details>")
+            + table_html(listing.rename({"log": "last log line"}).head(2000))
+            + "</details>"
+        )
     return "".join(parts)
 
 
@@ -419,8 +570,10 @@ def _data_html(res: Results) -> str:
             reason = "reason" if "reason" in rejects.columns else rejects.columns[-1]
             counts = dict(rejects.group_by(reason).agg(pl.len()).sort("len", descending=True).iter_rows())
             title = f"images rejected from {rep.get('dataset')}"
-            out.append(f"<div class='grid'>{_count_table(title, counts)}</div>"
-                       f"<details><summary>the {rejects.height} rejected files</summary>{table_html(rejects.head(1000))}</details>")
+            out.append(
+                f"<div class='grid'>{_count_table(title, counts)}</div>"
+                f"<details><summary>the {rejects.height} rejected files</summary>{table_html(rejects.head(1000))}</details>"
+            )
     return "".join(out)
 
 
@@ -428,11 +581,15 @@ def _count_table(title: str, counts: dict, classes: bool = False) -> str:
     """A small table of counts with inline bars (crisp in print, no figure needed)."""
     top = max((abs(v) for v in counts.values()), default=0) or 1
     names = {"0": "0 · negative", "1": "1 · positive"} if classes else {}
-    rows = "".join(f"<tr><td class='t'>{esc(names.get(str(k), k))}</td><td>{_fmt(v)[0]}</td>"
-                   f"<td class='t'><span class='bar' style='width:{80 * abs(v) / top:.0f}px'></span></td></tr>"
-                   for k, v in counts.items())
-    return (f"<table><thead><tr><th class='t'>{esc(title)}</th><th>n</th><th></th></tr></thead>"
-            f"<tbody>{rows}</tbody></table>")
+    rows = "".join(
+        f"<tr><td class='t'>{esc(names.get(str(k), k))}</td><td>{_fmt(v)[0]}</td>"
+        f"<td class='t'><span class='bar' style='width:{80 * abs(v) / top:.0f}px'></span></td></tr>"
+        for k, v in counts.items()
+    )
+    return (
+        f"<table><thead><tr><th class='t'>{esc(title)}</th><th>n</th><th></th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    )
 
 
 METHODS = """
@@ -471,8 +628,13 @@ tasks as evidence of equivalence (within a task, the ROPE probability says how e
 
 def _methods(res: Results) -> str:
     rope = res.comparisons.within_task["rope"]
-    values = {"resamples": f"{res.resamples:,}", "alpha": str(res.alpha), "min_tasks": str(stats.min_tasks(res.alpha)),
-              "rope": f"{rope[0]:g}" if rope.len() else "report.rope", "decision": str(stats.DECISION)}
+    values = {
+        "resamples": f"{res.resamples:,}",
+        "alpha": str(res.alpha),
+        "min_tasks": str(stats.min_tasks(res.alpha)),
+        "rope": f"{rope[0]:g}" if rope.len() else "report.rope",
+        "decision": str(stats.DECISION),
+    }
     text = METHODS
     for key, value in values.items():
         text = text.replace("{" + key + "}", value)
@@ -486,29 +648,59 @@ def build(res: Results, figs: list[Figure]) -> str:
         by_kind.setdefault(fig.kind, []).append(fig)
     tasks = sorted(res.summary["task"].unique().to_list()) if res.summary.height else []
     status = _missing_html(res)
-    sections = [("overview", "Overview"), ("status", "Failed & missing" if status else ""),
-                ("tasks", "Results per task"), ("fewshot", "Few-shot" if "fewshot" in by_kind else ""),
-                ("stats", "Statistics"), ("cost", "Cost"), ("imbalance", "Imbalance" if "imbalance" in by_kind else ""),
-                ("table", "All results"), ("data", "Data"), ("methods", "Methods")]
+    sections = [
+        ("overview", "Overview"),
+        ("status", "Failed & missing" if status else ""),
+        ("tasks", "Results per task"),
+        ("fewshot", "Few-shot" if "fewshot" in by_kind else ""),
+        ("stats", "Statistics"),
+        ("cost", "Cost"),
+        ("imbalance", "Imbalance" if "imbalance" in by_kind else ""),
+        ("table", "All results"),
+        ("data", "Data"),
+        ("methods", "Methods"),
+    ]
     nav = "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in sections if t)
-    p = [f"<header><h1>{esc(res.title)}</h1><p class='muted small'>ftbench {__version__} · generated "
-         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · self-contained: works offline and prints</p></header>",
-         f"<nav class='nop'>{nav}</nav>",
-         "<h2 id='overview'>Overview</h2>", _grid_line(res), _cards(res), _key_results(res)]
+    p = [
+        f"<header><h1>{esc(res.title)}</h1><p class='muted small'>ftbench {__version__} · generated "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · self-contained: works offline and prints</p></header>",
+        f"<nav class='nop'>{nav}</nav>",
+        "<h2 id='overview'>Overview</h2>",
+        _grid_line(res),
+        _cards(res),
+        _key_results(res),
+    ]
     tests = _tests_table(res, "mcc")
     if tests.height:
-        p.append("<h3>Do strategies differ across tasks? (MCC)</h3><p class='small muted'>Friedman test per model "
-                 "family and regime; the unit is the <b>task</b> (one block per task), never a fold. Within-task "
-                 "comparisons, PR-AUC and the pairwise tests under <a href='#stats'>Statistics</a>.</p>"
-                 + table_html(tests.select("family", "models", "regime", "strategies", "tasks (blocks)", "p_value",
-                                           "verdict", "best mean rank", "note")))
+        p.append(
+            "<h3>Do strategies differ across tasks? (MCC)</h3><p class='small muted'>Friedman test per model "
+            "family and regime; the unit is the <b>task</b> (one block per task), never a fold. Within-task "
+            "comparisons, PR-AUC and the pairwise tests under <a href='#stats'>Statistics</a>.</p>"
+            + table_html(
+                tests.select(
+                    "family",
+                    "models",
+                    "regime",
+                    "strategies",
+                    "tasks (blocks)",
+                    "p_value",
+                    "verdict",
+                    "best mean rank",
+                    "note",
+                )
+            )
+        )
     if status:
         p += ["<h2 id='status'>Failed and missing cells</h2>", status]
     p.append("<h2 id='tasks'>Results per task</h2>")
     for task in tasks:
         p.append(f"<h3>{esc(task)}</h3>")
-        p += [figure_html(f) for kind in ("heatmap_mcc", "heatmap_pr_auc", "roc_pr", "calibration")
-              for f in by_kind.get(kind, []) if f.name == task]
+        p += [
+            figure_html(f)
+            for kind in ("heatmap_mcc", "heatmap_pr_auc", "roc_pr", "calibration")
+            for f in by_kind.get(kind, [])
+            if f.name == task
+        ]
     if "fewshot" in by_kind:
         p.append("<h2 id='fewshot'>Few-shot</h2>" + _labels_used(res.summary))
         for f in by_kind["fewshot"]:
@@ -518,21 +710,36 @@ def build(res: Results, figs: list[Figure]) -> str:
     for metric, label in (("mcc", "MCC"), ("pr_auc", "PR-AUC")):
         t = _tests_table(res, metric)
         if t.height:
-            p.append(f"<h3>Across tasks: Friedman tests, {label}</h3><p class='small muted'>Unit: the <b>task</b>; "
-                     f"N = tasks (blocks). A block is a strategy's {label} averaged over the family's models (listed), "
-                     f"folds and repetitions, on the cells every strategy of the row has ('cells unpaired': cells left "
-                     f"out because some strategy lacks them; 'tasks dropped': tasks without such a cell).</p>"
-                     + table_html(t))
+            p.append(
+                f"<h3>Across tasks: Friedman tests, {label}</h3><p class='small muted'>Unit: the <b>task</b>; "
+                f"N = tasks (blocks). A block is a strategy's {label} averaged over the family's models (listed), "
+                f"folds and repetitions, on the cells every strategy of the row has ('cells unpaired': cells left "
+                f"out because some strategy lacks them; 'tasks dropped': tasks without such a cell).</p>"
+                + table_html(t)
+            )
     w = res.comparisons.wilcoxon
     if w.height:
-        w = w.select("family", "models", pl.col("regime_group").alias("regime"), "metric", "a", "b",
-                     pl.col("pairs").alias("tasks (units)"), "median_diff",
-                     pl.format("{} / {} / {}", "wins", "ties", "losses").alias("a wins / ties / b wins"),
-                     "p_value", "p_holm", "significant", "note")
-        p.append(f"<h3>Across tasks: paired Wilcoxon tests with Holm correction</h3><p class='small muted'>Unit: the "
-                 f"<b>task</b>. Differences a − b over the tasks both strategies have (positive: a better). "
-                 f"'significant' means Holm-adjusted p &lt; {res.alpha} within the family, models, regime and metric. "
-                 f"Click a header to sort.</p>" + table_html(w))
+        w = w.select(
+            "family",
+            "models",
+            pl.col("regime_group").alias("regime"),
+            "metric",
+            "a",
+            "b",
+            pl.col("pairs").alias("tasks (units)"),
+            "median_diff",
+            pl.format("{} / {} / {}", "wins", "ties", "losses").alias("a wins / ties / b wins"),
+            "p_value",
+            "p_holm",
+            "significant",
+            "note",
+        )
+        p.append(
+            f"<h3>Across tasks: paired Wilcoxon tests with Holm correction</h3><p class='small muted'>Unit: the "
+            f"<b>task</b>. Differences a − b over the tasks both strategies have (positive: a better). "
+            f"'significant' means Holm-adjusted p &lt; {res.alpha} within the family, models, regime and metric. "
+            f"Click a header to sort.</p>" + table_html(w)
+        )
     p.append(_within_html(res, "mcc", "MCC"))
     if not res.comparisons.friedman.height:
         p.append("<p class='note'>No statistics: no strategy has a result yet.</p>")
@@ -541,17 +748,24 @@ def build(res: Results, figs: list[Figure]) -> str:
         p += [f"<h3>{esc(f.name)}</h3>", figure_html(f)]
     if "imbalance" in by_kind:
         p += ["<h2 id='imbalance'>Class imbalance</h2>", *map(figure_html, by_kind["imbalance"])]
-    p.append("<h2 id='table'>All results</h2><p class='small muted'>One row per (task, model, strategy, regime): "
-             "mean [95% CI] for MCC and PR-AUC, mean ± SD otherwise. Click a header to sort.</p>")
+    p.append(
+        "<h2 id='table'>All results</h2><p class='small muted'>One row per (task, model, strategy, regime): "
+        "mean [95% CI] for MCC and PR-AUC, mean ± SD otherwise. Click a header to sort.</p>"
+    )
     if res.summary.height:
         p.append(table_html(_results_table(res.summary), {"mcc": "_mcc", "pr_auc": "_pr"}))
     p.append(_choices(res.cells))
-    p += ["<h2 id='data'>Data</h2>", _data_html(res),
-          "<h2 id='methods'>Methods: how the numbers are made</h2>",
-          _methods(res)]
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
-            f"<meta name=viewport content='width=device-width,initial-scale=1'><title>{esc(res.title)}</title>"
-            f"<style>{STYLE}</style></head><body><main>{''.join(p)}</main><script>{SCRIPT}</script></body></html>")
+    p += [
+        "<h2 id='data'>Data</h2>",
+        _data_html(res),
+        "<h2 id='methods'>Methods: how the numbers are made</h2>",
+        _methods(res),
+    ]
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<meta name=viewport content='width=device-width,initial-scale=1'><title>{esc(res.title)}</title>"
+        f"<style>{STYLE}</style></head><body><main>{''.join(p)}</main><script>{SCRIPT}</script></body></html>"
+    )
 
 
 def _choices(cells: pl.DataFrame) -> str:
@@ -559,19 +773,33 @@ def _choices(cells: pl.DataFrame) -> str:
     cell holds every candidate's validation loss)."""
     if "chosen" not in cells.columns or cells["chosen"].is_null().all():
         return ""
-    counts = (cells.filter(pl.col("chosen").is_not_null())
-              .group_by("task", "model", "strategy", "regime_group", "chosen").agg(pl.len().alias("cells"))
-              .sort("task", "model", "strategy", "regime_group", "cells", descending=[False] * 4 + [True]))
-    return ("<h3>Settings chosen on validation</h3><p class='small muted'>Where a strategy lists candidate values, "
-            "each cell trained every candidate and kept the one with the lowest validation loss (on its regime's "
-            "validation part); how often each was kept.</p>"
-            + table_html(counts.rename({"regime_group": "regime"})))
+    counts = (
+        cells.filter(pl.col("chosen").is_not_null())
+        .group_by("task", "model", "strategy", "regime_group", "chosen")
+        .agg(pl.len().alias("cells"))
+        .sort("task", "model", "strategy", "regime_group", "cells", descending=[False] * 4 + [True])
+    )
+    return (
+        "<h3>Settings chosen on validation</h3><p class='small muted'>Where a strategy lists candidate values, "
+        "each cell trained every candidate and kept the one with the lowest validation loss (on its regime's "
+        "validation part); how often each was kept.</p>" + table_html(counts.rename({"regime_group": "regime"}))
+    )
 
 
 def _results_table(summary: pl.DataFrame) -> pl.DataFrame:
-    cols = [pl.col("task"), pl.col("model"), pl.col("family"), pl.col("strategy"), pl.col("regime_group").alias("regime"),
-            pl.col("cells"), pl.col("failed"), pl.col("mcc_text").alias("mcc"), pl.col("mcc_mean").alias("_mcc"),
-            pl.col("pr_auc_text").alias("pr_auc"), pl.col("pr_auc_mean").alias("_pr")]
+    cols = [
+        pl.col("task"),
+        pl.col("model"),
+        pl.col("family"),
+        pl.col("strategy"),
+        pl.col("regime_group").alias("regime"),
+        pl.col("cells"),
+        pl.col("failed"),
+        pl.col("mcc_text").alias("mcc"),
+        pl.col("mcc_mean").alias("_mcc"),
+        pl.col("pr_auc_text").alias("pr_auc"),
+        pl.col("pr_auc_mean").alias("_pr"),
+    ]
     cols += [pl.col(f"{m}_text").alias(m) for m in METRIC_COLUMNS[2:]]
     cols += [pl.col("trainable_params"), pl.col("compute_hours"), pl.col("peak_memory_mb")]
     return with_text(summary).select(cols)

@@ -41,18 +41,24 @@ def _stratified_take(labels: np.ndarray, fraction: float, rng: np.random.Generat
     return np.sort(np.concatenate(taken))
 
 
-def _kfold(ids: np.ndarray, labels: np.ndarray, table: pl.DataFrame, v: dict, task: str) -> list[tuple[np.ndarray, str]]:
+def _kfold(
+    ids: np.ndarray, labels: np.ndarray, table: pl.DataFrame, v: dict, task: str
+) -> list[tuple[np.ndarray, str]]:
     folds = v["folds"]
     for cls in (0, 1):
         n = int((labels == cls).sum())
         if n < folds:
-            raise ValueError(f"task '{task}': class {cls} ({CLASS_NAMES[cls]}) has {n} patients, "
-                             f"fewer than the {folds} folds asked for (validation.folds)")
+            raise ValueError(
+                f"task '{task}': class {cls} ({CLASS_NAMES[cls]}) has {n} patients, "
+                f"fewer than the {folds} folds asked for (validation.folds)"
+            )
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=v["seed"])
     return [(test, f"stratified fold {i + 1} of {folds}") for i, (_, test) in enumerate(splitter.split(ids, labels))]
 
 
-def _holdout(ids: np.ndarray, labels: np.ndarray, table: pl.DataFrame, v: dict, task: str) -> list[tuple[np.ndarray, str]]:
+def _holdout(
+    ids: np.ndarray, labels: np.ndarray, table: pl.DataFrame, v: dict, task: str
+) -> list[tuple[np.ndarray, str]]:
     test = _stratified_take(labels, v["test_fraction"], np.random.default_rng([v["seed"], 1]))
     return [(test, f"hold-out {v['test_fraction']:.0%} of each class")]
 
@@ -61,8 +67,10 @@ def _loco(ids: np.ndarray, labels: np.ndarray, table: pl.DataFrame, v: dict, tas
     per_patient = table.group_by("patient_id").agg(pl.col("centre").unique().alias("centres"))
     several = per_patient.filter(pl.col("centres").list.len() > 1)["patient_id"].sort().to_list()
     if several:
-        raise ValueError(f"task '{task}': patient(s) {several[:10]} have images from several centres; "
-                         "leave-one-centre-out needs one centre per patient")
+        raise ValueError(
+            f"task '{task}': patient(s) {several[:10]} have images from several centres; "
+            "leave-one-centre-out needs one centre per patient"
+        )
     centre_of = dict(per_patient.select("patient_id", pl.col("centres").list.first()).iter_rows())
     centres = np.array([centre_of[p] for p in ids], dtype=object)
     if any(c is None or c == "" for c in centres):
@@ -72,7 +80,8 @@ def _loco(ids: np.ndarray, labels: np.ndarray, table: pl.DataFrame, v: dict, tas
         raise ValueError(
             f"task '{task}': validation.centres lists {listed} but the task's patients come from {found} "
             f"(listed, not in the data: {sorted(set(listed) - set(found))}; in the data, not listed: "
-            f"{sorted(set(found) - set(listed))}); list exactly the task's centres")
+            f"{sorted(set(found) - set(listed))}); list exactly the task's centres"
+        )
     return [(np.flatnonzero(centres == c), f"centre {c}") for c in listed]
 
 
@@ -97,22 +106,36 @@ def make(task_table: pl.DataFrame, validation: dict, task: str = "") -> tuple[pl
         rest = np.setdiff1d(np.arange(len(ids)), test)
         for cls in (0, 1):
             if not (labels[test] == cls).any():
-                raise ValueError(f"task '{task}', fold {fold} (test: {what}): the test part has no patient of class "
-                                 f"{cls} ({CLASS_NAMES[cls]}), so ROC-AUC, PR-AUC and MCC are undefined there; "
-                                 "leave that centre out of validation.centres or use another scheme")
+                raise ValueError(
+                    f"task '{task}', fold {fold} (test: {what}): the test part has no patient of class "
+                    f"{cls} ({CLASS_NAMES[cls]}), so ROC-AUC, PR-AUC and MCC are undefined there; "
+                    "leave that centre out of validation.centres or use another scheme"
+                )
             n = int((labels[rest] == cls).sum())
             if n < 2:
-                raise ValueError(f"task '{task}', fold {fold} (test: {what}): class {cls} ({CLASS_NAMES[cls]}) has {n} "
-                                 "patients in the training part, too few to carve a validation part with both classes")
-        val = rest[_stratified_take(labels[rest], validation["val_fraction"],
-                                    np.random.default_rng([validation["seed"], fold]))]
+                raise ValueError(
+                    f"task '{task}', fold {fold} (test: {what}): class {cls} ({CLASS_NAMES[cls]}) has {n} "
+                    "patients in the training part, too few to carve a validation part with both classes"
+                )
+        val = rest[
+            _stratified_take(
+                labels[rest], validation["val_fraction"], np.random.default_rng([validation["seed"], fold])
+            )
+        ]
         train = np.setdiff1d(rest, val)
         parts = {"train": train, "val": val, "test": test}
         for part, index in parts.items():
             rows += [(fold, pid, part) for pid in ids[index]]
-        summary.append({"fold": fold, "test": what, **{
-            f"{part}_patients": {CLASS_NAMES[c]: int((labels[index] == c).sum()) for c in (0, 1)}
-            for part, index in parts.items()}})
+        summary.append(
+            {
+                "fold": fold,
+                "test": what,
+                **{
+                    f"{part}_patients": {CLASS_NAMES[c]: int((labels[index] == c).sum()) for c in (0, 1)}
+                    for part, index in parts.items()
+                },
+            }
+        )
     split = pl.DataFrame(rows, schema={"fold": pl.Int32, "patient_id": pl.String, "part": pl.String}, orient="row")
     return split, summary
 
@@ -122,8 +145,9 @@ def kfold(task_table: pl.DataFrame, folds: int, val_fraction: float, seed: int, 
     return make(task_table, {"scheme": "kfold", "folds": folds, "val_fraction": val_fraction, "seed": seed}, task)[0]
 
 
-def fewshot(task_table: pl.DataFrame, split: pl.DataFrame, k: int, repetition: int, seed: int,
-            task: str = "") -> pl.DataFrame:
+def fewshot(
+    task_table: pl.DataFrame, split: pl.DataFrame, k: int, repetition: int, seed: int, task: str = ""
+) -> pl.DataFrame:
     """K training patients per class for every fold, and a separate draw of K validation patients per class from
     the fold's validation part (all of a class where it has fewer), drawn reproducibly: ``(fold, patient_id, part)``.
 
@@ -141,15 +165,22 @@ def fewshot(task_table: pl.DataFrame, split: pl.DataFrame, k: int, repetition: i
             for cls in (0, 1):
                 pool = [p for p in members if labels[p] == cls]
                 if part == "train" and k > len(pool):
-                    raise ValueError(f"task '{task}', fold {fold}, class {cls} ({CLASS_NAMES[cls]}): few-shot K={k} "
-                                     f"asked for but only {len(pool)} training patients are available")
+                    raise ValueError(
+                        f"task '{task}', fold {fold}, class {cls} ({CLASS_NAMES[cls]}): few-shot K={k} "
+                        f"asked for but only {len(pool)} training patients are available"
+                    )
                 order = rng.permutation(len(pool))
                 rows += [(fold, pool[i], part) for i in order[:k]]
     return pl.DataFrame(rows, schema={"fold": pl.Int32, "patient_id": pl.String, "part": pl.String}, orient="row")
 
 
-def fewshot_draws(task_table: pl.DataFrame, split: pl.DataFrame, k: int, repetitions: int, seed: int,
-                  task: str = "") -> pl.DataFrame:
+def fewshot_draws(
+    task_table: pl.DataFrame, split: pl.DataFrame, k: int, repetitions: int, seed: int, task: str = ""
+) -> pl.DataFrame:
     """Every repetition's draw of K patients per class and fold, with a ``repetition`` column."""
-    return pl.concat([fewshot(task_table, split, k, rep, seed, task).with_columns(
-        pl.lit(rep, pl.Int32).alias("repetition")) for rep in range(repetitions)])
+    return pl.concat(
+        [
+            fewshot(task_table, split, k, rep, seed, task).with_columns(pl.lit(rep, pl.Int32).alias("repetition"))
+            for rep in range(repetitions)
+        ]
+    )

@@ -36,6 +36,7 @@ FEW_BLOCKS = 10  # scipy: Friedman's chi-square p-value is only reliable beyond 
 
 # --- bootstrap confidence intervals, resampling patients -------------------------------------------------
 
+
 def weighted_mcc(labels: np.ndarray, preds: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """MCC of 0/1 ``preds`` for each row of ``weights`` (resamples x images), all resamples at once.
 
@@ -73,8 +74,9 @@ CI_METRICS = {
 }
 
 
-def bootstrap_ci(rows: pl.DataFrame, n_resamples: int = 1000, seed: int = 0,
-                 confidence: float = 0.95) -> dict[str, tuple[float, float]]:
+def bootstrap_ci(
+    rows: pl.DataFrame, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap CI of the mean over cells of each metric in ``CI_METRICS``, resampling patients.
 
     ``rows``: the test predictions of the cells of one (task, model, strategy, regime group), with columns
@@ -106,8 +108,16 @@ def bootstrap_ci(rows: pl.DataFrame, n_resamples: int = 1000, seed: int = 0,
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ss.DegenerateDataWarning)  # reported as NaN bounds instead
-        result = ss.bootstrap(by_class, statistic, n_resamples=n_resamples, vectorized=True, method="percentile",
-                              confidence_level=confidence, rng=np.random.default_rng(seed), batch=250)
+        result = ss.bootstrap(
+            by_class,
+            statistic,
+            n_resamples=n_resamples,
+            vectorized=True,
+            method="percentile",
+            confidence_level=confidence,
+            rng=np.random.default_rng(seed),
+            batch=250,
+        )
     low, high = result.confidence_interval
     return {name: (float(low[i]), float(high[i])) for i, name in enumerate(CI_METRICS)}
 
@@ -127,22 +137,64 @@ DECISION = 0.95  # ours: a posterior probability this high decides (Benavoli et 
 FEW_TASKS = 10  # Demšar (2006): Friedman's chi-square is a fair approximation from about 10 data sets on
 
 SCOPE = {"family": pl.String, "models": pl.String, "regime_group": pl.String, "metric": pl.String}
-FRIEDMAN_SCHEMA = SCOPE | {"strategies": pl.Int64, "tasks": pl.Int64, "tasks_dropped": pl.Int64,
-                           "cells_unpaired": pl.Int64, "min_tasks": pl.Int64, "statistic": pl.Float64,
-                           "p_value": pl.Float64, "critical_difference": pl.Float64, "note": pl.String}
+FRIEDMAN_SCHEMA = SCOPE | {
+    "strategies": pl.Int64,
+    "tasks": pl.Int64,
+    "tasks_dropped": pl.Int64,
+    "cells_unpaired": pl.Int64,
+    "min_tasks": pl.Int64,
+    "statistic": pl.Float64,
+    "p_value": pl.Float64,
+    "critical_difference": pl.Float64,
+    "note": pl.String,
+}
 RANKS_SCHEMA = SCOPE | {"strategy": pl.String, "mean_rank": pl.Float64, "mean": pl.Float64}
 POSTHOC_SCHEMA = SCOPE | {"a": pl.String, "b": pl.String, "p_nemenyi": pl.Float64}
-WILCOXON_SCHEMA = SCOPE | {"a": pl.String, "b": pl.String, "pairs": pl.Int64, "mean_diff": pl.Float64,
-                           "median_diff": pl.Float64, "wins": pl.Int64, "ties": pl.Int64, "losses": pl.Int64,
-                           "statistic": pl.Float64, "p_value": pl.Float64, "p_holm": pl.Float64,
-                           "significant": pl.Boolean, "note": pl.String}
-WITHIN_SCHEMA = {"task": pl.String, "family": pl.String, "model": pl.String, "regime_group": pl.String,
-                 "metric": pl.String, "a": pl.String, "b": pl.String, "folds": pl.Int64, "cells": pl.Int64,
-                 "mean_a": pl.Float64, "mean_b": pl.Float64, "mean_diff": pl.Float64, "t": pl.Float64,
-                 "df": pl.Int64, "p_value": pl.Float64, "p_holm": pl.Float64, "p_a_better": pl.Float64,
-                 "p_equivalent": pl.Float64, "p_b_better": pl.Float64, "rope": pl.Float64, "note": pl.String}
-SCHEMAS = {"friedman": FRIEDMAN_SCHEMA, "ranks": RANKS_SCHEMA, "posthoc": POSTHOC_SCHEMA,
-           "wilcoxon": WILCOXON_SCHEMA, "within_task": WITHIN_SCHEMA}
+WILCOXON_SCHEMA = SCOPE | {
+    "a": pl.String,
+    "b": pl.String,
+    "pairs": pl.Int64,
+    "mean_diff": pl.Float64,
+    "median_diff": pl.Float64,
+    "wins": pl.Int64,
+    "ties": pl.Int64,
+    "losses": pl.Int64,
+    "statistic": pl.Float64,
+    "p_value": pl.Float64,
+    "p_holm": pl.Float64,
+    "significant": pl.Boolean,
+    "note": pl.String,
+}
+WITHIN_SCHEMA = {
+    "task": pl.String,
+    "family": pl.String,
+    "model": pl.String,
+    "regime_group": pl.String,
+    "metric": pl.String,
+    "a": pl.String,
+    "b": pl.String,
+    "folds": pl.Int64,
+    "cells": pl.Int64,
+    "mean_a": pl.Float64,
+    "mean_b": pl.Float64,
+    "mean_diff": pl.Float64,
+    "t": pl.Float64,
+    "df": pl.Int64,
+    "p_value": pl.Float64,
+    "p_holm": pl.Float64,
+    "p_a_better": pl.Float64,
+    "p_equivalent": pl.Float64,
+    "p_b_better": pl.Float64,
+    "rope": pl.Float64,
+    "note": pl.String,
+}
+SCHEMAS = {
+    "friedman": FRIEDMAN_SCHEMA,
+    "ranks": RANKS_SCHEMA,
+    "posthoc": POSTHOC_SCHEMA,
+    "wilcoxon": WILCOXON_SCHEMA,
+    "within_task": WITHIN_SCHEMA,
+}
 
 
 @dataclass
@@ -167,7 +219,9 @@ class Comparisons:
 
     @classmethod
     def read(cls, out_dir: str | Path) -> Comparisons:
-        return cls(**{name: pl.read_csv(Path(out_dir) / f"{name}.csv", schema=schema) for name, schema in SCHEMAS.items()})
+        return cls(
+            **{name: pl.read_csv(Path(out_dir) / f"{name}.csv", schema=schema) for name, schema in SCHEMAS.items()}
+        )
 
 
 def critical_difference(k: int, n: int, alpha: float = 0.05) -> float:
@@ -213,9 +267,16 @@ def no_test_note(n: int, alpha: float) -> str:
 
 def cell_values(cells: pl.DataFrame, metric: str) -> pl.DataFrame:
     """One value per ok cell: (family, regime group, task, model, strategy, fold, repetition) and the metric."""
-    return (cells.filter((pl.col("status") == "ok") & pl.col(metric).is_not_null() & pl.col(metric).is_not_nan())
-            .select("family", "regime_group", "task", "model", "strategy", "fold",
-                    pl.col("repetition").fill_null(0), pl.col(metric).alias("value")))
+    return cells.filter((pl.col("status") == "ok") & pl.col(metric).is_not_null() & pl.col(metric).is_not_nan()).select(
+        "family",
+        "regime_group",
+        "task",
+        "model",
+        "strategy",
+        "fold",
+        pl.col("repetition").fill_null(0),
+        pl.col(metric).alias("value"),
+    )
 
 
 def scopes(cells: pl.DataFrame) -> list[tuple[str, str, tuple[str, ...], list[str]]]:
@@ -256,14 +317,23 @@ def friedman_nemenyi(wide: pl.DataFrame, strategies: list[str], alpha: float) ->
     (block x strategy) table, when there are at least :func:`min_tasks` of them."""
     complete = wide.drop_nulls(strategies)
     n, k = complete.height, len(strategies)
-    row = {"strategies": k, "tasks": n, "min_tasks": min_tasks(alpha), "statistic": None, "p_value": None,
-           "critical_difference": None, "note": None}
+    row = {
+        "strategies": k,
+        "tasks": n,
+        "min_tasks": min_tasks(alpha),
+        "statistic": None,
+        "p_value": None,
+        "critical_difference": None,
+        "note": None,
+    }
     if n == 0:
         return row | {"note": "no task where every strategy has a result"}, [], []
     values = complete.select(strategies).to_numpy().astype(float)
     ranks = ss.rankdata(-values, axis=1).mean(axis=0)  # rank 1 = the highest metric
-    rank_rows = [{"strategy": s, "mean_rank": float(r), "mean": float(m)}
-                 for s, r, m in zip(strategies, ranks, values.mean(axis=0))]
+    rank_rows = [
+        {"strategy": s, "mean_rank": float(r), "mean": float(m)}
+        for s, r, m in zip(strategies, ranks, values.mean(axis=0))
+    ]
     if n < min_tasks(alpha):
         return row | {"note": no_test_note(n, alpha)}, rank_rows, []
     if k < 3:
@@ -273,11 +343,22 @@ def friedman_nemenyi(wide: pl.DataFrame, strategies: list[str], alpha: float) ->
         return row | {"note": "every strategy ties in every task: nothing to test"}, rank_rows, []
     result = ss.friedmanchisquare(*values.T)
     p_matrix = sp.posthoc_nemenyi_friedman(values)
-    posthoc = [{"a": strategies[i], "b": strategies[j], "p_nemenyi": float(p_matrix.iloc[i, j])}
-               for i, j in itertools.combinations(range(k), 2)]
+    posthoc = [
+        {"a": strategies[i], "b": strategies[j], "p_nemenyi": float(p_matrix.iloc[i, j])}
+        for i, j in itertools.combinations(range(k), 2)
+    ]
     note = f"fewer than {FEW_TASKS} tasks: chi-square p approximate" if n < FEW_TASKS else None
-    return (row | {"statistic": float(result.statistic), "p_value": float(result.pvalue),
-                   "critical_difference": critical_difference(k, n, alpha), "note": note}, rank_rows, posthoc)
+    return (
+        row
+        | {
+            "statistic": float(result.statistic),
+            "p_value": float(result.pvalue),
+            "critical_difference": critical_difference(k, n, alpha),
+            "note": note,
+        },
+        rank_rows,
+        posthoc,
+    )
 
 
 def paired_wilcoxon(wide: pl.DataFrame, strategies: list[str], alpha: float) -> list[dict]:
@@ -287,10 +368,19 @@ def paired_wilcoxon(wide: pl.DataFrame, strategies: list[str], alpha: float) -> 
     for a, b in itertools.combinations(strategies, 2):
         both = wide.select(a, b).drop_nulls()
         diff = (both[a] - both[b]).to_numpy()
-        row = {"a": a, "b": b, "pairs": len(diff), "mean_diff": float(diff.mean()) if len(diff) else None,
-               "median_diff": float(np.median(diff)) if len(diff) else None, "wins": int((diff > 0).sum()),
-               "ties": int((diff == 0).sum()), "losses": int((diff < 0).sum()), "statistic": None, "p_value": None,
-               "note": None}
+        row = {
+            "a": a,
+            "b": b,
+            "pairs": len(diff),
+            "mean_diff": float(diff.mean()) if len(diff) else None,
+            "median_diff": float(np.median(diff)) if len(diff) else None,
+            "wins": int((diff > 0).sum()),
+            "ties": int((diff == 0).sum()),
+            "losses": int((diff < 0).sum()),
+            "statistic": None,
+            "p_value": None,
+            "note": None,
+        }
         if len(diff) == 0:
             row["note"] = "no task has both"
         elif len(diff) < min_tasks(alpha):
@@ -329,8 +419,15 @@ def correlated_t(a: np.ndarray, b: np.ndarray, rope: float) -> dict:
     posterior = baycomp.CorrelatedTTest(np.asarray(a, float), np.asarray(b, float), rope)  # of b - a
     p_a, p_eq, p_b = (float(p) for p in posterior.probs())
     diff, scale = -float(posterior.mean), math.sqrt(posterior.var)
-    row = {"t": None, "df": int(posterior.df), "p_value": None, "p_a_better": p_a, "p_equivalent": p_eq,
-           "p_b_better": p_b, "note": None}
+    row = {
+        "t": None,
+        "df": int(posterior.df),
+        "p_value": None,
+        "p_a_better": p_a,
+        "p_equivalent": p_eq,
+        "p_b_better": p_b,
+        "note": None,
+    }
     if scale > 0:
         t = diff / scale
         return row | {"t": t, "p_value": float(2 * ss.t.sf(abs(t), posterior.df))}
@@ -358,9 +455,16 @@ def within_task(values: pl.DataFrame, rope: float) -> list[dict]:
             fold_ids, index = np.unique(folds[both], return_inverse=True)
             count = np.bincount(index)
             fa, fb = np.bincount(index, x[both]) / count, np.bincount(index, y[both]) / count
-            row = {"a": a, "b": b, "folds": len(fold_ids), "cells": int(both.sum()), "rope": rope,
-                   "mean_a": float(fa.mean()) if len(fa) else None, "mean_b": float(fb.mean()) if len(fb) else None,
-                   "mean_diff": float((fa - fb).mean()) if len(fa) else None}
+            row = {
+                "a": a,
+                "b": b,
+                "folds": len(fold_ids),
+                "cells": int(both.sum()),
+                "rope": rope,
+                "mean_a": float(fa.mean()) if len(fa) else None,
+                "mean_b": float(fb.mean()) if len(fb) else None,
+                "mean_diff": float((fa - fb).mean()) if len(fa) else None,
+            }
             if len(fold_ids) < 2:
                 row["note"] = f"{len(fold_ids)} fold{'' if len(fold_ids) == 1 else 's'} in common: no within-task test"
             else:
@@ -374,8 +478,9 @@ def within_task(values: pl.DataFrame, rope: float) -> list[dict]:
     return out
 
 
-def compare(cells: pl.DataFrame, metrics: tuple[str, ...] = ("mcc", "pr_auc"), alpha: float = 0.05,
-            rope: float = 0.01) -> Comparisons:
+def compare(
+    cells: pl.DataFrame, metrics: tuple[str, ...] = ("mcc", "pr_auc"), alpha: float = 0.05, rope: float = 0.01
+) -> Comparisons:
     """Strategies compared across tasks (Friedman + Nemenyi, Wilcoxon + Holm; one block per task) in every scope
     of :func:`scopes`, and within each task (corrected and Bayesian correlated t over folds), for each metric."""
     if not rope > 0:
@@ -399,6 +504,7 @@ def compare(cells: pl.DataFrame, metrics: tuple[str, ...] = ("mcc", "pr_auc"), a
 
 
 # --- cost versus performance ----------------------------------------------------------------------------
+
 
 def pareto_front(cost: np.ndarray, value: np.ndarray) -> np.ndarray:
     """Mask of the points no other point beats: none is as cheap or cheaper and at least as good, one strictly."""

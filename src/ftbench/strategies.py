@@ -76,8 +76,11 @@ def _head_group(model: Classifier, spec: dict, training: dict) -> dict:
 
 
 def _trainable_backbone_group(model: Classifier, training: dict) -> dict:
-    return {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": training["lr"],
-            "name": "backbone"}
+    return {
+        "params": [p for p in model.backbone.parameters() if p.requires_grad],
+        "lr": training["lr"],
+        "name": "backbone",
+    }
 
 
 def _backbone_and_head(model: Classifier, spec: dict, training: dict) -> Plan:
@@ -86,6 +89,7 @@ def _backbone_and_head(model: Classifier, spec: dict, training: dict) -> Plan:
 
 # ---------------------------------------------------------------------------------------------------------
 # Strategies that choose which existing parameters train (S1, S2, S3)
+
 
 def fft(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     """Full fine-tuning: every parameter trains."""
@@ -108,7 +112,7 @@ def bitfit(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Pl
 def last_block(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     """Last-block tuning: the top ``last_blocks`` blocks (with the final norm) and the head train."""
     _freeze_backbone(model)
-    for block in blocks.blocks(model.backbone, entry.blocks or None)[-spec["last_blocks"]:]:
+    for block in blocks.blocks(model.backbone, entry.blocks or None)[-spec["last_blocks"] :]:
         for _, p in block.params:
             p.requires_grad_(True)
     return _backbone_and_head(model, spec, training)
@@ -117,8 +121,10 @@ def last_block(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -
 def llrd(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     """Layer-wise learning-rate decay: block k from the top learns at ``lr * lr_decay**k`` (head: k = 0)."""
     decay, stack = spec["lr_decay"], blocks.blocks(model.backbone, entry.blocks or None)
-    groups = [{"params": [p for _, p in block.params], "lr": training["lr"] * decay ** (len(stack) - i),
-               "name": block.name} for i, block in enumerate(stack)]
+    groups = [
+        {"params": [p for _, p in block.params], "lr": training["lr"] * decay ** (len(stack) - i), "name": block.name}
+        for i, block in enumerate(stack)
+    ]
     return Plan(groups + [_head_group(model, spec, training)])
 
 
@@ -192,8 +198,10 @@ def auto_rgn(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> 
     largest; the first epoch runs at the base rates, and a layer whose weights are all 0 (no relative
     scale) keeps its base rate."""
     head_lr = _head_group(model, spec, training)["lr"]
-    groups = [{"params": params, "lr": head_lr if name == "head" else training["lr"], "name": name}
-              for name, params in _layers(model)]
+    groups = [
+        {"params": params, "lr": head_lr if name == "head" else training["lr"], "name": name}
+        for name, params in _layers(model)
+    ]
     for g in groups:
         g["base_lr"] = g["lr"]
     sums: dict = {"rgn": 0, "steps": 0}
@@ -203,8 +211,9 @@ def auto_rgn(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> 
         rgn = []
         for g in optimizer.param_groups:
             weight = torch.linalg.vector_norm(torch.stack([p.norm() for p in g["params"]]))
-            grad = torch.linalg.vector_norm(torch.stack(
-                [p.grad.norm() if p.grad is not None else p.new_zeros(()) for p in g["params"]]))
+            grad = torch.linalg.vector_norm(
+                torch.stack([p.grad.norm() if p.grad is not None else p.new_zeros(()) for p in g["params"]])
+            )
             rgn.append(torch.where(weight > 0, grad / weight, torch.nan))
         sums["rgn"] = sums["rgn"] + torch.stack(rgn).float()
         sums["steps"] += 1
@@ -265,12 +274,14 @@ def vpt(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
 # ---------------------------------------------------------------------------------------------------------
 # peft adapters: the backbone is frozen, adapters on the zoo entry's target modules train (S1, S3)
 
+
 def adapter_targets(backbone: nn.Module, patterns: tuple[str, ...] | list[str], convs: bool) -> list[str]:
     """Names of the Linear (with ``convs`` also the ungrouped Conv2d) modules whose full name matches one of
     ``patterns``. An error when none does: an adapter on no module would leave the cell a linear probe."""
     regex = re.compile("|".join(f"(?:{p})" for p in patterns))
     names = [
-        name for name, module in backbone.named_modules()
+        name
+        for name, module in backbone.named_modules()
         if (isinstance(module, nn.Linear) or (convs and isinstance(module, nn.Conv2d) and module.groups == 1))
         and regex.fullmatch(name)
     ]
@@ -294,6 +305,7 @@ def _in_blocks_of(backbone: nn.Module, names: list[str], size: int) -> list[str]
     """The targets whose input width (a conv's in_channels x kernel area) is a multiple of ``size``: OFT
     and BOFT rotate it in blocks of ``size``. The others (e.g. a 3-channel 7x7 stem: 147) are left out,
     and said so."""
+
     def width(m: nn.Module) -> int:
         return m.in_features if isinstance(m, nn.Linear) else m.in_channels * m.kernel_size[0] * m.kernel_size[1]
 
@@ -320,8 +332,9 @@ def _inject(model: Classifier, config) -> nn.Module:
 def _lora_config(spec: dict, targets: str, dora: bool = False):
     from peft import LoraConfig
 
-    return LoraConfig(r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"], target_modules=targets,
-                      use_dora=dora)
+    return LoraConfig(
+        r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"], target_modules=targets, use_dora=dora
+    )
 
 
 def lora(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
@@ -341,8 +354,10 @@ def vera(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan
     vectors d (rank ``rank``) and b (output width, starts at 0) train."""
     from peft import VeraConfig
 
-    _inject(model, VeraConfig(r=spec["rank"], vera_dropout=spec["dropout"],
-                              target_modules=_exactly(_targets(model, entry, spec))))
+    _inject(
+        model,
+        VeraConfig(r=spec["rank"], vera_dropout=spec["dropout"], target_modules=_exactly(_targets(model, entry, spec))),
+    )
     return _backbone_and_head(model, spec, training)
 
 
@@ -356,8 +371,13 @@ def ia3(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     tuners.split_qkv(model.backbone)
     targets = _targets(model, entry, spec)
     ff = re.compile("|".join(f"(?:{p})" for p in spec["feedforward_modules"]))
-    _inject(model, IA3Config(target_modules=_exactly(targets),
-                             feedforward_modules=_exactly([t for t in targets if ff.fullmatch(t)] or ["^$"])))
+    _inject(
+        model,
+        IA3Config(
+            target_modules=_exactly(targets),
+            feedforward_modules=_exactly([t for t in targets if ff.fullmatch(t)] or ["^$"]),
+        ),
+    )
     return _backbone_and_head(model, spec, training)
 
 
@@ -365,8 +385,15 @@ def loha(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan
     """LoHa (Hyeon-Woo et al. 2022): the update is the Hadamard product of two rank-``rank`` products."""
     from peft import LoHaConfig
 
-    _inject(model, LoHaConfig(r=spec["rank"], alpha=spec["alpha"], module_dropout=spec["dropout"],
-                              target_modules=_exactly(_targets(model, entry, spec))))
+    _inject(
+        model,
+        LoHaConfig(
+            r=spec["rank"],
+            alpha=spec["alpha"],
+            module_dropout=spec["dropout"],
+            target_modules=_exactly(_targets(model, entry, spec)),
+        ),
+    )
     return _backbone_and_head(model, spec, training)
 
 
@@ -374,8 +401,15 @@ def lokr(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan
     """LoKr (Yeh et al. 2024): the update is a Kronecker product, its larger factor of rank ``rank``."""
     from peft import LoKrConfig
 
-    _inject(model, LoKrConfig(r=spec["rank"], alpha=spec["alpha"], module_dropout=spec["dropout"],
-                              target_modules=_exactly(_targets(model, entry, spec))))
+    _inject(
+        model,
+        LoKrConfig(
+            r=spec["rank"],
+            alpha=spec["alpha"],
+            module_dropout=spec["dropout"],
+            target_modules=_exactly(_targets(model, entry, spec)),
+        ),
+    )
     return _backbone_and_head(model, spec, training)
 
 
@@ -386,8 +420,9 @@ def oft(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
 
     size = spec["block_size"]
     targets = _in_blocks_of(model.backbone, _targets(model, entry, spec), size)
-    _inject(model, OFTConfig(r=0, oft_block_size=size, module_dropout=spec["dropout"],
-                             target_modules=_exactly(targets)))
+    _inject(
+        model, OFTConfig(r=0, oft_block_size=size, module_dropout=spec["dropout"], target_modules=_exactly(targets))
+    )
     return _backbone_and_head(model, spec, training)
 
 
@@ -398,8 +433,15 @@ def boft(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan
 
     size = spec["block_size"]
     targets = _in_blocks_of(model.backbone, _targets(model, entry, spec), size)
-    _inject(model, BOFTConfig(boft_block_size=size, boft_n_butterfly_factor=spec["butterfly_factor"],
-                              boft_dropout=spec["dropout"], target_modules=_exactly(targets)))
+    _inject(
+        model,
+        BOFTConfig(
+            boft_block_size=size,
+            boft_n_butterfly_factor=spec["butterfly_factor"],
+            boft_dropout=spec["dropout"],
+            target_modules=_exactly(targets),
+        ),
+    )
     return _backbone_and_head(model, spec, training)
 
 
@@ -408,8 +450,15 @@ def fourierft(model: Classifier, entry: ZooEntry, spec: dict, training: dict) ->
     random frequencies; the update is their inverse 2-D DFT times ``scaling``. Starts at 0 (identity)."""
     from peft import FourierFTConfig
 
-    _inject(model, FourierFTConfig(n_frequency=spec["n_frequency"], scaling=spec["scaling"],
-                                   init_weights=True, target_modules=_exactly(_targets(model, entry, spec))))
+    _inject(
+        model,
+        FourierFTConfig(
+            n_frequency=spec["n_frequency"],
+            scaling=spec["scaling"],
+            init_weights=True,
+            target_modules=_exactly(_targets(model, entry, spec)),
+        ),
+    )
     return _backbone_and_head(model, spec, training)
 
 
@@ -421,18 +470,27 @@ def adalora(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> P
     training (``Plan.ready``), so a cell reports the model at its target rank."""
     from peft import AdaLoraConfig
 
-    tuner = _inject(model, AdaLoraConfig(
-        target_r=spec["rank"], init_r=spec["init_rank"], lora_alpha=spec["alpha"],
-        lora_dropout=spec["dropout"], target_modules=_exactly(_targets(model, entry, spec)),
-        total_step=1))  # the real step count is known in the loop: set at the first step
+    tuner = _inject(
+        model,
+        AdaLoraConfig(
+            target_r=spec["rank"],
+            init_r=spec["init_rank"],
+            lora_alpha=spec["alpha"],
+            lora_dropout=spec["dropout"],
+            target_modules=_exactly(_targets(model, entry, spec)),
+            total_step=1,
+        ),
+    )  # the real step count is known in the loop: set at the first step
     config = tuner.peft_config["default"]
     factors = [(p, "lora_A" in n) for n, p in model.backbone.named_parameters() if "lora_A" in n or "lora_B" in n]
     weight = spec["orth_reg_weight"]
 
     def penalty() -> torch.Tensor:
         gram = [p @ p.T if is_a else p.T @ p for p, is_a in factors]
-        return weight * torch.stack([torch.linalg.matrix_norm(g - torch.eye(len(g), device=g.device))
-                                     for g in gram]).mean()
+        return (
+            weight
+            * torch.stack([torch.linalg.matrix_norm(g - torch.eye(len(g), device=g.device)) for g in gram]).mean()
+        )
 
     def on_step(optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> None:
         if config.total_step != total_steps:  # the first step, also of a run resumed from a checkpoint
@@ -455,8 +513,14 @@ def adalora(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> P
     def ready(step: int, total_steps: int) -> bool:  # peft fixes the target budget after total - tfinal steps
         return step > total_steps - int(spec["final_fraction"] * total_steps)
 
-    return Plan(_backbone_and_head(model, spec, training).param_groups, penalty=penalty, on_step=on_step,
-                state=state, load_state=load_state, ready=ready)
+    return Plan(
+        _backbone_and_head(model, spec, training).param_groups,
+        penalty=penalty,
+        on_step=on_step,
+        state=state,
+        load_state=load_state,
+        ready=ready,
+    )
 
 
 STRATEGIES: dict[str, Callable[[Classifier, ZooEntry, dict, dict], Plan]] = {

@@ -76,13 +76,24 @@ def _from_training(key: str) -> Callable:
 COMMON = {
     "lr": Setting(NUMBER, "backbone learning rate", _from_training("lr"), "training.lr", candidates=True),
     "head_lr": Setting(NUMBER, "head learning rate", lambda r, e, t: r["lr"], "lr", candidates=True),
-    "weight_decay": Setting({"type": "number", "minimum": 0}, "AdamW weight decay", _from_training("weight_decay"),
-                            "training.weight_decay", candidates=True),
-    "max_epochs": Setting({"type": "integer", "minimum": 1}, "epochs at most (early stopping may end sooner)",
-                          _from_training("max_epochs"), "training.max_epochs"),
+    "weight_decay": Setting(
+        {"type": "number", "minimum": 0},
+        "AdamW weight decay",
+        _from_training("weight_decay"),
+        "training.weight_decay",
+        candidates=True,
+    ),
+    "max_epochs": Setting(
+        {"type": "integer", "minimum": 1},
+        "epochs at most (early stopping may end sooner)",
+        _from_training("max_epochs"),
+        "training.max_epochs",
+    ),
 }
-APPLIES_TO = Setting({"type": "array", "items": {"enum": ["cnn", "vit"]}, "minItems": 1},
-                     "restrict the strategy to these backbone kinds (cnn, vit)")
+APPLIES_TO = Setting(
+    {"type": "array", "items": {"enum": ["cnn", "vit"]}, "minItems": 1},
+    "restrict the strategy to these backbone kinds (cnn, vit)",
+)
 TRAINING_OVERRIDES = ("lr", "weight_decay", "max_epochs")  # strategy settings that replace training.<key>
 
 
@@ -90,9 +101,11 @@ def _zoo_targets(resolved: dict, entry: ZooEntry, training: dict) -> list[str]:
     return list(entry.targets)
 
 
-def targets(help_text: str = "module-name regexes the adapters attach to", default: Callable = _zoo_targets,
-            default_text: str = "the zoo entry's targets: a ViT's attention and MLP linears, a CNN's block "
-                                "convolutions") -> Setting:
+def targets(
+    help_text: str = "module-name regexes the adapters attach to",
+    default: Callable = _zoo_targets,
+    default_text: str = "the zoo entry's targets: a ViT's attention and MLP linears, a CNN's block convolutions",
+) -> Setting:
     return Setting(REGEXES, help_text, default, default_text, per_layout=True)
 
 
@@ -101,12 +114,18 @@ def _rank(default: int, what: str = "adapter rank") -> Setting:
 
 
 def _alpha() -> Setting:
-    return Setting(NUMBER, "adapter scaling numerator (the update is scaled by alpha / rank)",
-                   lambda r, e, t: 2 * r["rank"], "2 × rank", candidates=True)
+    return Setting(
+        NUMBER,
+        "adapter scaling numerator (the update is scaled by alpha / rank)",
+        lambda r, e, t: 2 * r["rank"],
+        "2 × rank",
+        candidates=True,
+    )
 
 
-DROPOUT = Setting({"type": "number", "minimum": 0, "maximum": 1}, "dropout on the adapter's input", 0.0,
-                  candidates=True)
+DROPOUT = Setting(
+    {"type": "number", "minimum": 0, "maximum": 1}, "dropout on the adapter's input", 0.0, candidates=True
+)
 
 # IA3 (Liu et al. 2022) rescales keys, values and the feed-forward intermediate activation: per layout, the key
 # and value projections (a timm ViT's fused qkv is split into attn.qkv.q/k/v first, ftbench.tuners.split_qkv) and
@@ -129,106 +148,241 @@ def _ia3_feedforward(resolved: dict, entry: ZooEntry, training: dict) -> list[st
 
 
 def _linear_only(entry: ZooEntry) -> str | None:
-    return "its adapters are defined for Linear layers only, and a CNN's targets are convolutions" \
-        if entry.kind == "cnn" else None
+    return (
+        "its adapters are defined for Linear layers only, and a CNN's targets are convolutions"
+        if entry.kind == "cnn"
+        else None
+    )
 
 
 def _batchnorm(what: str) -> Callable[[ZooEntry], str | None]:
-    return lambda entry: f"{what}, which the BatchNorm after every convolution renormalises" \
-        if LAYOUTS[entry.layout] == "batch" else None
+    return lambda entry: (
+        f"{what}, which the BatchNorm after every convolution renormalises"
+        if LAYOUTS[entry.layout] == "batch"
+        else None
+    )
 
 
 KINDS: dict[str, Kind] = {
     # ---- S1 (Ruffini et al.) --------------------------------------------------------------------------------
     "fft": Kind("S1", "everything"),
     "lp": Kind("S1", "nothing: frozen backbone", mode="cached"),
-    "lora": Kind("S1", "rank-r updates B·A (B = 0 at start) on the adapter targets (peft)", {
-        "rank": _rank(8), "alpha": _alpha(), "dropout": DROPOUT, "target_modules": targets()}),
-    "vera": Kind("S1", "scaling vectors d, b of frozen random projections shared by all targets (peft)", {
-        "rank": _rank(256, "rank of the shared random projections"), "dropout": DROPOUT,
-        "target_modules": targets()}, limit=_linear_only, limit_text="ViTs: peft's VeRA adapts Linear layers only"),
-    "ia3": Kind("S1", "one vector per target rescaling keys, values and the MLP's intermediate activation (peft)", {
-        "target_modules": targets("the modules whose output (or, feed-forward ones, input) is rescaled",
-                                  _ia3_targets, "keys, values and the MLP's second linear; a CNN's block "
-                                                "convolutions"),
-        "feedforward_modules": Setting(REGEXES, "targets whose input, not output, is rescaled", _ia3_feedforward,
-                                       "the MLP's second linear; a CNN's every target", per_layout=True)}),
+    "lora": Kind(
+        "S1",
+        "rank-r updates B·A (B = 0 at start) on the adapter targets (peft)",
+        {"rank": _rank(8), "alpha": _alpha(), "dropout": DROPOUT, "target_modules": targets()},
+    ),
+    "vera": Kind(
+        "S1",
+        "scaling vectors d, b of frozen random projections shared by all targets (peft)",
+        {"rank": _rank(256, "rank of the shared random projections"), "dropout": DROPOUT, "target_modules": targets()},
+        limit=_linear_only,
+        limit_text="ViTs: peft's VeRA adapts Linear layers only",
+    ),
+    "ia3": Kind(
+        "S1",
+        "one vector per target rescaling keys, values and the MLP's intermediate activation (peft)",
+        {
+            "target_modules": targets(
+                "the modules whose output (or, feed-forward ones, input) is rescaled",
+                _ia3_targets,
+                "keys, values and the MLP's second linear; a CNN's block convolutions",
+            ),
+            "feedforward_modules": Setting(
+                REGEXES,
+                "targets whose input, not output, is rescaled",
+                _ia3_feedforward,
+                "the MLP's second linear; a CNN's every target",
+                per_layout=True,
+            ),
+        },
+    ),
     "bitfit": Kind("S1", "the backbone's biases"),
     # ---- S2 (Davila et al.) ---------------------------------------------------------------------------------
-    "lp_ft": Kind("S2", "head alone for lp_epochs at lp_lr, then everything at lr", {
-        "lp_epochs": Setting({"type": "integer", "minimum": 1}, "epochs of the linear-probing phase", 5),
-        "lp_lr": Setting(NUMBER, "head learning rate of the linear-probing phase", lambda r, e, t: 10 * r["lr"],
-                         "10 × lr", candidates=True)}, frozen_start=True),
-    "gradual_unfreezing": Kind("S2", "head first, then one more block from the top every unfreeze_every epochs", {
-        "unfreeze_every": Setting({"type": "integer", "minimum": 1}, "epochs between unfreezing steps", 2)},
-        frozen_start=True),
-    "l2_sp": Kind("S2", "everything; loss + sp_alpha/2·‖w − w₀‖² over the backbone; head weight decay sp_beta", {
-        "sp_alpha": Setting({"type": "number", "minimum": 0}, "weight of the distance to the starting weights", 0.01,
-                            candidates=True),
-        "sp_beta": Setting({"type": "number", "minimum": 0}, "weight decay of the head", 0.01, candidates=True)},
-        without=("weight_decay",)),  # its decays are its own: none on the backbone, sp_beta on the head
+    "lp_ft": Kind(
+        "S2",
+        "head alone for lp_epochs at lp_lr, then everything at lr",
+        {
+            "lp_epochs": Setting({"type": "integer", "minimum": 1}, "epochs of the linear-probing phase", 5),
+            "lp_lr": Setting(
+                NUMBER,
+                "head learning rate of the linear-probing phase",
+                lambda r, e, t: 10 * r["lr"],
+                "10 × lr",
+                candidates=True,
+            ),
+        },
+        frozen_start=True,
+    ),
+    "gradual_unfreezing": Kind(
+        "S2",
+        "head first, then one more block from the top every unfreeze_every epochs",
+        {"unfreeze_every": Setting({"type": "integer", "minimum": 1}, "epochs between unfreezing steps", 2)},
+        frozen_start=True,
+    ),
+    "l2_sp": Kind(
+        "S2",
+        "everything; loss + sp_alpha/2·‖w − w₀‖² over the backbone; head weight decay sp_beta",
+        {
+            "sp_alpha": Setting(
+                {"type": "number", "minimum": 0},
+                "weight of the distance to the starting weights",
+                0.01,
+                candidates=True,
+            ),
+            "sp_beta": Setting({"type": "number", "minimum": 0}, "weight decay of the head", 0.01, candidates=True),
+        },
+        without=("weight_decay",),
+    ),  # its decays are its own: none on the backbone, sp_beta on the head
     "auto_rgn": Kind("S2", "everything; each layer's lr rescaled every epoch by its mean ‖g‖/‖w‖ ÷ the largest"),
-    "llrd": Kind("S2", "everything; block k from the top at lr·lr_decay^k (head k = 0)", {
-        "lr_decay": Setting({"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                            "learning-rate factor per block from the top", 0.75, candidates=True)}),
-    "last_block": Kind("S2", "the top last_blocks blocks (with the final norm)", {
-        "last_blocks": Setting({"type": "integer", "minimum": 1}, "how many top blocks train", 1)}),
+    "llrd": Kind(
+        "S2",
+        "everything; block k from the top at lr·lr_decay^k (head k = 0)",
+        {
+            "lr_decay": Setting(
+                {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                "learning-rate factor per block from the top",
+                0.75,
+                candidates=True,
+            )
+        },
+    ),
+    "last_block": Kind(
+        "S2",
+        "the top last_blocks blocks (with the final norm)",
+        {"last_blocks": Setting({"type": "integer", "minimum": 1}, "how many top blocks train", 1)},
+    ),
     # ---- S3 (Dutt et al.) -----------------------------------------------------------------------------------
-    "dora": Kind("S3", "LoRA on each weight's direction + a magnitude vector (peft)", {
-        "rank": _rank(8), "alpha": _alpha(), "dropout": DROPOUT, "target_modules": targets()},
+    "dora": Kind(
+        "S3",
+        "LoRA on each weight's direction + a magnitude vector (peft)",
+        {"rank": _rank(8), "alpha": _alpha(), "dropout": DROPOUT, "target_modules": targets()},
         limit=_batchnorm("its magnitude vector rescales a convolution's output channels"),
-        limit_text="not BatchNorm CNNs: the magnitudes would rescale channels the next BatchNorm renormalises"),
-    "loha": Kind("S3", "Hadamard product of two rank-r products (peft)", {
-        "rank": _rank(8), "alpha": _alpha(), "dropout": DROPOUT, "target_modules": targets()}),
-    "lokr": Kind("S3", "Kronecker-product update (peft)", {
-        "rank": _rank(8), "alpha": _alpha(), "dropout": DROPOUT, "target_modules": targets()}),
-    "adalora": Kind("S3", "SVD-shaped LoRA whose rank budget is pruned from init_rank to rank (peft); "
-                          "+ orthogonality penalty", {
-        "rank": _rank(8, "average target rank after pruning"),
-        "init_rank": Setting({"type": "integer", "minimum": 1}, "starting rank", lambda r, e, t: r["rank"] * 3 // 2,
-                             "1.5 × rank"),
-        "alpha": _alpha(), "dropout": DROPOUT, "target_modules": targets(),
-        "orth_reg_weight": Setting({"type": "number", "minimum": 0}, "weight of the orthogonality penalty", 0.5),
-        "warmup_fraction": Setting({"type": "number", "minimum": 0, "maximum": 1},
-                                   "share of the steps before rank pruning starts", 0.1),
-        "final_fraction": Setting({"type": "number", "minimum": 0, "maximum": 1},
-                                  "share of the steps after rank pruning ends", 0.3)}),
-    "oft": Kind("S3", "block-diagonal orthogonal rotation of each target's input (peft)", {
-        "block_size": Setting({"type": "integer", "minimum": 1}, "size of the orthogonal blocks", 32),
-        "dropout": DROPOUT, "target_modules": targets()},
-        limit=lambda e: "peft's OFT on Conv2d rotates unfolded input patches and folds them back by summing "
-                        "overlaps: it is not the identity at initialisation" if e.kind == "cnn" else None,
-        limit_text="ViTs: peft's Conv2d OFT is not the identity at initialisation"),
-    "boft": Kind("S3", "butterfly-factorised orthogonal rotation + output scale (peft)", {
-        "block_size": Setting({"type": "integer", "minimum": 1}, "size of the butterfly blocks", 8),
-        "butterfly_factor": Setting({"type": "integer", "minimum": 1}, "number of butterfly factors", 1),
-        "dropout": DROPOUT, "target_modules": targets()},
-        limit=lambda e: "peft's BOFT multiplies a dense (C·k·k)² rotation per convolution every step: VGG's 7×7 "
-                        "fc6 convolution over 512 channels makes it 25088², 2.5 GB" if e.layout == "vgg" else None,
-        limit_text="not VGG: its 7×7 fc6 convolution makes peft's dense rotation 25088²"),
-    "fourierft": Kind("S3", "n_frequency spectral coefficients per target, update = scaled inverse DFT (peft)", {
-        "n_frequency": Setting({"type": "integer", "minimum": 1}, "trainable spectral coefficients per target", 1000),
-        "scaling": Setting(NUMBER, "scale of the update", 150.0), "target_modules": targets()},
-        limit=_linear_only, limit_text="ViTs: peft's FourierFT adapts Linear layers only"),
-    "ln_tuning": Kind("S3", "trainable copies of the LayerNorms (peft)",
-                      limit=lambda e: None if LAYOUTS[e.layout] == "layer" else "it tunes LayerNorms, which it has none of",
-                      limit_text="backbones with LayerNorms"),
-    "ssf": Kind("S3", "a per-channel scale and shift after every norm layer and, where no norm follows, every "
-                      "adapter target (ours, tuners.py)", {"target_modules": targets()}),
-    "vpt": Kind("S3", "prompt_tokens prompt tokens per block (deep) or before the first block (ours, tuners.py)", {
-        "prompt_tokens": Setting({"type": "integer", "minimum": 1}, "prompt tokens per block", 10),
-        "deep": Setting({"type": "boolean"}, "prompts at every block (true) or before the first only", True)},
-        limit=lambda e: None if e.layout == "timm_vit" else
-        "prompts are extra tokens of a timm ViT's sequence: a CNN has none, a Swin attends in windows, and the "
-        "transformers towers have no hook for them here",
-        limit_text="timm ViTs: prompts extend their token sequence"),
+        limit_text="not BatchNorm CNNs: the magnitudes would rescale channels the next BatchNorm renormalises",
+    ),
+    "loha": Kind(
+        "S3",
+        "Hadamard product of two rank-r products (peft)",
+        {"rank": _rank(8), "alpha": _alpha(), "dropout": DROPOUT, "target_modules": targets()},
+    ),
+    "lokr": Kind(
+        "S3",
+        "Kronecker-product update (peft)",
+        {"rank": _rank(8), "alpha": _alpha(), "dropout": DROPOUT, "target_modules": targets()},
+    ),
+    "adalora": Kind(
+        "S3",
+        "SVD-shaped LoRA whose rank budget is pruned from init_rank to rank (peft); + orthogonality penalty",
+        {
+            "rank": _rank(8, "average target rank after pruning"),
+            "init_rank": Setting(
+                {"type": "integer", "minimum": 1}, "starting rank", lambda r, e, t: r["rank"] * 3 // 2, "1.5 × rank"
+            ),
+            "alpha": _alpha(),
+            "dropout": DROPOUT,
+            "target_modules": targets(),
+            "orth_reg_weight": Setting({"type": "number", "minimum": 0}, "weight of the orthogonality penalty", 0.5),
+            "warmup_fraction": Setting(
+                {"type": "number", "minimum": 0, "maximum": 1}, "share of the steps before rank pruning starts", 0.1
+            ),
+            "final_fraction": Setting(
+                {"type": "number", "minimum": 0, "maximum": 1}, "share of the steps after rank pruning ends", 0.3
+            ),
+        },
+    ),
+    "oft": Kind(
+        "S3",
+        "block-diagonal orthogonal rotation of each target's input (peft)",
+        {
+            "block_size": Setting({"type": "integer", "minimum": 1}, "size of the orthogonal blocks", 32),
+            "dropout": DROPOUT,
+            "target_modules": targets(),
+        },
+        limit=lambda e: (
+            "peft's OFT on Conv2d rotates unfolded input patches and folds them back by summing "
+            "overlaps: it is not the identity at initialisation"
+            if e.kind == "cnn"
+            else None
+        ),
+        limit_text="ViTs: peft's Conv2d OFT is not the identity at initialisation",
+    ),
+    "boft": Kind(
+        "S3",
+        "butterfly-factorised orthogonal rotation + output scale (peft)",
+        {
+            "block_size": Setting({"type": "integer", "minimum": 1}, "size of the butterfly blocks", 8),
+            "butterfly_factor": Setting({"type": "integer", "minimum": 1}, "number of butterfly factors", 1),
+            "dropout": DROPOUT,
+            "target_modules": targets(),
+        },
+        limit=lambda e: (
+            "peft's BOFT multiplies a dense (C·k·k)² rotation per convolution every step: VGG's 7×7 "
+            "fc6 convolution over 512 channels makes it 25088², 2.5 GB"
+            if e.layout == "vgg"
+            else None
+        ),
+        limit_text="not VGG: its 7×7 fc6 convolution makes peft's dense rotation 25088²",
+    ),
+    "fourierft": Kind(
+        "S3",
+        "n_frequency spectral coefficients per target, update = scaled inverse DFT (peft)",
+        {
+            "n_frequency": Setting(
+                {"type": "integer", "minimum": 1}, "trainable spectral coefficients per target", 1000
+            ),
+            "scaling": Setting(NUMBER, "scale of the update", 150.0),
+            "target_modules": targets(),
+        },
+        limit=_linear_only,
+        limit_text="ViTs: peft's FourierFT adapts Linear layers only",
+    ),
+    "ln_tuning": Kind(
+        "S3",
+        "trainable copies of the LayerNorms (peft)",
+        limit=lambda e: None if LAYOUTS[e.layout] == "layer" else "it tunes LayerNorms, which it has none of",
+        limit_text="backbones with LayerNorms",
+    ),
+    "ssf": Kind(
+        "S3",
+        "a per-channel scale and shift after every norm layer and, where no norm follows, every "
+        "adapter target (ours, tuners.py)",
+        {"target_modules": targets()},
+    ),
+    "vpt": Kind(
+        "S3",
+        "prompt_tokens prompt tokens per block (deep) or before the first block (ours, tuners.py)",
+        {
+            "prompt_tokens": Setting({"type": "integer", "minimum": 1}, "prompt tokens per block", 10),
+            "deep": Setting({"type": "boolean"}, "prompts at every block (true) or before the first only", True),
+        },
+        limit=lambda e: (
+            None
+            if e.layout == "timm_vit"
+            else "prompts are extra tokens of a timm ViT's sequence: a CNN has none, a Swin attends in windows, and the "
+            "transformers towers have no hook for them here"
+        ),
+        limit_text="timm ViTs: prompts extend their token sequence",
+    ),
     # ---- probes fitted on the embedding cache (ours; the usual frozen-feature baselines of FM papers) --------
-    "logreg": Kind("ours", "class-balanced L2 logistic regression on standardised features (scikit-learn)", {
-        "C": Setting(NUMBER, "inverse regularisation strength", [1e-3, 1e-2, 0.1, 1.0], candidates=True)},
-        mode="fitted"),
-    "knn": Kind("ours", "cosine k-nearest neighbours on L2-normalised features (scikit-learn)", {
-        "k": Setting({"type": "integer", "minimum": 1}, "neighbours (those above the training size left out)",
-                     [1, 5, 10, 20], candidates=True)}, mode="fitted"),
+    "logreg": Kind(
+        "ours",
+        "class-balanced L2 logistic regression on standardised features (scikit-learn)",
+        {"C": Setting(NUMBER, "inverse regularisation strength", [1e-3, 1e-2, 0.1, 1.0], candidates=True)},
+        mode="fitted",
+    ),
+    "knn": Kind(
+        "ours",
+        "cosine k-nearest neighbours on L2-normalised features (scikit-learn)",
+        {
+            "k": Setting(
+                {"type": "integer", "minimum": 1},
+                "neighbours (those above the training size left out)",
+                [1, 5, 10, 20],
+                candidates=True,
+            )
+        },
+        mode="fitted",
+    ),
 }
 
 
@@ -253,8 +407,11 @@ def _for_layout(setting: Setting, value: Any, entry: ZooEntry) -> Any:
 
 def listed_candidates(spec: dict) -> list[str]:
     """The settings of a strategy ``spec`` given (or defaulting to) a list of candidates."""
-    return [name for name, s in settings_of(spec["kind"]).items()
-            if s.candidates and isinstance(spec.get(name, s.default), list)]
+    return [
+        name
+        for name, s in settings_of(spec["kind"]).items()
+        if s.candidates and isinstance(spec.get(name, s.default), list)
+    ]
 
 
 def resolve(spec: dict, entry: ZooEntry, training: dict) -> list[dict]:

@@ -46,12 +46,12 @@ def add_ssf(backbone: nn.Module, names: list[str]) -> None:
 def _insert_prompts(block: nn.Module, args: tuple, kwargs: dict, prefix: int, first: bool):
     x = args[0]
     prompts = block.vpt_prompts.expand(x.shape[0], -1, -1).to(x.dtype)
-    rest = x[:, prefix:] if first else x[:, prefix + prompts.shape[1]:]  # deep: replace the previous ones
+    rest = x[:, prefix:] if first else x[:, prefix + prompts.shape[1] :]  # deep: replace the previous ones
     return (torch.cat([x[:, :prefix], prompts, rest], 1), *args[1:]), kwargs
 
 
 def _drop_prompts(block: nn.Module, args, out: torch.Tensor, prefix: int, tokens: int) -> torch.Tensor:
-    return torch.cat([out[:, :prefix], out[:, prefix + tokens:]], 1)
+    return torch.cat([out[:, :prefix], out[:, prefix + tokens :]], 1)
 
 
 def add_prompts(backbone: nn.Module, tokens: int, deep: bool) -> None:
@@ -63,12 +63,15 @@ def add_prompts(backbone: nn.Module, tokens: int, deep: bool) -> None:
     """
     stack = getattr(backbone, "blocks", None)
     if stack is None or not hasattr(backbone, "num_prefix_tokens") or not hasattr(backbone, "embed_dim"):
-        raise TypeError(f"VPT needs a ViT with a token sequence (blocks, num_prefix_tokens, embed_dim); "
-                        f"{type(backbone).__name__} has none")
+        raise TypeError(
+            f"VPT needs a ViT with a token sequence (blocks, num_prefix_tokens, embed_dim); "
+            f"{type(backbone).__name__} has none"
+        )
     prefix = backbone.num_prefix_tokens
     for i, block in enumerate(stack if deep else stack[:1]):
-        block.register_parameter("vpt_prompts", nn.Parameter(nn.init.trunc_normal_(
-            torch.empty(1, tokens, backbone.embed_dim), std=0.02)))
+        block.register_parameter(
+            "vpt_prompts", nn.Parameter(nn.init.trunc_normal_(torch.empty(1, tokens, backbone.embed_dim), std=0.02))
+        )
         block.register_forward_pre_hook(partial(_insert_prompts, prefix=prefix, first=i == 0), with_kwargs=True)
     stack[-1].register_forward_hook(partial(_drop_prompts, prefix=prefix, tokens=tokens))
 
@@ -81,12 +84,17 @@ class QKV(nn.Module):
         super().__init__()
         width = fused.out_features // 3
         for i, name in enumerate("qkv"):
-            part = nn.Linear(fused.in_features, width, bias=fused.bias is not None, device=fused.weight.device,
-                             dtype=fused.weight.dtype)
+            part = nn.Linear(
+                fused.in_features,
+                width,
+                bias=fused.bias is not None,
+                device=fused.weight.device,
+                dtype=fused.weight.dtype,
+            )
             with torch.no_grad():
-                part.weight.copy_(fused.weight[i * width:(i + 1) * width])
+                part.weight.copy_(fused.weight[i * width : (i + 1) * width])
                 if fused.bias is not None:
-                    part.bias.copy_(fused.bias[i * width:(i + 1) * width])
+                    part.bias.copy_(fused.bias[i * width : (i + 1) * width])
             part.weight.requires_grad_(fused.weight.requires_grad)
             if fused.bias is not None:
                 part.bias.requires_grad_(fused.bias.requires_grad)
@@ -98,8 +106,11 @@ class QKV(nn.Module):
 
 def split_qkv(backbone: nn.Module) -> list[str]:
     """Replace every fused ``attn.qkv`` Linear (timm's ViTs and Swins) by a :class:`QKV`; the names replaced."""
-    names = [name for name, m in backbone.named_modules()
-             if name.endswith("attn.qkv") and isinstance(m, nn.Linear) and m.out_features == 3 * m.in_features]
+    names = [
+        name
+        for name, m in backbone.named_modules()
+        if name.endswith("attn.qkv") and isinstance(m, nn.Linear) and m.out_features == 3 * m.in_features
+    ]
     for name in names:
         parent, _, child = name.rpartition(".")
         setattr(backbone.get_submodule(parent), child, QKV(backbone.get_submodule(name)))

@@ -32,10 +32,12 @@ class Unreachable(ConnectionError):
     """The weights' host cannot be reached (no network, offline mode, a firewall): not a missing file."""
 
     def __init__(self, host: str, source: str, reason: object):
-        super().__init__(f"cannot reach {host} to fetch {source} ({reason}). On a machine without internet, fetch the "
-                         f"weights where {host} can be reached (`snakemake --until weights`, e.g. on the login node) and "
-                         "copy resources/weights/ here, or give a local file as models.<name>.weights; see "
-                         "docs/models.md, 'Offline machines'")
+        super().__init__(
+            f"cannot reach {host} to fetch {source} ({reason}). On a machine without internet, fetch the "
+            f"weights where {host} can be reached (`snakemake --until weights`, e.g. on the login node) and "
+            "copy resources/weights/ here, or give a local file as models.<name>.weights; see "
+            "docs/models.md, 'Offline machines'"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- fetching
@@ -106,16 +108,22 @@ def fetch(model: str, entry: ZooEntry, out_dir: str | Path) -> Path:
     except Unreachable as err:
         raise WeightsError(f"model '{model}': {err}") from err
     except Exception as err:  # network, hub and archive errors alike: say which model and where from
-        raise WeightsError(f"model '{model}': cannot fetch {entry.source} into {out_dir}: "
-                           f"{type(err).__name__}: {err}") from err
+        raise WeightsError(
+            f"model '{model}': cannot fetch {entry.source} into {out_dir}: {type(err).__name__}: {err}"
+        ) from err
 
 
 def write_manifest(path: str | Path, model: str, entry: ZooEntry, file: Path) -> dict:
     """Record the fetched file (relative to the manifest), its size and SHA-256; written last, atomically."""
     path = Path(path)
-    manifest = {"model": model, "arch": entry.name, "source": entry.source,
-                "file": str(file.resolve().relative_to(path.parent.resolve())),
-                "bytes": file.stat().st_size, "sha256": download.hexdigest(file)}
+    manifest = {
+        "model": model,
+        "arch": entry.name,
+        "source": entry.source,
+        "file": str(file.resolve().relative_to(path.parent.resolve())),
+        "bytes": file.stat().st_size,
+        "sha256": download.hexdigest(file),
+    }
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
     tmp.replace(path)
@@ -147,11 +155,15 @@ def locate(model: str, entry: ZooEntry, path: str | Path) -> Path:
     manifest = json.loads(path.read_text())
     file = path.parent / manifest["file"]
     if not file.is_file():
-        raise WeightsError(f"model '{model}': weight file {file} (listed in {path}) is missing; "
-                           f"delete {path} and fetch again (snakemake --until weights)")
+        raise WeightsError(
+            f"model '{model}': weight file {file} (listed in {path}) is missing; "
+            f"delete {path} and fetch again (snakemake --until weights)"
+        )
     if file.stat().st_size != manifest["bytes"]:
-        raise WeightsError(f"model '{model}': weight file {file} has {file.stat().st_size} bytes, {path} says "
-                           f"{manifest['bytes']}: corrupt or truncated; delete both and fetch again")
+        raise WeightsError(
+            f"model '{model}': weight file {file} has {file.stat().st_size} bytes, {path} says "
+            f"{manifest['bytes']}: corrupt or truncated; delete both and fetch again"
+        )
     return file
 
 
@@ -180,7 +192,7 @@ def map_keys(state: dict, entry: ZooEntry) -> dict:
     for key, tensor in state.items():
         if not key.startswith(entry.prefix):
             continue
-        key = key[len(entry.prefix):]
+        key = key[len(entry.prefix) :]
         for pattern, replacement in entry.renames:
             key = re.sub(pattern, replacement, key)
         if ignore is None or not ignore.fullmatch(key):
@@ -207,8 +219,10 @@ def load(model: str, entry: ZooEntry, path: str | Path) -> dict:
         try:
             _LAST_LOADED[key] = map_keys(read(file), entry)
         except Exception as err:  # any reader failure means the same to the user: this file cannot be used
-            raise WeightsError(f"model '{model}': cannot read weight file {file} (corrupt, truncated or not a "
-                               f"checkpoint of '{entry.name}'): {err}") from err
+            raise WeightsError(
+                f"model '{model}': cannot read weight file {file} (corrupt, truncated or not a "
+                f"checkpoint of '{entry.name}'): {err}"
+            ) from err
     return _LAST_LOADED[key]
 
 

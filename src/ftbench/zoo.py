@@ -36,7 +36,10 @@ class ZooEntry:
     # Pretrained weights: "hf-hub:<repo id>", an https URL (a file or a .zip holding it) or "timm:<name>" (timm's
     # own source for that name); None = random initialisation only.
     source: str | None = None
-    files: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")  # weight file names in the source, first found wins
+    files: tuple[str, ...] = (
+        "model.safetensors",
+        "pytorch_model.bin",
+    )  # weight file names in the source, first found wins
     # Checkpoint key mapping: keep the keys under `prefix` (stripped; the rest, e.g. a text tower, is not ours), apply
     # the `renames` (regex, replacement) in order, then leave out keys matching `ignore` (projection heads, stale buffers).
     prefix: str = ""
@@ -45,9 +48,13 @@ class ZooEntry:
     img_size: int = 224  # native input side; a model config's img_size overrides it
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    grayscale: str = "replicate"  # how 1-channel CXRs are fed: replicated to 3 channels, pretrained first conv unchanged
+    grayscale: str = (
+        "replicate"  # how 1-channel CXRs are fed: replicated to 3 channels, pretrained first conv unchanged
+    )
     features: int | None = None  # width of the feature the head reads
-    pool: str = "avg"  # how the feature is read: "token" (CLS token after the final norm) or "avg" (global average pool)
+    pool: str = (
+        "avg"  # how the feature is read: "token" (CLS token after the final norm) or "avg" (global average pool)
+    )
     blocks: str = ""  # regex of the block module names, input to output (for layer-wise strategies)
     targets: tuple[str, ...] = field(default=())  # module-name regexes PEFT adapters attach to
     license: str = "see source"
@@ -83,24 +90,50 @@ SWIN_V4_RENAMES = (
     (r"\.attention\.self\.query\.", ".attention.q_proj."),
     (r"\.attention\.self\.key\.", ".attention.k_proj."),
     (r"\.attention\.self\.value\.", ".attention.v_proj."),
-    (r"\.attention\.self\.relative_position_bias_table$", ".attention.relative_position_bias.relative_position_bias_table"),
+    (
+        r"\.attention\.self\.relative_position_bias_table$",
+        ".attention.relative_position_bias.relative_position_bias_table",
+    ),
     (r"\.attention\.output\.dense\.", ".attention.o_proj."),
     (r"\.intermediate\.dense\.", ".mlp.fc1."),
     (r"\.output\.dense\.", ".mlp.fc2."),
 )
 
 
-def _tv_cnn(name: str, features: int, blocks: str = CNN_BLOCKS, targets: tuple[str, ...] = CNN_TARGETS,
-            layout: str = "cnn") -> ZooEntry:
+def _tv_cnn(
+    name: str, features: int, blocks: str = CNN_BLOCKS, targets: tuple[str, ...] = CNN_TARGETS, layout: str = "cnn"
+) -> ZooEntry:
     """An ImageNet CNN with torchvision's weights, as timm hosts them."""
-    return ZooEntry("timm", name, "cnn", "cnn", layout, f"hf-hub:timm/{name}.tv_in1k", features=features, blocks=blocks,
-                    targets=targets, license=TORCHVISION_LICENSE)
+    return ZooEntry(
+        "timm",
+        name,
+        "cnn",
+        "cnn",
+        layout,
+        f"hf-hub:timm/{name}.tv_in1k",
+        features=features,
+        blocks=blocks,
+        targets=targets,
+        license=TORCHVISION_LICENSE,
+    )
 
 
 def _dinov2(size: str, features: int) -> ZooEntry:
     name = f"vit_{size}_patch14_dinov2"
-    return ZooEntry("timm", name, "vit", "fm-general", "timm_vit", f"hf-hub:timm/{name}.lvd142m", img_size=518,
-                    features=features, pool="token", blocks=VIT_BLOCKS, targets=VIT_TARGETS, license="Apache-2.0")
+    return ZooEntry(
+        "timm",
+        name,
+        "vit",
+        "fm-general",
+        "timm_vit",
+        f"hf-hub:timm/{name}.lvd142m",
+        img_size=518,
+        features=features,
+        pool="token",
+        blocks=VIT_BLOCKS,
+        targets=VIT_TARGETS,
+        license="Apache-2.0",
+    )
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -116,44 +149,127 @@ ZOO: dict[str, ZooEntry] = {
     # q/k/v projections that every adapter method can target; the feature is the CLS token after the final norm,
     # before the contrastive projection (`visual_projection`, outside the vision model's prefix)
     "clip_vitl14": ZooEntry(
-        "transformers", "CLIPVisionModel", "vit", "fm-general", "hf_clip", "hf-hub:openai/clip-vit-large-patch14",
-        prefix="vision_model.", ignore=r"embeddings\.position_ids", mean=CLIP_MEAN, std=CLIP_STD, features=1024,
-        pool="token", blocks=r"model\.encoder\.layers\.\d+", targets=HF_CLIP_TARGETS, license="MIT",
-        options={"config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-                            "num_attention_heads": 16, "patch_size": 14, "hidden_act": "quick_gelu"}}),
+        "transformers",
+        "CLIPVisionModel",
+        "vit",
+        "fm-general",
+        "hf_clip",
+        "hf-hub:openai/clip-vit-large-patch14",
+        prefix="vision_model.",
+        ignore=r"embeddings\.position_ids",
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        features=1024,
+        pool="token",
+        blocks=r"model\.encoder\.layers\.\d+",
+        targets=HF_CLIP_TARGETS,
+        license="MIT",
+        options={
+            "config": {
+                "hidden_size": 1024,
+                "intermediate_size": 4096,
+                "num_hidden_layers": 24,
+                "num_attention_heads": 16,
+                "patch_size": 14,
+                "hidden_act": "quick_gelu",
+            }
+        },
+    ),
     # BiomedCLIP: an open_clip model whose vision tower is a timm ViT-B/16 (`visual.trunk`, as in the hub's
     # open_clip_config.json), so timm builds it; its text tower (PubMedBERT) and projection (`visual.head`) are not used
     "biomedclip": ZooEntry(
-        "timm", "vit_base_patch16_224", "vit", "fm-biomedical", "timm_vit",
+        "timm",
+        "vit_base_patch16_224",
+        "vit",
+        "fm-biomedical",
+        "timm_vit",
         "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
-        files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"), prefix="visual.trunk.",
-        mean=CLIP_MEAN, std=CLIP_STD, features=768, pool="token", blocks=VIT_BLOCKS, targets=VIT_TARGETS,
-        license="MIT"),
+        files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+        prefix="visual.trunk.",
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        features=768,
+        pool="token",
+        blocks=VIT_BLOCKS,
+        targets=VIT_TARGETS,
+        license="MIT",
+    ),
     # PubMedCLIP: a CLIP ViT-B/32 fine-tuned on ROCO; transformers CLIPModel checkpoint, vision tower only
     "pubmedclip": ZooEntry(
-        "transformers", "CLIPVisionModel", "vit", "fm-biomedical", "hf_clip",
+        "transformers",
+        "CLIPVisionModel",
+        "vit",
+        "fm-biomedical",
+        "hf_clip",
         "hf-hub:flaviagiammarino/pubmed-clip-vit-base-patch32",
-        prefix="vision_model.", ignore=r"embeddings\.position_ids", mean=CLIP_MEAN, std=CLIP_STD, features=768,
-        pool="token", blocks=r"model\.encoder\.layers\.\d+", targets=HF_CLIP_TARGETS, license="MIT",
-        options={"config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                            "num_attention_heads": 12, "patch_size": 32, "hidden_act": "quick_gelu"}}),
+        prefix="vision_model.",
+        ignore=r"embeddings\.position_ids",
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        features=768,
+        pool="token",
+        blocks=r"model\.encoder\.layers\.\d+",
+        targets=HF_CLIP_TARGETS,
+        license="MIT",
+        options={
+            "config": {
+                "hidden_size": 768,
+                "intermediate_size": 3072,
+                "num_hidden_layers": 12,
+                "num_attention_heads": 12,
+                "patch_size": 32,
+                "hidden_act": "quick_gelu",
+            }
+        },
+    ),
     # MedCLIP (Wang et al. 2022): the authors' zips hold the whole model (pytorch_model.bin); the vision tower is
     # `vision_model.model` (torchvision ResNet-50 whose `fc` is the projection, or transformers' Swin-Tiny).
     # The zip URLs are those of MedCLIP's medclip/medclip_{resnet,vit}_weight.txt pointers.
     "medclip_resnet50": ZooEntry(
-        "torchvision", "resnet50", "cnn", "fm-biomedical", "cnn",
+        "torchvision",
+        "resnet50",
+        "cnn",
+        "fm-biomedical",
+        "cnn",
         "https://storage.googleapis.com/pytrial/medclip-pretrained.zip",
-        files=("pytorch_model.bin",), prefix="vision_model.model.", ignore=r"fc\.weight", mean=MEDCLIP_MEAN,
-        std=MEDCLIP_STD, features=2048, blocks=r"layer\d", targets=CNN_TARGETS, license="MIT (MedCLIP repository)",
-        options={"head": "fc"}),
+        files=("pytorch_model.bin",),
+        prefix="vision_model.model.",
+        ignore=r"fc\.weight",
+        mean=MEDCLIP_MEAN,
+        std=MEDCLIP_STD,
+        features=2048,
+        blocks=r"layer\d",
+        targets=CNN_TARGETS,
+        license="MIT (MedCLIP repository)",
+        options={"head": "fc"},
+    ),
     "medclip_vit": ZooEntry(
-        "transformers", "SwinModel", "vit", "fm-biomedical", "hf_swin",
+        "transformers",
+        "SwinModel",
+        "vit",
+        "fm-biomedical",
+        "hf_swin",
         "https://storage.googleapis.com/pytrial/medclip-vit-pretrained.zip",
-        files=("pytorch_model.bin",), prefix="vision_model.model.", renames=SWIN_V4_RENAMES,
-        ignore=r".*relative_position_index", mean=MEDCLIP_MEAN, std=MEDCLIP_STD, features=768,
-        blocks=r"model\.encoder\.layers\.\d+\.blocks\.\d+", targets=SWIN_TARGETS, license="MIT (MedCLIP repository)",
-        options={"config": {"embed_dim": 96, "depths": [2, 2, 6, 2], "num_heads": [3, 6, 12, 24], "window_size": 7,
-                            "patch_size": 4}}),
+        files=("pytorch_model.bin",),
+        prefix="vision_model.model.",
+        renames=SWIN_V4_RENAMES,
+        ignore=r".*relative_position_index",
+        mean=MEDCLIP_MEAN,
+        std=MEDCLIP_STD,
+        features=768,
+        blocks=r"model\.encoder\.layers\.\d+\.blocks\.\d+",
+        targets=SWIN_TARGETS,
+        license="MIT (MedCLIP repository)",
+        options={
+            "config": {
+                "embed_dim": 96,
+                "depths": [2, 2, 6, 2],
+                "num_heads": [3, 6, 12, 24],
+                "window_size": 7,
+                "patch_size": 4,
+            }
+        },
+    ),
 }
 
 
@@ -184,10 +300,19 @@ def _timm_entry(arch: str) -> ZooEntry:
     base = arch.partition(".")[0]
     vit = re.search(r"vit|deit|beit|eva|swin|dinov2", base) is not None
     test = base.startswith("test_")  # timm's tiny test models are normalised to [-1, 1]
-    return ZooEntry("timm", base, "vit" if vit else "cnn", "custom", _timm_layout(base, vit), f"timm:{arch}",
-                    mean=(0.5, 0.5, 0.5) if test else IMAGENET_MEAN, std=(0.5, 0.5, 0.5) if test else IMAGENET_STD,
-                    pool="token" if vit else "avg", blocks=VIT_BLOCKS if vit else CNN_BLOCKS,
-                    targets=VIT_TARGETS if vit else CNN_TARGETS)
+    return ZooEntry(
+        "timm",
+        base,
+        "vit" if vit else "cnn",
+        "custom",
+        _timm_layout(base, vit),
+        f"timm:{arch}",
+        mean=(0.5, 0.5, 0.5) if test else IMAGENET_MEAN,
+        std=(0.5, 0.5, 0.5) if test else IMAGENET_STD,
+        pool="token" if vit else "avg",
+        blocks=VIT_BLOCKS if vit else CNN_BLOCKS,
+        targets=VIT_TARGETS if vit else CNN_TARGETS,
+    )
 
 
 def _timm_layout(base: str, vit: bool) -> str:

@@ -62,7 +62,7 @@ def to_json(value) -> str:
 
 @functools.cache
 def download(dataset: str) -> dict | None:
-    """What the download rule fetches for a dataset (None: a local copy or a manual download)."""
+    """What the download job of a dataset fetches (None: a local copy or a manual download)."""
     from ftbench.data.adapters import download_source  # polars, pydicom: only when a data rule is planned
 
     return download_source(DATASETS[dataset])
@@ -115,8 +115,12 @@ def train_job(path: str) -> dict:
     if job.group != "full":
         inputs["fewshot"] = f"results/splits/{job.task}/fewshot/{job.group}.parquet"
     optional = {flag: inputs.get(flag) for flag in ("store", "embeddings", "weights", "fewshot")}
-    return {"inputs": inputs, "args": cli_args(optional),
-            "settings": to_json(grid.job_settings(config, job, JOBS[job])), "cells": len(JOBS[job])}
+    return {
+        "inputs": inputs,
+        "args": cli_args(optional),
+        "settings": to_json(grid.job_settings(config, job, JOBS[job])),
+        "cells": len(JOBS[job]),
+    }
 
 
 def train_inputs(w) -> dict:
@@ -156,10 +160,13 @@ def cost_inputs(w) -> dict:
 
     inputs = {"cells": "results/partial/cells.parquet", "grid": "results/grid.txt"}
     if config["cost"]["device"]:
-        inputs["data"] = [path for task in TASKS if task not in config["cost"]["tasks"]
-                          for path in flop_cost.data_inputs(config, task)]
+        inputs["data"] = [
+            path
+            for task in TASKS
+            if task not in config["cost"]["tasks"]
+            for path in flop_cost.data_inputs(config, task)
+        ]
     return inputs
-
 
 
 wildcard_constraints:

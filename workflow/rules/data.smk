@@ -3,19 +3,20 @@
 # (path:) and manual-download datasets (AIforCOVID) are read where they are, when the table is built.
 
 
-localrules: download_dataset
+localrules:
+    download_dataset,
 
 
 rule download_dataset:
     output:
         done=touch("resources/datasets/{dataset}/.downloaded"),
+    log:
+        "results/logs/download/{dataset}.log",
+    conda:
+        "../../envs/ftbench.yaml"
     params:
         adapter=lambda w: DATASETS[w.dataset]["adapter"],
         source=lambda w: to_json(download(w.dataset)),
-    conda:
-        "../../envs/ftbench.yaml"
-    log:
-        "results/logs/download/{dataset}.log",
     shell:
         "python -m ftbench download --adapter {params.adapter} --source {params.source:q} "
         "--out resources/datasets/{wildcards.dataset} --done {output.done} 2> {log}"
@@ -27,13 +28,13 @@ rule dataset_table:
     output:
         table="results/data/{dataset}/table.parquet",
         rejects="results/data/{dataset}/rejects.csv",
+    log:
+        "results/logs/data/{dataset}.log",
+    conda:
+        "../../envs/ftbench.yaml"
     params:
         spec=lambda w: to_json(DATASETS[w.dataset]),
         version=DATA_VERSION,
-    conda:
-        "../../envs/ftbench.yaml"
-    log:
-        "results/logs/data/{dataset}.log",
     shell:
         "python -m ftbench dataset --name {wildcards.dataset} --spec {params.spec:q} --resources resources "
         "--table {output.table} --rejects {output.rejects} 2> {log}"
@@ -44,12 +45,12 @@ rule image_store:
         table="results/data/{dataset}/table.parquet",
     output:
         "results/data/{dataset}/images_{size}.npy",
-    params:
-        version=DATA_VERSION,
-    conda:
-        "../../envs/ftbench.yaml"
     log:
         "results/logs/data/{dataset}_store_{size}.log",
+    conda:
+        "../../envs/ftbench.yaml"
+    params:
+        version=DATA_VERSION,
     shell:
         "python -m ftbench store --table {input.table} --side {wildcards.size} --out {output} 2> {log}"
 
@@ -61,13 +62,13 @@ rule task_table:
     output:
         table="results/tasks/{task}/images.parquet",
         report="results/tasks/{task}/data_report.json",
+    log:
+        "results/logs/tasks/{task}.log",
+    conda:
+        "../../envs/ftbench.yaml"
     params:
         spec=lambda w: to_json({k: v for k, v in TASKS[w.task].items() if k != "validation"}),  # folds' business
         version=DATA_VERSION,
-    conda:
-        "../../envs/ftbench.yaml"
-    log:
-        "results/logs/tasks/{task}.log",
     shell:
         "python -m ftbench task --name {wildcards.task} --spec {params.spec:q} --table {input.table} "
         "--rejects {input.rejects} --out {output.table} --report {output.report} 2> {log}"

@@ -8,15 +8,15 @@ rule embeddings:
         unpack(embedding_inputs),
     output:
         "results/embeddings/{dataset}/{model}.npy",
+    log:
+        "results/logs/embeddings/{dataset}/{model}.log",
+    conda:
+        "../../envs/ftbench.yaml"
+    threads: config["training"]["threads"]
     params:
         model=lambda w: to_json(grid.model_settings(config, w.model)),
         args=lambda w: cli_args({"weights": model_weights(w.model)}),
         version=EMBEDDING_VERSION,
-    threads: config["training"]["threads"]
-    conda:
-        "../../envs/ftbench.yaml"
-    log:
-        "results/logs/embeddings/{dataset}/{model}.log",
     shell:
         "HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "
         "python -m ftbench embed --model {params.model:q} --store {input.store} {params.args} --threads {threads} "

@@ -11,7 +11,10 @@ from ftbench.captions import CAPTIONS
 STATS_TABLES = ("friedman", "ranks", "posthoc", "wilcoxon", "within_task")
 
 
-localrules: grid_list, cost  # a text file, a small table: not worth a cluster job
+localrules:
+    grid_list,
+    cost,  # a text file, a small table: not worth a cluster job
+
 
 # the device whose cells project the time of the others (report.cost_device; see src/ftbench/cost.py)
 COST_DEVICE = f"--device-name {shlex.quote(config['report']['cost_device'])}" if config["report"]["cost_device"] else ""
@@ -20,10 +23,10 @@ COST_DEVICE = f"--device-name {shlex.quote(config['report']['cost_device'])}" if
 rule grid_list:
     output:
         "results/grid.txt",
-    params:
-        cells=[c.path for c in CELLS],
     log:
         "results/logs/grid_list.log",
+    params:
+        cells=[c.path for c in CELLS],
     run:
         Path(output[0]).write_text("\n".join(params.cells) + "\n")
 
@@ -37,15 +40,15 @@ rule aggregate:
         predictions="results/predictions.parquet",
         summary="results/summary.parquet",
         csv=report("results/summary.csv", caption="../report/summary.rst", category="Tables"),
+    log:
+        "results/logs/aggregate.log",
+    conda:
+        "../../envs/ftbench.yaml"
     params:
         bootstrap=config["report"]["bootstrap"],
         seed=config["report"]["seed"],
         version=REPORT_VERSION,
         roots=["results/cells"],
-    conda:
-        "../../envs/ftbench.yaml"
-    log:
-        "results/logs/aggregate.log",
     shell:
         "python -m ftbench aggregate --cells-root {params.roots} --grid {input.grid} --cells-out {output.cells} "
         "--predictions-out {output.predictions} --summary {output.summary} "
@@ -56,16 +59,17 @@ rule stats:
     input:
         cells="results/cells.parquet",
     output:
-        tables=report(expand("results/stats/{table}.csv", table=STATS_TABLES), caption="../report/stats.rst",
-                      category="Tables"),
+        tables=report(
+            expand("results/stats/{table}.csv", table=STATS_TABLES), caption="../report/stats.rst", category="Tables"
+        ),
+    log:
+        "results/logs/stats.log",
+    conda:
+        "../../envs/ftbench.yaml"
     params:
         alpha=config["report"]["alpha"],
         rope=config["report"]["rope"],
         version=REPORT_VERSION,
-    conda:
-        "../../envs/ftbench.yaml"
-    log:
-        "results/logs/stats.log",
     shell:
         "python -m ftbench stats --cells {input.cells} --alpha {params.alpha} --rope {params.rope} "
         "--out-dir $(dirname {output.tables[0]}) 2> {log}"
@@ -82,9 +86,18 @@ rule report:
         rejects=expand("results/data/{dataset}/rejects.csv", dataset=DATASETS),
     output:
         html=report("results/report/index.html", caption="../report/index.rst", category="Report"),
-        figures=report(directory("results/report/figures"), patterns=["{kind}/{name}.svg"],
-                       caption="../report/figure.rst", category="Figures", subcategory="{kind}",
-                       labels={"figure": "{kind}", "of": "{name}"}),
+        figures=report(
+            directory("results/report/figures"),
+            patterns=["{kind}/{name}.svg"],
+            caption="../report/figure.rst",
+            category="Figures",
+            subcategory="{kind}",
+            labels={"figure": "{kind}", "of": "{name}"},
+        ),
+    log:
+        "results/logs/report.log",
+    conda:
+        "../../envs/ftbench.yaml"
     params:
         title=config["report"]["title"],
         alpha=config["report"]["alpha"],
@@ -92,10 +105,6 @@ rule report:
         captions=CAPTIONS,
         version=REPORT_VERSION,
         device=COST_DEVICE,
-    conda:
-        "../../envs/ftbench.yaml"
-    log:
-        "results/logs/report.log",
     shell:
         "python -m ftbench report --cells {input.cells} --summary {input.summary} --predictions {input.predictions} "
         "--stats-dir $(dirname {input.stats[0]}) --expected {input.grid} --logs results/logs/train "
@@ -114,14 +123,14 @@ use rule aggregate as aggregate_partial with:
         predictions="results/partial/predictions.parquet",
         summary="results/partial/summary.parquet",
         csv="results/partial/summary.csv",
+    log:
+        "results/logs/partial/aggregate.log",
     params:
         bootstrap=config["report"]["bootstrap"],
         seed=config["report"]["seed"],
         version=REPORT_VERSION,
         roots=["results/cells", "results/checkpoints"],
         complete=complete_cells_fingerprint,
-    log:
-        "results/logs/partial/aggregate.log",
 
 
 use rule stats as stats_partial with:
@@ -160,13 +169,13 @@ rule cost:
     output:
         summary=report("results/partial/cost.csv", caption="../report/cost.rst", category="Tables"),
         cells="results/partial/cost_cells.csv",
+    log:
+        "results/logs/partial/cost.log",
+    conda:
+        "../../envs/ftbench.yaml"
     params:
         device=COST_DEVICE,
         config=to_json(config),
-    conda:
-        "../../envs/ftbench.yaml"
-    log:
-        "results/logs/partial/cost.log",
     shell:
         "python -m ftbench cost --cells {input.cells} --grid {input.grid} {params.device} --config {params.config:q} "
         "--results results --out {output.summary} 2> {log}"

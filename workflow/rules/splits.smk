@@ -10,13 +10,13 @@ rule folds:
     output:
         split="results/splits/{task}/folds.parquet",
         summary="results/splits/{task}/folds.json",
+    log:
+        "results/logs/splits/{task}_folds.log",
+    conda:
+        "../../envs/ftbench.yaml"
     params:
         validation=lambda w: to_json(task_validation(config, w.task)),
         version=SPLIT_VERSION,
-    conda:
-        "../../envs/ftbench.yaml"
-    log:
-        "results/logs/splits/{task}_folds.log",
     shell:
         "python -m ftbench folds --task {wildcards.task} --task-table {input} --validation {params.validation:q} "
         "--out {output.split} --summary {output.summary} 2> {log}"
@@ -28,14 +28,14 @@ rule fewshot:
         split="results/splits/{task}/folds.parquet",
     output:
         "results/splits/{task}/fewshot/k{k}.parquet",
+    log:
+        "results/logs/splits/{task}_k{k}.log",
+    conda:
+        "../../envs/ftbench.yaml"
     params:
         seed=lambda w: task_validation(config, w.task)["seed"],
         repetitions=config["regimes"].get("fewshot", {}).get("repetitions", 5),
         version=SPLIT_VERSION,
-    conda:
-        "../../envs/ftbench.yaml"
-    log:
-        "results/logs/splits/{task}_k{k}.log",
     shell:
         "python -m ftbench fewshot --task {wildcards.task} --task-table {input.table} --split {input.split} "
         "--k {wildcards.k} --repetitions {params.repetitions} --seed {params.seed} --out {output} 2> {log}"

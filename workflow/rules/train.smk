@@ -13,20 +13,20 @@ rule train:
         unpack(train_inputs),
     output:
         directory("results/cells/{task}/{model}/{strategy}/{group}"),
-    params:
-        job=lambda w: train_job(job_of(w).path)["settings"],
-        args=lambda w: train_job(job_of(w).path)["args"],
+    log:
+        "results/logs/train/{task}/{model}/{strategy}/{group}.log",
+    group:
+        lambda w: cluster.group(job_of(w))
+    conda:
+        "../../envs/ftbench.yaml"
     threads: lambda w: cluster.threads(config, train_job(job_of(w).path)["cells"])
     resources:
         runtime=lambda w, attempt: cluster.runtime_min(config, job_of(w), train_job(job_of(w).path)["cells"], attempt),
         mem_mb=lambda w, attempt: cluster.mem_mb(config, job_of(w), train_job(job_of(w).path)["cells"], attempt),
         concurrent_cells=config["training"]["concurrent_cells"],  # a resource, not a param: it changes no result
-    group:
-        lambda w: cluster.group(job_of(w))
-    conda:
-        "../../envs/ftbench.yaml"
-    log:
-        "results/logs/train/{task}/{model}/{strategy}/{group}.log",
+    params:
+        job=lambda w: train_job(job_of(w).path)["settings"],
+        args=lambda w: train_job(job_of(w).path)["args"],
     # the hubs are forced offline: a job loads only the local weights it was given, it never downloads
     shell:
         "HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "

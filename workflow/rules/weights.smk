@@ -6,19 +6,21 @@
 from ftbench.zoo import resolve
 
 
-localrules: weights, all_weights
+localrules:
+    weights,
+    all_weights,
 
 
 rule weights:
     output:
         "resources/weights/{model}/weights.json",
+    log:
+        "results/logs/weights/{model}.log",
+    conda:
+        "../../envs/ftbench.yaml"
     params:
         arch=lambda w: config["models"][w.model]["arch"],
         source=lambda w: resolve(config["models"][w.model]["arch"], pretrained=True).source,  # a new source refetches
-    conda:
-        "../../envs/ftbench.yaml"
-    log:
-        "results/logs/weights/{model}.log",
     shell:
         "python -m ftbench weights --model {wildcards.model} --arch {params.arch:q} --out {output} 2> {log}"
 

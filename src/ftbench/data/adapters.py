@@ -34,8 +34,9 @@ def _cohen(name: str, spec: dict, resources: Path) -> tuple[pl.DataFrame, list[d
 
 
 def _manifest(name: str, spec: dict, resources: Path) -> tuple[pl.DataFrame, list[dict]]:
-    return manifest.read(spec["path"], spec.get("root"), spec.get("columns"), spec.get("encoding", "utf-8"),
-                         f"datasets.{name}.encoding")
+    return manifest.read(
+        spec["path"], spec.get("root"), spec.get("columns"), spec.get("encoding", "utf-8"), f"datasets.{name}.encoding"
+    )
 
 
 def _aiforcovid(name: str, spec: dict, resources: Path) -> tuple[pl.DataFrame, list[dict]]:
@@ -68,8 +69,10 @@ def _archive(source: dict, out: Path) -> None:
         archive = fetch(source["url"], out / "archive", source.get("sha256") or first)
     except ValueError as err:
         if first and not source.get("sha256"):
-            raise ValueError(f"{err}. {record} holds the SHA-256 of this URL's first download here; if the new archive "
-                             f"is right (its files' checksums are still checked), delete that entry") from None
+            raise ValueError(
+                f"{err}. {record} holds the SHA-256 of this URL's first download here; if the new archive "
+                f"is right (its files' checksums are still checked), delete that entry"
+            ) from None
         raise
     if not first:
         record.write_text(json.dumps({**seen, source["url"]: hexdigest(archive)}, indent=1))
@@ -79,8 +82,10 @@ def _archive(source: dict, out: Path) -> None:
         if not hits:
             raise FileNotFoundError(f"{source['url']}: the archive has no '{name}' (listed under checksums)")
         if (got := hexdigest(hits[0])) != expected:
-            raise ValueError(f"{source['url']}: {hits[0]} has SHA-256 {got}, the config's checksums say {expected}: "
-                             "not the snapshot the config pins")
+            raise ValueError(
+                f"{source['url']}: {hits[0]} has SHA-256 {got}, the config's checksums say {expected}: "
+                "not the snapshot the config pins"
+            )
 
 
 class Download(NamedTuple):
@@ -121,17 +126,25 @@ def build_table(name: str, spec: dict, resources: str | Path) -> tuple[pl.DataFr
     if dupes:
         raise ValueError(f"dataset '{name}': duplicate image_id values {dupes[:5]}")
     no_id = table.filter(text.is_missing(pl.col("patient_id")))
-    rejects += [{"image_id": image_id, "file": file, "kind": "missing patient id",
-                 "reason": f"patient id {patient!r} means 'no value' ({', '.join(repr(m) for m in text.MISSING)}, "
-                           "any case, count as missing): the image cannot be kept apart from other patients' images"}
-                for image_id, file, patient in no_id.select("image_id", "file", "patient_id").iter_rows()]
+    rejects += [
+        {
+            "image_id": image_id,
+            "file": file,
+            "kind": "missing patient id",
+            "reason": f"patient id {patient!r} means 'no value' ({', '.join(repr(m) for m in text.MISSING)}, "
+            "any case, count as missing): the image cannot be kept apart from other patients' images",
+        }
+        for image_id, file, patient in no_id.select("image_id", "file", "patient_id").iter_rows()
+    ]
     table = table.filter(~text.is_missing(pl.col("patient_id")))
     _check_numeric_twins(name, table)
     found = _decode_all(name, spec, table)
     rejects += [r for r in found.values() if "kind" in r]
     table = table.filter(pl.Series(["kind" not in found[image_id] for image_id in table["image_id"]], dtype=pl.Boolean))
-    table = table.with_columns(pl.Series("height", [found[i]["height"] for i in table["image_id"]], dtype=pl.Int32),
-                               pl.Series("width", [found[i]["width"] for i in table["image_id"]], dtype=pl.Int32))
+    table = table.with_columns(
+        pl.Series("height", [found[i]["height"] for i in table["image_id"]], dtype=pl.Int32),
+        pl.Series("width", [found[i]["width"] for i in table["image_id"]], dtype=pl.Int32),
+    )
     table, copies = _duplicates(name, spec, table, [found[i]["digest"] for i in table["image_id"]])
     rejected = pl.DataFrame(rejects + copies, schema=REJECTS_SCHEMA).select(*REJECTS_SCHEMA)
     return table, rejected
@@ -143,8 +156,10 @@ def _check_numeric_twins(name: str, table: pl.DataFrame) -> None:
     if twins:
         first = dict(table.select("patient_id", "image_id").unique("patient_id", keep="first").iter_rows())
         shown = "; ".join(f"'{a}' (image {first[a]}) and '{b}' (image {first[b]})" for a, b in twins[:5])
-        raise ValueError(f"dataset '{name}': patient ids {shown} are the same number written differently. Ids are "
-                         "compared as text, so these would be different patients; write each patient's id one way")
+        raise ValueError(
+            f"dataset '{name}': patient ids {shown} are the same number written differently. Ids are "
+            "compared as text, so these would be different patients; write each patient's id one way"
+        )
 
 
 def _decode_all(name: str, spec: dict, table: pl.DataFrame) -> dict[str, dict]:
@@ -159,8 +174,10 @@ def _decode_all(name: str, spec: dict, table: pl.DataFrame) -> dict[str, dict]:
                 pixels = decode(file, max_pixels)
                 by_path[path] = {"height": pixels.shape[0], "width": pixels.shape[1], "digest": fingerprint(pixels)}
             except TooLarge as err:
-                by_path[path] = {"kind": "oversized image",
-                                 "reason": f"oversized image: {err} (config key datasets.{name}.max_pixels)"}
+                by_path[path] = {
+                    "kind": "oversized image",
+                    "reason": f"oversized image: {err} (config key datasets.{name}.max_pixels)",
+                }
             except DECODE_ERRORS as err:
                 by_path[path] = {"kind": "unreadable image", "reason": f"unreadable image: {type(err).__name__}: {err}"}
         result = by_path[path]
@@ -186,9 +203,15 @@ def _duplicates(name: str, spec: dict, table: pl.DataFrame, digests: list[str]) 
         first = rows[members[0]]
         for i in members[1:]:
             same = "file" if Path(rows[i][2]).resolve() == Path(first[2]).resolve() else "pixels"
-            copies.append({"image_id": rows[i][0], "file": rows[i][2], "kind": "duplicate image",
-                           "reason": f"same {same} as image {first[0]} ({first[2]}) of the same patient {first[1]}; "
-                                     "that copy is kept"})
+            copies.append(
+                {
+                    "image_id": rows[i][0],
+                    "file": rows[i][2],
+                    "kind": "duplicate image",
+                    "reason": f"same {same} as image {first[0]} ({first[2]}) of the same patient {first[1]}; "
+                    "that copy is kept",
+                }
+            )
             drop.add(i)
     if shared and spec.get("duplicates", "error") != "drop":
         pairs = []
@@ -197,16 +220,25 @@ def _duplicates(name: str, spec: dict, table: pl.DataFrame, digests: list[str]) 
             for i in members:
                 by_patient.setdefault(rows[i][1], i)
             pairs.append(list(by_patient.values())[:2])
-        shown = "; ".join(" and ".join(f"image {rows[i][0]} ({rows[i][2]}, patient {rows[i][1]})" for i in pair)
-                          for pair in pairs)
-        raise ValueError(f"dataset '{name}': {len(shared)} image(s) appear under more than one patient, so a fold could "
-                         f"train on one and test on the other: {shown}. Fix the source, or set "
-                         f"datasets.{name}.duplicates: drop to leave out every copy (listed in rejects.csv)")
+        shown = "; ".join(
+            " and ".join(f"image {rows[i][0]} ({rows[i][2]}, patient {rows[i][1]})" for i in pair) for pair in pairs
+        )
+        raise ValueError(
+            f"dataset '{name}': {len(shared)} image(s) appear under more than one patient, so a fold could "
+            f"train on one and test on the other: {shown}. Fix the source, or set "
+            f"datasets.{name}.duplicates: drop to leave out every copy (listed in rejects.csv)"
+        )
     for members in shared:
         listing = ", ".join(f"{rows[i][0]} (patient {rows[i][1]})" for i in members)
         for i in members:
-            copies.append({"image_id": rows[i][0], "file": rows[i][2], "kind": "image under several patients",
-                           "reason": f"the same pixels are images {listing}; every copy left out "
-                                     f"(datasets.{name}.duplicates: drop)"})
+            copies.append(
+                {
+                    "image_id": rows[i][0],
+                    "file": rows[i][2],
+                    "kind": "image under several patients",
+                    "reason": f"the same pixels are images {listing}; every copy left out "
+                    f"(datasets.{name}.duplicates: drop)",
+                }
+            )
             drop.add(i)
     return table.filter(pl.Series([i not in drop for i in range(table.height)], dtype=pl.Boolean)), copies

@@ -32,10 +32,12 @@ def read(root: str | Path) -> tuple[pl.DataFrame, list[dict]]:
     root = Path(root)
     sheets = sorted(root.glob("AIforCOVID*.xlsx")) if root.is_dir() else []
     if not sheets:
-        raise FileNotFoundError(f"{root}: {'no AIforCOVID*.xlsx sheet in this folder' if root.is_dir() else 'not found'}. "
-                                f"{INSTRUCTIONS}")
-    table = pl.concat([clinical.read(sheet, ID).with_columns(pl.lit(sheet.name).alias("sheet")) for sheet in sheets],
-                      how="diagonal")
+        raise FileNotFoundError(
+            f"{root}: {'no AIforCOVID*.xlsx sheet in this folder' if root.is_dir() else 'not found'}. {INSTRUCTIONS}"
+        )
+    table = pl.concat(
+        [clinical.read(sheet, ID).with_columns(pl.lit(sheet.name).alias("sheet")) for sheet in sheets], how="diagonal"
+    )
     twice = table.filter(pl.col("patient_id").is_duplicated())["patient_id"].unique().sort().to_list()
     if twice:
         raise ValueError(f"{root}: {ID} value(s) {twice[:10]} are listed in more than one AIforCOVID*.xlsx sheet")
@@ -47,19 +49,35 @@ def read(root: str | Path) -> tuple[pl.DataFrame, list[dict]]:
             raise ValueError(f"{root}: image {file.stem} is in two folders: {images[file.stem]} and {file}")
         images[file.stem] = file.resolve()
     listed = set(table["patient_id"])
-    rejects = [{"image_id": stem, "file": str(file), "kind": "not in the clinical sheets",
-                "reason": f"no row with {ID} = {stem} in {[s.name for s in sheets]}"}
-               for stem, file in images.items() if stem not in listed]
+    rejects = [
+        {
+            "image_id": stem,
+            "file": str(file),
+            "kind": "not in the clinical sheets",
+            "reason": f"no row with {ID} = {stem} in {[s.name for s in sheets]}",
+        }
+        for stem, file in images.items()
+        if stem not in listed
+    ]
     missing = table.filter(~pl.col("patient_id").is_in(list(images)))
-    rejects += [{"image_id": pid, "file": str(root / "imgs" / f"{pid}.dcm"), "kind": "image missing",
-                 "reason": f"{sheet} lists {ID} {pid} but no imgs*/{pid}.dcm exists"}
-                for pid, sheet in missing.select("patient_id", "sheet").iter_rows()]
+    rejects += [
+        {
+            "image_id": pid,
+            "file": str(root / "imgs" / f"{pid}.dcm"),
+            "kind": "image missing",
+            "reason": f"{sheet} lists {ID} {pid} but no imgs*/{pid}.dcm exists",
+        }
+        for pid, sheet in missing.select("patient_id", "sheet").iter_rows()
+    ]
     table = table.filter(pl.col("patient_id").is_in(list(images)))
     files = [str(images[pid]) for pid in table["patient_id"]]
     views = [_view(f) for f in files]
     table = table.with_columns(
-        pl.col("patient_id").alias("image_id"), pl.Series("file", files, dtype=pl.String),
-        pl.col(CENTRE).alias("centre"), pl.Series("view", views, dtype=pl.String), pl.lit(None, pl.Float64).alias("time"),
+        pl.col("patient_id").alias("image_id"),
+        pl.Series("file", files, dtype=pl.String),
+        pl.col(CENTRE).alias("centre"),
+        pl.Series("view", views, dtype=pl.String),
+        pl.lit(None, pl.Float64).alias("time"),
     ).drop(CENTRE)
     return table, rejects
 

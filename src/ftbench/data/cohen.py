@@ -31,11 +31,16 @@ def read(root: str | Path) -> pl.DataFrame:
     return meta.select(
         pl.format("{}:{}", pl.col("_row"), pl.col("filename")).alias("image_id"),
         pl.col("patientid").alias("patient_id"),
-        pl.concat_str([pl.lit(str(root.resolve()) + "/"), pl.col("folder"), pl.lit("/"), pl.col("filename")]).alias("file"),
+        pl.concat_str([pl.lit(str(root.resolve()) + "/"), pl.col("folder"), pl.lit("/"), pl.col("filename")]).alias(
+            "file"
+        ),
         pl.col("location").alias("centre") if "location" in meta.columns else pl.lit(None, pl.String).alias("centre"),
         pl.col("view"),
         pl.col("_time").alias("time"),
         pl.col("time_kind"),
-        *[pl.col(c) for c in meta.columns
-          if c not in DROP and c not in ("_row", "_time", "time_kind", "patientid", "view", "offset")],
+        *[
+            pl.col(c)
+            for c in meta.columns
+            if c not in DROP and c not in ("_row", "_time", "time_kind", "patientid", "view", "offset")
+        ],
     )

@@ -20,8 +20,17 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 FRONTAL = {"PA", "AP"}
 # Tokens of ViewPosition / series or study descriptions that name a view (descriptions are free text).
-VIEW_TOKENS = {"PA": "PA", "AP": "AP", "FRONTAL": "frontal", "LAT": "lateral", "LATERAL": "lateral",
-               "LL": "lateral", "RL": "lateral", "LLD": "lateral", "RLD": "lateral"}
+VIEW_TOKENS = {
+    "PA": "PA",
+    "AP": "AP",
+    "FRONTAL": "frontal",
+    "LAT": "lateral",
+    "LATERAL": "lateral",
+    "LL": "lateral",
+    "RL": "lateral",
+    "LLD": "lateral",
+    "RLD": "lateral",
+}
 CHEST_WORDS = ("CHEST", "THORAX", "LUNG", "TORAX", "TORACE")
 
 
@@ -79,7 +88,7 @@ def _days(day: str, clock: str) -> float | None:
     except ValueError:
         return None
     digits = re.sub(r"[^0-9.]", "", clock)
-    hh, mm, ss = (float(digits[i:i + 2] or 0) for i in (0, 2, 4)) if digits else (0.0, 0.0, 0.0)
+    hh, mm, ss = (float(digits[i : i + 2] or 0) for i in (0, 2, 4)) if digits else (0.0, 0.0, 0.0)
     return ordinal + (hh * 3600 + mm * 60 + ss) / 86400
 
 

@@ -21,8 +21,9 @@ def hexdigest(path: str | Path, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
-def fetch(url: str, dest: str | Path, expected_sha256: str | None = None, timeout: float = 60.0,
-          resume: bool = True) -> Path:
+def fetch(
+    url: str, dest: str | Path, expected_sha256: str | None = None, timeout: float = 60.0, resume: bool = True
+) -> Path:
     """Download ``url`` to ``dest``; with ``resume``, a partial ``dest.part`` left by an interrupted run is
     continued with an HTTP Range request (a server that ignores it answers 200 and the file starts afresh).
 
@@ -47,11 +48,14 @@ def fetch(url: str, dest: str | Path, expected_sha256: str | None = None, timeou
             shutil.copyfileobj(response, out, CHUNK)
     if announced is not None and (size := part.stat().st_size) != start + int(announced):
         then = "are resumed by the next attempt" if resume else "are discarded: the next attempt starts again"
-        raise ConnectionError(f"{url}: transfer cut after {size - start} of {announced} bytes; "
-                              f"the {size} bytes in {part} {then}")
+        raise ConnectionError(
+            f"{url}: transfer cut after {size - start} of {announced} bytes; the {size} bytes in {part} {then}"
+        )
     if expected_sha256 and (got := hexdigest(part)) != expected_sha256:
         part.unlink()
-        raise ValueError(f"{url}: checksum mismatch, expected sha256 {expected_sha256}, got {got}; the partial file was removed")
+        raise ValueError(
+            f"{url}: checksum mismatch, expected sha256 {expected_sha256}, got {got}; the partial file was removed"
+        )
     part.replace(dest)
     return dest
 

@@ -15,8 +15,13 @@ import polars as pl
 from ftbench.data import text
 
 
-def read(csv: str | Path, root: str | Path | None = None, columns: dict | None = None, encoding: str = "utf-8",
-         encoding_key: str = "encoding") -> tuple[pl.DataFrame, list[dict]]:
+def read(
+    csv: str | Path,
+    root: str | Path | None = None,
+    columns: dict | None = None,
+    encoding: str = "utf-8",
+    encoding_key: str = "encoding",
+) -> tuple[pl.DataFrame, list[dict]]:
     """The standard table (with ``time_kind``) and the rows rejected for a path escaping ``root``."""
     csv = Path(csv)
     root = Path(root).resolve() if root else csv.resolve().parent
@@ -24,12 +29,18 @@ def read(csv: str | Path, root: str | Path | None = None, columns: dict | None =
     mapping = {"file": "file", "patient_id": "patient_id", **(columns or {})}
     for std in ("file", "patient_id"):
         if mapping[std] not in meta.columns:
-            raise ValueError(f"{csv}: required column '{mapping[std]}' (for {std}) is missing; columns are {meta.columns}")
+            raise ValueError(
+                f"{csv}: required column '{mapping[std]}' (for {std}) is missing; columns are {meta.columns}"
+            )
     meta = meta.rename({src: std for std, src in mapping.items() if src in meta.columns and src != std})
     if "image_id" not in meta.columns:  # the file as written; a file listed again gets #2, #3, ... (a duplicate image)
         seen = pl.int_range(pl.len()).over("file") + 1
-        meta = meta.with_columns(pl.when(seen == 1).then(pl.col("file"))
-                                 .otherwise(pl.format("{}#{}", pl.col("file"), seen)).alias("image_id"))
+        meta = meta.with_columns(
+            pl.when(seen == 1)
+            .then(pl.col("file"))
+            .otherwise(pl.format("{}#{}", pl.col("file"), seen))
+            .alias("image_id")
+        )
     for optional in ("centre", "view", "time"):
         if optional not in meta.columns:
             meta = meta.with_columns(pl.lit(None, pl.String).alias(optional))
@@ -40,12 +51,24 @@ def read(csv: str | Path, root: str | Path | None = None, columns: dict | None =
     for line, (image_id, file) in enumerate(meta.select("image_id", "file").iter_rows(), start=2):
         path = (root / file).resolve() if file else None
         if path is None:
-            rejects.append({"image_id": image_id, "file": file, "kind": "missing file path",
-                            "reason": f"{csv} line {line}: the file column is empty"})
+            rejects.append(
+                {
+                    "image_id": image_id,
+                    "file": file,
+                    "kind": "missing file path",
+                    "reason": f"{csv} line {line}: the file column is empty",
+                }
+            )
             files.append(None)
         elif not path.is_relative_to(root):
-            rejects.append({"image_id": image_id, "file": file, "kind": "path escapes root",
-                            "reason": f"{csv} line {line}: path escapes root {root}"})
+            rejects.append(
+                {
+                    "image_id": image_id,
+                    "file": file,
+                    "kind": "path escapes root",
+                    "reason": f"{csv} line {line}: path escapes root {root}",
+                }
+            )
             files.append(None)
         else:
             files.append(str(path))

@@ -23,8 +23,10 @@ def _header(shape: tuple[int, int, int]) -> bytes:
 def _check_space(folder: Path, needed: int, out: Path) -> None:
     available = shutil.disk_usage(folder).free
     if available < needed:
-        raise OSError(f"{out}: not enough free disk space for the image store: it needs {_size(needed)}, "
-                      f"{folder} has {_size(available)} available; free some space or move results/")
+        raise OSError(
+            f"{out}: not enough free disk space for the image store: it needs {_size(needed)}, "
+            f"{folder} has {_size(available)} available; free some space or move results/"
+        )
 
 
 def _size(n: int) -> str:
@@ -52,8 +54,11 @@ def build(table: pl.DataFrame, side: int, out: str | Path) -> Path:
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OSError(err.errno, f"{out}: the disk filled up while writing the image store ({err.strerror}); "
-                                     f"it needs {_size(needed)}; the partial file was removed") from err
+            raise OSError(
+                err.errno,
+                f"{out}: the disk filled up while writing the image store ({err.strerror}); "
+                f"it needs {_size(needed)}; the partial file was removed",
+            ) from err
         raise
     return out
 

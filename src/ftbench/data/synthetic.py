@@ -25,7 +25,9 @@ DEFAULTS = {
 }
 
 
-def _image(rng: np.random.Generator, side: int, positive: bool, signal: float, gain: float, offset: float) -> np.ndarray:
+def _image(
+    rng: np.random.Generator, side: int, positive: bool, signal: float, gain: float, offset: float
+) -> np.ndarray:
     yy, xx = np.mgrid[0:side, 0:side] / side
     dy, dx = rng.normal(0, 0.02, size=2)
     body = ((xx - 0.5 - dx) / 0.45) ** 2 + ((yy - 0.55 - dy) / 0.5) ** 2 < 1
@@ -60,11 +62,17 @@ def generate(out_dir: str | Path, **options) -> pl.DataFrame:
             pixels = _image(rng, opts["side"], positive, opts["signal"], centre_gain[centre], centre_offset[centre])
             path = out_dir / "images" / f"{image_id}.png"
             Image.fromarray(pixels).save(path)
-            rows.append({
-                "image_id": image_id, "patient_id": f"p{p:04d}", "file": str(path.resolve()),
-                "centre": f"centre{centre}", "view": "PA", "time": float(i),
-                "outcome": "poor" if positive else "good",
-            })
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "patient_id": f"p{p:04d}",
+                    "file": str(path.resolve()),
+                    "centre": f"centre{centre}",
+                    "view": "PA",
+                    "time": float(i),
+                    "outcome": "poor" if positive else "good",
+                }
+            )
     for row in rows[: opts["corrupt"]]:  # deliberately broken files exercise the rejects path
         data = Path(row["file"]).read_bytes()
         Path(row["file"]).write_bytes(data[: len(data) // 3])

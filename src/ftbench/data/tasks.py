@@ -21,8 +21,10 @@ def build(table: pl.DataFrame, task: dict, name: str, rejects: pl.DataFrame | No
     """The task's image table and its data report (``rejects``: the dataset's rejected images)."""
     label = task["label"]
     if label not in table.columns:
-        raise ValueError(f"task '{name}': label column '{label}' is not in dataset '{task['dataset']}' "
-                         f"(columns: {', '.join(table.columns)})")
+        raise ValueError(
+            f"task '{name}': label column '{label}' is not in dataset '{task['dataset']}' "
+            f"(columns: {', '.join(table.columns)})"
+        )
     steps, filtered_out = {"images": table.height}, {}
     rows = table.with_row_index("row")
     for column, values in task.get("filter", {}).items():
@@ -42,33 +44,44 @@ def build(table: pl.DataFrame, task: dict, name: str, rejects: pl.DataFrame | No
         stray = rows.filter(present & ~lab.is_in(positive) & ~negative)
         if stray.height:
             values = sorted(stray[label].unique().to_list())
-            raise ValueError(f"task '{name}': column '{label}' has value(s) {values} outside the declared positive "
-                             f"{positive} and negative {_as_text(task['negative'])} (config key 'tasks.{name}'), e.g. "
-                             f"image {stray['image_id'][0]} ({stray['file'][0]}); declare them (positive, negative, or "
-                             "unknown: rows left out and counted) or filter the rows")
+            raise ValueError(
+                f"task '{name}': column '{label}' has value(s) {values} outside the declared positive "
+                f"{positive} and negative {_as_text(task['negative'])} (config key 'tasks.{name}'), e.g. "
+                f"image {stray['image_id'][0]} ({stray['file'][0]}); declare them (positive, negative, or "
+                "unknown: rows left out and counted) or filter the rows"
+            )
     else:
         negative = present & ~lab.is_in(positive)
     known = (present & (lab.is_in(positive) | negative)).fill_null(False)  # empty or declared unknown: counted
     unlabelled = rows.filter(~known)
     rows = rows.filter(known).with_columns(lab.is_in(positive).cast(pl.Int8).alias("label"))
     steps["with a known label"] = rows.height
-    kind = (pl.col("time_kind") if "time_kind" in rows.columns  # how the dataset read each time
-            else pl.when(pl.col("time").is_not_null()).then(pl.lit("number")))
+    kind = (
+        pl.col("time_kind")
+        if "time_kind" in rows.columns  # how the dataset read each time
+        else pl.when(pl.col("time").is_not_null()).then(pl.lit("number"))
+    )
     times = _counts(rows.select(kind.fill_null("missing").alias("time")), "time")
     conflicts = rows.group_by("patient_id").agg(pl.col("label").n_unique().alias("n")).filter(pl.col("n") > 1)
     if conflicts.height:
         ids = sorted(conflicts["patient_id"].to_list())
-        raise ValueError(f"task '{name}': patient(s) {ids[:10]} have images with both labels in column '{label}'; "
-                         "a prognostic label must be one per patient (fix the source or filter the rows)")
+        raise ValueError(
+            f"task '{name}': patient(s) {ids[:10]} have images with both labels in column '{label}'; "
+            "a prognostic label must be one per patient (fix the source or filter the rows)"
+        )
     policy = task.get("images", "all")
     if policy != "all":  # an image without a time is chosen only when none of the patient's images has one
         order = rows.sort(["patient_id", "time", "row"], nulls_last=policy == "first")
-        rows = order.group_by("patient_id", maintain_order=True).agg(pl.all().first() if policy == "first" else pl.all().last())
+        rows = order.group_by("patient_id", maintain_order=True).agg(
+            pl.all().first() if policy == "first" else pl.all().last()
+        )
         steps[f"{policy} image per patient"] = rows.height
     rows = rows.select("row", "image_id", "patient_id", "label", "centre", "view", "time").sort("row")
     for cls in (0, 1):
         if rows.filter(pl.col("label") == cls).height == 0:
-            raise ValueError(f"task '{name}': class {cls} ({'positive' if cls else 'negative'}) is empty after filtering")
+            raise ValueError(
+                f"task '{name}': class {cls} ({'positive' if cls else 'negative'}) is empty after filtering"
+            )
     report = {
         "task": name,
         "dataset": task["dataset"],
@@ -99,8 +112,10 @@ def build(table: pl.DataFrame, task: dict, name: str, rejects: pl.DataFrame | No
 
 def _per_class(frame: pl.DataFrame, column: str) -> dict[str, dict[str, int]]:
     """{value of column: {"0": negatives, "1": positives}}: where the classes are (LOCO needs both per centre)."""
-    return {key: {"0": 0, "1": 0, **_counts(group, "label")}
-            for key, group in sorted(((str(k[0]), g) for k, g in frame.group_by(column)), key=lambda kv: kv[0])}
+    return {
+        key: {"0": 0, "1": 0, **_counts(group, "label")}
+        for key, group in sorted(((str(k[0]), g) for k, g in frame.group_by(column)), key=lambda kv: kv[0])
+    }
 
 
 def _rejects(rejects: pl.DataFrame | None) -> dict:

@@ -49,8 +49,10 @@ log = logging.getLogger("ftbench")
 
 # NBIA's REST APIs, tried in this order. v4 serves public collections without a token (tcia_utils moved
 # to it in 2025, at this host); v1 is the older public API.
-APIS = ("https://nbia.cancerimagingarchive.net/nbia-api/services/v4",
-        "https://services.cancerimagingarchive.net/nbia-api/services/v1")
+APIS = (
+    "https://nbia.cancerimagingarchive.net/nbia-api/services/v4",
+    "https://services.cancerimagingarchive.net/nbia-api/services/v1",
+)
 
 # What the collections publish next to their images (TCIA collection pages; override under `clinical:`).
 # `label_columns`: the spellings the config's tasks use for outcome columns; a sheet column equal to one
@@ -59,17 +61,21 @@ COLLECTIONS = {
     "COVID-19-NY-SBU": {
         "centre": "Stony Brook University Hospital",
         "page": "https://www.cancerimagingarchive.net/collection/covid-19-ny-sbu/",
-        "clinical": {"url": "https://www.cancerimagingarchive.net/wp-content/uploads/"
-                            "deidentified_overlap_tcia.csv.cleaned.csv_20210806.csv",
-                     "id_column": "to_patient_id"},
+        "clinical": {
+            "url": "https://www.cancerimagingarchive.net/wp-content/uploads/"
+            "deidentified_overlap_tcia.csv.cleaned.csv_20210806.csv",
+            "id_column": "to_patient_id",
+        },
         "label_columns": ["last.status", "is_icu"],
     },
     "COVID-19-AR": {
         "centre": "University of Arkansas for Medical Sciences",
         "page": "https://www.cancerimagingarchive.net/collection/covid-19-ar/",
-        "clinical": {"url": "https://www.cancerimagingarchive.net/wp-content/uploads/"
-                            "COVID_19_AR_ClinicalCorrelates_July202020.xlsx",
-                     "id_column": "PATIENT_ID"},
+        "clinical": {
+            "url": "https://www.cancerimagingarchive.net/wp-content/uploads/"
+            "COVID_19_AR_ClinicalCorrelates_July202020.xlsx",
+            "id_column": "PATIENT_ID",
+        },
         "label_columns": ["ICU Admit", "MORTALITY"],
     },
 }
@@ -87,21 +93,29 @@ def settings(spec: dict) -> dict:
     collection = spec["collection"]
     known = copy.deepcopy(COLLECTIONS.get(collection, {}))
     api = spec.get("api", list(APIS))
-    out = {"collection": collection, "api": [api] if isinstance(api, str) else list(api),
-           "modalities": spec.get("modalities", ["CR", "DX"]),
-           "centre": spec.get("centre", known.get("centre", collection)), "derived": spec.get("derived", "keep"),
-           "label_columns": known.get("label_columns", []),
-           "clinical": {**known.get("clinical", {}), **spec.get("clinical", {})}}
+    out = {
+        "collection": collection,
+        "api": [api] if isinstance(api, str) else list(api),
+        "modalities": spec.get("modalities", ["CR", "DX"]),
+        "centre": spec.get("centre", known.get("centre", collection)),
+        "derived": spec.get("derived", "keep"),
+        "label_columns": known.get("label_columns", []),
+        "clinical": {**known.get("clinical", {}), **spec.get("clinical", {})},
+    }
     if "id_column" not in out["clinical"] or not ({"url", "path"} & set(out["clinical"])):
-        raise ValueError(f"collection '{collection}' has no published clinical sheet known to ftbench: give "
-                         "clinical.url (or clinical.path) and clinical.id_column in its dataset entry")
+        raise ValueError(
+            f"collection '{collection}' has no published clinical sheet known to ftbench: give "
+            "clinical.url (or clinical.path) and clinical.id_column in its dataset entry"
+        )
     return out
 
 
 def download_source(spec: dict) -> dict:
     """Only the settings that change what is downloaded (the download rule's params)."""
     s = settings(spec)
-    sheet = {k: s["clinical"][k] for k in ("url", "sha256") if s["clinical"].get(k)} if "path" not in s["clinical"] else {}
+    sheet = (
+        {k: s["clinical"][k] for k in ("url", "sha256") if s["clinical"].get(k)} if "path" not in s["clinical"] else {}
+    )
     return {"api": s["api"], "collection": s["collection"], "modalities": s["modalities"], "clinical": sheet}
 
 
@@ -114,8 +128,9 @@ def _get_json(url: str, timeout: float) -> list[dict]:
     return rows
 
 
-def list_series(apis: list[str], collection: str, modalities: list[str],
-                timeout: float = 120.0) -> tuple[str, list[dict]]:
+def list_series(
+    apis: list[str], collection: str, modalities: list[str], timeout: float = 120.0
+) -> tuple[str, list[dict]]:
     """The first of ``apis`` that lists series of the collection, and those series (one dict each, as the
     API returns them, CR and DX merged).
 
@@ -138,8 +153,10 @@ def list_series(apis: list[str], collection: str, modalities: list[str],
             return api, [rows[uid] for uid in sorted(rows)]
         answers[api] = "no series"
         log.warning("TCIA %s: %s lists no %s series", collection, api, "/".join(modalities))
-    raise ValueError(f"TCIA: no {'/'.join(modalities)} series of collection '{collection}' from any API: "
-                     + "; ".join(f"{api}: {answer}" for api, answer in answers.items()))
+    raise ValueError(
+        f"TCIA: no {'/'.join(modalities)} series of collection '{collection}' from any API: "
+        + "; ".join(f"{api}: {answer}" for api, answer in answers.items())
+    )
 
 
 def verified(folder: Path) -> bool:
@@ -148,8 +165,12 @@ def verified(folder: Path) -> bool:
     if not marker.is_file():
         return False
     files = json.loads(marker.read_text())
-    return all((folder / name).is_file() and (folder / name).stat().st_size == meta["size"]
-               and hexdigest(folder / name, "md5") == meta["md5"] for name, meta in files.items())
+    return all(
+        (folder / name).is_file()
+        and (folder / name).stat().st_size == meta["size"]
+        and hexdigest(folder / name, "md5") == meta["md5"]
+        for name, meta in files.items()
+    )
 
 
 def _md5s(zf: zipfile.ZipFile, source: str) -> dict[str, str]:
@@ -178,8 +199,12 @@ def extract_verified(archive: Path, folder: Path, expected_count: int | None) ->
         if missing := sorted(set(published) - set(members)):
             raise ValueError(f"{archive}: files listed in md5hashes.csv are missing from the zip: {missing[:5]}")
         if unlisted := sorted(set(members) - set(published) - {"md5hashes.csv"}):
-            log.warning("%s: %d file(s) not listed in md5hashes.csv cannot be verified and are not used: %s",
-                        archive, len(unlisted), unlisted[:5])
+            log.warning(
+                "%s: %d file(s) not listed in md5hashes.csv cannot be verified and are not used: %s",
+                archive,
+                len(unlisted),
+                unlisted[:5],
+            )
         for name in sorted(published):
             digest = hashlib.md5()
             with zf.open(members[name]) as src, open(tmp / name, "wb") as dst:
@@ -187,7 +212,9 @@ def extract_verified(archive: Path, folder: Path, expected_count: int | None) ->
                     digest.update(block)
                     dst.write(block)
             if published[name] != digest.hexdigest():
-                raise ValueError(f"{archive}: {name} has MD5 {digest.hexdigest()}, the server published {published[name]}")
+                raise ValueError(
+                    f"{archive}: {name} has MD5 {digest.hexdigest()}, the server published {published[name]}"
+                )
             files[name] = {"md5": digest.hexdigest(), "size": members[name].file_size}
     if expected_count is not None and len(files) != expected_count:
         raise ValueError(f"{archive}: {len(files)} files, the series listing says ImageCount {expected_count}")
@@ -255,13 +282,16 @@ def _missing_sheet(collection: str, name: str, sheet: Path, problem: str) -> str
     """What to download by hand, from where, and where to put it, when the clinical sheet is not there."""
     page = COLLECTIONS.get(collection, {}).get("page")
     source = f"the collection's page {page} (its clinical data)" if page else f"where '{collection}' publishes it"
-    return (f"TCIA {collection}: the clinical spreadsheet {problem}. Download '{sheet.name}' by hand from {source} "
-            f"and save it as {sheet}, then run again; or set datasets.{name}.clinical.path to your copy "
-            f"(or datasets.{name}.clinical.url to where it is published now)")
+    return (
+        f"TCIA {collection}: the clinical spreadsheet {problem}. Download '{sheet.name}' by hand from {source} "
+        f"and save it as {sheet}, then run again; or set datasets.{name}.clinical.path to your copy "
+        f"(or datasets.{name}.clinical.url to where it is published now)"
+    )
 
 
-def download(source: dict, out: str | Path, retries: int = 3, wait: float = 10.0,
-             connections: int = CONNECTIONS) -> dict:
+def download(
+    source: dict, out: str | Path, retries: int = 3, wait: float = 10.0, connections: int = CONNECTIONS
+) -> dict:
     """Fetch the listing, every series not yet verified (over ``connections`` at once), and the clinical
     sheet (unless a copy is already in place) into ``out``.
 
@@ -276,12 +306,21 @@ def download(source: dict, out: str | Path, retries: int = 3, wait: float = 10.0
     out.mkdir(parents=True, exist_ok=True)
     (out / "series.json").write_text(json.dumps(listing, indent=1))
     todo = [row for row in listing if not verified(out / "series" / row["SeriesInstanceUID"])]
-    log.info("TCIA %s: %d of %d series to fetch from %s, %d at a time", source["collection"], len(todo),
-             len(listing), api, connections)
+    log.info(
+        "TCIA %s: %d of %d series to fetch from %s, %d at a time",
+        source["collection"],
+        len(todo),
+        len(listing),
+        api,
+        connections,
+    )
     with ThreadPoolExecutor(max_workers=connections) as pool:  # each series has its own files: no shared state
         errors = list(pool.map(lambda row: _fetch_with_retries(apis, row, out, retries, wait), todo))
-    failed = {row["SeriesInstanceUID"]: {"patient_id": row.get("PatientID", ""), "error": error}
-              for row, error in zip(todo, errors) if error is not None}
+    failed = {
+        row["SeriesInstanceUID"]: {"patient_id": row.get("PatientID", ""), "error": error}
+        for row, error in zip(todo, errors)
+        if error is not None
+    }
     (out / "failed.json").write_text(json.dumps(failed, indent=1))
     summary = {"api": api, "series": len(listing), "fetched": len(todo) - len(failed), "failed": len(failed)}
     (out / "download.json").write_text(json.dumps(summary, indent=1))
@@ -294,8 +333,14 @@ def download(source: dict, out: str | Path, retries: int = 3, wait: float = 10.0
             except (OSError, http.client.HTTPException, ValueError) as err:
                 problem = f"could not be downloaded from {url} ({type(err).__name__}: {err})"
                 raise FileNotFoundError(_missing_sheet(source["collection"], out.name, sheet, problem)) from None
-    log.info("TCIA %s: %d series listed by %s, %d fetched now, %d failed", source["collection"], len(listing), api,
-             summary["fetched"], len(failed))
+    log.info(
+        "TCIA %s: %d series listed by %s, %d fetched now, %d failed",
+        source["collection"],
+        len(listing),
+        api,
+        summary["fetched"],
+        len(failed),
+    )
     return summary
 
 
@@ -317,8 +362,14 @@ def _files(name: str, spec: dict, base: Path) -> tuple[list[Path], list[dict]]:
             files += [folder / file for file in sorted(json.loads((folder / MARKER).read_text()))]
         else:
             error = failed.get(uid, {}).get("error", "not downloaded")
-            rejects.append({"image_id": uid, "file": str(folder), "kind": "series download failed",
-                            "reason": f"patient {row.get('PatientID', '')}, {row.get('ImageCount', '?')} image(s): {error}"})
+            rejects.append(
+                {
+                    "image_id": uid,
+                    "file": str(folder),
+                    "kind": "series download failed",
+                    "reason": f"patient {row.get('PatientID', '')}, {row.get('ImageCount', '?')} image(s): {error}",
+                }
+            )
     return files, rejects
 
 
@@ -338,10 +389,18 @@ def _image_row(fields: dict, file: Path, s: dict) -> tuple[dict | None, dict | N
         kind = "derived image"
     if reason:
         return None, {"image_id": fields["image_id"], "file": str(file), "kind": kind, "reason": reason}
-    return {"image_id": fields["image_id"], "patient_id": fields["patient_id"], "file": str(file.resolve()),
-            "centre": s["centre"], "view": fields["view"], "time": fields["time"], "modality": fields["modality"],
-            "body_part": fields["body_part"], "series_uid": fields["series_uid"],
-            "series_description": fields["series_description"]}, None
+    return {
+        "image_id": fields["image_id"],
+        "patient_id": fields["patient_id"],
+        "file": str(file.resolve()),
+        "centre": s["centre"],
+        "view": fields["view"],
+        "time": fields["time"],
+        "modality": fields["modality"],
+        "body_part": fields["body_part"],
+        "series_uid": fields["series_uid"],
+        "series_description": fields["series_description"],
+    }, None
 
 
 def read(name: str, spec: dict, resources: Path) -> tuple[pl.DataFrame, list[dict]]:
@@ -362,8 +421,14 @@ def read(name: str, spec: dict, resources: Path) -> tuple[pl.DataFrame, list[dic
         try:
             fields = dicom.header(file)
         except dicom.READ_ERRORS as err:
-            rejects.append({"image_id": file.name, "file": str(file), "kind": "unreadable DICOM header",
-                            "reason": f"{type(err).__name__}: {err}"})
+            rejects.append(
+                {
+                    "image_id": file.name,
+                    "file": str(file),
+                    "kind": "unreadable DICOM header",
+                    "reason": f"{type(err).__name__}: {err}",
+                }
+            )
             continue
         row, reject = _image_row(fields, file, s)
         if row:
@@ -371,8 +436,9 @@ def read(name: str, spec: dict, resources: Path) -> tuple[pl.DataFrame, list[dic
         else:
             rejects.append(reject)
     if not rows:
-        raise ValueError(f"dataset '{name}': no frontal chest radiograph found ({len(files)} DICOM files, "
-                         f"{len(rejects)} rejected)")
+        raise ValueError(
+            f"dataset '{name}': no frontal chest radiograph found ({len(files)} DICOM files, {len(rejects)} rejected)"
+        )
     table = pl.DataFrame(rows, schema_overrides={"time": pl.Float64})
     sheet = _label_columns(clinical.read(sheet_path, s["clinical"]["id_column"]), s["label_columns"])
     return clinical.join(table, sheet), rejects

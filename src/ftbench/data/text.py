@@ -41,10 +41,14 @@ def read_csv(path: str | Path, encoding: str = "utf-8", key: str = "encoding") -
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
-        raise ValueError(f"{path} line {line}, column {column}: byte 0x{raw[err.start]:02x} is not valid {encoding}; "
-                         f"save the file as UTF-8, or set {key} to the file's encoding (e.g. latin-1, cp1252)") from None
+        raise ValueError(
+            f"{path} line {line}, column {column}: byte 0x{raw[err.start]:02x} is not valid {encoding}; "
+            f"save the file as UTF-8, or set {key} to the file's encoding (e.g. latin-1, cp1252)"
+        ) from None
     except LookupError:
-        raise ValueError(f"{key}: unknown encoding '{encoding}' (Python codec names: utf-8, latin-1, cp1252, ...)") from None
+        raise ValueError(
+            f"{key}: unknown encoding '{encoding}' (Python codec names: utf-8, latin-1, cp1252, ...)"
+        ) from None
     return pl.read_csv(io.StringIO(text), infer_schema=False)
 
 
@@ -100,11 +104,15 @@ def times(values: pl.Series, where: Callable[[int], str]) -> tuple[pl.Series, pl
                 out.append(_date(text))
                 kinds.append("date")
             except ValueError:
-                raise ValueError(f"{where(i)}: time '{text}' is neither a number nor an ISO date "
-                                 "(YYYY-MM-DD, optionally THH:MM[:SS]); give numbers (days, hours, ...) or ISO dates, "
-                                 "or leave the cell empty") from None
+                raise ValueError(
+                    f"{where(i)}: time '{text}' is neither a number nor an ISO date "
+                    "(YYYY-MM-DD, optionally THH:MM[:SS]); give numbers (days, hours, ...) or ISO dates, "
+                    "or leave the cell empty"
+                ) from None
         first.setdefault(kinds[-1], i)
     if len(first) > 1:
-        raise ValueError(f"{where(first['number'])} gives a number as time, {where(first['date'])} a date: one time "
-                         "column must hold one kind (numbers of one unit, or ISO dates)")
+        raise ValueError(
+            f"{where(first['number'])} gives a number as time, {where(first['date'])} a date: one time "
+            "column must hold one kind (numbers of one unit, or ISO dates)"
+        )
     return pl.Series(out, dtype=pl.Float64), pl.Series(kinds, dtype=pl.String)
