@@ -34,9 +34,9 @@ def job_inputs(config: dict, job: grid.Job) -> dict[str, str]:
         "task-table": f"results/tasks/{job.task}/images.parquet",
         "split": f"results/splits/{job.task}/folds.parquet",
     }
-    if grid.uses_cache(config, job.strategy):
+    if grid.uses_cache(config, job.strategy) or grid.caches_frozen_epochs(config, job.strategy):
         inputs["embeddings"] = f"results/embeddings/{dataset}/{job.model}.npy"
-    else:
+    if not grid.uses_cache(config, job.strategy):
         inputs["store"] = f"results/data/{dataset}/images_{grid.model_img_size(config, job.model)}.npy"
     if job.group != "full":
         inputs["fewshot"] = f"results/splits/{job.task}/fewshot/{job.group}.parquet"
@@ -73,8 +73,14 @@ def main() -> None:
     p.add_argument("--preset", default=str(ROOT / "workflow" / "presets" / "demo.yaml"))
     p.add_argument("--strategies", nargs="*", help="default: the preset's selected strategies")
     p.add_argument("--cores", type=int, default=2, help="cores the demo runs on (make demo: 2)")
+    p.add_argument(
+        "--without-cache",
+        action="store_true",
+        help="training.embedding_cache off: frozen backbones (LP, LP-FT's first phase) run end to end",
+    )
     args = p.parse_args()
     config = load(ROOT / "config.yaml", args.preset)
+    config["training"]["embedding_cache"] = not args.without_cache
     names = args.strategies or list(config["benchmark"]["strategies"])
     if "fft" not in names:
         names = ["fft", *names]  # the reference of the ratios

@@ -39,6 +39,7 @@ def test_requests_grow_with_model_size_image_side_cells_and_attempt(demo_config)
     runtime = {name: cluster.runtime_min(config, j, 5) for name, j in job.items()}
     assert runtime["small"] < runtime["large"] < runtime["large_hires"]
     assert cluster.runtime_min(config, job["large"], 10) == 2 * runtime["large"]  # time for each of its cells
+    assert cluster.runtime_min(config, job["large"], 5, candidates=3) == 3 * runtime["large"]  # each trains 3
     assert cluster.mem_mb(config, job["small"], 5) < cluster.mem_mb(config, job["large"], 5)
     # a retry asks for proportionally more, so a job killed for time or memory gets through
     assert cluster.runtime_min(config, job["large"], 5, attempt=3) == 3 * runtime["large"]

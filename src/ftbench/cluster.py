@@ -76,10 +76,11 @@ def threads(config: dict, cells: int) -> int:
     return config["training"]["threads"] * concurrency(config, cells)
 
 
-def runtime_min(config: dict, job: grid.Job, cells: int, attempt: int = 1) -> int:
+def runtime_min(config: dict, job: grid.Job, cells: int, attempt: int = 1, candidates: int = 1) -> int:
     """Wall time (minutes) for a job of ``cells`` cells x attempt: its rounds of concurrent cells, each as long
-    as a cell of the projection in ``cluster.runtimes`` times ``cluster.runtime_margin`` where it has the job,
-    else of its size class x image area."""
+    as a cell of the projection in ``cluster.runtimes`` times ``cluster.runtime_margin`` where it has the job
+    (a projected cell counts every candidate it trains), else of its size class x image area x ``candidates``
+    (the strategy's settings chosen on validation: each cell trains every one)."""
     rounds = math.ceil(cells / concurrency(config, cells))
     calibration = config.get("cluster", {})
     if calibration.get("runtimes"):
@@ -89,7 +90,7 @@ def runtime_min(config: dict, job: grid.Job, cells: int, attempt: int = 1) -> in
     full, fewshot, _ = SIZE_CLASSES[size_class(config["models"][job.model]["arch"])]
     minutes = full if job.group == "full" else fewshot
     area = (grid.model_img_size(config, job.model) / 224) ** 2
-    return max(1, round(minutes * max(area, 0.25) * rounds)) * attempt
+    return max(1, round(minutes * max(area, 0.25) * rounds * candidates)) * attempt
 
 
 def mem_mb(config: dict, job: grid.Job, cells: int, attempt: int = 1) -> int:

@@ -115,11 +115,13 @@ def train_job(path: str) -> dict:
     if job.group != "full":
         inputs["fewshot"] = f"results/splits/{job.task}/fewshot/{job.group}.parquet"
     optional = {flag: inputs.get(flag) for flag in ("store", "embeddings", "weights", "fewshot")}
+    settings = grid.job_settings(config, job, JOBS[job])
     return {
         "inputs": inputs,
         "args": cli_args(optional),
-        "settings": to_json(grid.job_settings(config, job, JOBS[job])),
+        "settings": to_json(settings),
         "cells": len(JOBS[job]),
+        "candidates": len(settings.get("candidates", [])) or 1,
     }
 
 

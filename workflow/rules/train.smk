@@ -21,7 +21,9 @@ rule train:
         "../../envs/ftbench.yaml"
     threads: lambda w: cluster.threads(config, train_job(job_of(w).path)["cells"])
     resources:
-        runtime=lambda w, attempt: cluster.runtime_min(config, job_of(w), train_job(job_of(w).path)["cells"], attempt),
+        runtime=lambda w, attempt: cluster.runtime_min(
+            config, job_of(w), train_job(job_of(w).path)["cells"], attempt, train_job(job_of(w).path)["candidates"]
+        ),
         mem_mb=lambda w, attempt: cluster.mem_mb(config, job_of(w), train_job(job_of(w).path)["cells"], attempt),
         concurrent_cells=config["training"]["concurrent_cells"],  # a resource, not a param: it changes no result
     params:
