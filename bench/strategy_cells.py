@@ -4,9 +4,11 @@ side by side in one run, exactly as the train rule runs them.
 Make the demo's inputs first (the script names any that are missing), then:
 
     .venv/bin/python bench/strategy_cells.py [--preset workflow/presets/demo.yaml] [--strategies lp_ft vpt ...]
+    .venv/bin/python bench/strategy_cells.py --strategies lp_ft --compare-cache   # frozen epochs from the cache
 
-Prints per strategy its jobs and cells, the wall time of its jobs, the ratio to FFT's, and what it adds to
-the demo on its cores (jobs run side by side, one thread each). Default: the preset's selected strategies.
+Prints per strategy its jobs and cells, the wall time of its jobs, the ratio to FFT's, what it adds to
+the demo on its cores (jobs run side by side, one thread each), and its cells' own seconds (without the jobs'
+start-up). Default: the preset's selected strategies.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from ftbench import grid  # noqa: E402
 from ftbench.config import load  # noqa: E402
+from record import record  # noqa: E402
 
 
 def job_inputs(config: dict, job: grid.Job) -> dict[str, str]:
@@ -43,7 +46,9 @@ def job_inputs(config: dict, job: grid.Job) -> dict[str, str]:
     return inputs
 
 
-def time_job(config: dict, job: grid.Job, cells: list, out: Path) -> float:
+def time_job(config: dict, job: grid.Job, cells: list, out: Path) -> tuple[float, float]:
+    """Wall seconds of the job's process, and the sum of its cells' own seconds (run.json's wall_seconds: the
+    cells without the process's start-up)."""
     settings = json.dumps(grid.job_settings(config, job, cells), sort_keys=True)
     args = [f"--{k}={v}" for k, v in job_inputs(config, job).items()]
     cmd = [
@@ -65,7 +70,15 @@ def time_job(config: dict, job: grid.Job, cells: list, out: Path) -> float:
     subprocess.run(
         cmd, check=True, cwd=ROOT, stderr=subprocess.DEVNULL, env=os.environ | {"PYTHONPATH": str(ROOT / "src")}
     )
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    return wall, sum(json.loads(f.read_text())["wall_seconds"] for f in (out / "cells").rglob("run.json"))
+
+
+def time_strategy(config: dict, name: str, tmp: Path) -> tuple[int, int, float, float]:
+    """(jobs, cells, job seconds, cell seconds) of ``name``'s training jobs under ``config``."""
+    mine = {job: cells for job, cells in grid.jobs(config).items() if job.strategy == name}
+    times = [time_job(config, job, cells, tmp / job.path) for job, cells in mine.items()]
+    return len(mine), sum(map(len, mine.values())), sum(t[0] for t in times), sum(t[1] for t in times)
 
 
 def main() -> None:
@@ -74,34 +87,47 @@ def main() -> None:
     p.add_argument("--strategies", nargs="*", help="default: the preset's selected strategies")
     p.add_argument("--cores", type=int, default=2, help="cores the demo runs on (make demo: 2)")
     p.add_argument(
-        "--without-cache",
+        "--compare-cache",
         action="store_true",
-        help="training.embedding_cache off: frozen backbones (LP, LP-FT's first phase) run end to end",
+        help="also time each strategy with training.embedding_cache off (frozen passes through the backbone), "
+        "side by side, and record both in bench/results/strategy_cells.json",
     )
     args = p.parse_args()
     config = load(ROOT / "config.yaml", args.preset)
-    config["training"]["embedding_cache"] = not args.without_cache
     names = args.strategies or list(config["benchmark"]["strategies"])
     if "fft" not in names:
         names = ["fft", *names]  # the reference of the ratios
     config["benchmark"]["strategies"] = names
-    all_jobs = grid.jobs(config)
-    missing = sorted({v for job in all_jobs for v in job_inputs(config, job).values() if not (ROOT / v).exists()})
+    uncached = config | {"training": config["training"] | {"embedding_cache": False}}
+    missing = sorted(
+        {v for job in grid.jobs(config) for v in job_inputs(config, job).values() if not (ROOT / v).exists()}
+    )
     if missing:
         sys.exit(f"make the demo inputs first (snakemake --configfile {args.preset} <files>): {missing}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            mine = {job: cells for job, cells in all_jobs.items() if job.strategy == name}
-            seconds = sum(time_job(config, job, cells, Path(tmp) / job.path) for job, cells in mine.items())
-            rows.append((name, config["strategies"][name]["kind"], len(mine), sum(map(len, mine.values())), seconds))
+            jobs, cells, seconds, cell_seconds = time_strategy(config, name, Path(tmp) / "cache")
+            row = {"strategy": name, "kind": config["strategies"][name]["kind"], "jobs": jobs, "cells": cells}
+            row |= {"seconds": seconds, "cell_seconds": cell_seconds}
+            if args.compare_cache:
+                _, _, seconds_off, cell_seconds_off = time_strategy(uncached, name, Path(tmp) / "no_cache")
+                row |= {"seconds_without_cache": seconds_off, "cell_seconds_without_cache": cell_seconds_off}
+            rows.append(row)
             print(f"{name:20s} {seconds:6.1f} s", file=sys.stderr, flush=True)
-    fft = next(r[4] for r in rows if r[0] == "fft")
-    print(f"{'strategy':20s} {'kind':19s} {'jobs':>4s} {'cells':>5s} {'job s':>7s} {'vs fft':>7s} {'demo +s':>8s}")
-    for name, kind, jobs, cells, seconds in rows:
-        print(
-            f"{name:20s} {kind:19s} {jobs:4d} {cells:5d} {seconds:7.1f} {seconds / fft:7.2f} {seconds / args.cores:8.0f}"
-        )
+    fft = next(r["seconds"] for r in rows if r["strategy"] == "fft")
+    header = f"{'strategy':20s} {'kind':19s} {'jobs':>4s} {'cells':>5s} {'job s':>7s} {'vs fft':>7s} {'demo +s':>8s}"
+    header += f" {'cell s':>7s}"
+    print(header + (f" {'no cache: job s':>15s} {'cell s':>7s} {'cell speed-up':>13s}" if args.compare_cache else ""))
+    for r in rows:
+        line = f"{r['strategy']:20s} {r['kind']:19s} {r['jobs']:4d} {r['cells']:5d} {r['seconds']:7.1f} "
+        line += f"{r['seconds'] / fft:7.2f} {r['seconds'] / args.cores:8.0f} {r['cell_seconds']:7.1f}"
+        if args.compare_cache:
+            line += f" {r['seconds_without_cache']:15.1f} {r['cell_seconds_without_cache']:7.1f}"
+            line += f" {r['cell_seconds_without_cache'] / r['cell_seconds']:13.2f}"
+        print(line)
+    if args.compare_cache:
+        record("strategy_cells", {"preset": Path(args.preset).name, "rows": rows})
 
 
 if __name__ == "__main__":
