@@ -357,7 +357,7 @@ def test_a_new_kind_is_one_table_entry_and_one_setup_function(monkeypatch, raw_c
         ),
     )
     monkeypatch.setitem(strategies.STRATEGIES, "norms_only", norms_only)
-    for name in ("config.schema.yaml", "strategies.schema.yaml"):  # the schema as `reference` would write it
+    for name in ("config.schema.yaml", "strategies.schema.json"):  # the schema as `reference` would write it
         make = reference.GENERATED.get(reference.SCHEMAS / name, (reference.SCHEMAS / name).read_text)
         (tmp_path / name).write_text(make())
     raw_config["strategies"]["norms"] = {"kind": "norms_only", "lr": 1e-3}

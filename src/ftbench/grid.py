@@ -11,8 +11,7 @@ import functools
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
-from functools import cached_property
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ftbench import TRAINING_VERSION
@@ -55,28 +54,27 @@ CELL_PATH = re.compile(
 
 @dataclass(frozen=True)
 class Cell:
-    """One training run: (task, model, strategy, regime, fold)."""
+    """One training run: (task, model, strategy, regime, fold).
+
+    ``job``, ``leaf`` and ``path`` are computed once, when the cell is made: the Snakefile asks for them for
+    every cell of the grid (tens of thousands), and each planning of a cluster job re-parses it."""
 
     task: str
     model: str
     strategy: str
     regime: str
     fold: int
+    job: Job = field(init=False, repr=False, compare=False)
+    leaf: str = field(init=False, repr=False, compare=False)  # the folder inside its job's: fold{F} or r{R}/fold{F}
+    # its folder under results/cells: <task>/<model>/<strategy>/full/fold<F> or .../k<K>/r<R>/fold<F>
+    path: str = field(init=False, repr=False, compare=False)
 
-    @cached_property
-    def job(self) -> Job:
-        return Job(self.task, self.model, self.strategy, regime_group(self.regime))
-
-    @cached_property
-    def leaf(self) -> str:
-        """The cell's folder inside its job's folder: ``fold{F}``, or ``r{R}/fold{F}`` for few-shot."""
-        return f"fold{self.fold}" if self.regime == "full" else f"r{self.regime.partition('r')[2]}/fold{self.fold}"
-
-    @cached_property
-    def path(self) -> str:
-        """Folder of the cell under ``results/cells``: ``<task>/<model>/<strategy>/full/fold<F>`` or, few-shot,
-        ``<task>/<model>/<strategy>/k<K>/r<R>/fold<F>``."""
-        return f"{self.job.path}/{self.leaf}"
+    def __post_init__(self) -> None:
+        job = _job(self.task, self.model, self.strategy, regime_group(self.regime))
+        leaf = f"fold{self.fold}" if self.regime == "full" else f"r{self.regime.partition('r')[2]}/fold{self.fold}"
+        object.__setattr__(self, "job", job)
+        object.__setattr__(self, "leaf", leaf)
+        object.__setattr__(self, "path", f"{job.path}/{leaf}")
 
     @classmethod
     def from_path(cls, cell_dir: str | Path) -> Cell:
@@ -104,10 +102,16 @@ class Job:
     model: str
     strategy: str
     group: str  # "full" or "k{K}"
+    path: str = field(init=False, repr=False, compare=False)  # <task>/<model>/<strategy>/<group>
 
-    @cached_property
-    def path(self) -> str:
-        return f"{self.task}/{self.model}/{self.strategy}/{self.group}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", f"{self.task}/{self.model}/{self.strategy}/{self.group}")
+
+
+@functools.cache
+def _job(task: str, model: str, strategy: str, group: str) -> Job:
+    """One Job object per job, shared by its cells."""
+    return Job(task, model, strategy, group)
 
 
 def job_of_cell(cell: str) -> str:

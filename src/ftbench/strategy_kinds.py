@@ -2,7 +2,7 @@
 whether it trains from the embedding cache or is fitted there, and its settings with defaults, types and help.
 
 Torch-free: the Snakefile reads it. Everything else derives from this table: the config schema's strategy
-part (``workflow/schemas/strategies.schema.yaml``), the grid's limits and resolved settings (``ftbench.grid``),
+part (``workflow/schemas/strategies.schema.json``), the grid's limits and resolved settings (``ftbench.grid``),
 and the strategy table of ``docs/strategies.md`` (both written by ``python -m ftbench reference``). A new kind
 is one entry here plus its setup function in ``ftbench.strategies`` (or ``ftbench.probes``).
 
