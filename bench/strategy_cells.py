@@ -25,9 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from record import record  # noqa: E402
+
 from ftbench import grid  # noqa: E402
 from ftbench.config import load  # noqa: E402
-from record import record  # noqa: E402
 
 
 def job_inputs(config: dict, job: grid.Job) -> dict[str, str]:
