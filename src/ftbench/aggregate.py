@@ -119,6 +119,21 @@ def cell_keys(cell_dir: str | Path) -> dict:
     }
 
 
+CELL_KEYS = {
+    "cell": pl.String,
+    "task": pl.String,
+    "model": pl.String,
+    "strategy": pl.String,
+    "regime": pl.String,
+    "fold": pl.Int64,
+}
+
+
+def cell_keys_frame(cell_dirs) -> pl.DataFrame:
+    """``cell_keys`` of each cell directory, as a table (typed even when there are none)."""
+    return pl.DataFrame([cell_keys(c) for c in cell_dirs], schema=CELL_KEYS)
+
+
 def family(run: dict) -> str:
     """The model family the report groups by: the config's ``family``, else the zoo's, else 'unknown'."""
     model = run.get("settings", {}).get("model", {})

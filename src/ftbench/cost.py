@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 from scipy.optimize import nnls
 
-from ftbench.aggregate import cell_keys
+from ftbench.aggregate import cell_keys_frame
 
 PAIR = ("model", "strategy")
 JOB = ("task", "model", "strategy", "regime_group")
@@ -104,17 +104,7 @@ def project(
     """Every cell of ``grid`` (paths as in ``results/grid.txt``) with its seconds and their ``source``; ``paper``
     (columns ``cell``, ``flop_seconds``) gives the seconds of cells nothing measured could estimate."""
     measured = measured_cells(cells, device_name)
-    target = pl.DataFrame(
-        [cell_keys(c) for c in grid],
-        schema={
-            "cell": pl.String,
-            "task": pl.String,
-            "model": pl.String,
-            "strategy": pl.String,
-            "regime": pl.String,
-            "fold": pl.Int64,
-        },
-    ).with_columns(pl.col("regime").str.replace(r"r\d+$", "").alias("regime_group"))
+    target = cell_keys_frame(grid).with_columns(pl.col("regime").str.replace(r"r\d+$", "").alias("regime_group"))
     target = target.with_columns(_kind())
     jobs = measured.group_by(JOB).agg(pl.col("wall_seconds").mean().alias("job_seconds"))
     sizes = measured.group_by("task", "regime_group").agg(pl.col("n_train", "n_val", "n_test").mean())

@@ -280,18 +280,7 @@ def _grid_line(res: Results) -> str:
 
 
 def _missing_keys(missing: pl.DataFrame) -> pl.DataFrame:
-    rows = [aggregate.cell_keys(cell) for cell in missing["cell"]]
-    return pl.DataFrame(
-        rows,
-        schema={
-            "cell": pl.String,
-            "task": pl.String,
-            "model": pl.String,
-            "strategy": pl.String,
-            "regime": pl.String,
-            "fold": pl.Int64,
-        },
-    ).drop("cell")
+    return aggregate.cell_keys_frame(missing["cell"]).drop("cell")
 
 
 def _key_results(res: Results) -> str:
