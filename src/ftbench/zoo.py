@@ -136,6 +136,38 @@ def _dinov2(size: str, features: int) -> ZooEntry:
     )
 
 
+def _hf_clip(family: str, repo: str, width: int, layers: int, heads: int, patch: int) -> ZooEntry:
+    """The vision tower of a CLIP checkpoint in transformers' layout (``CLIPModel`` or ``CLIPVisionModel``),
+    built by transformers' ``CLIPVisionModel`` from the architecture given here."""
+    return ZooEntry(
+        "transformers",
+        "CLIPVisionModel",
+        "vit",
+        family,
+        "hf_clip",
+        f"hf-hub:{repo}",
+        prefix="vision_model.",
+        ignore=r"embeddings\.position_ids",
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        features=width,
+        pool="token",
+        blocks=r"model\.encoder\.layers\.\d+",
+        targets=HF_CLIP_TARGETS,
+        license="MIT",
+        options={
+            "config": {
+                "hidden_size": width,
+                "intermediate_size": 4 * width,
+                "num_hidden_layers": layers,
+                "num_attention_heads": heads,
+                "patch_size": patch,
+                "hidden_act": "quick_gelu",
+            }
+        },
+    )
+
+
 ZOO: dict[str, ZooEntry] = {
     "resnet18": _tv_cnn("resnet18", 512, r"layer\d"),
     "resnet50": _tv_cnn("resnet50", 2048, r"layer\d"),
@@ -148,33 +180,7 @@ ZOO: dict[str, ZooEntry] = {
     # CLIP ViT-L/14 (OpenAI), vision tower: transformers' CLIPVisionModel, as the first study ran it, with Linear
     # q/k/v projections that every adapter method can target; the feature is the CLS token after the final norm,
     # before the contrastive projection (`visual_projection`, outside the vision model's prefix)
-    "clip_vitl14": ZooEntry(
-        "transformers",
-        "CLIPVisionModel",
-        "vit",
-        "fm-general",
-        "hf_clip",
-        "hf-hub:openai/clip-vit-large-patch14",
-        prefix="vision_model.",
-        ignore=r"embeddings\.position_ids",
-        mean=CLIP_MEAN,
-        std=CLIP_STD,
-        features=1024,
-        pool="token",
-        blocks=r"model\.encoder\.layers\.\d+",
-        targets=HF_CLIP_TARGETS,
-        license="MIT",
-        options={
-            "config": {
-                "hidden_size": 1024,
-                "intermediate_size": 4096,
-                "num_hidden_layers": 24,
-                "num_attention_heads": 16,
-                "patch_size": 14,
-                "hidden_act": "quick_gelu",
-            }
-        },
-    ),
+    "clip_vitl14": _hf_clip("fm-general", "openai/clip-vit-large-patch14", width=1024, layers=24, heads=16, patch=14),
     # BiomedCLIP: an open_clip model whose vision tower is a timm ViT-B/16 (`visual.trunk`, as in the hub's
     # open_clip_config.json), so timm builds it; its text tower (PubMedBERT) and projection (`visual.head`) are not used
     "biomedclip": ZooEntry(
@@ -195,32 +201,8 @@ ZOO: dict[str, ZooEntry] = {
         license="MIT",
     ),
     # PubMedCLIP: a CLIP ViT-B/32 fine-tuned on ROCO; transformers CLIPModel checkpoint, vision tower only
-    "pubmedclip": ZooEntry(
-        "transformers",
-        "CLIPVisionModel",
-        "vit",
-        "fm-biomedical",
-        "hf_clip",
-        "hf-hub:flaviagiammarino/pubmed-clip-vit-base-patch32",
-        prefix="vision_model.",
-        ignore=r"embeddings\.position_ids",
-        mean=CLIP_MEAN,
-        std=CLIP_STD,
-        features=768,
-        pool="token",
-        blocks=r"model\.encoder\.layers\.\d+",
-        targets=HF_CLIP_TARGETS,
-        license="MIT",
-        options={
-            "config": {
-                "hidden_size": 768,
-                "intermediate_size": 3072,
-                "num_hidden_layers": 12,
-                "num_attention_heads": 12,
-                "patch_size": 32,
-                "hidden_act": "quick_gelu",
-            }
-        },
+    "pubmedclip": _hf_clip(
+        "fm-biomedical", "flaviagiammarino/pubmed-clip-vit-base-patch32", width=768, layers=12, heads=12, patch=32
     ),
     # MedCLIP (Wang et al. 2022): the authors' zips hold the whole model (pytorch_model.bin); the vision tower is
     # `vision_model.model` (torchvision ResNet-50 whose `fc` is the projection, or transformers' Swin-Tiny).
