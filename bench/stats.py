@@ -19,20 +19,6 @@ from statsmodels.stats.multitest import multipletests
 
 from ftbench import stats
 
-SCHEMA = {
-    "task": pl.String,
-    "model": pl.String,
-    "strategy": pl.String,
-    "regime": pl.String,
-    "regime_group": pl.String,
-    "repetition": pl.Int32,
-    "fold": pl.Int64,
-    "family": pl.String,
-    "status": pl.String,
-    "mcc": pl.Float64,
-    "pr_auc": pl.Float64,
-}
-
 
 def grid(seed: int = 0) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
@@ -63,7 +49,7 @@ def grid(seed: int = 0) -> pl.DataFrame:
                                     value,
                                 )
                             )
-    return pl.DataFrame(rows, schema=SCHEMA, orient="row")
+    return pl.DataFrame(rows, schema=stats.CELLS_SCHEMA, orient="row")
 
 
 def main() -> None:

@@ -21,21 +21,6 @@ def wide(**columns) -> tuple[pl.DataFrame, list[str]]:
     return frame, sorted(columns)
 
 
-CELL_SCHEMA = {
-    "task": pl.String,
-    "model": pl.String,
-    "strategy": pl.String,
-    "regime": pl.String,
-    "regime_group": pl.String,
-    "repetition": pl.Int32,
-    "fold": pl.Int64,
-    "family": pl.String,
-    "status": pl.String,
-    "mcc": pl.Float64,
-    "pr_auc": pl.Float64,
-}
-
-
 def cells_frame(
     values: dict[str, list[float]],
     task: str = "t",
@@ -63,7 +48,7 @@ def cells_frame(
         for s, vs in values.items()
         for f, v in enumerate(vs)
     ]
-    return pl.DataFrame(rows, schema=CELL_SCHEMA)
+    return pl.DataFrame(rows, schema=stats.CELLS_SCHEMA)
 
 
 # --- Friedman and Nemenyi over tasks ------------------------------------------------------------------------
@@ -357,7 +342,7 @@ def test_within_task_holm_corrects_the_pairs_of_one_task_and_model():
 
 
 def test_compare_on_an_empty_grid_gives_empty_tables():
-    empty = pl.DataFrame(schema=CELL_SCHEMA)
+    empty = pl.DataFrame(schema=stats.CELLS_SCHEMA)
     result = stats.compare(empty, metrics=("mcc", "pr_auc"))
     assert result.friedman.height == 0 and "p_value" in result.friedman.columns and result.within_task.height == 0
 

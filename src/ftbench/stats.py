@@ -136,6 +136,20 @@ CELL = ("model", "fold", "repetition")
 DECISION = 0.95  # ours: a posterior probability this high decides (Benavoli et al. 2017 use 0.95 too)
 FEW_TASKS = 10  # Demšar (2006): Friedman's chi-square is a fair approximation from about 10 data sets on
 
+# The columns of the cells table (ftbench.aggregate's cells.parquet) that :func:`compare` reads, with the metrics
+CELLS_SCHEMA = {
+    "task": pl.String,
+    "model": pl.String,
+    "strategy": pl.String,
+    "regime": pl.String,
+    "regime_group": pl.String,
+    "repetition": pl.Int32,
+    "fold": pl.Int64,
+    "family": pl.String,
+    "status": pl.String,
+    "mcc": pl.Float64,
+    "pr_auc": pl.Float64,
+}
 SCOPE = {"family": pl.String, "models": pl.String, "regime_group": pl.String, "metric": pl.String}
 FRIEDMAN_SCHEMA = SCOPE | {
     "strategies": pl.Int64,
