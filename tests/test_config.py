@@ -2,6 +2,7 @@
 
 import pytest
 from conftest import ROOT
+from smk import snakemake
 
 from ftbench import grid
 from ftbench.config import ConfigError, validate
@@ -142,31 +143,6 @@ def test_protocol_config_declares_the_six_tasks_of_the_first_study():
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", [None, "protocol.yaml", "s1.yaml"])
 def test_dry_run_plans_the_grid_without_any_data(tmp_path, preset):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     args = ["--configfile", str(ROOT / "workflow" / "presets" / preset)] if preset else []
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-s",
-            str(ROOT / "Snakefile"),
-            "-d",
-            str(tmp_path),
-            "-n",
-            "--quiet",
-            "rules",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = snakemake(ROOT, tmp_path, "-n", "--quiet", "rules", *args, timeout=900)  # fails with its output
     assert "download_dataset" in proc.stdout + proc.stderr

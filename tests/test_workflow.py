@@ -1,40 +1,25 @@
 """The demo workflow end to end in a temporary directory, as a newcomer runs it."""
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
+import smk
 from browser import visit
 from conftest import ROOT
+from smk import DEMO
 
 from ftbench.captions import CAPTIONS
 
 pytestmark = pytest.mark.slow
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(ROOT / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--configfile",
-        str(ROOT / "workflow" / "presets" / "demo.yaml"),
-        *args,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-    if check and proc.returncode:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """Snakemake on the demo preset in ``workdir``, failing with its output on error."""
+    return smk.snakemake(ROOT, workdir, "--configfile", str(DEMO), *args, timeout=1800)
 
 
 @pytest.fixture(scope="module")
