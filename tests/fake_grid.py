@@ -73,6 +73,17 @@ def write_cell(
     return out
 
 
+# A small grid for make_results(root, **ONE_TASK): one task, one CNN, three strategies of distinct strength, full
+# data and 2-shot, 3 folds; the report tests then remove or corrupt some of its cells.
+ONE_TASK = {
+    "tasks": {"death": 0.3},
+    "models": {"cnn_a": "cnn"},
+    "strategies": {"fft": 2.5, "lp": 0.6, "lora": 1.6},
+    "regimes": ("full", "k2r0"),
+    "folds": 3,
+}
+
+
 def make_results(
     root: Path,
     tasks: dict[str, float] | None = None,

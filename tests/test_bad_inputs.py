@@ -246,17 +246,10 @@ def test_the_image_store_checks_free_space_first_and_never_leaves_its_temporary_
 def test_a_report_draws_a_mean_outside_its_interval_and_fails_only_a_cell_whose_metric_has_the_wrong_type(tmp_path):
     import json
 
-    from fake_grid import build_report, make_results
+    from fake_grid import ONE_TASK, build_report, make_results
 
     root = tmp_path / "results"
-    make_results(
-        root,
-        tasks={"death": 0.3},
-        models={"cnn_a": "cnn"},
-        strategies={"fft": 2.5, "lp": 0.6, "lora": 1.6},
-        regimes=("full", "k2r0"),
-        folds=3,
-    )
+    make_results(root, **ONE_TASK)
     cells = root / "cells" / "death" / "cnn_a"
     for fold in range(3):  # the mean over folds far above the bootstrap interval of the pooled predictions
         path = cells / "lp" / "full" / f"fold{fold}" / "metrics.json"

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 from browser import chromium, visit
-from fake_grid import build_report, make_results
+from fake_grid import ONE_TASK, build_report, make_results
 
 from ftbench import report, stats
 from ftbench.captions import CAPTIONS
@@ -97,14 +97,7 @@ def test_report_in_headless_chromium(browser_ready, demo_like, tmp_path):
 
 def test_partial_grid_report_lists_missing_and_failed_cells(tmp_path):
     root = tmp_path / "results"
-    make_results(
-        root,
-        tasks={"death": 0.3},
-        models={"cnn_a": "cnn"},
-        strategies={"fft": 2.5, "lp": 0.6, "lora": 1.6},
-        regimes=("full", "k2r0"),
-        folds=3,
-    )
+    make_results(root, **ONE_TASK)
     cells = root / "cells" / "death" / "cnn_a"
     shutil.rmtree(cells / "lp" / "k2")  # a whole regime of a strategy never ran
     shutil.rmtree(cells / "fft" / "full" / "fold2")  # one job stopped, its log says why
