@@ -31,27 +31,16 @@ from ftbench import grid  # noqa: E402
 from ftbench.config import load  # noqa: E402
 
 
-def job_inputs(config: dict, job: grid.Job) -> dict[str, str]:
-    """The train rule's inputs of ``job`` (see workflow/rules/train.smk; the demo has no weight files)."""
-    dataset = config["tasks"][job.task]["dataset"]
-    inputs = {
-        "task-table": f"results/tasks/{job.task}/images.parquet",
-        "split": f"results/splits/{job.task}/folds.parquet",
-    }
-    if grid.uses_cache(config, job.strategy) or grid.caches_frozen_epochs(config, job.strategy):
-        inputs["embeddings"] = f"results/embeddings/{dataset}/{job.model}.npy"
-    if not grid.uses_cache(config, job.strategy):
-        inputs["store"] = f"results/data/{dataset}/images_{grid.model_img_size(config, job.model)}.npy"
-    if job.group != "full":
-        inputs["fewshot"] = f"results/splits/{job.task}/fewshot/{job.group}.parquet"
-    return inputs
+def job_args(config: dict, job: grid.Job) -> dict[str, str]:
+    """The command-line arguments the train rule gives ``job`` for its inputs (``grid.job_inputs``)."""
+    return {"task-table" if name == "table" else name: path for name, path in grid.job_inputs(config, job).items()}
 
 
 def time_job(config: dict, job: grid.Job, cells: list, out: Path) -> tuple[float, float]:
     """Wall seconds of the job's process, and the sum of its cells' own seconds (run.json's wall_seconds: the
     cells without the process's start-up)."""
     settings = json.dumps(grid.job_settings(config, job, cells), sort_keys=True)
-    args = [f"--{k}={v}" for k, v in job_inputs(config, job).items()]
+    args = [f"--{k}={v}" for k, v in job_args(config, job).items()]
     cmd = [
         sys.executable,
         "-m",
@@ -101,7 +90,7 @@ def main() -> None:
     config["benchmark"]["strategies"] = names
     uncached = config | {"training": config["training"] | {"embedding_cache": False}}
     missing = sorted(
-        {v for job in grid.jobs(config) for v in job_inputs(config, job).values() if not (ROOT / v).exists()}
+        {v for job in grid.jobs(config) for v in job_args(config, job).values() if not (ROOT / v).exists()}
     )
     if missing:
         sys.exit(f"make the demo inputs first (snakemake --configfile {args.preset} <files>): {missing}")

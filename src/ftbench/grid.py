@@ -208,6 +208,35 @@ def caches_frozen_epochs(config: dict, strategy: str) -> bool:
     )
 
 
+def model_weights(config: dict, model: str) -> str | None:
+    """What a model's cells and embedding cache load: the user's weight path, the manifest of the weights stage,
+    or nothing (random weights)."""
+    spec = config["models"][model]
+    if spec.get("weights"):
+        return spec["weights"]
+    return f"resources/weights/{model}/weights.json" if spec.get("pretrained") else None
+
+
+def job_inputs(config: dict, job: Job) -> dict[str, str]:
+    """The files a training job reads, named as the train rule's inputs (``workflow/rules/train.smk``): the task
+    table and folds; the image store (with the weights), or the embedding cache for a frozen backbone, or both
+    when a strategy's first epochs are frozen; the few-shot draw."""
+    dataset = config["tasks"][job.task]["dataset"]
+    inputs = {"table": f"results/tasks/{job.task}/images.parquet", "split": f"results/splits/{job.task}/folds.parquet"}
+    cache = f"results/embeddings/{dataset}/{job.model}.npy"
+    if uses_cache(config, job.strategy):
+        inputs["embeddings"] = cache
+    else:
+        inputs["store"] = f"results/data/{dataset}/images_{model_img_size(config, job.model)}.npy"
+        if weights := model_weights(config, job.model):
+            inputs["weights"] = weights
+        if caches_frozen_epochs(config, job.strategy):
+            inputs["embeddings"] = cache
+    if job.group != "full":
+        inputs["fewshot"] = f"results/splits/{job.task}/fewshot/{job.group}.parquet"
+    return inputs
+
+
 def model_settings(config: dict, model: str) -> dict:
     """The resolved settings of a model: what its cells and its embedding cache depend on, with a digest of
     the zoo entry's facts (so that changing one in the zoo reruns exactly that model's cells; the entry itself

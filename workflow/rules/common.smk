@@ -73,17 +73,9 @@ def dataset_download(w) -> list[str]:
     return ["resources/datasets/{dataset}/.downloaded"] if download(w.dataset) else []
 
 
-def model_weights(model: str) -> str | None:
-    """What a model's cells load: the user's weight path, the manifest of the weights stage, or nothing."""
-    spec = config["models"][model]
-    if spec.get("weights"):
-        return spec["weights"]
-    return f"resources/weights/{model}/weights.json" if spec.get("pretrained") else None
-
-
 def embedding_inputs(w) -> dict:
     inputs = {"store": f"results/data/{w.dataset}/images_{grid.model_img_size(config, w.model)}.npy"}
-    if weights := model_weights(w.model):
+    if weights := grid.model_weights(config, w.model):
         inputs["weights"] = weights
     return inputs
 
@@ -101,19 +93,7 @@ def train_job(path: str) -> dict:
     """What a training job needs, computed once per job (Snakemake asks for each part separately): its
     inputs, the optional arguments of its command and its resolved settings as JSON."""
     job = JOB_BY_PATH[path]
-    dataset = TASKS[job.task]["dataset"]
-    inputs = {"table": f"results/tasks/{job.task}/images.parquet", "split": f"results/splits/{job.task}/folds.parquet"}
-    cache = f"results/embeddings/{dataset}/{job.model}.npy"
-    if grid.uses_cache(config, job.strategy):
-        inputs["embeddings"] = cache
-    else:
-        inputs["store"] = f"results/data/{dataset}/images_{grid.model_img_size(config, job.model)}.npy"
-        if weights := model_weights(job.model):
-            inputs["weights"] = weights
-        if grid.caches_frozen_epochs(config, job.strategy):
-            inputs["embeddings"] = cache
-    if job.group != "full":
-        inputs["fewshot"] = f"results/splits/{job.task}/fewshot/{job.group}.parquet"
+    inputs = grid.job_inputs(config, job)
     optional = {flag: inputs.get(flag) for flag in ("store", "embeddings", "weights", "fewshot")}
     settings = grid.job_settings(config, job, JOBS[job])
     return {

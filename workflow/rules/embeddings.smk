@@ -15,7 +15,7 @@ rule embeddings:
     threads: config["training"]["threads"]
     params:
         model=lambda w: to_json(grid.model_settings(config, w.model)),
-        args=lambda w: cli_args({"weights": model_weights(w.model)}),
+        args=lambda w: cli_args({"weights": grid.model_weights(config, w.model)}),
         version=EMBEDDING_VERSION,
     shell:
         "HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "

@@ -27,4 +27,4 @@ rule weights:
 
 rule all_weights:
     input:
-        [path for model in config["benchmark"]["models"] if (path := model_weights(model))],
+        [path for model in config["benchmark"]["models"] if (path := grid.model_weights(config, model))],
