@@ -18,16 +18,15 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 from ftbench.errors import Preempted
 from ftbench.grid import CELL_FILES
+from ftbench.stop_signals import StopRecorder
 
 log = logging.getLogger("ftbench.train")
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # what a cell's training acts on (ftbench.loop.StopSignals)
 POLL_SECONDS = 0.2  # how often a job, and a worker holding a stop signal for its cell's training, look again
 
 
@@ -109,27 +108,6 @@ class Task:
     leaf: str
     settings: dict
     folder: str
-
-
-class StopRecorder:
-    """Records the last of SIGTERM / SIGUSR1 a process receives, calling ``then(signum)`` on each, instead of
-    dying of it (their default action)."""
-
-    def __init__(self, then: Callable[[int], None] = lambda signum: None):
-        self.received: int | None = None
-        self.then = then
-
-    def __enter__(self) -> StopRecorder:
-        self.previous = {sig: signal.signal(sig, self.handle) for sig in STOP_SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def handle(self, signum, frame) -> None:
-        self.received = signum
-        self.then(signum)
 
 
 @dataclass

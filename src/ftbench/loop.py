@@ -24,6 +24,7 @@ from ftbench import inputs, schedules, strategies
 from ftbench.device import autocast
 from ftbench.errors import Preempted
 from ftbench.files import write_atomic
+from ftbench.stop_signals import StopRecorder
 
 log = logging.getLogger("ftbench.train")
 
@@ -87,30 +88,12 @@ def recalibrate_batchnorm(model: torch.nn.Module, part: Part, prep, batch_size: 
         m.momentum = momentum
 
 
-class StopSignals:
-    """Records SIGTERM / SIGUSR1 while training runs.
-
-    SIGUSR1 (what the Slurm profile asks for some minutes before the time limit) lets the current epoch
-    finish and be saved; SIGTERM (preemption, the limit itself) stops at the next batch, resuming later
-    from the last saved epoch.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+class StopSignals(StopRecorder):
+    """Records SIGTERM / SIGUSR1 while a cell trains (``ftbench.stop_signals``): SIGUSR1 lets the current epoch
+    finish and be saved, SIGTERM stops at the next batch."""
 
     def __init__(self):
-        self.received: int | None = None
-
-    def __enter__(self):
-        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame):
-        log.warning("received %s", signal.Signals(signum).name)
-        self.received = signum
+        super().__init__(lambda signum: log.warning("received %s", signal.Signals(signum).name))
 
     @property
     def stop_now(self) -> bool:
