@@ -217,6 +217,15 @@ def model_weights(config: dict, model: str) -> str | None:
     return f"resources/weights/{model}/weights.json" if spec.get("pretrained") else None
 
 
+def backbone_inputs(config: dict, dataset: str, model: str) -> dict[str, str]:
+    """What running a model's backbone over a dataset reads (a training job or the embedding cache): the image
+    store at the model's size, and its weights when it has any."""
+    inputs = {"store": f"results/data/{dataset}/images_{model_img_size(config, model)}.npy"}
+    if weights := model_weights(config, model):
+        inputs["weights"] = weights
+    return inputs
+
+
 def job_inputs(config: dict, job: Job) -> dict[str, str]:
     """The files a training job reads, named as the train rule's inputs (``workflow/rules/train.smk``): the task
     table and folds; the image store (with the weights), or the embedding cache for a frozen backbone, or both
@@ -227,9 +236,7 @@ def job_inputs(config: dict, job: Job) -> dict[str, str]:
     if uses_cache(config, job.strategy):
         inputs["embeddings"] = cache
     else:
-        inputs["store"] = f"results/data/{dataset}/images_{model_img_size(config, job.model)}.npy"
-        if weights := model_weights(config, job.model):
-            inputs["weights"] = weights
+        inputs |= backbone_inputs(config, dataset, job.model)
         if caches_frozen_epochs(config, job.strategy):
             inputs["embeddings"] = cache
     if job.group != "full":

@@ -74,10 +74,7 @@ def dataset_download(w) -> list[str]:
 
 
 def embedding_inputs(w) -> dict:
-    inputs = {"store": f"results/data/{w.dataset}/images_{grid.model_img_size(config, w.model)}.npy"}
-    if weights := grid.model_weights(config, w.model):
-        inputs["weights"] = weights
-    return inputs
+    return grid.backbone_inputs(config, w.dataset, w.model)
 
 
 JOBS = grid.jobs(config, CELLS)
