@@ -10,7 +10,7 @@ strategies, full data and few-shot, runs in a temporary folder in two steps:
 2. the rest of the grid, after which every cell is measured.
 It prints, per pair of the large task, projected and measured seconds and their ratio, and the total.
 
-Then the FLOP model (``ftbench.flop_cost``) on the same cells: this CPU's achieved FLOP rate is calibrated on
+Then the FLOP model (``ftbench.plan.flop_cost``) on the same cells: this CPU's achieved FLOP rate is calibrated on
 one (model, strategy) (``--calibrate``), every other trained pair's cells are projected as their FLOPs / that
 rate, and compared with their measured seconds: with the epochs the cells ran (the pair's mean, as after a
 pilot) and with max_epochs (no pilot). The figures go, with the commit, to bench/results/cost.json.
@@ -117,8 +117,8 @@ def flop_check(work: Path, calibrate: tuple[str, str]) -> dict:
     import numpy as np
     from scipy.optimize import nnls
 
-    from ftbench import flop_cost
-    from ftbench.config import load
+    from ftbench.plan import flop_cost
+    from ftbench.plan.config import load
 
     cfg = load(ROOT / "config.yaml", work / "config.yaml")
     cells = pl.read_parquet(work / "results/cells.parquet").filter(pl.col("status") == "ok")

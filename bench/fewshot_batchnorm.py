@@ -26,12 +26,12 @@ import torch  # noqa: E402
 from record import record  # noqa: E402
 
 from ftbench import splits  # noqa: E402
-from ftbench.assembly import build_model  # noqa: E402
-from ftbench.cell import partitions, run_cell  # noqa: E402
 from ftbench.data import store, tasks  # noqa: E402
 from ftbench.data.adapters import build_table  # noqa: E402
-from ftbench.device import seed_everything  # noqa: E402
-from ftbench.loop import fit  # noqa: E402
+from ftbench.models.assembly import build_model  # noqa: E402
+from ftbench.train.cell import partitions, run_cell  # noqa: E402
+from ftbench.train.device import seed_everything  # noqa: E402
+from ftbench.train.loop import fit  # noqa: E402
 
 SIDE, KS, REPETITIONS, FOLDS = 48, (1, 2, 4, 8), 3, 5
 TARGET_SIGNAL = 0.3  # weaker than the pretraining set's 1.0: the pretrained features help, they do not solve it

@@ -11,7 +11,7 @@
 3. dryrun: `snakemake -n` time and job count of the default config's full grid.
 4. gpu (only with CUDA): images/s and peak memory of ViT-B/16 LoRA and ResNet-50 FFT at 224 px, bf16 vs fp32;
    then cells side by side (training.concurrent_cells): N = 1, 2, 4, 8 worker processes on the one GPU, each
-   training whole synthetic cells as ftbench.loop does (ResNet-18 LoRA K=8, ViT-B/16 LoRA on full data, 224 px):
+   training whole synthetic cells as ftbench.train.loop does (ResNet-18 LoRA K=8, ViT-B/16 LoRA on full data, 224 px):
    cells per hour and the speed-up over one cell at a time. On a bare CUDA machine (torch, timm, peft):
        PYTHONPATH=src python bench/perf.py --part gpu
 """
@@ -35,9 +35,9 @@ import torch.nn.functional as F
 
 # The gpu part needs torch, timm and peft alone (it runs on a stock GPU image); the CPU parts import the
 # workflow's data and training modules where they use them.
-from ftbench import backbones, inputs, strategies
-from ftbench.device import autocast, seed_everything
-from ftbench.zoo import resolve
+from ftbench.models import backbones, inputs, strategies
+from ftbench.models.zoo import resolve
+from ftbench.train.device import autocast, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,8 +71,8 @@ def prepare(workdir: Path, patients: int, side: int) -> dict:
 
 
 def lp_grid(arch: str, side: int, patients: int, epochs: int) -> None:
-    from ftbench import embeddings
-    from ftbench.cell import run_cell
+    from ftbench.train import embeddings
+    from ftbench.train.cell import run_cell
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -283,7 +283,7 @@ SIDE_BY_SIDE = (
 def synthetic_cell(
     arch: str, spec: dict, sizes: tuple[int, int, int], epochs: int, device: torch.device, batch: int = 32
 ) -> tuple[float, float]:
-    """A cell's work as ftbench.cell and ftbench.loop do it, on random uint8 images at 224 px (seconds, peak GiB):
+    """A cell's work as ftbench.train.cell and ftbench.train.loop do it, on random uint8 images at 224 px (seconds, peak GiB):
     seeds and deterministic algorithms, the model built and moved, then each epoch AdamW steps in bf16 autocast
     with the loss read back, BatchNorm recalibration on the training images, the validation pass; the test pass."""
     start = time.perf_counter()
@@ -337,7 +337,7 @@ def synthetic_cell(
 
 
 def _cell_worker(conn: Connection, device: str, threads: int) -> None:
-    """A worker process as ftbench.job starts them: trains the cells it is sent, answers with their figures."""
+    """A worker process as ftbench.train.job starts them: trains the cells it is sent, answers with their figures."""
     torch.set_num_threads(threads)
     torch.zeros(1, device=device)  # the device's context, before the clock starts
     conn.send("ready")
@@ -347,7 +347,7 @@ def _cell_worker(conn: Connection, device: str, threads: int) -> None:
 
 def _cells_side_by_side(conns: list[Connection], cell: tuple, count: int) -> tuple[float, list[tuple[float, float]]]:
     """Wall seconds for ``count`` copies of ``cell`` trained by the workers of ``conns``, each taking the
-    next cell when it is done (as ftbench.job does), and each cell's figures."""
+    next cell when it is done (as ftbench.train.job does), and each cell's figures."""
     start, sent, done = time.perf_counter(), 0, []
     for conn in conns[:count]:
         conn.send(cell)

@@ -1,11 +1,11 @@
-"""Wall time of the stats stage (ftbench.stats.compare) on a cells table the size of config.yaml's grid.
+"""Wall time of the stats stage (ftbench.analysis.stats.compare) on a cells table the size of config.yaml's grid.
 
     PYTHONPATH=src python bench/stats.py
 
 6 tasks x 11 models in 3 families x 8 strategies (one of them, like VeRA, missing on two models), full data
 5 folds and few-shot K in {1, 2, 4, 8} x 5 repetitions x 5 folds: 54,180 cells with random MCC / PR-AUC.
 Prints the time, the table sizes and, for comparison, the time of statsmodels' Holm correction per call in
-this process (it runs gc.collect() each time, which is why ftbench.stats.holm exists).
+this process (it runs gc.collect() each time, which is why ftbench.analysis.stats.holm exists).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 from statsmodels.stats.multitest import multipletests
 
-from ftbench import stats
+from ftbench.analysis import stats
 
 
 def grid(seed: int = 0) -> pl.DataFrame:

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from record import record  # noqa: E402
 
-from ftbench import grid  # noqa: E402
-from ftbench.config import load  # noqa: E402
+from ftbench.plan import grid  # noqa: E402
+from ftbench.plan.config import load  # noqa: E402
 
 
 def job_args(config: dict, job: grid.Job) -> dict[str, str]:

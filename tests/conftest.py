@@ -18,7 +18,7 @@ COHEN_SAMPLE = Path(os.environ.get("FTBENCH_COHEN_SAMPLE", ROOT.parent / "shared
 @pytest.fixture(scope="session")
 def demo_config() -> dict:
     """config.yaml overridden by the demo preset, validated (as Snakemake would see it)."""
-    from ftbench.config import load
+    from ftbench.plan.config import load
 
     return load(ROOT / "config.yaml", ROOT / "workflow" / "presets" / "demo.yaml")
 
@@ -26,7 +26,7 @@ def demo_config() -> dict:
 @pytest.fixture
 def raw_config() -> dict:
     """config.yaml + demo preset, merged but not validated: tests break it on purpose."""
-    from ftbench.config import merge
+    from ftbench.plan.config import merge
 
     base = yaml.safe_load((ROOT / "config.yaml").read_text())
     return merge(base, yaml.safe_load((ROOT / "workflow" / "presets" / "demo.yaml").read_text()))
@@ -121,8 +121,8 @@ def cell_settings(arch: str, kind: str, lr: float, **overrides) -> dict:
 
 def resolved(settings: dict) -> dict:
     """``settings`` with the strategy's defaults filled in, and its candidates listed, as the grid resolves them."""
-    from ftbench import grid
-    from ftbench.zoo import resolve
+    from ftbench.models.zoo import resolve
+    from ftbench.plan import grid
 
     model = settings["model"]
     entry = resolve(model["arch"], model.get("img_size"), model.get("pretrained", False))

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from ftbench import metrics
-from ftbench.grid import Cell
+from ftbench.plan.grid import Cell
+from ftbench.train import metrics
 
 MODELS = {"cnn_a": "cnn", "cnn_b": "cnn", "vit_a": "vit"}
 SIGNAL = {"fft": 2.5, "lora": 1.6, "lp": 0.6}

@@ -240,7 +240,7 @@ def _cohen_metadata(root, rows=COHEN_ROWS):
 def default_cohen_tasks():
     from conftest import ROOT
 
-    from ftbench.config import load
+    from ftbench.plan.config import load
 
     config = load(ROOT / "config.yaml")
     return {name: config["tasks"][name] for name in ("cohen_death", "cohen_icu", "cohen_intubated")}

@@ -5,7 +5,7 @@ import os
 import pytest
 from conftest import ROOT
 
-from ftbench import cluster, grid
+from ftbench.plan import cluster, grid
 
 
 @pytest.mark.parametrize(

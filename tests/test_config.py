@@ -4,8 +4,8 @@ import pytest
 from conftest import ROOT
 from smk import snakemake
 
-from ftbench import grid
-from ftbench.config import ConfigError, validate
+from ftbench.plan import grid
+from ftbench.plan.config import ConfigError, validate
 
 
 def test_demo_and_default_configs_are_valid(demo_config):
@@ -80,7 +80,7 @@ def test_a_value_in_two_classes_names_the_value(raw_config):
 
 
 def test_fewshot_null_turns_few_shot_off_and_the_grid_line_says_what_runs(raw_config):
-    from ftbench.config import merge, resolved_grid
+    from ftbench.plan.config import merge, resolved_grid
 
     config = validate(merge(raw_config, {"regimes": {"full": True}}))  # merged into config.yaml's: few-shot stays on
     assert "few-shot K=4 x 1 repetition(s)" in resolved_grid(config, len(grid.cells(config)))
@@ -108,7 +108,7 @@ def test_cell_settings_change_only_with_their_own_definition(demo_config):
 
 
 def test_fold_count_is_known_from_the_config_for_every_scheme(raw_config):
-    from ftbench.config import task_validation
+    from ftbench.plan.config import task_validation
 
     raw_config["tasks"]["synthetic_outcome"]["validation"] = {"scheme": "loco", "centres": ["c0", "c1", "c2"]}
     config = validate(raw_config)
@@ -125,7 +125,7 @@ def test_fold_count_is_known_from_the_config_for_every_scheme(raw_config):
 
 
 def test_protocol_config_declares_the_six_tasks_of_the_first_study():
-    from ftbench.config import load, task_validation
+    from ftbench.plan.config import load, task_validation
 
     config = load(ROOT / "config.yaml", ROOT / "workflow" / "presets" / "protocol.yaml")
     assert {config["tasks"][t]["dataset"] for t in config["benchmark"]["tasks"]} == {

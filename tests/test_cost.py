@@ -5,7 +5,8 @@ import polars as pl
 import pytest
 import yaml
 
-from ftbench import cli, cost
+from ftbench import cli
+from ftbench.analysis import cost
 
 # the ground truth of the synthetic cells: start-up, seconds per training image, per-epoch checks per
 # training image (BatchNorm recalibration: the CNN only) and per validation image (also the test pass)
@@ -191,7 +192,7 @@ def test_a_fitted_probe_without_epochs_is_scaled_by_its_start_up_alone():
     assert (projected["source"][0], projected["seconds"][0]) == ("scaled", pytest.approx(3.0))  # the mean start-up
 
 
-# ---- the FLOP model (ftbench.flop_cost): a figure without a pilot ------------------------------------------
+# ---- the FLOP model (ftbench.plan.flop_cost): a figure without a pilot ------------------------------------------
 
 
 def _flop_config(demo_config, **cost_settings) -> dict:
@@ -204,7 +205,8 @@ def _flop_config(demo_config, **cost_settings) -> dict:
 
 
 def test_every_trained_strategy_kind_has_a_backward_cost():
-    from ftbench import flop_cost, strategy_kinds
+    from ftbench.models import strategy_kinds
+    from ftbench.plan import flop_cost
 
     trained = {name for name, kind in strategy_kinds.KINDS.items() if kind.mode != "fitted"}
     assert trained <= set(flop_cost.BACKWARD), trained - set(flop_cost.BACKWARD)
@@ -221,7 +223,7 @@ def test_every_trained_strategy_kind_has_a_backward_cost():
     ],
 )
 def test_image_passes_follow_the_training_loop(kind, spec, epochs, recalibrated, backward):
-    from ftbench import flop_cost
+    from ftbench.plan import flop_cost
 
     ratio = flop_cost.BACKWARD[kind]
     forward, back = flop_cost.passes(100, 20, 30, epochs, lambda e: ratio(spec, 5, e), batchnorm=True)
@@ -254,10 +256,11 @@ def test_forward_passes_are_those_a_real_cell_runs(synthetic_data, tmp_path, mon
 
     from conftest import cell_settings
 
-    from ftbench import backbones, flop_cost
-    from ftbench import strategy_kinds as kinds
-    from ftbench.cell import run_cell
-    from ftbench.zoo import resolve
+    from ftbench.models import backbones
+    from ftbench.models import strategy_kinds as kinds
+    from ftbench.models.zoo import resolve
+    from ftbench.plan import flop_cost
+    from ftbench.train.cell import run_cell
 
     seen = []
     features = backbones.Classifier.features
@@ -289,7 +292,7 @@ def test_forward_passes_are_those_a_real_cell_runs(synthetic_data, tmp_path, mon
 
 
 def test_without_a_pilot_every_cell_is_projected_from_flops(demo_config, tmp_path):
-    from ftbench import flop_cost
+    from ftbench.plan import flop_cost
 
     config = _flop_config(demo_config)
     estimate = flop_cost.estimate(
@@ -322,7 +325,7 @@ def test_without_a_pilot_every_cell_is_projected_from_flops(demo_config, tmp_pat
 
 
 def test_candidates_multiply_and_a_pilot_gives_the_epochs(demo_config, tmp_path):
-    from ftbench import flop_cost
+    from ftbench.plan import flop_cost
 
     config = _flop_config(demo_config, early_stopping="0.1", mfu="0.4", startup="1.5")  # as `--config` passes them
     pilot = pl.DataFrame(
@@ -348,7 +351,8 @@ def test_candidates_multiply_and_a_pilot_gives_the_epochs(demo_config, tmp_path)
 def test_sizes_are_counted_from_the_data_stage_when_it_ran(demo_config, tmp_path):
     from conftest import make_task_table
 
-    from ftbench import flop_cost, splits
+    from ftbench import splits
+    from ftbench.plan import flop_cost
 
     config = _flop_config(demo_config)
     table = make_task_table(40, images=3)  # 1, 2 or 3 images per patient
@@ -401,7 +405,7 @@ def test_flops_fill_in_what_nothing_measured_and_concurrent_cells_share_the_devi
 def test_the_cost_command_projects_onto_the_named_gpu(demo_config, tmp_path, capsys):
     import json
 
-    from ftbench import grid
+    from ftbench.plan import grid
 
     config = _flop_config(demo_config)
     paths = [c.path for c in grid.cells(config)]
@@ -443,10 +447,10 @@ def test_the_cost_command_projects_onto_the_named_gpu(demo_config, tmp_path, cap
 
 
 def test_cost_settings_from_the_command_line_are_validated(raw_config):
-    from ftbench.config import ConfigError, validate
+    from ftbench.plan.config import ConfigError, validate
 
     raw_config["cost"] = {"device": "a40", "mfu": "0.35", "early_stopping": "0.5"}  # what --config makes of numbers
-    from ftbench import flop_cost
+    from ftbench.plan import flop_cost
 
     assert flop_cost.rate(validate(raw_config)) == pytest.approx(149.7e12 * 0.35)
     for key, bad in (("mfu", "1.5"), ("device", "v100"), ("early_stopping", "0")):

@@ -7,8 +7,8 @@ import polars as pl
 import pytest
 from conftest import cell_settings
 
-from ftbench import embeddings
-from ftbench.cell import run_cell
+from ftbench.train import embeddings
+from ftbench.train.cell import run_cell
 
 
 @pytest.mark.parametrize("arch", ["test_resnet", "test_vit"])

@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 from conftest import cell_settings
 
-from ftbench import grid
-from ftbench.job import run_job
+from ftbench.plan import grid
+from ftbench.train.job import run_job
 
 
 def job_of(settings: dict, folds) -> dict:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import matthews_corrcoef, roc_auc_score
 
-from ftbench import metrics
+from ftbench.train import metrics
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from conftest import cell_settings
 
-from ftbench.grid import CELL_FILES
+from ftbench.plan.grid import CELL_FILES
 
 
 def _job(settings: dict) -> dict:
@@ -164,7 +164,7 @@ def test_a_worker_killed_mid_cell_leaves_the_others_to_finish(synthetic_data, th
 
 
 def test_finished_cells_of_a_dead_job_are_not_trained_again(synthetic_data, tmp_path):
-    from ftbench.job import run_job
+    from ftbench.train.job import run_job
 
     settings = cell_settings("test_resnet", "lp", 1e-2, training={"max_epochs": 2})
     job = _job(settings) | {"cells": [{"regime": {"name": "full"}, "fold": f, "leaf": f"fold{f}"} for f in (0, 1)]}

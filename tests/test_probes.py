@@ -8,8 +8,9 @@ import pytest
 from conftest import cell_settings
 from sklearn.metrics import matthews_corrcoef
 
-from ftbench import embeddings, grid, probes
-from ftbench.cell import run_cell
+from ftbench.plan import grid
+from ftbench.train import embeddings, probes
+from ftbench.train.cell import run_cell
 
 
 def _features(n: int, rng: np.random.Generator, dim: int = 32) -> tuple[np.ndarray, np.ndarray]:

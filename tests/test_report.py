@@ -11,8 +11,8 @@ import pytest
 from browser import chromium, visit
 from fake_grid import ONE_TASK, build_report, make_results
 
-from ftbench import report, stats
-from ftbench.captions import CAPTIONS
+from ftbench.analysis import report, stats
+from ftbench.analysis.captions import CAPTIONS
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import pytest
 from conftest import ROOT
 from smk import snakemake, write_config
 
-from ftbench import grid
-from ftbench.config import load
+from ftbench.plan import grid
+from ftbench.plan.config import load
 
 S1 = ROOT / "workflow" / "presets" / "s1.yaml"
 

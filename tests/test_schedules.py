@@ -9,10 +9,10 @@ import polars as pl
 import pytest
 import torch
 
-from ftbench import backbones, blocks, inputs, strategies
 from ftbench.errors import Preempted
-from ftbench.loop import Checkpoint, Part, fit
-from ftbench.zoo import resolve
+from ftbench.models import backbones, blocks, inputs, strategies
+from ftbench.models.zoo import resolve
+from ftbench.train.loop import Checkpoint, Part, fit
 
 TRAINING = {"lr": 1e-3, "weight_decay": 0.0}
 

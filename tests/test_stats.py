@@ -11,7 +11,7 @@ from scipy import stats as ss
 from sklearn import metrics as skm
 from statsmodels.stats.multitest import multipletests
 
-from ftbench import stats
+from ftbench.analysis import stats
 
 
 def wide(**columns) -> tuple[pl.DataFrame, list[str]]:

@@ -7,10 +7,12 @@ import re
 import pytest
 import torch
 
-from ftbench import backbones, blocks, grid, probes, reference, strategies
-from ftbench import strategy_kinds as kinds
-from ftbench.config import ConfigError, validate
-from ftbench.zoo import resolve
+from ftbench.models import backbones, blocks, strategies
+from ftbench.models import strategy_kinds as kinds
+from ftbench.models.zoo import resolve
+from ftbench.plan import grid, reference
+from ftbench.plan.config import ConfigError, validate
+from ftbench.train import probes
 
 TRAINING = {"lr": 1e-3, "weight_decay": 0.0}
 ARCHS = ["test_vit", "test_resnet"]

@@ -11,8 +11,8 @@ import dataclasses
 import pytest
 import torch
 
-from ftbench import backbones, strategies, strategy_kinds
-from ftbench.zoo import ZOO, resolve
+from ftbench.models import backbones, strategies, strategy_kinds
+from ftbench.models.zoo import ZOO, resolve
 
 TINY_CLIP = {
     "hidden_size": 64,

@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import cell_settings
 
-from ftbench import backbones, strategies, strategy_kinds, weights
-from ftbench.cell import run_cell
-from ftbench.zoo import resolve
+from ftbench.models import backbones, strategies, strategy_kinds, weights
+from ftbench.models.zoo import resolve
+from ftbench.train.cell import run_cell
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,9 @@ from conftest import ROOT
 from fixtures_dicom import FakeTCIA, make_dicom, radiograph
 
 from ftbench import cli
-from ftbench.config import KNOWN_COLLECTIONS
 from ftbench.data import store, tasks, tcia
 from ftbench.data.adapters import build_table, download_source
+from ftbench.plan.config import KNOWN_COLLECTIONS
 
 CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
 SHEETS = {

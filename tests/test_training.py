@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 from conftest import cell_settings
 
-from ftbench.cell import run_cell
+from ftbench.train.cell import run_cell
 
 
 def _run(data, tmp_path, settings):

@@ -18,8 +18,9 @@ import pytest
 import torch
 from conftest import ROOT, cell_settings
 
-from ftbench import cli, weights, zoo
-from ftbench.zoo import ZOO
+from ftbench import cli
+from ftbench.models import weights, zoo
+from ftbench.models.zoo import ZOO
 
 
 class Hub(http.server.ThreadingHTTPServer):
@@ -386,7 +387,7 @@ def test_arbitrary_pickled_objects_are_never_loaded(tmp_path):
 
 
 def test_config_names_a_missing_weight_path(raw_config, tmp_path):
-    from ftbench.config import ConfigError, validate
+    from ftbench.plan.config import ConfigError, validate
 
     raw_config["models"]["tiny_vit"]["weights"] = str(tmp_path / "absent.safetensors")
     with pytest.raises(ConfigError, match=f"config key 'models.tiny_vit.weights': weight path {tmp_path}/absent"):
@@ -396,7 +397,7 @@ def test_config_names_a_missing_weight_path(raw_config, tmp_path):
 def test_cell_loads_local_weights_before_training_and_reports_gflops(synthetic_data, tmp_path):
     import timm
 
-    from ftbench.cell import run_cell
+    from ftbench.train.cell import run_cell
 
     torch.save(timm.create_model("test_resnet").state_dict(), tmp_path / "w.bin")
     settings = cell_settings("test_resnet", "lp", 1e-2, training={"max_epochs": 1}, model={"pretrained": True})
@@ -434,7 +435,7 @@ def _snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess
 def test_default_plan_downloads_weights_once_and_cells_depend_on_them(tmp_path):
     """`snakemake -n` with config.yaml (no network: nothing runs): one weights job per pretrained model, and a
     training cell reads its model's manifest."""
-    from ftbench.config import load
+    from ftbench.plan.config import load
 
     config = load(ROOT / "config.yaml")
     cell = "results/cells/cohen_death/medclip_vit/lora_r8/k2"  # the job training every fold of 2-shot

@@ -12,7 +12,7 @@ from browser import visit
 from conftest import ROOT
 from smk import DEMO
 
-from ftbench.captions import CAPTIONS
+from ftbench.analysis.captions import CAPTIONS
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +73,9 @@ def test_demo_report_opens_offline_in_chromium(demo_run, tmp_path):
 def test_snakemake_report_holds_the_figures(demo_run):
     snakemake(demo_run, "--report", "smk_report.html")
     html = (demo_run / "smk_report.html").read_text()
-    assert "Mean ranks of the strategies by MCC over tasks" in html  # a figure's caption, from ftbench.captions
+    assert (
+        "Mean ranks of the strategies by MCC over tasks" in html
+    )  # a figure's caption, from ftbench.analysis.captions
 
 
 def test_second_run_has_nothing_to_do(demo_run):

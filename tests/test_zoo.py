@@ -5,8 +5,8 @@ import re
 import pytest
 import torch
 
-from ftbench import backbones, inputs, strategies, strategy_kinds, weights
-from ftbench.zoo import ZOO, resolve
+from ftbench.models import backbones, inputs, strategies, strategy_kinds, weights
+from ftbench.models.zoo import ZOO, resolve
 
 PROTOCOL = {
     "resnet18",

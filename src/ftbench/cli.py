@@ -95,8 +95,8 @@ def cmd_fewshot(args) -> None:
 
 
 def cmd_weights(args) -> None:
-    from ftbench import weights
-    from ftbench.zoo import resolve
+    from ftbench.models import weights
+    from ftbench.models.zoo import resolve
 
     entry = resolve(args.arch, pretrained=True)
     file = weights.fetch(args.model, entry, Path(args.out).parent)
@@ -113,7 +113,7 @@ def cmd_weights(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from ftbench.job import run_job
+    from ftbench.train.job import run_job
 
     run_job(
         args.job,
@@ -131,7 +131,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_embed(args) -> None:
-    from ftbench import embeddings
+    from ftbench.train import embeddings
 
     info = embeddings.build(args.model, args.store, args.out, args.batch_size, args.threads, weights_path=args.weights)
     log.info(
@@ -140,7 +140,7 @@ def cmd_embed(args) -> None:
 
 
 def cmd_aggregate(args) -> None:
-    from ftbench import aggregate
+    from ftbench.analysis import aggregate
 
     grid = Path(args.grid).read_text().split() if args.grid else None
     cells, predictions = aggregate.collect(aggregate.discover(args.cells_root, grid))
@@ -160,7 +160,7 @@ def cmd_aggregate(args) -> None:
 def cmd_stats(args) -> None:
     import polars as pl
 
-    from ftbench import stats
+    from ftbench.analysis import stats
 
     stats.compare(pl.read_parquet(args.cells), alpha=args.alpha, rope=args.rope).write(args.out_dir)
 
@@ -168,12 +168,12 @@ def cmd_stats(args) -> None:
 def cmd_cost(args) -> None:
     import polars as pl
 
-    from ftbench import cost
+    from ftbench.analysis import cost
 
     config, cells = args.config or {}, pl.read_parquet(args.cells)
     device_name, paper, notes = args.device_name, None, []
     if config.get("cost", {}).get("device"):  # the FLOP model projects what nothing measured can
-        from ftbench import flop_cost
+        from ftbench.plan import flop_cost
 
         estimate = flop_cost.estimate(config, cells, Path(args.results))
         paper, device_name = estimate.cells, device_name or flop_cost.DEVICES[config["cost"]["device"]].gpu
@@ -204,7 +204,7 @@ def missing_cells(expected: list[str], have: set[str], logs: str | None) -> pl.D
     """The grid's cells without a result, each with the last line of its training log (None: no log)."""
     import polars as pl
 
-    from ftbench import grid
+    from ftbench.plan import grid
 
     rows = []
     for cell in (c for c in expected if c not in have):
@@ -217,7 +217,7 @@ def missing_cells(expected: list[str], have: set[str], logs: str | None) -> pl.D
 def cmd_report(args) -> None:
     import polars as pl
 
-    from ftbench import cost, report, stats
+    from ftbench.analysis import cost, report, stats
 
     cells = pl.read_parquet(args.cells)
     expected = Path(args.expected).read_text().split() if args.expected else []
@@ -250,7 +250,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_reference(args) -> None:
-    from ftbench import reference
+    from ftbench.plan import reference
 
     if args.check:
         if stale := reference.stale():
@@ -397,7 +397,7 @@ def parser() -> argparse.ArgumentParser:
         "--config",
         type=_json,
         help="the resolved config as JSON: with cost.device, cells nothing measured "
-        "are projected from FLOPs (ftbench.flop_cost)",
+        "are projected from FLOPs (ftbench.plan.flop_cost)",
     )
     s.add_argument("--results", default="results", help="the results folder, whose data stage gives the sizes")
     s.add_argument("--out", required=True, help="summary .csv; the per-cell projection goes beside it (*_cells.csv)")

@@ -10,9 +10,9 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 
 from ftbench import DATA_VERSION, EMBEDDING_VERSION, SPLIT_VERSION
-from ftbench.config import ConfigError, resolved_grid, selected, validate
-from ftbench import grid
-from ftbench.grid import CELL_FILES
+from ftbench.plan.config import ConfigError, resolved_grid, selected, validate
+from ftbench.plan import grid
+from ftbench.plan.grid import CELL_FILES
 
 try:
     validate(config)
@@ -135,7 +135,7 @@ def complete_cells_fingerprint(w) -> str:
 
 def cost_inputs(w) -> dict:
     """The cost projection's inputs: with cost.device, the data stage of tasks whose sizes are not declared."""
-    from ftbench import flop_cost  # polars: imported only when the cost rule is asked for
+    from ftbench.plan import flop_cost  # polars: imported only when the cost rule is asked for
 
     inputs = {"cells": "results/partial/cells.parquet", "grid": "results/grid.txt"}
     if config["cost"]["device"]:

@@ -6,7 +6,7 @@
 import shlex
 
 from ftbench import REPORT_VERSION
-from ftbench.captions import CAPTIONS
+from ftbench.analysis.captions import CAPTIONS
 
 STATS_TABLES = ("friedman", "ranks", "posthoc", "wilcoxon", "within_task")
 
@@ -16,7 +16,7 @@ localrules:
     cost,  # a text file, a small table: not worth a cluster job
 
 
-# the device whose cells project the time of the others (report.cost_device; see src/ftbench/cost.py)
+# the device whose cells project the time of the others (report.cost_device; see src/ftbench/analysis/cost.py)
 COST_DEVICE = f"--device-name {shlex.quote(config['report']['cost_device'])}" if config["report"]["cost_device"] else ""
 
 
@@ -159,9 +159,9 @@ use rule report as report_partial with:
 
 
 # `snakemake cost`: device-hours of every cell of the grid, measured for the cells that ran and projected
-# for the others from them (see src/ftbench/cost.py). Run it after a pilot or beside a run in progress.
+# for the others from them (see src/ftbench/analysis/cost.py). Run it after a pilot or beside a run in progress.
 # With cost.device (`snakemake cost --config cost='{device: a40}'`) the cells nothing measured are projected
-# from FLOPs onto that GPU, no pilot needed (src/ftbench/flop_cost.py): it then needs the data stage of every
+# from FLOPs onto that GPU, no pilot needed (src/ftbench/plan/flop_cost.py): it then needs the data stage of every
 # task whose sizes cost.tasks does not declare (tables and splits; no image store, no weights, no training).
 rule cost:
     input:

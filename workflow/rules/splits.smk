@@ -1,7 +1,7 @@
 # Splits: folds by patient under each task's validation scheme (kfold, holdout, loco) with a validation
 # part, and seeded few-shot draws inside each fold. The number of folds comes from the config alone
 # (grid.fold_count; LOCO lists its centres), so the whole grid is planned before any data exists.
-from ftbench.config import task_validation
+from ftbench.plan.config import task_validation
 
 
 rule folds:

@@ -2,10 +2,10 @@
 # repetitions) into results/cells/<task>/<model>/<strategy>/<group>/[r<R>/]fold<F>/.
 # params.job holds only the resolved settings of those cells (plus the training-code version), so
 # editing one strategy reruns only its jobs, and refactoring code reruns nothing.
-# resources/group say what a job asks of a cluster (src/ftbench/cluster.py); the Slurm profile adds the GPU.
+# resources/group say what a job asks of a cluster (src/ftbench/plan/cluster.py); the Slurm profile adds the GPU.
 # training.concurrent_cells (how many cells a job trains at a time) changes no result: it reaches the job
 # as a resource, not a param, so changing it reruns nothing. The functions the rule calls are in common.smk.
-from ftbench import cluster
+from ftbench.plan import cluster
 
 
 rule train:

@@ -3,7 +3,7 @@
 # Training cells depend on the manifest it writes and load only local files, with the hubs forced offline.
 # A model with `weights:` in its config uses that file or folder instead (no download); `pretrained: false`
 # needs none. Pre-fetch everything:  snakemake --until weights   (or the target rule: snakemake all_weights)
-from ftbench.zoo import resolve
+from ftbench.models.zoo import resolve
 
 
 localrules:

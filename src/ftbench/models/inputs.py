@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ftbench.zoo import ZooEntry
+from ftbench.models.zoo import ZooEntry
 
 
 def load_rows(array: np.ndarray, rows: np.ndarray) -> torch.Tensor:

@@ -4,7 +4,7 @@ Each strategy is a function ``(model, entry, spec, training) -> Plan`` in :data:
 or adapts the model in place and returns the optimizer parameter groups plus, where the strategy needs
 them, an extra loss term and per-epoch / per-step hooks that ``loop.fit`` calls. The head always
 trains. Each kind's settings, their defaults and the backbones it applies to are declared torch-free in
-``ftbench.strategy_kinds``; the functions here receive its settings resolved.
+``ftbench.models.strategy_kinds``; the functions here receive its settings resolved.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ftbench import blocks, tuners
-from ftbench import strategy_kinds as kinds
-from ftbench.backbones import Classifier
-from ftbench.zoo import LAYOUTS, ZooEntry
+from ftbench.models import blocks, tuners
+from ftbench.models import strategy_kinds as kinds
+from ftbench.models.backbones import Classifier
+from ftbench.models.zoo import LAYOUTS, ZooEntry
 
-log = logging.getLogger("ftbench.strategies")
+log = logging.getLogger("ftbench.models.strategies")
 
 NORM_LAYERS = (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm)
 
@@ -554,7 +554,7 @@ STRATEGIES: dict[str, Callable[[Classifier, ZooEntry, dict, dict], Plan]] = {
 
 def apply(model: Classifier, entry: ZooEntry, spec: dict, training: dict) -> Plan:
     """Set ``model`` up for the strategy ``spec['kind']`` (its settings resolved with the defaults of
-    ``ftbench.strategy_kinds`` where missing); the head always trains."""
+    ``ftbench.models.strategy_kinds`` where missing); the head always trains."""
     reason = kinds.not_applicable(spec["kind"], entry)
     if reason:
         raise NotApplicable(f"strategy kind '{spec['kind']}' does not apply to '{entry.name}' ({entry.kind}): {reason}")

@@ -10,9 +10,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ftbench.zoo import ZooEntry
+from ftbench.models.zoo import ZooEntry
 
-log = logging.getLogger("ftbench.backbones")
+log = logging.getLogger("ftbench.models.backbones")
 
 State = dict[str, torch.Tensor]
 
@@ -139,7 +139,7 @@ class Classifier(nn.Module):
 
 
 def build(entry: ZooEntry, state: State | None = None) -> Classifier:
-    """The classifier for ``entry``; ``state`` (see :func:`ftbench.weights.load`) replaces the random initialisation."""
+    """The classifier for ``entry``; ``state`` (see :func:`ftbench.models.weights.load`) replaces the random initialisation."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # random-weight backbones are the same in every cell and in the embedding cache
         backbone = LOADERS[entry.loader](entry, state)
@@ -149,7 +149,7 @@ def build(entry: ZooEntry, state: State | None = None) -> Classifier:
 
 def blocks(backbone: nn.Module, entry: ZooEntry) -> list[str]:
     """Names of the backbone's blocks, input to output: the modules matching ``entry.blocks`` that hold parameters."""
-    from ftbench.blocks import blocks as split
+    from ftbench.models.blocks import blocks as split
 
     return [block.name for block in split(backbone, entry.blocks) if block.name != "stem"]
 

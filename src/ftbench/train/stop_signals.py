@@ -3,8 +3,8 @@ torch is imported).
 
 SIGUSR1 (what the Slurm profile asks for some minutes before the time limit) lets a cell's current epoch finish
 and be saved; SIGTERM (preemption, the limit itself) stops it at the next batch. Either way the cell resumes
-later from its last saved epoch (``ftbench.loop``), and a job passes them on to the cells it trains
-(``ftbench.job``).
+later from its last saved epoch (``ftbench.train.loop``), and a job passes them on to the cells it trains
+(``ftbench.train.job``).
 """
 
 from __future__ import annotations

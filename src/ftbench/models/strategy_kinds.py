@@ -2,14 +2,14 @@
 whether it trains from the embedding cache or is fitted there, and its settings with defaults, types and help.
 
 Torch-free: the Snakefile reads it. Everything else derives from this table: the config schema's strategy
-part (``workflow/schemas/strategies.schema.json``), the grid's limits and resolved settings (``ftbench.grid``),
+part (``workflow/schemas/strategies.schema.json``), the grid's limits and resolved settings (``ftbench.plan.grid``),
 and the strategy table of ``docs/strategies.md`` (both written by ``python -m ftbench reference``). A new kind
-is one entry here plus its setup function in ``ftbench.strategies`` (or ``ftbench.probes``).
+is one entry here plus its setup function in ``ftbench.models.strategies`` (or ``ftbench.train.probes``).
 
 Settings resolve in their declared order, so a default may derive from settings before it (``alpha`` from
 ``rank``). A setting marked ``candidates`` may be given a list: each value is trained and the one with the
 lowest validation loss kept. A setting marked ``per_layout`` may be a mapping from module layout
-(``ftbench.zoo.LAYOUTS``) to value, so one strategy can carry, e.g., the first study's targets per backbone family.
+(``ftbench.models.zoo.LAYOUTS``) to value, so one strategy can carry, e.g., the first study's targets per backbone family.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ftbench.zoo import LAYOUTS, ZooEntry
+from ftbench.models.zoo import LAYOUTS, ZooEntry
 
 NUMBER = {"type": "number", "exclusiveMinimum": 0}
 REGEXES = {"type": "array", "items": {"type": "string"}, "minItems": 1}
@@ -128,7 +128,7 @@ DROPOUT = Setting(
 )
 
 # IA3 (Liu et al. 2022) rescales keys, values and the feed-forward intermediate activation: per layout, the key
-# and value projections (a timm ViT's fused qkv is split into attn.qkv.q/k/v first, ftbench.tuners.split_qkv) and
+# and value projections (a timm ViT's fused qkv is split into attn.qkv.q/k/v first, ftbench.models.tuners.split_qkv) and
 # the MLP's second linear, whose input is that activation. On a CNN it rescales the input of every block
 # convolution: a scale on a convolution's output would be undone by the BatchNorm after it.
 IA3_TARGETS = {

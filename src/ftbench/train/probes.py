@@ -3,7 +3,7 @@
 The usual frozen-feature baselines of foundation-model papers, beside the linear probe trained by gradient
 descent (``lp``). A probe is fitted, not trained for epochs; its settings (``C``, ``k``) are candidates like any
 listed setting: the cell fits each and keeps the one with the lowest class-weighted validation loss, the
-criterion early stopping uses for the trained strategies (``ftbench.cell``).
+criterion early stopping uses for the trained strategies (``ftbench.train.cell``).
 """
 
 from __future__ import annotations

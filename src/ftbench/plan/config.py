@@ -13,10 +13,10 @@ from typing import Any
 
 import yaml
 
-from ftbench import strategy_kinds as kinds
-from ftbench.zoo import is_known_arch
+from ftbench.models import strategy_kinds as kinds
+from ftbench.models.zoo import is_known_arch
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
 # Adapters that only read a user's copy (no download): what their `path:` must point at.
 LOCAL_ONLY = {"manifest": "CSV path", "aiforcovid": "folder (registration-only dataset, see docs/datasets.md)"}
 # The settings each validation scheme reads besides scheme, val_fraction and seed (splits.SCHEMES).

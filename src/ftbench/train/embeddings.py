@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ftbench import backbones, inputs, weights
 from ftbench.data import store as image_store
-from ftbench.zoo import resolve
+from ftbench.models import backbones, inputs, weights
+from ftbench.models.zoo import resolve
 
 
 @torch.inference_mode()
@@ -40,7 +40,7 @@ def build(
     weights_path: str | None = None,
 ) -> dict:
     """Write the cache of ``store`` for the model ``model_spec`` (a cell's ``model`` settings)."""
-    from ftbench.device import pick_device
+    from ftbench.train.device import pick_device
 
     torch.set_num_threads(threads)
     started = time.perf_counter()

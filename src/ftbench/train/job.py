@@ -23,8 +23,8 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 from ftbench.errors import Preempted
-from ftbench.grid import CELL_FILES
-from ftbench.stop_signals import StopRecorder
+from ftbench.plan.grid import CELL_FILES
+from ftbench.train.stop_signals import StopRecorder
 
 log = logging.getLogger("ftbench.train")
 POLL_SECONDS = 0.2  # how often a job, and a worker holding a stop signal for its cell's training, look again
@@ -88,7 +88,7 @@ def run_job(
     if min(width, len(todo)) > 1:
         Workers(min(width, len(todo)), common, len(job["cells"])).run(todo)
     else:
-        from ftbench.cell import run_cell
+        from ftbench.train.cell import run_cell
 
         for task in todo:
             log.info("cell %d/%d: %s", task.number, len(job["cells"]), task.leaf)
@@ -248,7 +248,7 @@ def work(conn: Connection, common: dict, level: int) -> None:
         logging.basicConfig(level=level, stream=sys.stderr)
         try:
             conn.send("ready")
-            from ftbench.cell import run_cell
+            from ftbench.train.cell import run_cell
 
             while (task := conn.recv()) is not None:
                 logging.basicConfig(

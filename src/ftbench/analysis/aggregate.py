@@ -11,9 +11,9 @@ from pathlib import Path
 
 import polars as pl
 
-from ftbench import stats
-from ftbench.grid import CELL_FILES, Cell
-from ftbench.zoo import resolve
+from ftbench.analysis import stats
+from ftbench.models.zoo import resolve
+from ftbench.plan.grid import CELL_FILES, Cell
 
 KEYS = ("task", "model", "strategy", "regime", "fold")
 GROUP = ("task", "model", "strategy", "regime_group")

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ftbench import TRAINING_VERSION
-from ftbench import strategy_kinds as kinds
-from ftbench.config import selected, task_validation
-from ftbench.zoo import ZooEntry, resolve
+from ftbench.models import strategy_kinds as kinds
+from ftbench.models.zoo import ZooEntry, resolve
+from ftbench.plan.config import selected, task_validation
 
 # Zoo entry fields that change no result: not part of a cell's settings
 ZOO_BOOKKEEPING = ("family", "license")
@@ -43,8 +43,8 @@ TRAINING_KEYS = (
     "schedule",
 )
 
-# The cell contract: the files a finished cell leaves in its folder (see Cell.path), written by ftbench.cell,
-# moved by ftbench.job, read by ftbench.aggregate and watched by the partial report.
+# The cell contract: the files a finished cell leaves in its folder (see Cell.path), written by ftbench.train.cell,
+# moved by ftbench.train.job, read by ftbench.analysis.aggregate and watched by the partial report.
 CELL_FILES = ("predictions.parquet", "metrics.json", "run.json")
 CELL_PATH = re.compile(
     r"(?P<task>[^/]+)/(?P<model>[^/]+)/(?P<strategy>[^/]+)/(?P<group>full|k\d+)/"
@@ -247,7 +247,7 @@ def job_inputs(config: dict, job: Job) -> dict[str, str]:
 def model_settings(config: dict, model: str) -> dict:
     """The resolved settings of a model: what its cells and its embedding cache depend on, with a digest of
     the zoo entry's facts (so that changing one in the zoo reruns exactly that model's cells; the entry itself
-    is in ``ftbench.zoo``, and a strategy's adapter targets, resolved from it, are in the strategy's settings)."""
+    is in ``ftbench.models.zoo``, and a strategy's adapter targets, resolved from it, are in the strategy's settings)."""
     spec = dict(config["models"][model], name=model)
     spec["img_size"] = model_img_size(config, model)
     spec.pop("weights", None)  # a path: jobs get the file as an input, so its content, not its name, counts
@@ -284,7 +284,7 @@ def strategy_candidates(config: dict, task: str, model: str, strategy: str) -> l
 
 def resolve_candidates(spec: dict, entry: ZooEntry, training: dict) -> list[dict]:
     """Every candidate ``{"strategy": ..., "training": ...}`` of a named strategy ``spec`` on ``entry``, defaults
-    of ``ftbench.strategy_kinds`` filled in: one, unless a setting lists values to choose from on validation.
+    of ``ftbench.models.strategy_kinds`` filled in: one, unless a setting lists values to choose from on validation.
     The training settings are those of ``training`` a cell's result depends on, the strategy's overrides in."""
     fitted = kinds.mode(spec["kind"]) == "fitted"
     out = []

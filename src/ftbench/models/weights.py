@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ftbench.data import download
-from ftbench.zoo import ZooEntry
+from ftbench.models.zoo import ZooEntry
 
 MANIFEST = "weights.json"
 
@@ -228,7 +228,7 @@ def load(model: str, entry: ZooEntry, path: str | Path) -> dict:
 
 def build(model: str, entry: ZooEntry, path: str | Path | None):
     """``model``'s classifier, with the weights at ``path`` if given; pretrained entries require them."""
-    from ftbench import backbones
+    from ftbench.models import backbones
 
     if path is None:
         if entry.source is not None:

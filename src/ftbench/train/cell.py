@@ -13,12 +13,13 @@ import numpy as np
 import polars as pl
 import torch
 
-from ftbench import inputs, metrics, probes, strategies, strategy_kinds
-from ftbench.assembly import build_model, frozen_backbone, model_entry
 from ftbench.data import store as image_store
-from ftbench.device import device_name, library_versions, peak_memory_mb, pick_device, seed_everything
 from ftbench.files import write_atomic
-from ftbench.loop import Checkpoint, Diverged, Part, class_weights, fit, predict, weighted_loss
+from ftbench.models import inputs, strategies, strategy_kinds
+from ftbench.models.assembly import build_model, frozen_backbone, model_entry
+from ftbench.train import metrics, probes
+from ftbench.train.device import device_name, library_versions, peak_memory_mb, pick_device, seed_everything
+from ftbench.train.loop import Checkpoint, Diverged, Part, class_weights, fit, predict, weighted_loss
 
 log = logging.getLogger("ftbench.train")
 
@@ -103,7 +104,7 @@ def train_candidate(
 
 
 def fit_candidate(settings: dict, parts: dict[str, Part]) -> dict:
-    """Fit one candidate probe (``ftbench.probes``) on cached features: the same record as
+    """Fit one candidate probe (``ftbench.train.probes``) on cached features: the same record as
     :func:`train_candidate`, its validation loss the class-weighted cross-entropy early stopping follows."""
     _, backbone_params, gflops = frozen_backbone(model_entry(settings["model"]))
     (x, y), seed = (parts["train"].x.numpy(), parts["train"].y.numpy()), settings["training"]["seed"] + settings["fold"]
@@ -209,7 +210,7 @@ def run_cell(
 ) -> dict:
     """Train (or, a probe, fit) and evaluate one cell; write its files into ``out_dir``.
 
-    ``embeddings`` (the backbone's embedding cache, see ``ftbench.embeddings``) replaces ``store`` for a frozen
+    ``embeddings`` (the backbone's embedding cache, see ``ftbench.train.embeddings``) replaces ``store`` for a frozen
     backbone's strategy; given with ``store``, it serves the epochs in which a strategy keeps the backbone frozen.
     """
     started = time.perf_counter()
@@ -304,7 +305,7 @@ def write_cell(
             f"{part}_patients": parts[part].frame["patient_id"].n_unique() if part in parts else 0
             for part in ("train", "val")
         },
-        # where the time went (see ftbench.cost): optimisation steps, and per-epoch checks (BatchNorm
+        # where the time went (see ftbench.analysis.cost): optimisation steps, and per-epoch checks (BatchNorm
         # recalibration, validation); the rest is start-up and the test predictions
         "train_seconds": sum(e["train_seconds"] for e in epochs),
         "check_seconds": sum(e["seconds"] - e["train_seconds"] for e in epochs),

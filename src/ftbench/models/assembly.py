@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ftbench import backbones, inputs, strategies, weights
-from ftbench.zoo import ZooEntry, resolve
+from ftbench.models import backbones, inputs, strategies, weights
+from ftbench.models.zoo import ZooEntry, resolve
 
 
 def model_entry(model_spec: dict) -> ZooEntry:

@@ -136,7 +136,7 @@ CELL = ("model", "fold", "repetition")
 DECISION = 0.95  # ours: a posterior probability this high decides (Benavoli et al. 2017 use 0.95 too)
 FEW_TASKS = 10  # Demšar (2006): Friedman's chi-square is a fair approximation from about 10 data sets on
 
-# The columns of the cells table (ftbench.aggregate's cells.parquet) that :func:`compare` reads, with the metrics
+# The columns of the cells table (ftbench.analysis.aggregate's cells.parquet) that :func:`compare` reads, with the metrics
 CELLS_SCHEMA = {
     "task": pl.String,
     "model": pl.String,

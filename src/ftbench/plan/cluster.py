@@ -7,7 +7,7 @@ The figures are generous first guesses for Cohen-sized data on one GPU. With ``c
 `snakemake cost` projection, after a pilot) a job asks for its cells' measured or projected seconds times
 ``cluster.runtime_margin`` instead; ``--set-resources train:runtime=...`` overrides both.
 
-A job trains ``training.concurrent_cells`` of its cells at a time (at most all of them; ``ftbench.job``): it asks
+A job trains ``training.concurrent_cells`` of its cells at a time (at most all of them; ``ftbench.train.job``): it asks
 for the CPU threads and host memory of that many cells, and for the wall time of its rounds of cells, each
 round as long as one cell. That holds while the cells side by side leave each other the GPU (few-shot cells:
 one leaves it mostly idle); a pilot run with the same setting measures cells side by side, so a projection in
@@ -21,8 +21,8 @@ import functools
 import math
 import re
 
-from ftbench import grid
-from ftbench.zoo import resolve
+from ftbench.models.zoo import resolve
+from ftbench.plan import grid
 
 # Size class -> (minutes per full-data cell at 224 px, minutes per few-shot cell, host memory MB).
 SIZE_CLASSES: dict[str, tuple[int, int, int]] = {

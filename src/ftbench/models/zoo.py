@@ -2,8 +2,8 @@
 
 An entry says how to build the backbone (``loader``), where its pretrained weights are and how their keys map
 onto the backbone, how to feed it (input size, normalisation, grayscale handling) and how to read and adapt
-it (feature width and pooling, block structure, PEFT target modules). ``ftbench.backbones`` turns an entry
-into a module and ``ftbench.weights`` fetches and loads its weights. Adding a model is adding one entry;
+it (feature width and pooling, block structure, PEFT target modules). ``ftbench.models.backbones`` turns an entry
+into a module and ``ftbench.models.weights`` fetches and loads its weights. Adding a model is adding one entry;
 any timm architecture name also works as ``arch`` (see :func:`resolve`).
 """
 
@@ -28,7 +28,7 @@ MEDCLIP_STD = (0.27950088968644304,) * 3
 class ZooEntry:
     """One backbone: how to build, load, feed, read and adapt it."""
 
-    loader: str  # key of ftbench.backbones.LOADERS
+    loader: str  # key of ftbench.models.backbones.LOADERS
     name: str  # architecture name understood by the loader
     kind: str  # "cnn" or "vit": which strategies and default PEFT targets apply
     family: str = "custom"  # report grouping: cnn, fm-general, fm-biomedical
@@ -64,7 +64,7 @@ class ZooEntry:
 # Module layouts: backbones whose modules are named and arranged alike, so that a strategy places its adapters
 # alike on them (a strategy's per-layout settings, e.g. the first study's adapter targets, are keyed by these
 # names), with the normalisation their layers use: a BatchNorm renormalises every channel a convolution before
-# it outputs, so a strategy must not place a per-channel scale there (ftbench.strategy_kinds).
+# it outputs, so a strategy must not place a per-channel scale there (ftbench.models.strategy_kinds).
 LAYOUTS: dict[str, str] = {
     "timm_vit": "layer",  # timm VisionTransformer (DINOv2, BiomedCLIP): blocks.N.attn.qkv (fused), attn.proj, mlp.fc1/2
     "timm_swin": "layer",  # timm Swin: layers.N.blocks.M.attn.qkv, ...

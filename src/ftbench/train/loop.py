@@ -20,11 +20,12 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from ftbench import inputs, schedules, strategies
-from ftbench.device import autocast
 from ftbench.errors import Preempted
 from ftbench.files import write_atomic
-from ftbench.stop_signals import StopRecorder
+from ftbench.models import inputs, strategies
+from ftbench.train import schedules
+from ftbench.train.device import autocast
+from ftbench.train.stop_signals import StopRecorder
 
 log = logging.getLogger("ftbench.train")
 
@@ -89,7 +90,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, part: Part, prep, batch_size: 
 
 
 class StopSignals(StopRecorder):
-    """Records SIGTERM / SIGUSR1 while a cell trains (``ftbench.stop_signals``): SIGUSR1 lets the current epoch
+    """Records SIGTERM / SIGUSR1 while a cell trains (``ftbench.train.stop_signals``): SIGUSR1 lets the current epoch
     finish and be saved, SIGTERM stops at the next batch."""
 
     def __init__(self):
@@ -230,7 +231,7 @@ def fit(
 
 def _start_epoch(plan: strategies.Plan, optimizer, progress: Progress, training: dict) -> None:
     """The strategy's hooks for the new epoch (a new phase restarts patience), then the learning-rate schedule
-    on the rates the strategy set (``ftbench.schedules``)."""
+    on the rates the strategy set (``ftbench.train.schedules``)."""
     for group in optimizer.param_groups:
         group["lr"] = group.get("unscheduled_lr", group["lr"])
     if plan.on_epoch is not None and plan.on_epoch(optimizer, progress.epoch):

@@ -1,7 +1,7 @@
 """Device-hours of a grid on paper: each cell's image passes x its model's GFLOPs / (device peak x MFU).
 
 Needs no pilot: ``snakemake cost --config cost='{device: a40}'`` (docs/pilot-and-cost.md). A trained cell
-(``ftbench.loop``) runs, each epoch, its optimisation steps over the training images (a forward and a
+(``ftbench.train.loop``) runs, each epoch, its optimisation steps over the training images (a forward and a
 backward pass), a BatchNorm recalibration pass over them (when the backbone has BatchNorms and any of it
 trains that epoch), and a validation pass (the best epoch's validation predictions are kept); after the last
 epoch it predicts the test images. An epoch whose backbone is frozen (LP-FT's first phase, gradual unfreezing's
@@ -36,8 +36,8 @@ from pathlib import Path
 
 import polars as pl
 
-from ftbench import grid
-from ftbench.config import task_validation
+from ftbench.plan import grid
+from ftbench.plan.config import task_validation
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Device:
     """A GPU: its dense peak TFLOPS (without 2:4 sparsity) per precision, and the name its cells record."""
 
     gpu: str  # part of torch.cuda.get_device_name(): the measured cells that ran on it
-    bf16: float  # tensor cores in bf16: what training uses on CUDA (ftbench.device.autocast)
+    bf16: float  # tensor cores in bf16: what training uses on CUDA (ftbench.train.device.autocast)
     tf32: float  # tensor cores in TF32
     fp32: float  # CUDA cores, plain FP32
 
@@ -149,7 +149,7 @@ def passes(
     frozen_cached: bool = False,
 ) -> tuple[float, float]:
     """(forward, backward) passes, in forward passes of one image, that training and evaluating one candidate
-    of a cell takes: the forward passes are what ``ftbench.loop`` runs, the backward ones their cost.
+    of a cell takes: the forward passes are what ``ftbench.train.loop`` runs, the backward ones their cost.
     ``frozen_cached``: epochs whose backbone is frozen train the head on the embedding cache (no pass)."""
     forward, back = n_test, 0.0  # the final predictions (the validation ones are the best epoch's)
     for epoch, weight in _epochs(epochs):
@@ -175,14 +175,14 @@ class ModelCost:
 
     gflops: float  # forward GFLOPs per image at the model's image size
     batchnorm: bool  # whether it has BatchNorms (recalibrated each epoch while it trains)
-    blocks: int  # its blocks as layer-wise strategies see them (ftbench.blocks), stem included
+    blocks: int  # its blocks as layer-wise strategies see them (ftbench.models.blocks), stem included
 
 
 def model_cost(config: dict, model: str) -> ModelCost:
     """The forward GFLOPs, BatchNorms and blocks of a config's model, from a meta-device build."""
     import torch
 
-    from ftbench import backbones, blocks
+    from ftbench.models import backbones, blocks
 
     entry = grid.model_entry(config, model)
     with torch.device("meta"):

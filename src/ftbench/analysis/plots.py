@@ -21,7 +21,7 @@ import polars as pl  # noqa: E402
 import scikit_posthocs as sp  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
-from ftbench import stats  # noqa: E402
+from ftbench.analysis import stats  # noqa: E402
 
 plt.rcParams.update(
     {
@@ -421,7 +421,7 @@ def calibration(
     probability in ``bins`` equal-width bins (the bins of the cells' ECE), with the predictions' histogram."""
     from sklearn.calibration import calibration_curve
 
-    from ftbench.metrics import expected_calibration_error
+    from ftbench.train.metrics import expected_calibration_error
 
     pairs = best_pairs(predictions, summary, task, top)
     if not pairs:

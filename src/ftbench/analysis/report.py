@@ -16,8 +16,9 @@ from pathlib import Path
 
 import polars as pl
 
-from ftbench import __version__, aggregate, plots, stats
-from ftbench.captions import CAPTIONS
+from ftbench import __version__
+from ftbench.analysis import aggregate, plots, stats
+from ftbench.analysis.captions import CAPTIONS
 
 STYLE = """
 :root{--fg:#1b1f24;--muted:#57606a;--line:#d0d7de;--soft:#f6f8fa;--bad:#cf222e;--ok:#1a7f37;--warn:#9a6700}
@@ -97,7 +98,7 @@ class Results:
     data_reports: list[dict] = field(default_factory=list)
     rejects: dict[str, pl.DataFrame] = field(default_factory=dict)
     missing: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"cell": pl.String, "log": pl.String}))
-    projection: pl.DataFrame | None = None  # every cell of the grid with its seconds (ftbench.cost.project)
+    projection: pl.DataFrame | None = None  # every cell of the grid with its seconds (ftbench.analysis.cost.project)
     alpha: float = 0.05
     resamples: int = 1000  # bootstrap resamples behind the CIs (0: none)
     title: str = "ftbench report"

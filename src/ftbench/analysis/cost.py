@@ -18,7 +18,7 @@ first jobs, then project every cell of the grid (``snakemake cost``). A cell's s
 
   ``train_rate`` is a ratio of sums, the two check rates a non-negative least-squares fit (full-data and
   few-shot cells differ in training images only), ``fixed`` the mean of what is left.
-- ``flops``: with a FLOP-model projection (``ftbench.flop_cost``, when ``cost.device`` names the device), its
+- ``flops``: with a FLOP-model projection (``ftbench.plan.flop_cost``, when ``cost.device`` names the device), its
   seconds on that device: image passes x the model's GFLOPs / (peak x MFU);
 - null: nothing to go by (the pair never ran, or no cell of its task and regime group did); listed.
 
@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 from scipy.optimize import nnls
 
-from ftbench.aggregate import cell_keys_frame
+from ftbench.analysis.aggregate import cell_keys_frame
 
 PAIR = ("model", "strategy")
 JOB = ("task", "model", "strategy", "regime_group")

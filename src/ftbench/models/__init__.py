@@ -1,0 +1,1 @@
+"""Models and strategies: the zoo, backbones, weights, adapters and how a cell's model is assembled (weights stage)."""
