@@ -1,7 +1,7 @@
 """Do strategy rankings depend on our learning rates, or on the BatchNorm policy? (issue 22, parts 4 and 5)
 
-The demo grid (synthetic data, tiny_vit and tiny_resnet, the demo's 8 strategies, full data and 4-shot, 5 folds) is
-run once per variant, side by side in one invocation, each in its own work directory:
+The demo grid cut to its full-data regime and 3 folds (synthetic data, tiny_vit and tiny_resnet, the demo's 8
+strategies: 48 cells) is run once per variant, side by side in one invocation, each in its own work directory:
 
 - ``lr x1/3``, ``lr x1``, ``lr x3``: every learning rate of every strategy (``lr``, ``head_lr``, ``lp_lr``) scaled;
 - ``bn keep``: lr x1, but every cell keeps the BatchNorm statistics its backbone came with
@@ -11,7 +11,7 @@ run once per variant, side by side in one invocation, each in its own work direc
 For each (model, regime) it ranks the strategies by mean MCC over folds and prints Kendall's tau (scipy) between
 the rankings of two variants. Figures go to bench/results/sensitivity.json.
 
-    .venv/bin/python bench/sensitivity.py            # ~25 min on 2 idle cores
+    .venv/bin/python bench/sensitivity.py            # ~12 min on 2 idle cores
     .venv/bin/python bench/sensitivity.py --variants "lr x1" "bn keep"
 """
 
@@ -35,6 +35,7 @@ DEMO = ROOT / "workflow" / "presets" / "demo.yaml"
 RATES = ("lr", "head_lr", "lp_lr")  # every learning rate a strategy entry can hold
 LR_FACTORS = {"lr x1/3": 1 / 3, "lr x1": 1.0, "lr x3": 3.0}
 BN_KEEP = {"training": {"batchnorm_min_images": 10**9}}
+GRID = {"regimes": {"fewshot": None}, "validation": {"folds": 3}}  # every variant: full data, 3 folds
 
 
 def scaled(demo: dict, factor: float) -> dict:
@@ -49,8 +50,8 @@ def scaled(demo: dict, factor: float) -> dict:
 
 
 def variants(demo: dict) -> dict[str, dict]:
-    out = {name: scaled(demo, factor) for name, factor in LR_FACTORS.items()}
-    out["bn keep"] = BN_KEEP
+    out = {name: {**GRID, **scaled(demo, factor)} for name, factor in LR_FACTORS.items()}
+    out["bn keep"] = {**GRID, **BN_KEEP}
     return out
 
 
