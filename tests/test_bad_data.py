@@ -210,6 +210,18 @@ def test_a_patients_jpeg_copy_is_a_duplicate_named_with_its_difference(tmp_path)
     assert rejects["reason"][0].startswith("same near-identical pixels (mean difference 0.")
 
 
+def test_the_k_d_tree_search_finds_every_pair_that_comparing_all_pairs_finds():
+    from ftbench.data import images
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, size=(40, 64, 64)).astype(np.int16)
+    copies = np.clip(base[:15] + rng.integers(-5, 6, size=(15, 64, 64)), 0, 255)  # mean difference ~2.7
+    thumbs = np.concatenate([base, copies, base[:5] // 2 + 60]).astype(np.uint8)
+    flat = thumbs.reshape(len(thumbs), -1).astype(np.int16)
+    brute = [(i, j) for i in range(len(flat)) for j in range(i + 1, len(flat)) if np.abs(flat[i] - flat[j]).mean() <= 3]
+    assert len(brute) >= 10 and [(i, j) for i, j, _ in images.near_pairs(thumbs)] == brute
+
+
 def test_different_patients_of_the_synthetic_dataset_are_not_near_duplicates(tmp_path):
     spec = {"adapter": "synthetic", "synthetic": {"patients": 40, "side": 128, "corrupt": 0}}
     table, rejects = build_table("s", spec, tmp_path)

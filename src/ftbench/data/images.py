@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from sklearn.neighbors import KDTree
 
 from ftbench.data import dicom
 
@@ -124,7 +125,7 @@ def resize(pixels: np.ndarray, side: int) -> np.ndarray:
 NEAR_SIDE = 64
 NEAR_LEVELS = 3.0
 NEAR = f"mean absolute difference at most {NEAR_LEVELS:g} grey levels at {NEAR_SIDE} x {NEAR_SIDE}"
-_BANDS = 4  # a 64-bit hash cut into 4 bands of 16 bits: two hashes within 3 bits share a band
+COARSE = 4  # candidates are found on 4 x 4 block means (see candidates)
 
 
 def thumbnail(pixels: np.ndarray) -> np.ndarray:
@@ -132,30 +133,28 @@ def thumbnail(pixels: np.ndarray) -> np.ndarray:
     return resize(pixels, NEAR_SIDE)
 
 
-def _bands(thumb: np.ndarray) -> list[bytes]:
-    """An average hash (8 x 8 block means above their median: 64 bits) cut into ``_BANDS`` bands."""
-    step = NEAR_SIDE // 8
-    blocks = thumb.reshape(8, step, 8, step).mean(axis=(1, 3))
-    bits = np.packbits(blocks > np.median(blocks))
-    return [bytes(band) for band in np.split(bits, _BANDS)]
+def candidates(thumbs: np.ndarray, levels: float = NEAR_LEVELS) -> list[np.ndarray]:
+    """For each thumbnail, the later ones whose ``COARSE`` x ``COARSE`` block means differ by at most ``levels``
+    on average: a superset of its near-duplicates, found with a k-d tree rather than by comparing all pairs.
+
+    Exact, not a heuristic: a block mean's difference is the mean of its pixels' differences, so the mean
+    absolute difference of the block means never exceeds that of the pixels.
+    """
+    n, step = len(thumbs), NEAR_SIDE // COARSE
+    coarse = thumbs.reshape(n, COARSE, step, COARSE, step).mean(axis=(2, 4)).reshape(n, COARSE * COARSE)
+    if n < 2:
+        return [np.zeros(0, dtype=np.int64)] * n
+    found = KDTree(coarse, metric="manhattan").query_radius(coarse, r=levels * COARSE * COARSE + 1e-9)
+    return [np.sort(js[js > i]) for i, js in enumerate(found)]
 
 
 def near_pairs(thumbs: np.ndarray, levels: float = NEAR_LEVELS) -> list[tuple[int, int, float]]:
-    """Pairs (i, j, mean absolute difference) of thumbnails within ``levels`` grey levels of each other.
-
-    Not all pairs: thumbnails are bucketed by each band of their average hash, and only images that share a
-    bucket are compared (copies whose hashes differ in up to 3 of 64 bits always share one).
-    """
-    buckets: dict[tuple[int, bytes], list[int]] = {}
-    for i, thumb in enumerate(thumbs):
-        for b, band in enumerate(_bands(thumb)):
-            buckets.setdefault((b, band), []).append(i)
+    """Pairs (i, j, mean absolute difference) of thumbnails within ``levels`` grey levels of each other; only
+    the :func:`candidates` are compared pixel by pixel."""
     flat = thumbs.reshape(len(thumbs), NEAR_SIDE * NEAR_SIDE).astype(np.int16)
-    pairs: dict[tuple[int, int], float] = {}
-    for members in buckets.values():
-        for k in range(len(members) - 1):
-            rest = np.asarray(members[k + 1 :])
-            diff = np.abs(flat[rest] - flat[members[k]]).mean(axis=1)
-            for j, d in zip(rest[diff <= levels], diff[diff <= levels], strict=True):
-                pairs[(members[k], int(j))] = float(d)
-    return [(i, j, d) for (i, j), d in sorted(pairs.items())]
+    pairs = []
+    for i, rest in enumerate(candidates(thumbs, levels)):
+        if len(rest):
+            diff = np.abs(flat[rest] - flat[i]).mean(axis=1)
+            pairs += [(i, int(j), float(d)) for j, d in zip(rest, diff, strict=True) if d <= levels]
+    return pairs
