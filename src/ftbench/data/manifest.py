@@ -47,7 +47,7 @@ def read(
     if reserved:
         raise ValueError(
             f"{csv}: column(s) {reserved} are names ftbench gives its own columns (reserved: "
-            f"{', '.join(text.RESERVED)}); rename them in the file (e.g. '{reserved[0]}_cm')"
+            f"{', '.join(text.RESERVED)}); rename them in the file"
         )
     if "image_id" in meta.columns:
         empty = [line for line, value in enumerate(meta["image_id"], start=2) if text.missing(value)]
