@@ -171,6 +171,18 @@ def test_a_repeated_row_with_a_corrected_label_is_a_conflict_not_a_duplicate(tmp
     assert rows.height == 4  # the differing column is not this task's label: the copy stays a duplicate
 
 
+def test_a_look_alike_label_on_a_dropped_copy_is_named_too(tmp_path):
+    _images(tmp_path, [f"{i}.png" for i in range(4)])
+    rows = [f"img/{i}.png,P{i},{'poor' if i % 2 else 'good'}" for i in range(4)] + ["img/1.png,P1,Poor"]
+    table, rejects = build_table(
+        "d", _manifest(tmp_path, "file,patient_id,outcome\n" + "\n".join(rows) + "\n"), tmp_path
+    )
+    with pytest.raises(
+        ValueError, match=r"has 'Poor', e.g. image img/1.png#2 \(.*1.png\), which is the declared positive"
+    ):
+        tasks.build(table, {"dataset": "d", "label": "outcome", "positive": ["poor"]}, "t", rejects)
+
+
 def _radiograph_like(seed: int, side: int = 256) -> np.ndarray:
     """A smooth random field with some texture: what a downscaled radiograph looks like to the check."""
     rng = np.random.default_rng(seed)

@@ -7,9 +7,10 @@ filter and the label leave out is counted in the data report, never dropped with
 equal to a declared one up to case, spacing or look-alike letters (``Poor``, ``poor ``, ``pοor`` with a Greek
 omicron) is an error naming both spellings, and so is any other value outside the declared classes when the
 task declares ``negative``; with ``positive`` alone, every other value is negative (the report lists each raw
-value with its count and class, and the task stage prints that table). The report also states the task's choices (label, classes,
-images per patient, unit of splitting), the counts per class, centre, view and patient, how the times were
-read, and what the dataset rejected before the task saw it (duplicates, missing patient ids, ...).
+value with its count and class, and the task stage prints that table). The report also states the task's
+choices (label, classes, images per patient, unit of splitting), the counts per class, centre, view and
+patient, how the times were read, and what the dataset rejected before the task saw it (duplicates, missing
+patient ids, ...).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import polars as pl
 
 from ftbench.data import text
 
-POSITIVE_CLASS, NEGATIVE_CLASS, OTHER_CLASS = "1 (positive)", "0 (negative)", "0 (negative: not declared positive)"
-NEGATIVE_CLASSES = (NEGATIVE_CLASS, OTHER_CLASS)
-UNKNOWN_CLASS, MISSING_CLASS = "left out (declared unknown)", "left out (missing)"
+# The class each raw label value goes to, by how the task declares it (listed in the data report).
+CLASSES = {"positive": "1 (positive)", "negative": "0 (negative)", "unknown": "left out (declared unknown)"}
+OTHER_CLASS, MISSING_CLASS = "0 (negative: not declared positive)", "left out (missing)"
+KNOWN_CLASSES = (CLASSES["positive"], CLASSES["negative"], OTHER_CLASS)
 # Greek and Cyrillic letters drawn like Latin ones (upper and lower case), folded before comparing spellings.
 LOOK_ALIKES = str.maketrans(
     "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧαικνοτυχАВЕКМНОРСТХаеорсухіјѕ",
@@ -57,9 +59,13 @@ def build(table: pl.DataFrame, task: dict, name: str, rejects: pl.DataFrame | No
     negatives = _as_text(task["negative"]) if task.get("negative") else None
     rows = rows.with_columns(pl.col(label).cast(pl.String))
     values = rows.group_by(label).len().sort(label, nulls_last=True)
+    first = rows.group_by(label, maintain_order=True).agg(pl.col("image_id").first(), pl.col("file").first())
+    where = {value: (image_id, file) for value, image_id, file in first.iter_rows()}
     copies = _copies(rows, label)
-    seen = [*values[label].to_list(), *(c["value"] for *_, c in copies)]
-    classes = _classes(name, label, rows, list(dict.fromkeys(seen)), positive, negatives, unknown_values)
+    for _, file, _, _, copy in copies:
+        where.setdefault(copy["value"], (copy["image_id"], file))
+    declared = {"positive": positive, "negative": negatives or [], "unknown": unknown_values}
+    classes = _classes(name, label, where, declared, negatives is not None)
     _check_copies(name, label, copies, classes)
     label_values = [
         {"value": value, "images": int(count), "class": classes[value]} for value, count in values.iter_rows()
@@ -68,10 +74,10 @@ def build(table: pl.DataFrame, task: dict, name: str, rejects: pl.DataFrame | No
     cls = lab.replace_strict(
         {v: c for v, c in classes.items() if v is not None}, default=MISSING_CLASS, return_dtype=pl.String
     )
-    declared_unknown = _counts(rows.filter(cls == UNKNOWN_CLASS), label)
-    known = cls.is_in([POSITIVE_CLASS, *NEGATIVE_CLASSES])
+    declared_unknown = _counts(rows.filter(cls == CLASSES["unknown"]), label)
+    known = cls.is_in(KNOWN_CLASSES)
     unlabelled = rows.filter(~known)
-    rows = rows.filter(known).with_columns((cls == POSITIVE_CLASS).cast(pl.Int8).alias("label"))
+    rows = rows.filter(known).with_columns((cls == CLASSES["positive"]).cast(pl.Int8).alias("label"))
     steps["with a known label"] = rows.height
     kind = (
         pl.col("time_kind")
@@ -140,47 +146,37 @@ def _spelling(value: str) -> str:
     return repr(value) + (f" ({', '.join(odd)})" if odd else "")
 
 
-def _classes(
-    name: str,
-    label: str,
-    rows: pl.DataFrame,
-    values: list,
-    positive: list[str],
-    negative: list[str] | None,
-    unknown: list[str],
-) -> dict:
-    """The class of each raw label value: declared values first, then missing-value spellings, then the rest
-    (negative when only ``positive`` is declared). A value that is a declared one spelled differently, or,
-    with ``negative`` declared, any undeclared value, is an error naming the value, the image and the key."""
-    declared = {v: cls for vs, cls in ((unknown, UNKNOWN_CLASS), (negative or [], NEGATIVE_CLASS)) for v in vs}
-    declared.update(dict.fromkeys(positive, POSITIVE_CLASS))
-    folded = {_fold(v): v for v in declared}
+def _classes(name: str, label: str, where: dict, declared: dict[str, list[str]], closed: bool) -> dict:
+    """The class of each raw label value (``where``: value -> an image having it, for errors): declared values
+    first, then missing-value spellings, then the rest: negative, unless the task declares ``negative`` too
+    (``closed``). A declared value spelled differently, or in a closed task any undeclared value, is an error
+    naming the value, an image and the config key."""
+    role = {value: kind for kind in ("unknown", "negative", "positive") for value in declared[kind]}
+    folded = {_fold(value): value for value in role}
     classes, stray = {}, []
-    for value in values:
-        if value in declared:
-            classes[value] = declared[value]
-            continue
-        if text.missing(value):
+    for value, (image_id, file) in where.items():
+        if value in role:
+            classes[value] = CLASSES[role[value]]
+        elif text.missing(value):
             classes[value] = MISSING_CLASS
-            continue
-        where = rows.filter(pl.col(label) == value).row(0, named=True)
-        if (twin := folded.get(_fold(value))) is not None:
+        elif (twin := folded.get(_fold(value))) is not None:
             raise ValueError(
-                f"task '{name}': column '{label}' has {_spelling(value)}, e.g. image {where['image_id']} "
-                f"({where['file']}), which is the declared {declared[twin].split()[-1].strip('()')} value "
-                f"{_spelling(twin)} spelled differently (case, spacing or look-alike letters); labels come only "
-                f"from declared values: correct the source, or declare this spelling too (config key 'tasks.{name}')"
+                f"task '{name}': column '{label}' has {_spelling(value)}, e.g. image {image_id} ({file}), which is "
+                f"the declared {role[twin]} value {_spelling(twin)} spelled differently (case, spacing or look-alike "
+                f"letters); labels come only from declared values: correct the source, or declare this spelling "
+                f"too (config key 'tasks.{name}')"
             )
-        if negative is not None:
-            stray.append((value, where))
-        classes[value] = OTHER_CLASS
+        elif closed:
+            stray.append((value, image_id, file))
+        else:
+            classes[value] = OTHER_CLASS
     if stray:
-        value, where = stray[0]
+        _, image_id, file = stray[0]
         raise ValueError(
-            f"task '{name}': column '{label}' has value(s) {sorted(v for v, _ in stray)} outside the declared "
-            f"positive {positive} and negative {negative} (config key 'tasks.{name}'), e.g. "
-            f"image {where['image_id']} ({where['file']}); declare them (positive, negative, or "
-            "unknown: rows left out and counted) or filter the rows"
+            f"task '{name}': column '{label}' has value(s) {sorted(v for v, *_ in stray)} outside the declared "
+            f"positive {declared['positive']} and negative {declared['negative']} (config key 'tasks.{name}'), "
+            f"e.g. image {image_id} ({file}); declare them (positive, negative, or unknown: rows left out and "
+            "counted) or filter the rows"
         )
     return classes
 
