@@ -143,6 +143,15 @@ def test_a_multi_page_tiff_is_rejected_like_a_multi_frame_dicom(tmp_path):
     assert "2 frames or pages in one file, not a single radiograph" in rejects["reason"][0]
 
 
+def test_a_multi_picture_jpeg_from_a_camera_is_read_as_its_first_picture(tmp_path):
+    first = Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1)))
+    first.save(tmp_path / "photo.jpg", format="MPO", save_all=True, append_images=[first.resize((16, 16))])
+    assert Image.open(tmp_path / "photo.jpg").n_frames == 2
+    spec = _manifest(tmp_path, "file,patient_id,outcome\nphoto.jpg,PX,poor\n" + _three_good(tmp_path))
+    table, rejects = build_table("d", spec, tmp_path)
+    assert rejects.height == 0 and table.filter(pl.col("patient_id") == "PX")["width"].to_list() == [64]
+
+
 def test_a_dicom_larger_than_max_pixels_is_refused_from_its_header_before_decoding(tmp_path):
     import pydicom
 

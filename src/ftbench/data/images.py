@@ -80,7 +80,8 @@ def _raster(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> np.ndarray
     """
     Image.MAX_IMAGE_PIXELS = None  # the limit is ours (max_pixels), checked below from the header
     with Image.open(path) as img:
-        check_header(*img.size, getattr(img, "n_frames", 1), max_pixels)
+        # A multi-picture JPEG (MPO, from some cameras) carries previews of its first picture, not other images.
+        check_header(*img.size, 1 if img.format == "MPO" else getattr(img, "n_frames", 1), max_pixels)
         img.load()
         if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             return to_uint8(np.asarray(img))
