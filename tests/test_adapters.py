@@ -191,7 +191,7 @@ def test_data_report_states_choices_and_counts_per_class_centre_view_and_rejects
     )
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["images_policy"] == "last" and report["split_by"] == "patient"
-    assert report["negative"] == "every other non-empty value"
+    assert report["negative"] == "every other value that is not missing"
     assert report["rejects"] == {"images": 2, "by_kind": {"unreadable image": 2}}
     per_centre = report["patients_per_centre_and_class"]
     assert set(per_centre) <= {"centre0", "centre1", "centre2"}

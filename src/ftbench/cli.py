@@ -30,15 +30,16 @@ def cmd_download(args) -> None:
 
 
 def cmd_dataset(args) -> None:
-    from ftbench.data.adapters import build_table
+    from ftbench.data.adapters import build_table, check_rejects, summary
 
     table, rejects = build_table(args.name, args.spec, args.resources)
+    for row in rejects.iter_rows(named=True):
+        log.warning("rejected %s: %s", row["file"], row["reason"])
+    print(f"{summary(args.name, table, rejects)} (listed in {args.rejects})", flush=True)  # stdout: the terminal
+    check_rejects(args.name, args.spec, table, rejects)
     Path(args.table).parent.mkdir(parents=True, exist_ok=True)
     table.write_parquet(args.table)
     rejects.write_csv(args.rejects)
-    log.info("dataset %s: %d images kept, %d rejected (%s)", args.name, table.height, rejects.height, args.rejects)
-    for row in rejects.iter_rows(named=True):
-        log.warning("rejected %s: %s", row["file"], row["reason"])
 
 
 def cmd_store(args) -> None:
@@ -60,6 +61,12 @@ def cmd_task(args) -> None:
     rows.write_parquet(args.out)
     Path(args.report).write_text(json.dumps(report, indent=1))
     log.info("task %s: %s", args.name, report["steps"])
+    print(f"task {args.name}: label values of column '{report['label']}':\n{tasks.label_table(report)}")  # stdout
+    if report["patient_ids_differing_only_in_case"]:
+        print(
+            f"task {args.name}: warning: patient ids that differ only in case are different patients: "
+            f"{report['patient_ids_differing_only_in_case'][:10]}"
+        )
 
 
 def cmd_folds(args) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
+from ftbench.data import text
+
 
 def _cell(value) -> str | None:
     if value is None:
@@ -54,7 +56,7 @@ def read(path: str | Path, id_column: str) -> pl.DataFrame:
     if path.suffix.lower() in (".xlsx", ".xlsm"):
         sheet = _excel(path, id_column)
     else:
-        sheet = pl.read_csv(path, infer_schema=False).with_columns(pl.all().str.strip_chars().replace("", None))
+        sheet = text.read_csv(path).with_columns(pl.all().str.strip_chars().replace("", None))
     if id_column not in sheet.columns:
         raise ValueError(f"{path}: id column '{id_column}' not found; columns are {sheet.columns}")
     sheet = sheet.rename({id_column: "patient_id"}).filter(pl.col("patient_id").is_not_null())
@@ -68,8 +70,9 @@ def join(images: pl.DataFrame, sheet: pl.DataFrame) -> pl.DataFrame:
     """Left-join the sheet's columns onto the image table by ``patient_id``.
 
     Patients missing from the sheet keep their images with empty labels (tasks count them as unlabelled).
-    A sheet column named like an image-table column gets the suffix ``_clinical`` instead of replacing it.
+    A sheet column named like an image-table column, or like a column ftbench adds (``height``, ``width``,
+    ..., :data:`text.RESERVED`), gets the suffix ``_clinical`` instead of replacing it or being replaced.
     """
-    clash = [c for c in sheet.columns if c != "patient_id" and c in images.columns]
+    clash = [c for c in sheet.columns if c != "patient_id" and (c in images.columns or c in text.RESERVED)]
     sheet = sheet.rename({c: f"{c}_clinical" for c in clash})
     return images.join(sheet, on="patient_id", how="left")

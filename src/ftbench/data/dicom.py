@@ -9,6 +9,7 @@ signed stored values all end up alike.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -47,19 +48,19 @@ def is_dicom(path: str | Path) -> bool:
         return False
 
 
-def pixels(path: str | Path) -> np.ndarray:
-    """Display values (H, W), float, of a single-frame radiograph: larger is brighter.
+def pixels(path: str | Path, check: Callable[[int, int, int], None]) -> np.ndarray:
+    """Display values (H, W), float, of a radiograph: larger is brighter.
 
-    Raises ``ValueError`` with the reason when the file has no pixel data, several frames, or pixel data
-    pydicom cannot decode; pydicom's ``InvalidDicomError`` or ``OSError`` when it is not readable at all.
+    ``check(columns, rows, frames)`` sees the header's size before anything is decoded (pydicom decodes
+    only when ``pixel_array`` is read) and raises to refuse the file. Raises ``ValueError`` with the reason
+    when the file has no pixel data or pixel data pydicom cannot decode; pydicom's ``InvalidDicomError`` or
+    ``OSError`` when it is not readable at all.
     """
     ds = pydicom.dcmread(path)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         kind = getattr(ds, "SOPClassUID", None)
         raise ValueError(f"DICOM without pixel data (SOP class {kind.name if kind else 'unknown'})")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise ValueError(f"multi-frame DICOM ({frames} frames), not a single radiograph")
+    check(int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), int(ds.get("NumberOfFrames", 1) or 1))
     try:
         arr = ds.pixel_array
     except (NotImplementedError, RuntimeError, AttributeError) as err:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from ftbench.data.images import decode, resize
+from ftbench.data.images import DECODE_ERRORS, decode, resize
 
 
 def _header(shape: tuple[int, int, int]) -> bytes:
@@ -49,7 +49,7 @@ def build(table: pl.DataFrame, side: int, out: str | Path) -> Path:
         with open(tmp, "wb") as fh:
             fh.write(header)
             for file in table["file"]:
-                fh.write(resize(decode(file, max_pixels=None), side).tobytes())  # the table's images passed the limit
+                fh.write(resize(_decode(file), side).tobytes())
         tmp.replace(out)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
@@ -61,6 +61,17 @@ def build(table: pl.DataFrame, side: int, out: str | Path) -> Path:
             ) from err
         raise
     return out
+
+
+def _decode(file: str) -> np.ndarray:
+    """The image, or an error naming the file: it decoded when the table was built, so it changed since."""
+    try:
+        return decode(file, max_pixels=None)  # the table's images passed the limit
+    except DECODE_ERRORS as err:
+        raise ValueError(
+            f"{file}: cannot be decoded for the image store ({type(err).__name__}: {err}), though it was when the "
+            "dataset table was built: the file changed since; rebuild the dataset table (rerun its rule)"
+        ) from err
 
 
 def load(path: str | Path) -> np.ndarray:

@@ -10,8 +10,10 @@ Sources are spreadsheets exported by hand, so the same fact comes spelled many w
 
 from __future__ import annotations
 
+import csv
 import io
 import math
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +22,19 @@ import polars as pl
 
 # The usual spellings of "no value" in exported spreadsheets (pandas, R, Excel, SQL, JSON, hand-made).
 MISSING = ("", "nan", "na", "n/a", "#n/a", "none", "null", "?")
+# Names of columns ftbench gives the standard table (``row``: the task table's): a source column so named
+# would clash with or be replaced by ftbench's own, so a manifest's is refused, a clinical sheet's renamed.
+RESERVED = ("time_kind", "height", "width", "copy_values", "row")
+# The first bytes of spreadsheet files (zip: .xlsx/.ods; OLE2: .xls), which are not text.
+SPREADSHEETS = {
+    b"PK\x03\x04": "a zip archive (an Excel .xlsx or OpenDocument .ods workbook?)",
+    b"\xd0\xcf\x11\xe0": "an Excel .xls workbook",
+}
+
+
+def missing(value: str | None) -> bool:
+    """True for None, an empty value or a missing-value placeholder (the rule of :func:`is_missing`)."""
+    return value is None or value.strip().lower() in MISSING
 
 
 def is_missing(expr: pl.Expr) -> pl.Expr:
@@ -31,10 +46,17 @@ def read_csv(path: str | Path, encoding: str = "utf-8", key: str = "encoding") -
     """A CSV file with every column as text, decoded from ``encoding`` (a UTF-8 byte-order mark is dropped).
 
     Bytes that are not valid in ``encoding`` stop with the file, line and byte, and how to fix it (``key``:
-    the config key that sets the encoding).
+    the config key that sets the encoding); so do a spreadsheet given as CSV, a header naming a column twice
+    and a row with more fields than the header (an unquoted comma), each naming the file and line.
     """
     path = Path(path)
     raw = path.read_bytes()
+    for magic, what in SPREADSHEETS.items():
+        if raw.startswith(magic):
+            raise ValueError(
+                f"{path} is {what}, not a CSV file: open it in Excel or LibreOffice and save the sheet as "
+                "'CSV UTF-8 (comma delimited)', then give that file"
+            )
     codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     try:
         text = raw.decode(codec)
@@ -49,7 +71,26 @@ def read_csv(path: str | Path, encoding: str = "utf-8", key: str = "encoding") -
         raise ValueError(
             f"{key}: unknown encoding '{encoding}' (Python codec names: utf-8, latin-1, cp1252, ...)"
         ) from None
+    _check_fields(path, text)
     return pl.read_csv(io.StringIO(text), infer_schema=False)
+
+
+def _check_fields(path: Path, text: str) -> None:
+    """A header that names a column twice, or a row with more fields than the header, names file and line."""
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, [])
+    twice = [name for name, n in Counter(header).items() if n > 1]
+    if twice:
+        raise ValueError(
+            f"{path} line 1: the header names column(s) {twice} more than once; which one holds the values "
+            "cannot be told: rename or remove the copy"
+        )
+    for row in reader:
+        if len(row) > len(header):
+            raise ValueError(
+                f"{path} line {reader.line_num}: {len(row)} fields, the header has {len(header)}: a value with an "
+                'unquoted comma? Quote it ("a, b") or remove the comma'
+            )
 
 
 def numeric_twins(ids: pl.Series) -> list[tuple[str, str]]:
@@ -66,6 +107,16 @@ def numeric_twins(ids: pl.Series) -> list[tuple[str, str]]:
                 twins.append((seen[number], value))
             else:
                 seen[number] = value
+    return twins
+
+
+def case_twins(ids: pl.Series) -> list[tuple[str, str]]:
+    """Pairs of distinct ids that differ only in case (``P1`` / ``p1``): two patients, since ids are text."""
+    seen: dict[str, str] = {}
+    twins = []
+    for value in ids.unique(maintain_order=True).drop_nulls():
+        if seen.setdefault(value.casefold(), value) != value:
+            twins.append((seen[value.casefold()], value))
     return twins
 
 
