@@ -73,6 +73,24 @@ def dataset_download(w) -> list[str]:
     return ["resources/datasets/{dataset}/.downloaded"] if download(w.dataset) else []
 
 
+def dataset_inputs(w) -> list[str]:
+    """What the dataset stage reads: the download marker, or a local copy's table files and its images'
+    fingerprint (ftbench.data.sources), so that an edited table or a replaced image reruns it."""
+    from ftbench.data import sources
+
+    spec = DATASETS[w.dataset]
+    local = ["results/data/{dataset}/source_files.txt", *sources.tables(spec)] if sources.local(spec) else []
+    return [*dataset_download(w), *local]
+
+
+@functools.cache
+def source_fingerprint(dataset: str) -> str:
+    """Size and modification time of every image a local copy lists, hashed (computed once per planning)."""
+    from ftbench.data import sources
+
+    return sources.fingerprint(dataset, DATASETS[dataset])
+
+
 def embedding_inputs(w) -> dict:
     return grid.backbone_inputs(config, w.dataset, w.model)
 
