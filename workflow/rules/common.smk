@@ -10,14 +10,32 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 
 from ftbench import DATA_VERSION, EMBEDDING_VERSION, SPLIT_VERSION
-from ftbench.plan.config import ConfigError, resolved_grid, selected, validate
+from ftbench.plan.config import ConfigError, read, resolved_grid, selected, validate
 from ftbench.plan import grid
 from ftbench.plan.grid import CELL_FILES
 
+
+def _config_files() -> list:
+    """The config files in the order Snakemake merged them: the Snakefile's configfile (unless
+    --replace-workflow-config), then each --configfile."""
+    given = [Path(f).absolute() for f in workflow.overwrite_configfiles]
+    own = [] if workflow.config_settings.replace_workflow_config else workflow.configfiles
+    return [*(f for f in own if Path(f).absolute() not in given), *given]
+
+
+# Snakemake has merged the config files and --config already; ftbench reads them again, its own way
+# (ftbench.plan.config.read): a key given twice in one file is an error naming the file and line, a strategy
+# whose kind a preset changes is replaced rather than merged, and --config values are read as YAML (numbers as
+# numbers). Every job re-reads the same files and arguments, so it sees the same config.
 try:
+    _config, _notes = read(_config_files(), workflow.config_settings.config_args)
+    config.clear()
+    config.update(_config)
     validate(config)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
+for _note in _notes:
+    print(f"ftbench: {_note}", file=sys.stderr)
 
 TASKS = selected(config, "tasks")
 DATASETS = {name: config["datasets"][name] for name in dict.fromkeys(t["dataset"] for t in TASKS.values())}
