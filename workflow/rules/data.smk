@@ -34,7 +34,7 @@ rule source_files:
     params:
         files=lambda w: source_fingerprint(w.dataset),
     run:
-        Path(output[0]).write_text(params.files + "\n")
+        Path(output[0]).write_text(f"{params.files}\n")
 
 
 rule dataset_table:
