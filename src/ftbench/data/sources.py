@@ -10,7 +10,7 @@ module tells it (the dataset stage's inputs and a fingerprint rule's parameter, 
 
 Size and modification time, not a content hash: the fingerprint is taken each time the workflow is planned, and
 reading every image is minutes on a large collection, while statting it is well under a second
-(``docs/reruns.md`` gives the figures). Imported while planning: no torch; polars only through the readers.
+(``docs/reruns.md`` gives the figures). Imported while planning (as the adapters already are, for downloads): no torch.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from ftbench.data import cohen, manifest
+from ftbench.data.adapters import ADAPTERS
 
 
 class Local(NamedTuple):
@@ -29,10 +29,9 @@ class Local(NamedTuple):
     images: Callable[[str, dict], Iterable[str | Path]]  # (dataset name, spec) -> the image files they list
 
 
-def _manifest_images(name: str, spec: dict) -> list[str]:
-    table, _ = manifest.read(
-        spec["path"], spec.get("root"), spec.get("columns"), spec.get("encoding", "utf-8"), f"datasets.{name}.encoding"
-    )
+def _listed(name: str, spec: dict) -> list[str]:
+    """The files the adapter's table lists, read as the dataset stage reads them (no image is opened)."""
+    table, _ = ADAPTERS[spec["adapter"]](name, spec, Path("resources"))
     return table["file"].to_list()
 
 
@@ -41,10 +40,8 @@ def _walk(root: str | Path) -> list[str]:
 
 
 LOCAL: dict[str, Local] = {
-    "manifest": Local(lambda spec: [Path(spec["path"])], _manifest_images),
-    "cohen": Local(
-        lambda spec: [Path(spec["path"]) / "metadata.csv"], lambda name, spec: cohen.read(spec["path"])["file"]
-    ),
+    "manifest": Local(lambda spec: [Path(spec["path"])], _listed),
+    "cohen": Local(lambda spec: [Path(spec["path"]) / "metadata.csv"], _listed),
     "aiforcovid": Local(
         lambda spec: sorted(Path(spec["path"]).glob("AIforCOVID*.xlsx")),
         lambda name, spec: Path(spec["path"]).glob("imgs*/*.dcm"),
@@ -73,7 +70,7 @@ def fingerprint(name: str, spec: dict) -> str:
     """
     try:
         files = sorted({str(Path(file).absolute()) for file in local(spec).images(name, spec)})
-    except Exception as err:  # noqa: BLE001 - reported by the dataset job, which reads the same table
+    except Exception as err:  # any reader error: the dataset job, reading the same table, reports it
         return f"unlisted: {type(err).__name__}: {err}"
     digest = hashlib.sha256()
     for file in files:
