@@ -10,14 +10,32 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 
 from ftbench import DATA_VERSION, EMBEDDING_VERSION, SPLIT_VERSION
-from ftbench.plan.config import ConfigError, resolved_grid, selected, validate
+from ftbench.plan.config import ConfigError, read, resolved_grid, selected, validate
 from ftbench.plan import grid
 from ftbench.plan.grid import CELL_FILES
 
+
+def _config_files() -> list:
+    """The config files in the order Snakemake merged them: the Snakefile's configfile (unless
+    --replace-workflow-config), then each --configfile."""
+    given = [Path(f).absolute() for f in workflow.overwrite_configfiles]
+    own = [] if workflow.config_settings.replace_workflow_config else workflow.configfiles
+    return [*(f for f in own if Path(f).absolute() not in given), *given]
+
+
+# Snakemake has merged the config files and --config already; ftbench reads them again, its own way
+# (ftbench.plan.config.read): a key given twice in one file is an error naming the file and line, a strategy
+# whose kind a preset changes is replaced rather than merged, and --config values are read as YAML (numbers as
+# numbers). Every job re-reads the same files and arguments, so it sees the same config.
 try:
+    _config, _notes = read(_config_files(), workflow.config_settings.config_args)
+    config.clear()
+    config.update(_config)
     validate(config)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
+for _note in _notes:
+    print(f"ftbench: {_note}", file=sys.stderr)
 
 TASKS = selected(config, "tasks")
 DATASETS = {name: config["datasets"][name] for name in dict.fromkeys(t["dataset"] for t in TASKS.values())}
@@ -71,6 +89,24 @@ def download(dataset: str) -> dict | None:
 def dataset_download(w) -> list[str]:
     """A downloaded dataset's completion marker (local copies and manual downloads have none)."""
     return ["resources/datasets/{dataset}/.downloaded"] if download(w.dataset) else []
+
+
+def dataset_inputs(w) -> list[str]:
+    """What the dataset stage reads: the download marker, or a local copy's table files and its images'
+    fingerprint (ftbench.data.sources), so that an edited table or a replaced image reruns it."""
+    from ftbench.data import sources
+
+    spec = DATASETS[w.dataset]
+    local = ["results/data/{dataset}/source_files.txt", *sources.tables(spec)] if sources.local(spec) else []
+    return [*dataset_download(w), *local]
+
+
+@functools.cache
+def source_fingerprint(dataset: str) -> str:
+    """Size and modification time of every image a local copy lists, hashed (computed once per planning)."""
+    from ftbench.data import sources
+
+    return sources.fingerprint(dataset, DATASETS[dataset])
 
 
 def embedding_inputs(w) -> dict:

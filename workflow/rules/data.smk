@@ -5,6 +5,7 @@
 
 localrules:
     download_dataset,
+    source_files,
 
 
 rule download_dataset:
@@ -22,9 +23,23 @@ rule download_dataset:
         "--out resources/datasets/{wildcards.dataset} --done {output.done} 2> {log}"
 
 
+# A local copy's images, by path, size and modification time: the parameter changes when one is replaced, added or
+# removed, so this file is rewritten and the dataset stage reruns (docs/reruns.md). Its table files are inputs of
+# dataset_table itself.
+rule source_files:
+    output:
+        "results/data/{dataset}/source_files.txt",
+    log:
+        "results/logs/data/{dataset}_source_files.log",
+    params:
+        files=lambda w: source_fingerprint(w.dataset),
+    run:
+        Path(output[0]).write_text(f"{params.files}\n")
+
+
 rule dataset_table:
     input:
-        dataset_download,
+        dataset_inputs,
     output:
         table="results/data/{dataset}/table.parquet",
         rejects="results/data/{dataset}/rejects.csv",

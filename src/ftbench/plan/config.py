@@ -8,8 +8,12 @@ the cross-references a schema cannot express (a task naming an unknown dataset, 
 from __future__ import annotations
 
 import copy
+import functools
+import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import yaml
 
@@ -38,52 +42,169 @@ class ConfigError(ValueError):
     """A config value is wrong; the message names the key."""
 
 
-def merge(base: dict, override: dict) -> dict:
-    """Deep-merge ``override`` into a copy of ``base`` the way Snakemake merges ``--configfile``s."""
+class StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """YAML as ``yaml.safe_load`` reads it, except that a key given twice in one mapping is an error: YAML's
+    "the last one wins" silently swaps a task's classes or a strategy's rate when a copied block is not renamed."""
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden, as YAML means
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise _DuplicateKey(f"line {line}: key '{key}' is given twice in one mapping (first on line {seen[key]})")
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """One config file or preset, read with :class:`StrictLoader`; a duplicate key names the file and line."""
+    with open(path, encoding="utf-8") as fh:
+        try:
+            return yaml.load(fh, StrictLoader) or {}
+        except _DuplicateKey as err:
+            raise ConfigError(
+                f"{path} {err}: YAML would keep only the last one, silently; remove or rename one"
+            ) from None
+
+
+def cli_value(text: str) -> Any:
+    """A ``--config key=value`` value as a config file would give it. Snakemake reads nested values as text
+    (``strategies={lora_r8: {lr: 0.0003}}`` gives the string '0.0003', which no number setting accepts); here
+    numbers are numbers and quoted text stays text, in the value and everything nested in it."""
+    if text == "":
+        return None
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return yaml.load(text, StrictLoader)
+
+
+def merge(base: dict, override: dict, notes: list[str] | None = None, at: str = "") -> dict:
+    """Deep-merge ``override`` into a copy of ``base``: mappings key by key, anything else replaced, except that
+    a mapping whose ``kind`` changes is replaced whole (a strategy's settings belong to its kind: a preset's
+    ``vera: {kind: lora, lr: 1.0e-3}`` merged key by key would keep VeRA's rank 256 and alpha 512). Each such
+    replacement is described in ``notes``, with the settings it leaves out."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
+        old = out.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            if "kind" in value and "kind" in old and value["kind"] != old["kind"]:
+                dropped = ", ".join(sorted(set(old) - set(value) - {"kind"})) or "nothing"
+                if notes is not None:
+                    notes.append(
+                        f"{at}{key}: kind {value['kind']} replaces kind {old['kind']} and its settings "
+                        f"(not kept: {dropped})"
+                    )
+                out[key] = copy.deepcopy(value)
+            else:
+                out[key] = merge(old, value, notes, f"{at}{key}.")
         else:
             out[key] = copy.deepcopy(value)
     return out
 
 
+def read(paths: list[str | Path], overrides: list[str] | None = None) -> tuple[dict, list[str]]:
+    """The config from its files (later ones over earlier ones) and ``--config key=value`` entries, merged by
+    :func:`merge`; with a note for each entry whose kind a later file changed."""
+    config: dict = {}
+    notes: list[str] = []
+    for path in paths:
+        found: list[str] = []
+        config = merge(config, read_yaml(path), found)
+        notes += [f"{path}: {note}" for note in found]
+    for entry in overrides or []:
+        key, _, text = entry.partition("=")
+        found = []
+        config = merge(config, {key: cli_value(text)}, found)
+        notes += [f"--config {note}" for note in found]
+    return config, notes
+
+
 def load(*paths: str | Path) -> dict:
     """Read, merge (later files override earlier ones), validate and return a config."""
-    config: dict = {}
-    for path in paths:
-        with open(path) as fh:
-            config = merge(config, yaml.safe_load(fh) or {})
-    return validate(config)
+    return validate(read(list(paths))[0])
 
 
 def validate(config: dict, schema: str | Path = SCHEMA) -> dict:
     """Validate against the schema (filling defaults) and check cross-references; return the config."""
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate as schema_validate
-
     regimes = config.get("regimes")
     if isinstance(regimes, dict) and "fewshot" in regimes and regimes["fewshot"] is None:
         del regimes["fewshot"]  # `fewshot: null` in a preset: few-shot off (a mapping would merge)
-    try:
-        schema_validate(config, str(schema), set_default=True)
-    except WorkflowError as err:
-        raise ConfigError(_schema_message(err)) from None
+    from jsonschema.exceptions import best_match
+
+    error = best_match(_validator(str(schema)).iter_errors(config))
+    if error is not None:
+        raise ConfigError(_schema_message(error))
     check_references(config)
     return config
 
 
-def _schema_message(err: Exception) -> str:
-    """Turn jsonschema's long report into one line that names the offending config key."""
-    cause = err.args[0] if err.args else str(err)
-    inner = getattr(err, "__cause__", None) or getattr(err, "__context__", None)
-    for candidate in (inner, *getattr(err, "args", ())):
-        path = getattr(candidate, "absolute_path", None)
-        if path is not None:
-            key = ".".join(str(p) for p in path) or "<top level>"
-            return f"config key '{key}': {candidate.message}"
-    return f"invalid config: {cause}"
+def _read_schema(path: str) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh) if path.endswith((".yaml", ".yml")) else json.load(fh)
+
+
+@functools.cache
+def _validator(schema_path: str):
+    """A JSON Schema validator that fills in defaults (as Snakemake's ``validate`` does) and takes an integer to
+    be an int: JSON Schema also counts 2.0 as an integer, which then fails later, far from the config key."""
+    from jsonschema import Draft202012Validator, validators
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    def resource(schema: dict) -> Resource:
+        # without its $schema, a referenced file is checked by this validator, not by its draft's standard one
+        return Resource.from_contents(
+            {k: v for k, v in schema.items() if k != "$schema"}, default_specification=DRAFT202012
+        )
+
+    schema = _read_schema(schema_path)
+    schema["$id"] = Path(schema_path).resolve().as_uri()  # relative $refs (strategies.schema.json) resolve here
+    registry = Registry(retrieve=lambda uri: resource(_read_schema(url2pathname(urlparse(uri).path)))).with_resource(
+        schema["$id"], Resource.from_contents(schema)
+    )
+    properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def with_defaults(validator, props: dict, instance, schema: dict):
+        if isinstance(instance, dict):
+            for name, sub in props.items():
+                if "default" in sub:
+                    instance.setdefault(name, copy.deepcopy(sub["default"]))
+        yield from properties(validator, props, instance, schema)
+
+    types = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    strict = validators.extend(Draft202012Validator, {"properties": with_defaults}, type_checker=types)
+    return strict(schema, registry=registry)
+
+
+def _schema_message(error) -> str:
+    """One line that names the offending config key, with a hint where YAML read a value otherwise than meant."""
+    key = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+    value = error.instance
+    hint = ""
+    if isinstance(value, float) and value.is_integer():
+        hint = f"; a whole number is meant: write {int(value)}, not {value}"
+    elif isinstance(value, bool):
+        hint = (
+            "; YAML reads an unquoted yes, no, true, false, on or off as a boolean: to mean the text, write it "
+            "in quotes as the data spell it (e.g. 'Yes')"
+        )
+    return f"config key '{key}': {error.message}{hint}"
 
 
 def check_references(config: dict) -> None:
