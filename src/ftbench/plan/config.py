@@ -31,6 +31,7 @@ ADAPTER_KEYS = {
     "root": ("manifest",),
     "columns": ("manifest",),
     "synthetic": ("synthetic",),
+    "source": ("tcia",),
 }
 
 
