@@ -292,3 +292,22 @@ def test_clinical_table_from_idc_checked_against_its_column_metadata(collection,
     labels = dict(dataset.select("patient_id", "ICU Admit").unique().iter_rows())
     assert labels == {"COVID-19-AR-1": "1", "COVID-19-AR-2": "0", "COVID-19-AR-3": "0"}
     assert dict(dataset.select("patient_id", "MORTALITY").unique().iter_rows())["COVID-19-AR-1"] == "Y"
+
+
+def test_cost_projection_counts_idc_collections_in_the_index(tmp_path):
+    """No declared sizes for NY-SBU and AR: `snakemake cost` counts their images in the index, per `images:`."""
+    import yaml
+    from conftest import ROOT
+
+    from ftbench.plan import flop_cost
+    from ftbench.plan.config import validate
+
+    config = validate(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    assert not {"nysbu_death", "nysbu_icu", "car_icu", "car_death"} & set(config["cost"]["tasks"])
+    assert flop_cost.declared_counts(config, "nysbu_death") == ({"patients": 1365, "images": 14132}, "index")
+    assert flop_cost.declared_counts(config, "cohen_icu") == ({"patients": 106, "images": 226}, "declared")
+    config["tasks"]["car_icu"]["images"] = "first"
+    assert flop_cost.declared_counts(config, "car_icu") == ({"patients": 104, "images": 104}, "index")
+    assert flop_cost.task_sizes(config, "car_icu", tmp_path)[1] == "index"
+    config["datasets"]["covid19_ar"]["source"] = "nbia"  # NBIA has no index: neither declared nor counted
+    assert flop_cost.declared_counts(config, "car_icu") is None

@@ -148,7 +148,7 @@ def cost_inputs(w) -> dict:
         inputs["data"] = [
             path
             for task in TASKS
-            if task not in config["cost"]["tasks"]
+            if flop_cost.declared_counts(config, task) is None
             for path in flop_cost.data_inputs(config, task)
         ]
     return inputs
