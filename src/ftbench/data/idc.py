@@ -59,7 +59,6 @@ CLINICAL_TABLE_URL = (
 )
 # Series transferred at once (s5cmd's workers): the bucket serves many connections; the default of idc-index's.
 WORKERS = 32
-SELECTIONS = ("all", "first", "last")  # a task's `images:` setting, as the series it needs
 # Columns of the index a download needs
 COLUMNS = ("PatientID", "SeriesInstanceUID", "Modality", "SeriesDate", "StudyDate", "instanceCount", "series_size_MB")
 COLUMNS += ("aws_bucket", "crdc_series_uuid")
@@ -130,7 +129,8 @@ def plan(source: dict) -> dict:
 def describe(name: str, source: dict) -> str:
     """One line for the user at planning: where a dataset's images come from, how many and how large."""
     if source["source"] != "idc":
-        return f"ftbench: download {name}: {source['collection']} from NBIA ({source['api'][0]}), every CR/DX series"
+        every = "/".join(source["modalities"])
+        return f"ftbench: download {name}: {source['collection']} from NBIA ({source['api'][0]}), every {every} series"
     p = plan(source)
     return (
         f"ftbench: download {name}: {source['collection']} from IDC (index {source['index']}), images "
@@ -158,7 +158,7 @@ def download_source(spec: dict, images: list[str]) -> dict:
         **nbia,
         "source": "idc",
         "index": index_version(),
-        "images": sorted(set(images) & set(SELECTIONS)) or ["all"],
+        "images": ["all"] if "all" in images or not images else sorted(set(images)),
         "idc_clinical": known if known and "path" not in s["clinical"] else None,
     }
 
