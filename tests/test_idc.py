@@ -159,11 +159,14 @@ def test_idc_first_then_resumes_without_fetching_finished_series(collection, fak
     done = sorted(first_day)
     (out / "series" / done[0] / tcia.MARKER).unlink()
     (out / "series" / done[1]).rename(tmp_path / "gone")
+    (out / "partial" / done[1]).mkdir(parents=True)  # and a transfer cut mid-way left half a file
+    (out / "partial" / done[1] / "half.dcm").write_bytes(b"DICM")
     idc.download(download_source(collection["spec"], ["all"]), out, retries=0)
     fetched_again = _copies(fake_s5cmd)[4:]
     assert len(fetched_again) == 2 + 2  # the two broken ones and the two later series of `all`
     by_uid = {r["SeriesInstanceUID"]: r["crdc_series_uuid"] for r in collection["rows"]}
     assert {by_uid[done[0]], by_uid[done[1]]} <= set(fetched_again)
+    assert not (out / "partial").exists() and all(tcia.verified(out / "series" / uid) for uid in by_uid)
     table, rejects = build_table("ds", collection["spec"], tmp_path / "resources")
     assert table.height == 5 and rejects["kind"].to_list() == ["not a frontal chest radiograph"]
 
