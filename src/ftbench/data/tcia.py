@@ -1,5 +1,7 @@
 """COVID-19 collections of The Cancer Imaging Archive (TCIA): download through the public NBIA REST API
 and read into the standard table (COVID-19-NY-SBU, COVID-19-AR, or any collection with a clinical sheet).
+The Imaging Data Commons serves the same collections first (:mod:`ftbench.data.idc`, into the same layout);
+NBIA is its fallback, or the source with ``source: nbia``.
 
 The download lists the collection's series of the wanted modalities (``getSeries``, CR and DX), then
 fetches each series as a zip of DICOM files with their MD5s (``getImageWithMD5Hash``), and the clinical
