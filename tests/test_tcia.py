@@ -110,6 +110,7 @@ def collection(request, tmp_path):
         spec = {
             "adapter": "tcia",
             "collection": name,
+            "source": "nbia",  # IDC first is tests/test_idc.py's
             "api": server.apis,
             "clinical": {"url": f"{server.url}/files/{SHEETS[name]}"},
         }
@@ -250,7 +251,7 @@ def test_no_api_listing_the_collection_is_an_error_naming_each_answer(collection
 def test_the_default_api_is_v4_then_v1():
     assert "/services/v4" in tcia.APIS[0] and "/services/v1" in tcia.APIS[1] and len(tcia.APIS) == 2
     assert tcia.settings({"collection": "COVID-19-AR"})["api"] == list(tcia.APIS)
-    assert download_source({"adapter": "tcia", "collection": "COVID-19-AR"})["api"] == list(tcia.APIS)
+    assert download_source({"adapter": "tcia", "collection": "COVID-19-AR", "source": "nbia"})["api"] == list(tcia.APIS)
     assert tcia.settings({"collection": "COVID-19-AR", "api": "http://x/v1"})["api"] == ["http://x/v1"]
 
 

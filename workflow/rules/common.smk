@@ -83,7 +83,13 @@ def download(dataset: str) -> dict | None:
     """What the download job of a dataset fetches (None: a local copy or a manual download)."""
     from ftbench.data.adapters import download_source  # polars, pydicom: only when a data rule is planned
 
-    return download_source(DATASETS[dataset])
+    images = [t.get("images", "all") for t in TASKS.values() if t["dataset"] == dataset]
+    source = download_source(DATASETS[dataset], images)
+    if source and "collection" in source:  # TCIA collections: what the download fetches, from IDC's index
+        from ftbench.data.idc import describe
+
+        print(describe(dataset, source), file=sys.stderr)
+    return source
 
 
 def dataset_download(w) -> list[str]:
@@ -178,7 +184,7 @@ def cost_inputs(w) -> dict:
         inputs["data"] = [
             path
             for task in TASKS
-            if task not in config["cost"]["tasks"]
+            if flop_cost.declared_counts(config, task) is None
             for path in flop_cost.data_inputs(config, task)
         ]
     return inputs

@@ -19,7 +19,7 @@ import polars as pl
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ftbench.data import aiforcovid, cohen, manifest, synthetic, tcia, text
+from ftbench.data import aiforcovid, cohen, idc, manifest, synthetic, tcia, text
 from ftbench.data.download import extract, fetch, find_root, hexdigest
 from ftbench.data.images import (
     DECODE_ERRORS,
@@ -103,20 +103,23 @@ def _archive(source: dict, out: Path) -> None:
 
 
 class Download(NamedTuple):
-    source: Callable[[dict], dict]  # the settings that define what is fetched (the download rule's params)
+    # (dataset entry, the `images:` settings of the selected tasks on it) -> the settings that define what is
+    # fetched (the download rule's params)
+    source: Callable[[dict, list[str]], dict]
     fetch: Callable[[dict, Path], object]  # (source, folder) -> fetched into resources/datasets/<name>/
 
 
 DOWNLOADS: dict[str, Download] = {
-    "cohen": Download(lambda spec: {key: spec.get(key) for key in ("url", "sha256", "checksums")}, _archive),
-    "tcia": Download(tcia.download_source, tcia.download),
+    "cohen": Download(lambda spec, images: {key: spec.get(key) for key in ("url", "sha256", "checksums")}, _archive),
+    "tcia": Download(idc.download_source, idc.download),  # IDC first, NBIA as the fallback
 }
 
 
-def download_source(spec: dict) -> dict | None:
-    """What the download rule must fetch for this source; None for local copies (``path:``) and generators."""
+def download_source(spec: dict, images: list[str] | None = None) -> dict | None:
+    """What the download rule must fetch for this source; None for local copies (``path:``) and generators.
+    ``images``: the ``images:`` settings of the tasks that use it (default: all images)."""
     entry = DOWNLOADS.get(spec["adapter"])
-    return entry.source(spec) if entry and not spec.get("path") else None
+    return entry.source(spec, images or ["all"]) if entry and not spec.get("path") else None
 
 
 def download(adapter: str, source: dict, out: str | Path) -> None:

@@ -1,4 +1,4 @@
-"""Clinical spreadsheets (CSV or Excel) as text tables, one row per patient, joined onto image tables.
+"""Clinical spreadsheets (CSV, Excel, or IDC's parquet tables) as text tables, one row per patient, joined onto image tables.
 
 Every value is read as text, the way task labels are compared (``Y``/``N``, ``deceased``, ``1``); whole
 numbers stored as floats by Excel become ``1`` rather than ``1.0``. Excel sheets may carry a title above
@@ -55,6 +55,8 @@ def read(path: str | Path, id_column: str) -> pl.DataFrame:
         raise FileNotFoundError(f"{path}: clinical spreadsheet not found")
     if path.suffix.lower() in (".xlsx", ".xlsm"):
         sheet = _excel(path, id_column)
+    elif path.suffix.lower() == ".parquet":  # IDC's clinical tables (ftbench.data.idc)
+        sheet = pl.read_parquet(path).select(pl.all().cast(pl.String).str.strip_chars().replace("", None))
     else:
         sheet = text.read_csv(path).with_columns(pl.all().str.strip_chars().replace("", None))
     if id_column not in sheet.columns:

@@ -1,5 +1,7 @@
 """COVID-19 collections of The Cancer Imaging Archive (TCIA): download through the public NBIA REST API
 and read into the standard table (COVID-19-NY-SBU, COVID-19-AR, or any collection with a clinical sheet).
+The Imaging Data Commons serves the same collections first (:mod:`ftbench.data.idc`, into the same layout);
+NBIA is its fallback, or the source with ``source: nbia``.
 
 The download lists the collection's series of the wanted modalities (``getSeries``, CR and DX), then
 fetches each series as a zip of DICOM files with their MD5s (``getImageWithMD5Hash``), and the clinical
@@ -67,6 +69,13 @@ COLLECTIONS = {
             "id_column": "to_patient_id",
         },
         "label_columns": ["last.status", "is_icu"],
+        # IDC's clinical table of the collection: its id column (IDC's curated DICOM PatientID) and, per label
+        # spelling the tasks use, its column (idc_v25_clinical; checked against the clinical index at download)
+        "idc_clinical": {
+            "table": "covid_19_ny_sbu_clinical",
+            "id_column": "dicom_patient_id",
+            "columns": {"last.status": "laststatus", "is_icu": "is_icu"},
+        },
     },
     "COVID-19-AR": {
         "centre": "University of Arkansas for Medical Sciences",
@@ -77,6 +86,11 @@ COLLECTIONS = {
             "id_column": "PATIENT_ID",
         },
         "label_columns": ["ICU Admit", "MORTALITY"],
+        "idc_clinical": {
+            "table": "covid_19_ar_clinical",
+            "id_column": "dicom_patient_id",
+            "columns": {"ICU Admit": "icu_admit", "MORTALITY": "mortality"},
+        },
     },
 }
 
@@ -290,18 +304,27 @@ def _missing_sheet(collection: str, name: str, sheet: Path, problem: str) -> str
 
 
 def download(
-    source: dict, out: str | Path, retries: int = 3, wait: float = 10.0, connections: int = CONNECTIONS
+    source: dict,
+    out: str | Path,
+    retries: int = 3,
+    wait: float = 10.0,
+    connections: int = CONNECTIONS,
+    listing: list[dict] | None = None,
 ) -> dict:
     """Fetch the listing, every series not yet verified (over ``connections`` at once), and the clinical
     sheet (unless a copy is already in place) into ``out``.
 
-    A series still failing after ``retries`` retries is recorded in ``failed.json`` (its images become
-    rejects with the error), so one broken series does not block a collection of thousands; rerunning the
-    download retries exactly the failed and unverified series. A sheet that cannot be fetched stops the
-    download with instructions to fetch it by hand.
+    ``listing``: the series to fetch, when already chosen (from IDC's index, :mod:`ftbench.data.idc`); else
+    every series NBIA lists. A series still failing after ``retries`` retries is recorded in ``failed.json``
+    (its images become rejects with the error), so one broken series does not block a collection of thousands;
+    rerunning the download retries exactly the failed and unverified series. A sheet that cannot be fetched
+    stops the download with instructions to fetch it by hand.
     """
     out = Path(out)
-    api, listing = list_series(source["api"], source["collection"], source["modalities"])
+    if listing is None:
+        api, listing = list_series(source["api"], source["collection"], source["modalities"])
+    else:
+        api = source["api"][0]
     apis = [api, *(a for a in source["api"] if a != api)]
     out.mkdir(parents=True, exist_ok=True)
     (out / "series.json").write_text(json.dumps(listing, indent=1))
@@ -325,14 +348,7 @@ def download(
     summary = {"api": api, "series": len(listing), "fetched": len(todo) - len(failed), "failed": len(failed)}
     (out / "download.json").write_text(json.dumps(summary, indent=1))
     if source["clinical"]:
-        url, sha256 = source["clinical"]["url"], source["clinical"].get("sha256")
-        sheet = _sheet_path(source["clinical"], out)
-        if not sheet.is_file() or (sha256 and hexdigest(sheet) != sha256):
-            try:
-                fetch(url, sheet, sha256)
-            except (OSError, http.client.HTTPException, ValueError) as err:
-                problem = f"could not be downloaded from {url} ({type(err).__name__}: {err})"
-                raise FileNotFoundError(_missing_sheet(source["collection"], out.name, sheet, problem)) from None
+        fetch_sheet(source, out)
     log.info(
         "TCIA %s: %d series listed by %s, %d fetched now, %d failed",
         source["collection"],
@@ -342,6 +358,19 @@ def download(
         len(failed),
     )
     return summary
+
+
+def fetch_sheet(source: dict, out: Path) -> Path:
+    """The clinical sheet published at ``source["clinical"]["url"]``, fetched unless a matching copy is there."""
+    url, sha256 = source["clinical"]["url"], source["clinical"].get("sha256")
+    sheet = _sheet_path(source["clinical"], out)
+    if not sheet.is_file() or (sha256 and hexdigest(sheet) != sha256):
+        try:
+            fetch(url, sheet, sha256)
+        except (OSError, http.client.HTTPException, ValueError) as err:
+            problem = f"could not be downloaded from {url} ({type(err).__name__}: {err})"
+            raise FileNotFoundError(_missing_sheet(source["collection"], out.name, sheet, problem)) from None
+    return sheet
 
 
 def _files(name: str, spec: dict, base: Path) -> tuple[list[Path], list[dict]]:
@@ -412,9 +441,7 @@ def read(name: str, spec: dict, resources: Path) -> tuple[pl.DataFrame, list[dic
     """
     s = settings(spec)
     base = resources / "datasets" / name
-    sheet_path = _sheet_path(s["clinical"], base)
-    if not sheet_path.is_file():
-        raise FileNotFoundError(_missing_sheet(s["collection"], name, sheet_path, "is not there"))
+    sheet = _clinical_sheet(s, name, base)
     files, rejects = _files(name, spec, base)
     rows = []
     for file in files:
@@ -440,5 +467,18 @@ def read(name: str, spec: dict, resources: Path) -> tuple[pl.DataFrame, list[dic
             f"dataset '{name}': no frontal chest radiograph found ({len(files)} DICOM files, {len(rejects)} rejected)"
         )
     table = pl.DataFrame(rows, schema_overrides={"time": pl.Float64})
-    sheet = _label_columns(clinical.read(sheet_path, s["clinical"]["id_column"]), s["label_columns"])
     return clinical.join(table, sheet), rejects
+
+
+def _clinical_sheet(s: dict, name: str, base: Path) -> pl.DataFrame:
+    """The clinical table: IDC's where the download fetched it (its label columns renamed to the tasks'
+    spellings), else the TCIA sheet (``clinical.path`` or the download's copy of ``clinical.url``)."""
+    idc = COLLECTIONS.get(s["collection"], {}).get("idc_clinical")
+    table = base / "clinical" / f"{idc['table']}.parquet" if idc else None
+    if table is not None and "path" not in s["clinical"] and table.is_file():
+        sheet = clinical.read(table, idc["id_column"])
+        return sheet.rename({column: label for label, column in idc["columns"].items()})
+    sheet_path = _sheet_path(s["clinical"], base)
+    if not sheet_path.is_file():
+        raise FileNotFoundError(_missing_sheet(s["collection"], name, sheet_path, "is not there"))
+    return _label_columns(clinical.read(sheet_path, s["clinical"]["id_column"]), s["label_columns"])

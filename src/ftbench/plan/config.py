@@ -35,6 +35,7 @@ ADAPTER_KEYS = {
     "root": ("manifest",),
     "columns": ("manifest",),
     "synthetic": ("synthetic",),
+    "source": ("tcia",),
 }
 
 

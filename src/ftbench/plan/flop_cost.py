@@ -21,7 +21,8 @@ Epochs: the mean epochs of the (model, strategy)'s cells that ran, full data and
 device: early stopping does not depend on it); else ``max_epochs x cost.early_stopping``, at least the
 ``patience + 1`` epochs early stopping needs. Sizes (:func:`task_sizes`): counted from the data stage's task
 table, folds and few-shot draws; for a task whose data is not there, derived from the patients and images
-declared in ``cost.tasks`` and the task's validation scheme.
+declared in ``cost.tasks`` (or, for TCIA collections the Imaging Data Commons serves, counted in its index) and
+the task's validation scheme.
 
 A cell's start-up (reading its data, building its model, loading weights) does no FLOPs: ``cost.startup``
 seconds per cell (default 0) stand for it. Not counted: the adapters' own FLOPs and VPT's prompt tokens (a
@@ -275,20 +276,47 @@ def _declared_sizes(config: dict, task: str, declared: dict) -> Sizes:
     return out
 
 
+def index_counts(config: dict, task: str) -> dict[str, int] | None:
+    """Patients and images of a task on a TCIA collection the Imaging Data Commons serves, from IDC's index
+    (``ftbench.data.idc``): every CR/DX image with ``images: all``, one per patient with ``first`` or ``last``;
+    None for any other dataset."""
+    spec = config["datasets"][config["tasks"][task]["dataset"]]
+    if spec["adapter"] != "tcia" or spec.get("path") or spec.get("source", "idc") != "idc":
+        return None
+    from ftbench.data import idc
+
+    images = config["tasks"][task].get("images", "all")
+    rows = idc.series(spec["collection"], spec.get("modalities", ["CR", "DX"]), [images])
+    if rows.is_empty():
+        return None
+    patients = rows["PatientID"].n_unique()
+    return {"patients": patients, "images": int(rows["instanceCount"].sum()) if images == "all" else patients}
+
+
+def declared_counts(config: dict, task: str) -> tuple[dict[str, int], str] | None:
+    """A task's patients and images before its data stage has run: ``cost.tasks.<task>`` (``declared``), else
+    IDC's index (``index``); None when neither knows them."""
+    declared = settings(config)["tasks"].get(task)
+    if declared is not None:
+        return declared, "declared"
+    counted = index_counts(config, task)
+    return (counted, "index") if counted else None
+
+
 def task_sizes(config: dict, task: str, results: Path) -> tuple[Sizes, str]:
-    """A task's images per (regime, fold) and where they come from (``data`` or ``declared``): counted from the
-    data stage's files when they are all there, else derived from ``cost.tasks.<task>``."""
+    """A task's images per (regime, fold) and where they come from (``data``, ``declared`` or ``index``): counted
+    from the data stage's files when they are all there, else derived from :func:`declared_counts`."""
     files = _data_files(config, task, results)
     if all(path.is_file() for path in files.values()):
         return _counted_sizes(config, files), "data"
-    declared = settings(config)["tasks"].get(task)
-    if declared is None:
+    found = declared_counts(config, task)
+    if found is None:
         missing = ", ".join(str(p) for p in files.values() if not p.is_file())
         raise ValueError(
             f"task '{task}': no sizes to project its cells with: the data stage's {missing} are missing "
             f"(`snakemake cost` makes them), and config key 'cost.tasks.{task}' declares none"
         )
-    return _declared_sizes(config, task, declared), "declared"
+    return _declared_sizes(config, task, found[0]), found[1]
 
 
 # ---- the projection ----------------------------------------------------------------------------------------
@@ -413,11 +441,11 @@ def estimate(
 
 
 def task_images(config: dict, task: str, results: Path) -> float:
-    """A task's images: its table's rows when the data stage made it, else its declared ``cost.tasks`` images."""
+    """A task's images: its table's rows when the data stage made it, else its :func:`declared_counts` images."""
     table = results / "tasks" / task / "images.parquet"
     if table.is_file():
         return float(pl.scan_parquet(table).select(pl.len()).collect().item())
-    return float(settings(config)["tasks"][task]["images"])
+    return float(declared_counts(config, task)[0]["images"])
 
 
 def embedding_passes(config: dict, grid_cells: list[grid.Cell], results: Path) -> pl.DataFrame:
@@ -461,7 +489,7 @@ def describe(config: dict, estimate: Estimate) -> list[str]:
     peak = getattr(device, s["precision"])
     by_source = {
         source: sorted(task for task, origin in estimate.sizes_from.items() if origin == source)
-        for source in ("data", "declared")
+        for source in ("data", "declared", "index")
     }
     pilot, settled = (cells.filter(pl.col("epochs_from") == source).height for source in ("pilot", "settings"))
     return [
@@ -474,7 +502,9 @@ def describe(config: dict, estimate: Estimate) -> list[str]:
         "sizes: counted from the data stage for "
         + (", ".join(by_source["data"]) or "no task")
         + "; derived from cost.tasks for "
-        + (", ".join(by_source["declared"]) or "no task"),
+        + (", ".join(by_source["declared"]) or "no task")
+        + "; from IDC's index for "
+        + (", ".join(by_source["index"]) or "no task"),
         f"start-up: {s['startup']:g} s per cell (cost.startup; {cells.height * s['startup'] / 3600:.1f} device-hours); "
         f"each further second of it adds {cells.height / 3600:.1f} device-hours",
     ]
