@@ -3,6 +3,7 @@ headline metrics, the validation threshold, early stopping and candidate choice,
 bootstrap; image-level metrics stay as secondary ``image_*`` columns."""
 
 import json
+import shutil
 
 import numpy as np
 import polars as pl
@@ -190,3 +191,17 @@ def test_the_report_shows_patient_metrics_as_headline_and_image_metrics_as_secon
     assert table["mcc"][0].startswith(f"{summary['mcc_mean'][0]:.3f}")
     assert table["image_mcc"][0] == summary["image_mcc_mean"][0] != summary["mcc_mean"][0]
     assert table.columns.index("image_mcc") > table.columns.index("ece")  # after every headline metric
+
+
+def test_a_cell_whose_patient_has_both_labels_is_listed_as_failed_with_the_reason(fake_cells, tmp_path):
+    dirs, _, _ = fake_cells
+    broken = tmp_path / "cells" / "t" / "cnn_a" / "fft" / "full" / "fold0"
+    shutil.copytree(dirs[0], broken)
+    preds = pl.read_parquet(broken / "predictions.parquet")
+    flipped = preds.with_columns(
+        pl.when(pl.col("image_id") == "p1_0").then(1 - pl.col("label")).otherwise(pl.col("label")).alias("label")
+    )
+    flipped.write_parquet(broken / "predictions.parquet")
+    row, rows = aggregate.read_cell(broken)
+    assert rows is None and row["status"] == "failed"
+    assert row["error"] == "predictions.parquet: patient(s) ['p1'] have images with both labels: no patient-level label"

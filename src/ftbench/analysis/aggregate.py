@@ -198,7 +198,10 @@ def read_cell(cell_dir: Path) -> tuple[dict, pl.DataFrame | None]:
     row |= {k: value for k, (_, value) in values.items()} | cell_choices(run)
     if preds is not None:
         preds = preds.select([pl.col(c).cast(t) for c, t in PREDICTION_COLUMNS.items()])
-        patients = Patients.of(preds["patient_id"].to_numpy(), preds["label"].to_numpy())
+        try:
+            patients = Patients.of(preds["patient_id"].to_numpy(), preds["label"].to_numpy())
+        except ValueError as err:  # the cell cannot be scored per patient: its error, not the report's
+            return row | {"status": "failed", "error": f"predictions.parquet: {err}"}, None
         patient_prob = patients.probs(preds["prob"].to_numpy())[patients.index]
         preds = preds.with_columns(
             pl.lit(row["cell"]).alias("cell"),
