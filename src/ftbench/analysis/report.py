@@ -597,7 +597,8 @@ the repetitions of K-shot draws.</li>
 <li><b>95% CIs</b> are percentile bootstraps (scipy.stats.bootstrap, {resamples} resamples) of that mean, drawing
 patients with replacement within each class (each drawn patient brings its one prediction per fold that tests it)
 so that the class balance stays; models and thresholds stay fixed, so the CI describes test-sample uncertainty,
-not training variability (that is the SD). A fold that a resample leaves without one class is left out of that resample's mean.</li>
+not training variability (that is the SD). A fold that a resample leaves without one class is left out of that
+resample's mean.</li>
 <li><b>Across tasks</b> the unit is the <b>task</b>: folds of a task share most of their training patients and
 models of a family see the same data, so neither is an independent data set (Demšar 2006). Per model family,
 regime and metric, a task gives one block: each strategy's metric averaged over the family's models, folds and

@@ -1,5 +1,6 @@
 """The training loop of a cell: epochs of AdamW steps, a check on validation after each, early stopping on the
-validation loss (one prediction per validation patient; best epoch restored), checkpoints at epoch ends and stop signals (Slurm's warning, preemption).
+validation loss (one prediction per validation patient; best epoch restored), checkpoints at epoch ends and stop
+signals (Slurm's warning, preemption).
 
 Class-weighted cross-entropy. On CPU the loop is a pure function of its inputs and generators: the same cell,
 interrupted and resumed or not, gives bit-identical weights.
