@@ -50,7 +50,8 @@ def write_cell(
         }
     ).write_parquet(out / "predictions.parquet")
     keys = {"task": task, "fold": fold, "model": model, "strategy": strategy, "regime": regime}
-    result = metrics.compute(labels, probs, 0.5) if status == "ok" else {}
+    patients = metrics.Patients.of([r[1] for r in rows], labels)
+    result = metrics.evaluate(patients, probs, 0.5) if status == "ok" else {}
     (out / "metrics.json").write_text(
         json.dumps(keys | {"status": status, "error": None if status == "ok" else "loss is nan at epoch 2"} | result)
     )

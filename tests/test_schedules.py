@@ -173,7 +173,7 @@ def test_adalora_keeps_its_schedule_when_resumed_mid_run():
 
 def _parts(n=24, side=32):
     gen = torch.Generator().manual_seed(0)
-    frame = pl.DataFrame({"row": range(n)})
+    frame = pl.DataFrame({"row": range(n), "patient_id": [f"p{i}" for i in range(n)]})
     return {
         part: Part(torch.randint(0, 255, (n, side, side), dtype=torch.uint8, generator=gen), torch.arange(n) % 2, frame)
         for part in ("train", "val", "test")

@@ -11,8 +11,10 @@ DATA_VERSION = 3
 SPLIT_VERSION = 3  # folds and few-shot draws (3: few-shot draws of K validation patients per class too;
 #   2: validation schemes; validation part carved per class)
 EMBEDDING_VERSION = 1  # embedding caches of frozen backbones
-TRAINING_VERSION = 3  # training cells (3: IA3 on keys/values/MLP activation and CNN inputs, SSF after norms on
+TRAINING_VERSION = 4  # training cells (4: metrics, threshold, early stopping and candidates on one prediction per
+#   patient, image-level metrics as image_*; 3: IA3 on keys/values/MLP activation and CNN inputs, SSF after norms on
 #   BatchNorm CNNs, CLIP ViT-L/14 as transformers tower, frozen-backbone epochs un-augmented, few-shot validation
 #   on K labels, exact thresholds, AdaLoRA at its budget; 2: ViT adapters on block linears only)
-REPORT_VERSION = 3  # summary tables, statistics and the report (2: cells table gains sizes, epochs, time split;
-#   3: tests across tasks use one block per task, never folds; within a task, corrected and Bayesian correlated t)
+REPORT_VERSION = 4  # summary tables, statistics and the report (2: cells table gains sizes, epochs, time split;
+#   3: tests across tasks use one block per task, never folds; within a task, corrected and Bayesian correlated t;
+#   4: bootstrap CIs, ROC, PR and calibration on one prediction per patient, image_* columns)

@@ -14,6 +14,7 @@ import polars as pl
 from ftbench.analysis import stats
 from ftbench.models.zoo import resolve
 from ftbench.plan.grid import CELL_FILES, Cell
+from ftbench.train.metrics import Patients
 
 KEYS = ("task", "model", "strategy", "regime", "fold")
 GROUP = ("task", "model", "strategy", "regime_group")
@@ -29,7 +30,10 @@ HEADLINE = (
     "ece",
     "mcc@0.5",
 )
-CELL_FACTS = ("threshold", "n_test", "positive_rate")
+# The headline metrics score one prediction per patient (ftbench.train.metrics.evaluate); the same metrics per image
+# are secondary columns.
+IMAGE_METRICS = tuple(f"image_{m}" for m in HEADLINE)
+CELL_FACTS = ("threshold", "n_test", "n_test_patients", "positive_rate")
 RUN_FIELDS = (
     "trainable_params",
     "total_params",
@@ -52,7 +56,7 @@ CELL_SCHEMA = {
     "status": pl.String,
     "error": pl.String,
     "family": pl.String,
-    **{k: pl.Float64 for k in HEADLINE + CELL_FACTS},
+    **{k: pl.Float64 for k in HEADLINE + IMAGE_METRICS + CELL_FACTS},
     "trainable_params": pl.Int64,
     "total_params": pl.Int64,
     "trainable_fraction": pl.Float64,
@@ -80,6 +84,9 @@ PREDICTION_COLUMNS = {
     "centre": pl.String,
     "prob": pl.Float64,
 }
+# Added to each test image's row: its patient's prediction in the cell (the mean of the patient's images'
+# probabilities, as the cell's headline metrics score it) and that prediction's 0/1 decision at the cell's threshold.
+PATIENT_COLUMNS = {"patient_prob": pl.Float64, "patient_pred": pl.Int8}
 
 
 def discover(roots: list[str | Path], grid: list[str] | None = None) -> list[Path]:
@@ -178,7 +185,7 @@ def read_cell(cell_dir: Path) -> tuple[dict, pl.DataFrame | None]:
     except (OSError, ValueError, pl.exceptions.PolarsError) as err:
         return row | {"status": "failed", "error": f"unreadable cell output: {err}", "family": "unknown"}, None
     row |= {"status": metrics.get("status", "failed"), "error": metrics.get("error"), "family": family(run)}
-    values = {k: ("metrics.json", metrics.get(k)) for k in HEADLINE + CELL_FACTS} | {
+    values = {k: ("metrics.json", metrics.get(k)) for k in HEADLINE + IMAGE_METRICS + CELL_FACTS} | {
         k: ("run.json", run.get(k)) for k in RUN_FIELDS
     }
     for key, (file, value) in values.items():  # a value of the wrong type is that cell's error, not the report's
@@ -190,8 +197,16 @@ def read_cell(cell_dir: Path) -> tuple[dict, pl.DataFrame | None]:
             }, None
     row |= {k: value for k, (_, value) in values.items()} | cell_choices(run)
     if preds is not None:
-        preds = preds.select([pl.col(c).cast(t) for c, t in PREDICTION_COLUMNS.items()]).with_columns(
-            pl.lit(row["cell"]).alias("cell"), (pl.col("prob") >= metrics["threshold"]).cast(pl.Int8).alias("pred")
+        preds = preds.select([pl.col(c).cast(t) for c, t in PREDICTION_COLUMNS.items()])
+        try:
+            patients = Patients.of(preds["patient_id"].to_numpy(), preds["label"].to_numpy())
+        except ValueError as err:  # the cell cannot be scored per patient: its error, not the report's
+            return row | {"status": "failed", "error": f"predictions.parquet: {err}"}, None
+        patient_prob = patients.probs(preds["prob"].to_numpy())[patients.index]
+        preds = preds.with_columns(
+            pl.lit(row["cell"]).alias("cell"),
+            pl.Series("patient_prob", patient_prob, dtype=pl.Float64),
+            pl.Series("patient_pred", patient_prob >= metrics["threshold"], dtype=pl.Int8),
         )
     return row, preds
 
@@ -206,7 +221,8 @@ def _regime_columns(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def collect(cell_dirs: list[str | Path]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """One row per cell (keys, status, metrics, cost) and one row per test image of every ok cell."""
+    """One row per cell (keys, status, metrics, cost) and one row per test image of every ok cell (with its
+    patient's prediction, ``PATIENT_COLUMNS``)."""
     rows, preds = [], []
     for cell_dir in map(Path, cell_dirs):
         row, pred = read_cell(cell_dir)
@@ -215,17 +231,28 @@ def collect(cell_dirs: list[str | Path]) -> tuple[pl.DataFrame, pl.DataFrame]:
             preds.append(pred)
     cells = _regime_columns(pl.DataFrame(rows, schema=CELL_SCHEMA, strict=False)).sort(list(KEYS))
     keys = cells.select("cell", *KEYS, "regime_group", "family")
-    pred_schema = {**PREDICTION_COLUMNS, "cell": pl.String, "pred": pl.Int8}
+    pred_schema = {**PREDICTION_COLUMNS, "cell": pl.String, **PATIENT_COLUMNS}
     predictions = pl.concat(preds) if preds else pl.DataFrame(schema=pred_schema)
     predictions = keys.join(predictions, on="cell", how="inner").sort([*KEYS, "image_id"])
     return cells, predictions
+
+
+def patient_predictions(predictions: pl.DataFrame) -> pl.DataFrame:
+    """One row per (cell, patient) of :func:`collect`'s per-image predictions: ``prob`` and ``pred`` are the
+    patient's prediction and decision, the ones the cell's headline metrics score."""
+    return (
+        predictions.unique(["cell", "patient_id"], keep="first", maintain_order=True)
+        .drop("image_id", "prob")
+        .rename({"patient_prob": "prob", "patient_pred": "pred"})
+    )
 
 
 def summarise(
     cells: pl.DataFrame, predictions: pl.DataFrame, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
 ) -> pl.DataFrame:
     """Per (task, model, strategy, regime group): mean and SD over folds (and few-shot repetitions) of every
-    metric, a patient-bootstrap CI of MCC and PR-AUC (``n_resamples`` 0: none), cost, and failed cells."""
+    metric (headline and image-level), a patient-bootstrap CI of MCC and PR-AUC on one prediction per patient
+    (``n_resamples`` 0: none), cost, and failed cells."""
     group = list(GROUP)
     ok = cells.filter(pl.col("status") == "ok")
     aggs = [
@@ -240,7 +267,7 @@ def summarise(
         pl.col("peak_memory_mb").max(),
         pl.col("device").unique().sort().str.join(",").alias("device"),
     ]
-    for m in HEADLINE:
+    for m in HEADLINE + IMAGE_METRICS:
         aggs += [pl.col(m).mean().alias(f"{m}_mean"), pl.col(m).std().alias(f"{m}_sd")]
     aggs += [
         pl.col("positive_rate").mean(),
@@ -265,8 +292,8 @@ def summarise(
     )
     ci_rows = []
     if n_resamples and predictions.height:
-        for key, rows in predictions.group_by(group):
-            ci = stats.bootstrap_ci(rows.sort("cell", "image_id"), n_resamples, seed, confidence)
+        for key, rows in patient_predictions(predictions).group_by(group):
+            ci = stats.bootstrap_ci(rows.sort("cell", "patient_id"), n_resamples, seed, confidence)
             ci_rows.append(
                 dict(zip(group, key)) | {f"{m}_ci_{end}": ci[m][i] for m in ci for i, end in enumerate(("low", "high"))}
             )

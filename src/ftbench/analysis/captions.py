@@ -13,13 +13,14 @@ CAPTIONS = {
     "with its 95% bootstrap CI. Darker is better. Chance level is the task's positive rate, "
     "not 0.5: compare with the class-imbalance view.",
     "roc_pr": "ROC (left) and precision-recall (right) curves of the three best model and strategy pairs by mean "
-    "MCC on full data, pooling the test predictions of all folds (each patient once). The legend gives "
+    "MCC on full data, pooling the test predictions of all folds, one per patient (the mean of its images' "
+    "probabilities, as the metrics score it). The legend gives "
     "the pooled AUC / average precision, which can differ slightly from the mean over folds. Up and to "
     "the left (ROC) and up and to the right (PR) is better; dotted lines are chance.",
     "calibration": "Calibration (reliability diagram) of the same three pairs: the observed rate of the positive "
     "class against the mean predicted probability, in ten equal-width bins of the pooled test "
-    "predictions (empty bins left out; the same bins as the cells' ECE), and below, how many "
-    "predictions fall in each bin. On the dotted diagonal a predicted risk is the observed one; "
+    "predictions, one per patient (empty bins left out; the same bins as the cells' ECE), and below, how "
+    "many patients fall in each bin. On the dotted diagonal a predicted risk is the observed one; "
     "above it the model under-estimates risk, below it over-estimates. The legend gives the pooled "
     "ECE and Brier score. Class-weighted training pulls probabilities towards balance on purpose, so "
     "read calibration beside discrimination, and recalibrate before using the probabilities as risks.",

@@ -21,7 +21,7 @@ import polars as pl  # noqa: E402
 import scikit_posthocs as sp  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
-from ftbench.analysis import stats  # noqa: E402
+from ftbench.analysis import aggregate, stats  # noqa: E402
 
 plt.rcParams.update(
     {
@@ -358,13 +358,16 @@ def best_pairs(
     predictions: pl.DataFrame, summary: pl.DataFrame, task: str, top: int = 3
 ) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
     """The ``top`` (model, strategy) pairs by mean MCC on full data, with their test labels and probabilities
-    pooled over folds; pairs whose pooled test parts hold one class only are left out."""
+    pooled over folds, one per patient and fold (``aggregate.patient_predictions``: what the headline metrics
+    score); pairs whose pooled test parts hold one class only are left out."""
     best = (
         summary.filter((pl.col("task") == task) & (pl.col("regime_group") == "full") & pl.col("mcc_mean").is_not_null())
         .sort("mcc_mean", descending=True)
         .head(top)
     )
-    preds = predictions.filter((pl.col("task") == task) & (pl.col("regime_group") == "full"))
+    preds = aggregate.patient_predictions(
+        predictions.filter((pl.col("task") == task) & (pl.col("regime_group") == "full"))
+    )
     out = []
     for model, strategy in best.select("model", "strategy").iter_rows():
         rows = preds.filter((pl.col("model") == model) & (pl.col("strategy") == strategy))
@@ -444,7 +447,7 @@ def calibration(
     curve.plot([0, 1], [0, 1], color="grey", lw=0.7, ls=":")
     curve.set(ylabel="observed positive rate", title="Calibration", xlim=(0, 1), ylim=(0, 1.02))
     curve.legend(loc="upper left", frameon=False, fontsize=7)
-    hist.set(xlabel="predicted probability of the positive class", ylabel="images")
+    hist.set(xlabel="predicted probability of the positive class", ylabel="patients")
     fig.tight_layout()
     return to_svg(fig)
 

@@ -298,6 +298,7 @@ def _key_results(res: Results) -> str:
         pl.format("{} · {}", pl.col("model"), pl.col("strategy")).get(1, null_on_oob=True).alias("runner-up"),
         (pl.col("mcc_mean").first() - pl.col("mcc_mean").get(1, null_on_oob=True)).alias("MCC lead"),
         pl.len().alias("combinations"),
+        pl.col("image_mcc_mean").first().alias("MCC per image"),
     )
     best = best.with_columns(pl.col("regime_group").alias("regime")).select(
         "task",
@@ -310,13 +311,15 @@ def _key_results(res: Results) -> str:
         "runner-up",
         "MCC lead",
         "combinations",
+        "MCC per image",
     )
     order = {r: i for i, r in enumerate(plots.regime_order(best["regime"].to_list()))}
     best = best.sort(pl.col("task"), pl.col("regime").replace_strict(order, return_dtype=pl.Int64))
     return (
         "<h3>Best per task and regime</h3><p class='small muted'>Ranked by mean MCC; the CI is a 95% patient "
-        "bootstrap of that mean. A lead smaller than the CI width is not a win: see the tests below.</p>"
-        + table_html(best, {"MCC [95% CI]": "_mcc", "PR-AUC [95% CI]": "_pr"})
+        "bootstrap of that mean. A lead smaller than the CI width is not a win: see the tests below. Every metric "
+        "scores one prediction per patient (the mean of its images' probabilities); 'MCC per image' counts each "
+        "image instead, for comparison only.</p>" + table_html(best, {"MCC [95% CI]": "_mcc", "PR-AUC [95% CI]": "_pr"})
     )
 
 
@@ -585,13 +588,17 @@ def _count_table(title: str, counts: dict, classes: bool = False) -> str:
 METHODS = """
 <ul class="small">
 <li><b>Cells.</b> One cell = one (task, model, strategy, regime, fold). Metrics are computed on the fold's test
-patients; threshold-based ones (MCC, sensitivity, ...) at the threshold that maximised MCC on the fold's validation
-part. Few-shot regimes <code>k{K}</code> pool the repetitions of K-shot draws.</li>
+patients, <b>one prediction per patient</b> (the mean of its images' probabilities), so a patient with many images
+counts once; threshold-based ones (MCC, sensitivity, ...) at the threshold that maximised MCC on one prediction per
+patient of the fold's validation part, where early stopping and candidate settings also score one per patient.
+Metrics per image are kept as secondary columns (<code>image_*</code>). Few-shot regimes <code>k{K}</code> pool
+the repetitions of K-shot draws.</li>
 <li><b>Mean ± SD</b> are over the folds (and few-shot repetitions) of a (task, model, strategy, regime).</li>
 <li><b>95% CIs</b> are percentile bootstraps (scipy.stats.bootstrap, {resamples} resamples) of that mean, drawing
-patients with replacement within each class, so that all images of a patient move together and the class balance
-stays; models and thresholds stay fixed, so the CI describes test-sample uncertainty, not training variability
-(that is the SD). A fold that a resample leaves without one class is left out of that resample's mean.</li>
+patients with replacement within each class (each drawn patient brings its one prediction per fold that tests it)
+so that the class balance stays; models and thresholds stay fixed, so the CI describes test-sample uncertainty,
+not training variability (that is the SD). A fold that a resample leaves without one class is left out of that
+resample's mean.</li>
 <li><b>Across tasks</b> the unit is the <b>task</b>: folds of a task share most of their training patients and
 models of a family see the same data, so neither is an independent data set (Demšar 2006). Per model family,
 regime and metric, a task gives one block: each strategy's metric averaged over the family's models, folds and
@@ -740,7 +747,8 @@ def build(res: Results, figs: list[Figure]) -> str:
         p += ["<h2 id='imbalance'>Class imbalance</h2>", *map(figure_html, by_kind["imbalance"])]
     p.append(
         "<h2 id='table'>All results</h2><p class='small muted'>One row per (task, model, strategy, regime): "
-        "mean [95% CI] for MCC and PR-AUC, mean ± SD otherwise. Click a header to sort.</p>"
+        "mean [95% CI] for MCC and PR-AUC, mean ± SD otherwise, each on one prediction per patient; the image "
+        "columns (means) count every image instead, for comparison only. Click a header to sort.</p>"
     )
     if res.summary.height:
         p.append(table_html(_results_table(res.summary), {"mcc": "_mcc", "pr_auc": "_pr"}))
@@ -791,6 +799,7 @@ def _results_table(summary: pl.DataFrame) -> pl.DataFrame:
         pl.col("pr_auc_mean").alias("_pr"),
     ]
     cols += [pl.col(f"{m}_text").alias(m) for m in METRIC_COLUMNS[2:]]
+    cols += [pl.col(f"image_{m}_mean").alias(f"image_{m}") for m in ("mcc", "pr_auc")]
     cols += [pl.col("trainable_params"), pl.col("compute_hours"), pl.col("peak_memory_mb")]
     return with_text(summary).select(cols)
 

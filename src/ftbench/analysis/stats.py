@@ -81,11 +81,13 @@ def bootstrap_ci(
 
     ``rows``: the test predictions of the cells of one (task, model, strategy, regime group), with columns
     ``cell`` (which fold / repetition), ``patient_id``, ``label``, ``prob`` and ``pred`` (0/1 at the cell's
-    threshold). A resample draws patients with replacement, positive and negative patients separately so that
-    every resample keeps the class balance (scipy.stats.bootstrap with one sample per class); every image of a
-    drawn patient comes along, in every cell where the patient is tested, so the CI respects that images of
-    one patient are not independent. The statistic is the one the summary reports: the metric per cell,
-    averaged over cells (a cell left without one class by a resample is undefined and left out of the mean).
+    threshold); the summary gives one row per patient and cell (``aggregate.patient_predictions``), as the
+    headline metrics are scored. A resample draws patients with replacement, positive and negative patients
+    separately so that every resample keeps the class balance (scipy.stats.bootstrap with one sample per class);
+    every row of a drawn patient comes along (several images, if given per image), in every cell where the
+    patient is tested, so the CI respects that a patient is the unit. The statistic is the one the summary
+    reports: the metric per cell, averaged over cells (a cell left without one class by a resample is undefined
+    and left out of the mean).
     NaN bounds when the data cannot give a CI (one class only, or resamples with no cell defined).
     """
     patients, codes = np.unique(rows["patient_id"].to_numpy(), return_inverse=True)

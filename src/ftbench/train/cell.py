@@ -19,7 +19,7 @@ from ftbench.models import inputs, strategies, strategy_kinds
 from ftbench.models.assembly import build_model, frozen_backbone, model_entry
 from ftbench.train import metrics, probes
 from ftbench.train.device import device_name, library_versions, peak_memory_mb, pick_device, seed_everything
-from ftbench.train.loop import Checkpoint, Diverged, Part, class_weights, fit, predict, weighted_loss
+from ftbench.train.loop import Checkpoint, Diverged, Part, fit, predict, validation_loss
 
 log = logging.getLogger("ftbench.train")
 
@@ -105,15 +105,13 @@ def train_candidate(
 
 def fit_candidate(settings: dict, parts: dict[str, Part]) -> dict:
     """Fit one candidate probe (``ftbench.train.probes``) on cached features: the same record as
-    :func:`train_candidate`, its validation loss the class-weighted cross-entropy early stopping follows."""
+    :func:`train_candidate`, its validation loss the one early stopping follows (``loop.validation_loss``)."""
     _, backbone_params, gflops = frozen_backbone(model_entry(settings["model"]))
     (x, y), seed = (parts["train"].x.numpy(), parts["train"].y.numpy()), settings["training"]["seed"] + settings["fold"]
     probe = probes.PROBES[settings["strategy"]["kind"]](settings["strategy"], len(y), seed).fit(x, y)
     probs = {part: probe.predict_proba(parts[part].x.numpy())[:, 1] for part in ("val", "test") if part in parts}
     learned = probes.parameters(probe)
-    val_loss = (
-        weighted_loss(probs["val"], parts["val"].y.numpy(), class_weights(parts["train"].y)) if "val" in probs else None
-    )
+    val_loss = validation_loss(probs["val"], parts["val"], parts["train"]) if "val" in probs else None
     return {
         "trainable": learned,
         "total": learned + backbone_params,
@@ -259,14 +257,17 @@ def write_cell(
     embeddings: str | None,
     started: float,
 ) -> dict:
-    """Score the test predictions at the validation-chosen threshold (0.5 without a validation part) and write
-    the cell's three files."""
+    """Score the test predictions, one per patient (``metrics.evaluate``), at the threshold that maximised MCC on
+    one prediction per validation patient (0.5 without a validation part), and write the cell's three files."""
     history = outcome["history"]
     status, error = ("failed", outcome["error"]) if "error" in outcome else ("ok", None)
     if status == "ok":
         probs = outcome["test"]
-        threshold = metrics.best_threshold(parts["val"].y.numpy(), outcome["val"]) if "val" in parts else 0.5
-        result = metrics.compute(parts["test"].y.numpy(), probs, threshold)
+        val = parts.get("val")
+        threshold = (
+            metrics.best_threshold(val.patients.labels, val.patients.probs(outcome["val"])) if val is not None else 0.5
+        )
+        result = metrics.evaluate(parts["test"].patients, probs, threshold)
     else:
         probs, result = np.full(len(parts["test"].y), np.nan), {}
     out.mkdir(parents=True, exist_ok=True)

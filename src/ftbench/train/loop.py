@@ -1,5 +1,6 @@
 """The training loop of a cell: epochs of AdamW steps, a check on validation after each, early stopping on the
-validation loss (best epoch restored), checkpoints at epoch ends and stop signals (Slurm's warning, preemption).
+validation loss (one prediction per validation patient; best epoch restored), checkpoints at epoch ends and stop
+signals (Slurm's warning, preemption).
 
 Class-weighted cross-entropy. On CPU the loop is a pure function of its inputs and generators: the same cell,
 interrupted and resumed or not, gives bit-identical weights.
@@ -8,6 +9,7 @@ interrupted and resumed or not, gives bit-identical weights.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import signal
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from ftbench.errors import Preempted
 from ftbench.files import write_atomic
 from ftbench.models import inputs, strategies
-from ftbench.train import schedules
+from ftbench.train import metrics, schedules
 from ftbench.train.device import autocast
 from ftbench.train.stop_signals import StopRecorder
 
@@ -41,6 +43,11 @@ class Part:
     x: torch.Tensor
     y: torch.Tensor
     frame: pl.DataFrame
+
+    @functools.cached_property
+    def patients(self) -> metrics.Patients:
+        """The patient of each image (the frame's ``patient_id``): validation and test are scored per patient."""
+        return metrics.Patients.of(self.frame["patient_id"].to_numpy(), self.y.numpy())
 
 
 def class_weights(y: torch.Tensor) -> torch.Tensor:
@@ -61,10 +68,15 @@ def predict(model: torch.nn.Module, part: Part, prep: inputs.Preprocess, batch_s
     return torch.cat(probs).numpy().astype(np.float64)
 
 
-def weighted_loss(probs: np.ndarray, y: np.ndarray, weights: torch.Tensor) -> float:
-    """Class-weighted cross-entropy of positive-class probabilities: what early stopping follows."""
-    logp = torch.log(torch.from_numpy(np.stack([1 - probs, probs], 1)).clamp_min(1e-12)).float()
-    return float(F.cross_entropy(logp, torch.from_numpy(y), weight=weights.cpu()))
+def validation_loss(probs: np.ndarray, val: Part, train: Part) -> float:
+    """What early stopping and the choice among candidate settings follow: the class-weighted cross-entropy of one
+    prediction per validation patient (the mean of its images' probabilities ``probs``, as the cell is scored),
+    classes weighted by their inverse frequency among the training patients, so a patient with many images counts
+    once."""
+    patient_probs = val.patients.probs(probs)
+    logp = torch.log(torch.from_numpy(np.stack([1 - patient_probs, patient_probs], 1)).clamp_min(1e-12)).float()
+    weights = class_weights(torch.from_numpy(train.patients.labels))
+    return float(F.cross_entropy(logp, torch.from_numpy(val.patients.labels).long(), weight=weights))
 
 
 @torch.no_grad()
@@ -192,7 +204,7 @@ def fit(
                 augment=not frozen,
             )
             trained = time.perf_counter() - started  # the optimisation steps; the rest checks the model
-            val_loss, val_probs = _check(net, epoch_parts, epoch_prep, training["batch_size"], weights, progress.epoch)
+            val_loss, val_probs = _check(net, epoch_parts, epoch_prep, training["batch_size"], progress.epoch)
             progress.history.append(
                 {
                     "epoch": progress.epoch,
@@ -299,16 +311,14 @@ def _train_epoch(
     return total / len(order)
 
 
-def _check(
-    net, parts: dict[str, Part], prep, batch_size: int, weights: torch.Tensor, epoch: int
-) -> tuple[float | None, np.ndarray | None]:
-    """The validation loss and probabilities after an epoch (None without a validation part), BatchNorm
-    statistics re-estimated first."""
+def _check(net, parts: dict[str, Part], prep, batch_size: int, epoch: int) -> tuple[float | None, np.ndarray | None]:
+    """The validation loss (:func:`validation_loss`) and the images' probabilities after an epoch (None without a
+    validation part), BatchNorm statistics re-estimated first."""
     recalibrate_batchnorm(net, parts["train"], prep, batch_size)
     if "val" not in parts:
         return None, None
     probs = predict(net, parts["val"], prep, batch_size)
-    val_loss = weighted_loss(probs, parts["val"].y.numpy(), weights)
+    val_loss = validation_loss(probs, parts["val"], parts["train"])
     if not math.isfinite(val_loss):
         raise Diverged(f"epoch {epoch}: validation loss is {val_loss}")
     return val_loss, probs

@@ -1,13 +1,47 @@
-"""Per-cell classification metrics (scikit-learn), and the validation-chosen decision threshold."""
+"""Per-cell classification metrics (scikit-learn), the validation-chosen decision threshold, and the one prediction
+per patient that both are computed on."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn import metrics as skm
 
 THRESHOLD_METRICS = ("mcc", "balanced_accuracy", "f1", "sensitivity", "specificity")
+
+
+@dataclass(frozen=True)
+class Patients:
+    """The patients of a part's images, to score one prediction per patient: a patient with 20 images (a long ICU
+    stay) would otherwise count 20 times. A patient's prediction is the mean of its images' probabilities
+    (docs/methods.md says why); with one image per patient it is that image's probability, bit for bit.
+
+    ``ids``: the patients, sorted; ``index``: each image's patient (a position in ``ids``); ``labels``: each
+    patient's label.
+    """
+
+    ids: np.ndarray
+    index: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def of(cls, patient_ids, labels) -> Patients:
+        """The patients of images given their patient ids and labels; an error if a patient has both labels."""
+        ids, index = np.unique(np.asarray(patient_ids), return_inverse=True)
+        image_labels = np.asarray(labels, dtype=int)
+        per_patient = np.zeros(len(ids), dtype=int)
+        per_patient[index] = image_labels
+        mixed = ids[np.unique(index[per_patient[index] != image_labels])]
+        if len(mixed):
+            raise ValueError(f"patient(s) {mixed[:10].tolist()} have images with both labels: no patient-level label")
+        return cls(ids, index, per_patient)
+
+    def probs(self, image_probs: np.ndarray) -> np.ndarray:
+        """Each patient's probability: the mean of its images' (in image order, so it is reproducible)."""
+        counts = np.bincount(self.index, minlength=len(self.ids))
+        return np.bincount(self.index, weights=np.asarray(image_probs, dtype=float), minlength=len(self.ids)) / counts
 
 
 def best_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -65,7 +99,7 @@ def _thresholded(labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
 
 
 def compute(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float]:
-    """All metrics of one cell's test predictions; threshold-based ones at ``threshold`` and at 0.5."""
+    """All metrics of one set of predictions; threshold-based ones at ``threshold`` and at 0.5."""
     labels, probs = np.asarray(labels, dtype=int), np.asarray(probs, dtype=float)
     both = len(np.unique(labels)) > 1
     out = {
@@ -80,3 +114,16 @@ def compute(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str
     out.update(_thresholded(labels, (probs >= threshold).astype(int)))
     out.update({f"{k}@0.5": v for k, v in _thresholded(labels, (probs >= 0.5).astype(int)).items()})
     return out
+
+
+def evaluate(patients: Patients, probs: np.ndarray, threshold: float) -> dict[str, float]:
+    """A cell's metrics of its test images' probabilities ``probs``: the headline ones on one prediction per
+    patient, the same metrics per image as secondary ``image_<metric>`` keys; ``n_test`` counts images (what the
+    cell's cost depends on), ``n_test_patients`` patients."""
+    headline = compute(patients.labels, patients.probs(probs), threshold)
+    per_image = compute(patients.labels[patients.index], probs, threshold)
+    return (
+        headline
+        | {"n_test": per_image["n_test"], "n_test_patients": headline["n_test"]}
+        | {f"image_{k}": v for k, v in per_image.items() if k not in ("threshold", "n_test")}
+    )
