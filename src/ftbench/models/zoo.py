@@ -431,6 +431,13 @@ def open_clip_pretrained() -> dict:
 def _open_clip_entry(arch: str) -> ZooEntry:
     """The entry of ``open_clip:<model>[/<pretrained tag>]``: the architecture from open_clip's model config, the
     input statistics and weight source from its pretrained table (both read without importing torch)."""
+    if arch.startswith(f"{OPEN_CLIP}hf-hub:"):
+        raise KeyError(
+            f"architecture '{arch}': a hub-only open_clip checkpoint has its architecture and preprocessing only in "
+            "the hub's open_clip_config.json, which planning (offline, before the weights stage) cannot read; download "
+            "its weight file, give it as models.<name>.weights and its architecture as arch: open_clip:<model> "
+            "(docs/models.md)"
+        )
     model, _, tag = arch.removeprefix(OPEN_CLIP).partition("/")
     folder = _open_clip_dir()
     if folder is None:
