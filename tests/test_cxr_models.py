@@ -115,6 +115,7 @@ def xrv_model(name: str):
     return make
 
 
+@pytest.mark.slow  # ~20 s each: the full-size published files (28 and 94 MB) through the weights stage
 @pytest.mark.parametrize("name", ["xrv_densenet121", "xrv_resnet50"])
 def test_xrv_checkpoint_loads_offline_with_torchxrayvisions_own_features(name, hub, monkeypatch, tmp_path):
     hub.tmp = tmp_path

@@ -363,7 +363,7 @@ KINDS: dict[str, Kind] = {
             None
             if e.layout == "timm_vit"
             else "prompts are extra tokens of a timm ViT's sequence: a CNN has none, a Swin attends in windows, and the "
-            "transformers towers have no hook for them here"
+            "transformers and open_clip towers have no hook for them here"
         ),
         limit_text="timm ViTs: prompts extend their token sequence",
     ),
