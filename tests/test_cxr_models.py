@@ -190,3 +190,13 @@ def test_every_applicable_adapter_reaches_the_convolutions_of_the_first_and_last
     blocks = [b for b in ("model.features.denseblock1", "model.features.denseblock4", "model.layer1", "model.layer4")]
     reached = [b for b in blocks if any(name.startswith(b + ".") for name in adapted)]
     assert len(reached) == 2 and all(re.search(r"conv\d*$", name) for name in adapted), sorted(adapted)[:4]
+
+
+@pytest.mark.parametrize("key", ["xrv_densenet121", "xrv_resnet50"])
+def test_xrv_backbones_hold_each_weight_once(key):
+    """The one-channel wrapper keeps the model as its only submodule: no tensor twice in a state dict or a cache."""
+    with torch.device("meta"):
+        model = backbones.build(resolve(key))
+    state = model.state_dict()
+    assert all(k.startswith(("backbone.model.", "head.")) for k in state), [k for k in state][:3]
+    assert len(state) == len({id(t) for t in state.values()})

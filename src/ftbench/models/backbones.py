@@ -101,14 +101,15 @@ class Tower(nn.Module):
         super().__init__()
         self.model = model
         self.num_features = num_features
-        self.read = read or model
+        self.read = read  # a method of `model`, never a module (that would be registered twice)
         self.channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.read(x[:, : self.channels])
+        x = x[:, : self.channels]
+        return self.model(x) if self.read is None else self.read(x)
 
 
-def _xrv_densenet(entry: ZooEntry) -> tuple[nn.Module, Callable]:
+def _xrv_densenet(entry: ZooEntry) -> tuple[nn.Module, Callable | None]:
     import torchxrayvision as xrv
 
     model = xrv.models.DenseNet(weights=None)  # weights=None: no download, no resizing to its training size
@@ -116,7 +117,7 @@ def _xrv_densenet(entry: ZooEntry) -> tuple[nn.Module, Callable]:
     return model, model.features2  # ReLU and global average pool of the last dense block
 
 
-def _xrv_resnet(entry: ZooEntry) -> tuple[nn.Module, Callable]:
+def _xrv_resnet(entry: ZooEntry) -> tuple[nn.Module, Callable | None]:
     """torchxrayvision's ResNet-50 as its class builds it (torchvision's with a one-channel stem); the class
     itself downloads its weights when built, so it is not called."""
     import torchvision
@@ -124,10 +125,10 @@ def _xrv_resnet(entry: ZooEntry) -> tuple[nn.Module, Callable]:
     model = torchvision.models.resnet50(weights=None)
     model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     model.fc = nn.Identity()
-    return model, model
+    return model, None  # its forward: the global average pool of layer4
 
 
-XRV_MODELS: dict[str, Callable[[ZooEntry], tuple[nn.Module, Callable]]] = {
+XRV_MODELS: dict[str, Callable[[ZooEntry], tuple[nn.Module, Callable | None]]] = {
     "densenet121": _xrv_densenet,
     "resnet50": _xrv_resnet,
 }

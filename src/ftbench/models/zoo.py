@@ -414,17 +414,18 @@ def open_clip_pretrained() -> dict:
         return {}
     package = types.ModuleType("_ftbench_open_clip")
     package.__path__ = [str(folder)]
-    names = ("_ftbench_open_clip", "safetensors.torch")
-    saved = {name: sys.modules[name] for name in names if name in sys.modules}
+    saved = sys.modules.get("safetensors.torch")
     sys.modules.update({"_ftbench_open_clip": package, "safetensors.torch": None})  # None: that import fails
     try:
         spec = importlib.util.spec_from_file_location("_ftbench_open_clip.pretrained", folder / "pretrained.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-    finally:
-        for name in names:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
+    finally:  # leave no trace: the stand-in package, its submodules, and safetensors as it was
+        for name in [name for name in sys.modules if name.partition(".")[0] == "_ftbench_open_clip"]:
+            del sys.modules[name]
+        del sys.modules["safetensors.torch"]
+        if saved is not None:
+            sys.modules["safetensors.torch"] = saved
     return module._PRETRAINED
 
 
