@@ -189,7 +189,7 @@ def test_transformers_outside_the_tested_releases_fails_at_planning_naming_them(
     assert zoo.transformers_problem(ZOO["rad_dino"]) is None
 
 
-def test_pyproject_pins_transformers_to_the_zoos_tested_releases():
+def test_pyproject_and_the_rules_env_pin_transformers_to_the_zoos_tested_releases():
     import tomllib
 
     from conftest import ROOT
@@ -197,3 +197,4 @@ def test_pyproject_pins_transformers_to_the_zoos_tested_releases():
     first, untested = zoo.TRANSFORMERS_VERSIONS
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert f"transformers>={first},<{untested}" in deps
+    assert f"- transformers>={first},<{untested}" in (ROOT / "envs" / "ftbench.yaml").read_text()  # the rules' env
