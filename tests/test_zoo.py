@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from ftbench.models import backbones, inputs, strategies, strategy_kinds, weights
+from ftbench.models import backbones, inputs, strategies, strategy_kinds, weights, zoo
 from ftbench.models.zoo import ZOO, resolve
 
 PROTOCOL = {
@@ -22,6 +22,7 @@ PROTOCOL = {
     "medclip_resnet50",
     "medclip_vit",
 }
+CXR = {"rad_dino", "xrv_densenet121", "xrv_resnet50"}  # foundation models pretrained on chest X-rays
 
 # Backbone parameters (millions, classifier excluded) and forward GFLOPs per 224-px image (2 per multiply-add,
 # attention included): the published architectures, e.g. ResNet-50 4.1 GMACs, ViT-B/16 17.6, Swin-T 4.5, ViT-B/32 4.4.
@@ -38,18 +39,24 @@ PUBLISHED = {
     "pubmedclip": (87.46, 8.82),
     "medclip_resnet50": (23.51, 8.17),
     "medclip_vit": (27.52, 8.98),
+    # RAD-DINO is DINOv2 ViT-B/14 (+ its unused mask token); torchxrayvision's stems take one channel, not three
+    "rad_dino": (85.73, 46.32),
+    "xrv_densenet121": (6.95, 5.51),
+    "xrv_resnet50": (23.50, 8.02),
 }
 # Built for real on CPU and run at a small input size: one per loader and kind (all are checked on meta above)
 SMALL = {"resnet18": 64, "dinov2_vits14": 56, "pubmedclip": 64, "medclip_resnet50": 64}
 
 
 def test_registry_has_the_protocol_models_and_states_everything():
-    assert PROTOCOL <= set(ZOO)
+    assert PROTOCOL | CXR <= set(ZOO)
     for key, entry in ZOO.items():
         assert entry.loader in backbones.LOADERS, key
         assert entry.source.partition(":")[0] in weights.SOURCES, key
         assert entry.license != "see source" and entry.features and entry.blocks and entry.targets, key
-        assert entry.pool in ("token", "avg") and entry.grayscale == "replicate", key
+        assert entry.pool in ("token", "avg") and entry.grayscale == (
+            "single" if key.startswith("xrv") else "replicate"
+        ), key
         assert len(entry.mean) == len(entry.std) == 3 and entry.family in ("cnn", "fm-general", "fm-biomedical"), key
 
 
@@ -117,7 +124,13 @@ def test_any_timm_name_builds_with_generic_blocks_and_targets():
 
 
 # the attention projections of each layout (query, key, value; fused in timm)
-ATTENTION = {"timm_vit": r"attn\.qkv", "hf_clip": r"self_attn\.[qkv]_proj", "hf_swin": r"attention\.[qkv]_proj"}
+ATTENTION = {
+    "timm_vit": r"attn\.qkv",
+    "hf_clip": r"self_attn\.[qkv]_proj",
+    "hf_swin": r"attention\.[qkv]_proj",
+    "hf_dinov2": r"attention\.[qkv]_proj",
+    "open_clip_vit": r"attn\.[qkv]_proj",
+}
 VITS = sorted(key for key, entry in ZOO.items() if entry.kind == "vit")
 ADAPTERS = sorted(k for k, kind in strategy_kinds.KINDS.items() if "target_modules" in kind.settings and k != "ssf")
 
@@ -155,3 +168,33 @@ def test_ia3_rescales_keys_values_and_the_mlp_activation_only(key):
         {"self_attn.k_proj", "self_attn.v_proj", "mlp.fc2"},
         {"attention.k_proj", "attention.v_proj", "mlp.fc2"},
     ), roles
+
+
+def test_transformers_outside_the_tested_releases_fails_at_planning_naming_them(raw_config, monkeypatch):
+    """transformers 5.0 nests CLIPVisionModel's `vision_model` (and 5.0-5.17 keep the old Swin / Dinov2 names): the
+    config check refuses such a release for a transformers-built model, saying which releases work."""
+    import importlib.metadata
+
+    from ftbench.plan import config as config_mod
+
+    first, untested = zoo.TRANSFORMERS_VERSIONS
+    raw_config["benchmark"]["models"] = ["clip_vitl14"]
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "5.0.0" if name == "transformers" else real(name))
+    with pytest.raises(config_mod.ConfigError, match=rf"models\.clip_vitl14\.arch.*5\.0\.0.*>={first},<{untested}"):
+        config_mod.validate(raw_config)
+    raw_config["benchmark"]["models"] = ["resnet18"]  # not built by transformers: any release will do
+    config_mod.validate(raw_config)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: first if name == "transformers" else real(name))
+    assert zoo.transformers_problem(ZOO["rad_dino"]) is None
+
+
+def test_pyproject_and_the_rules_env_pin_transformers_to_the_zoos_tested_releases():
+    import tomllib
+
+    from conftest import ROOT
+
+    first, untested = zoo.TRANSFORMERS_VERSIONS
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"transformers>={first},<{untested}" in deps
+    assert f"- transformers>={first},<{untested}" in (ROOT / "envs" / "ftbench.yaml").read_text()  # the rules' env

@@ -47,9 +47,10 @@ def fit_position_embedding(module: nn.Module, state: State, key: str) -> State:
     saved, wanted = state.get(key), module.state_dict().get(key)
     if saved is None or wanted is None or saved.shape == wanted.shape:
         return state
-    old, new = (round((len(t) - 1) ** 0.5) for t in (saved, wanted))
+    old, new = (round((t.shape[-2] - 1) ** 0.5) for t in (saved, wanted))  # (tokens, width) or (1, tokens, width)
     log.info("position embedding %s resampled from a %dx%d to a %dx%d patch grid", key, old, old, new, new)
-    return state | {key: resample_abs_pos_embed(saved[None], [new, new], [old, old], num_prefix_tokens=1)[0]}
+    grid = resample_abs_pos_embed(saved.reshape(1, *saved.shape[-2:]), [new, new], [old, old], num_prefix_tokens=1)
+    return state | {key: grid.reshape(wanted.shape)}
 
 
 def _timm(entry: ZooEntry, state: State | None) -> nn.Module:
@@ -86,9 +87,100 @@ def _transformers(entry: ZooEntry, state: State | None) -> nn.Module:
     model_class = getattr(transformers, entry.name)
     config = model_class.config_class(**entry.options.get("config", {}), image_size=entry.img_size)
     model = model_class(config)
-    if state is not None:  # a CLIP tower's absolute position embedding (a Swin has none)
-        load_strict(model, fit_position_embedding(model, state, "embeddings.position_embedding.weight"))
+    if state is not None:  # a CLIP or Dinov2 tower's absolute position embedding (a Swin has none)
+        key = entry.options.get("position_embedding", "embeddings.position_embedding.weight")
+        load_strict(model, fit_position_embedding(model, state, key))
     return Pooled(model)
+
+
+class Tower(nn.Module):
+    """A feature extractor ``model`` read through ``read`` (default: its forward), ``num_features`` wide; with
+    ``channels=1`` it reads the first channel of the (replicated, identical) three: a one-channel model."""
+
+    def __init__(self, model: nn.Module, num_features: int, read: Callable | None = None, channels: int = 3):
+        super().__init__()
+        self.model = model
+        self.num_features = num_features
+        self.read = read  # a method of `model`, never a module (that would be registered twice)
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, : self.channels]
+        return self.model(x) if self.read is None else self.read(x)
+
+
+def _xrv_densenet(entry: ZooEntry) -> tuple[nn.Module, Callable | None]:
+    import torchxrayvision as xrv
+
+    model = xrv.models.DenseNet(weights=None)  # weights=None: no download, no resizing to its training size
+    model.classifier = nn.Identity()
+    return model, model.features2  # ReLU and global average pool of the last dense block
+
+
+def _xrv_resnet(entry: ZooEntry) -> tuple[nn.Module, Callable | None]:
+    """torchxrayvision's ResNet-50 as its class builds it (torchvision's with a one-channel stem); the class
+    itself downloads its weights when built, so it is not called."""
+    import torchvision
+
+    model = torchvision.models.resnet50(weights=None)
+    model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    model.fc = nn.Identity()
+    return model, None  # its forward: the global average pool of layer4
+
+
+XRV_MODELS: dict[str, Callable[[ZooEntry], tuple[nn.Module, Callable | None]]] = {
+    "densenet121": _xrv_densenet,
+    "resnet50": _xrv_resnet,
+}
+
+
+def _torchxrayvision(entry: ZooEntry, state: State | None) -> nn.Module:
+    """A torchxrayvision classifier without its pathology logits, fed one channel."""
+    model, read = XRV_MODELS[entry.name](entry)
+    if state is not None:
+        load_strict(model, state)
+    return Tower(model, entry.features, read, channels=1)
+
+
+# open_clip vision tower class -> (its feature width, how to make it output the feature before the projection)
+def _open_clip_vit(visual: nn.Module) -> int:
+    visual.proj = None  # pooled CLS (or mean) token after ln_post, before the contrastive projection
+    return visual.transformer.width
+
+
+def _open_clip_timm(visual: nn.Module) -> int:
+    visual.head = nn.Identity()  # the trunk's pooled feature, before the projection head
+    return visual.trunk.num_features
+
+
+OPEN_CLIP_TOWERS: dict[str, Callable[[nn.Module], int]] = {
+    "VisionTransformer": _open_clip_vit,
+    "TimmModel": _open_clip_timm,
+    "ModifiedResNet": lambda visual: visual.output_dim,  # its attention pool is its pooling
+}
+
+
+def _open_clip(entry: ZooEntry, state: State | None) -> nn.Module:
+    """The vision tower of an open_clip model (its text tower is never built), its nn.MultiheadAttention split
+    into Linear q/k/v/out projections (:func:`ftbench.models.tuners.split_attention`) after loading."""
+    import open_clip
+    from open_clip.model import _build_vision_tower
+
+    from ftbench.models import tuners
+
+    config = open_clip.get_model_config(entry.name)
+    vision = dict(config["vision_cfg"], image_size=entry.img_size)
+    visual = _build_vision_tower(config["embed_dim"], vision, quick_gelu=entry.options.get("quick_gelu", False))
+    if state is not None:
+        for key in ("positional_embedding", "trunk.pos_embed"):  # open_clip's own ViT, a timm trunk
+            state = fit_position_embedding(visual, state, key)
+        load_strict(visual, state)
+    kind = type(visual).__name__
+    if kind not in OPEN_CLIP_TOWERS:
+        raise ValueError(f"open_clip model '{entry.name}': its {kind} vision tower is not one ftbench reads")
+    width = OPEN_CLIP_TOWERS[kind](visual)
+    tuners.split_attention(visual)
+    return Tower(visual, width)
 
 
 def _torchvision(entry: ZooEntry, state: State | None) -> nn.Module:
@@ -110,6 +202,8 @@ LOADERS: dict[str, Callable[[ZooEntry, State | None], nn.Module]] = {
     "timm": _timm,
     "transformers": _transformers,
     "torchvision": _torchvision,
+    "torchxrayvision": _torchxrayvision,
+    "open_clip": _open_clip,
 }
 
 

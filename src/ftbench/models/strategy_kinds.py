@@ -136,7 +136,11 @@ IA3_TARGETS = {
     "timm_swin": [r".*blocks\.\d+\.attn\.qkv\.[kv]", r".*blocks\.\d+\.mlp\.fc2"],
     "hf_clip": [r"model\.encoder\.layers\.\d+\.(?:self_attn\.[kv]_proj|mlp\.fc2)"],
     "hf_swin": [r"model\.encoder\.layers\.\d+\.blocks\.\d+\.(?:attention\.[kv]_proj|mlp\.fc2)"],
+    "hf_dinov2": [r"model\.encoder\.layer\.\d+\.(?:attention\.[kv]_proj|mlp\.fc2)"],
+    "open_clip_vit": [r"model\.transformer\.resblocks\.\d+\.(?:attn\.[kv]_proj|mlp\.c_proj)"],
 }
+# the MLP's second linear, where a layout does not call it fc2
+IA3_FEEDFORWARD = {"open_clip_vit": [r".*\.mlp\.c_proj"]}
 
 
 def _ia3_targets(resolved: dict, entry: ZooEntry, training: dict) -> list[str]:
@@ -144,7 +148,7 @@ def _ia3_targets(resolved: dict, entry: ZooEntry, training: dict) -> list[str]:
 
 
 def _ia3_feedforward(resolved: dict, entry: ZooEntry, training: dict) -> list[str]:
-    return resolved["target_modules"] if entry.kind == "cnn" else [r".*\.mlp\.fc2"]
+    return resolved["target_modules"] if entry.kind == "cnn" else IA3_FEEDFORWARD.get(entry.layout, [r".*\.mlp\.fc2"])
 
 
 def _linear_only(entry: ZooEntry) -> str | None:
@@ -359,7 +363,7 @@ KINDS: dict[str, Kind] = {
             None
             if e.layout == "timm_vit"
             else "prompts are extra tokens of a timm ViT's sequence: a CNN has none, a Swin attends in windows, and the "
-            "transformers towers have no hook for them here"
+            "transformers and open_clip towers have no hook for them here"
         ),
         limit_text="timm ViTs: prompts extend their token sequence",
     ),

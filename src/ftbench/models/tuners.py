@@ -1,6 +1,7 @@
-"""Hand-written tuners that peft does not offer for vision backbones: SSF and VPT.
+"""Hand-written tuners that peft does not offer for vision backbones (SSF and VPT), and the splits of fused
+attention projections into Linear modules that adapters can target.
 
-Both add parameters to existing modules (``<module>.ssf_scale``, ``blocks.N.vpt_prompts``) and act
+SSF and VPT add parameters to existing modules (``<module>.ssf_scale``, ``blocks.N.vpt_prompts``) and act
 through forward hooks, so the backbone's own parameter names and state dict keys stay unchanged.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # Modules whose output has its channels on dim 1 (N, C, H, W); all others have them on the last dim.
@@ -114,4 +116,67 @@ def split_qkv(backbone: nn.Module) -> list[str]:
     for name in names:
         parent, _, child = name.rpartition(".")
         setattr(backbone.get_submodule(parent), child, QKV(backbone.get_submodule(name)))
+    return names
+
+
+def _linear_part(weight: torch.Tensor, bias: torch.Tensor | None, requires_grad: bool) -> nn.Linear:
+    """A Linear layer holding a copy of ``weight`` (out, in) and ``bias``."""
+    part = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        part.weight.copy_(weight)
+        if bias is not None:
+            part.bias.copy_(bias)
+    part.requires_grad_(requires_grad)
+    return part
+
+
+class SplitAttention(nn.Module):
+    """An ``nn.MultiheadAttention`` (same width for query, key and value) as four Linear layers ``q_proj``,
+    ``k_proj``, ``v_proj`` and ``out_proj`` around scaled dot-product attention: the same function, with each
+    projection a module of its own (peft adapts Linear layers, and the fused ``in_proj_weight`` is none)."""
+
+    def __init__(self, mha: nn.MultiheadAttention):
+        super().__init__()
+        width, bias = mha.embed_dim, mha.in_proj_bias
+        for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+            rows = slice(i * width, (i + 1) * width)
+            part = _linear_part(
+                mha.in_proj_weight[rows], None if bias is None else bias[rows], mha.in_proj_weight.requires_grad
+            )
+            self.add_module(name, part)
+        self.out_proj = mha.out_proj
+        self.num_heads, self.batch_first, self.dropout = mha.num_heads, mha.batch_first, mha.dropout
+
+    def forward(self, query, key, value, need_weights: bool = False, attn_mask=None, **kwargs):
+        """MultiheadAttention's call: ``(output, None)``; ``attn_mask`` additive (float) or True = masked out."""
+        if need_weights or kwargs.get("key_padding_mask") is not None:
+            raise NotImplementedError("SplitAttention returns no attention weights and takes no key_padding_mask")
+        if not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        (batch, length, width), heads = query.shape, self.num_heads
+        q, k, v = (
+            proj(t).view(batch, t.shape[1], heads, width // heads).transpose(1, 2)
+            for proj, t in ((self.q_proj, query), (self.k_proj, key), (self.v_proj, value))
+        )
+        if attn_mask is not None and attn_mask.dtype == torch.bool:  # MultiheadAttention's True = not allowed
+            attn_mask = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill(attn_mask, float("-inf"))
+        if attn_mask is not None and attn_mask.dim() == 3:  # (batch * heads, L, S)
+            attn_mask = attn_mask.view(batch, heads, *attn_mask.shape[1:])
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask, self.dropout if self.training else 0.0)
+        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+        return (out if self.batch_first else out.transpose(0, 1)), None
+
+
+def split_attention(backbone: nn.Module) -> list[str]:
+    """Replace every ``nn.MultiheadAttention`` of equal query/key/value width (open_clip's ViTs) by a
+    :class:`SplitAttention`; the names replaced."""
+    names = [
+        name
+        for name, m in backbone.named_modules()
+        if isinstance(m, nn.MultiheadAttention) and m._qkv_same_embed_dim and m.in_proj_weight is not None
+    ]
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        module = backbone.get_submodule(parent) if parent else backbone
+        setattr(module, child, SplitAttention(backbone.get_submodule(name)))
     return names

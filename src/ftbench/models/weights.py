@@ -167,8 +167,44 @@ def locate(model: str, entry: ZooEntry, path: str | Path) -> Path:
     return file
 
 
-def read(file: str | Path) -> dict:
-    """Tensors of a safetensors file or a plain state dict; never unpickles arbitrary objects."""
+# loader -> the packages whose nn.Module classes its published checkpoints pickle whole (torchxrayvision's DenseNets
+# are saved as models, not state dicts): only these, and torch.nn's own modules, may be rebuilt from such a file
+WHOLE_MODELS: dict[str, tuple[str, ...]] = {"torchxrayvision": ("torchxrayvision.",)}
+
+
+def _whole_model(file: Path, packages: tuple[str, ...]) -> dict:
+    """The state dict of a model pickled whole, rebuilt with ``torch.load(weights_only=True)`` allowing exactly
+    the module classes the file names, each a torch.nn module or one of ``packages``' (anything else is refused,
+    before unpickling)."""
+    import importlib
+
+    import torch
+    from torch import nn
+
+    classes = []
+    for name in torch.serialization.get_unsafe_globals_in_checkpoint(file):
+        module, _, attr = name.rpartition(".")
+        cls = (
+            getattr(importlib.import_module(module), attr, None)
+            if module.startswith(("torch.nn.", *packages))
+            else None
+        )
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise ValueError(f"it pickles {name}, which is not a module class of torch.nn or {', '.join(packages)}")
+        classes.append(cls)
+    with torch.serialization.safe_globals(classes):
+        model = torch.load(file, map_location="cpu", weights_only=True)
+    for module in model.modules():  # pickled by an older torch (as torchxrayvision itself patches)
+        if not hasattr(module, "_non_persistent_buffers_set"):
+            module._non_persistent_buffers_set = set()
+    return model.state_dict()
+
+
+def read(file: str | Path, packages: tuple[str, ...] = ()) -> dict:
+    """Tensors of a safetensors file or a plain state dict; never unpickles arbitrary objects (a model pickled
+    whole only with module classes of torch.nn or of ``packages``, see :func:`_whole_model`)."""
+    import pickle
+
     import torch
 
     file = Path(file)
@@ -176,7 +212,12 @@ def read(file: str | Path) -> dict:
         from safetensors.torch import load_file
 
         return load_file(file)
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not packages:
+            raise
+        return _whole_model(file, packages)
     for key in ("state_dict", "model"):  # training checkpoints nest the weights
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -217,7 +258,7 @@ def load(model: str, entry: ZooEntry, path: str | Path) -> dict:
     if key not in _LAST_LOADED:
         _LAST_LOADED.clear()
         try:
-            _LAST_LOADED[key] = map_keys(read(file), entry)
+            _LAST_LOADED[key] = map_keys(read(file, WHOLE_MODELS.get(entry.loader, ())), entry)
         except Exception as err:  # any reader failure means the same to the user: this file cannot be used
             raise WeightsError(
                 f"model '{model}': cannot read weight file {file} (corrupt, truncated or not a "

@@ -18,7 +18,7 @@ from urllib.request import url2pathname
 import yaml
 
 from ftbench.models import strategy_kinds as kinds
-from ftbench.models.zoo import is_known_arch
+from ftbench.models.zoo import resolve, transformers_problem
 
 SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
 # Adapters that only read a user's copy (no download): what their `path:` must point at.
@@ -226,8 +226,12 @@ def check_references(config: dict) -> None:
         check_classes(task, name)
     for name in bench["models"]:
         spec = config["models"][name]
-        if not is_known_arch(spec["arch"]):
-            raise ConfigError(f"config key 'models.{name}.arch': unknown architecture '{spec['arch']}'")
+        try:
+            entry = resolve(spec["arch"])
+        except KeyError as err:  # its message says what the name is not, or what open_clip lacks
+            raise ConfigError(f"config key 'models.{name}.arch': {err.args[0]}") from None
+        if problem := transformers_problem(entry):
+            raise ConfigError(f"config key 'models.{name}.arch': '{spec['arch']}' is built by transformers: {problem}")
         if spec.get("weights") and not Path(spec["weights"]).exists():
             raise ConfigError(f"config key 'models.{name}.weights': weight path {spec['weights']} does not exist")
     for name in bench["strategies"]:
