@@ -116,7 +116,7 @@ def pilot_jobs() -> list[str]:
     for task in config["benchmark"]["tasks"]:
         jobs = [job for job in JOBS if job.task == task and task != pilot]
         if jobs:
-            cheap = min(jobs, key=lambda job: not grid.uses_cache(config, job.strategy))
+            cheap = min(jobs, key=lambda job: not grid.uses_cache(config, job.strategy, job.model))
             chosen += [job for job in jobs if (job.model, job.strategy) == (cheap.model, cheap.strategy)]
     return [f"results/cells/{job.path}" for job in chosen]
 

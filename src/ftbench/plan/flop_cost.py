@@ -359,7 +359,7 @@ def estimate(
         kind = "full" if cell.regime == "full" else "few-shot"
         cost, pilot = models[cell.model], measured.get((cell.model, cell.strategy, kind))
         total, epochs_used = 0.0, []
-        if not grid.uses_cache(config, cell.strategy):  # a head on cached features costs no device time
+        if not grid.uses_cache(config, cell.strategy, cell.model):  # a head on cached features costs no device time
             for candidate in candidates[key]:
                 epochs = pilot or expected_epochs(candidate["training"], s["early_stopping"])
                 spec, backward = candidate["strategy"], BACKWARD[candidate["strategy"]["kind"]]
@@ -371,7 +371,7 @@ def estimate(
                         epochs,
                         lambda e, spec=spec, backward=backward: backward(spec, cost.blocks, e),
                         cost.batchnorm,
-                        grid.caches_frozen_epochs(config, cell.strategy),
+                        grid.caches_frozen_epochs(config, cell.strategy, cell.model),
                     )
                 )
                 epochs_used.append(epochs)
@@ -425,7 +425,7 @@ def embedding_passes(config: dict, grid_cells: list[grid.Cell], results: Path) -
     table's rows when the data stage made it, else (fewer) those of the dataset's largest task in the grid."""
     tasks: dict[tuple[str, str], set[str]] = {}
     for cell in grid_cells:
-        if grid.uses_cache(config, cell.strategy):
+        if grid.uses_cache(config, cell.strategy, cell.model):
             tasks.setdefault((config["tasks"][cell.task]["dataset"], cell.model), set()).add(cell.task)
     rows = []
     for (dataset, model), names in tasks.items():

@@ -193,19 +193,26 @@ def cells(config: dict) -> list[Cell]:
     ]
 
 
-def uses_cache(config: dict, strategy: str) -> bool:
-    """Whether the strategy's cells train from the (dataset, model) embedding cache instead of the images."""
+def _cache_serves(config: dict, strategy: str, model: str) -> bool:
+    """Whether the embedding cache (the pooled output) is what the strategy's heads read on ``model``: it is
+    enabled, and no candidate's head reads several blocks (``kinds.head_reads_tokens``)."""
+    spec = config["strategies"][strategy]
+    return config["training"].get("embedding_cache", True) and not (
+        any(name in spec for name in kinds.HEAD_SETTINGS) and kinds.head_reads_tokens(spec, model_entry(config, model))
+    )
+
+
+def uses_cache(config: dict, strategy: str, model: str) -> bool:
+    """Whether the strategy's cells on ``model`` train from the (dataset, model) embedding cache instead of the
+    images."""
     mode = kinds.mode(config["strategies"][strategy]["kind"])
-    return mode == "fitted" or (config["training"].get("embedding_cache", True) and mode == "cached")
+    return mode == "fitted" or (mode == "cached" and _cache_serves(config, strategy, model))
 
 
-def caches_frozen_epochs(config: dict, strategy: str) -> bool:
+def caches_frozen_epochs(config: dict, strategy: str, model: str) -> bool:
     """Whether a trained strategy's first, frozen-backbone epochs (LP-FT's linear probing, gradual unfreezing's
     head-only epochs) train from the embedding cache: its jobs get the cache beside the image store."""
-    return (
-        config["training"].get("embedding_cache", True)
-        and kinds.KINDS[config["strategies"][strategy]["kind"]].frozen_start
-    )
+    return kinds.KINDS[config["strategies"][strategy]["kind"]].frozen_start and _cache_serves(config, strategy, model)
 
 
 def model_weights(config: dict, model: str) -> str | None:
@@ -233,11 +240,11 @@ def job_inputs(config: dict, job: Job) -> dict[str, str]:
     dataset = config["tasks"][job.task]["dataset"]
     inputs = {"table": f"results/tasks/{job.task}/images.parquet", "split": f"results/splits/{job.task}/folds.parquet"}
     cache = f"results/embeddings/{dataset}/{job.model}.npy"
-    if uses_cache(config, job.strategy):
+    if uses_cache(config, job.strategy, job.model):
         inputs["embeddings"] = cache
     else:
         inputs |= backbone_inputs(config, dataset, job.model)
-        if caches_frozen_epochs(config, job.strategy):
+        if caches_frozen_epochs(config, job.strategy, job.model):
             inputs["embeddings"] = cache
     if job.group != "full":
         inputs["fewshot"] = f"results/splits/{job.task}/fewshot/{job.group}.parquet"
