@@ -11,6 +11,7 @@ import torch
 from conftest import ROOT
 from smk import snakemake, write_config
 
+from ftbench import splits
 from ftbench.models import backbones, heads, strategies
 from ftbench.models import strategy_kinds as kinds
 from ftbench.models.zoo import resolve
@@ -162,6 +163,28 @@ def test_a_block_token_head_on_a_model_without_a_class_token_is_refused():
     assert len(kinds.resolve(spec | {"n_last_blocks": {"timm_vit": [1, 4]}}, resolve("resnet18"), {"lr": 0.1})) == 1
 
 
+def test_s1_leaves_out_the_few_shot_k_cohens_deaths_cannot_give(s1):
+    """cohen_death: 15 deaths, 5-fold, 20 % validation: 10 training deaths in the smallest fold, so S1's K = 16 and 32
+    are left out at planning, named with the task, K and the class count; K = 8 stays, and so do other tasks."""
+    left_out = grid.not_possible(s1)
+    assert set(left_out) == {("cohen_death", "k16"), ("cohen_death", "k32")}
+    assert all("cohen_death" in r and "15 positive" in r and "10 of them" in r for r in left_out.values())
+    assert "K=16" in left_out[("cohen_death", "k16")]
+    groups = {(c.task, c.job.group) for c in grid.cells(s1)}
+    assert ("cohen_death", "k8") in groups and ("cohen_death", "k16") not in groups and ("car_icu", "k32") in groups
+
+
+@pytest.mark.parametrize("scheme", [{"scheme": "kfold", "folds": 5}, {"scheme": "holdout", "test_fraction": 0.3}])
+def test_planning_s_training_minimum_is_what_the_splits_make(scheme):
+    """The count planning derives from a class's size equals the fewest training patients splits.make gives it."""
+    validation = scheme | {"val_fraction": 0.2, "seed": 3}
+    for positives in (5, 7, 15, 16, 23, 31):
+        labels = [1] * positives + [0] * 40
+        table = pl.DataFrame({"patient_id": [f"p{i}" for i in range(len(labels))], "label": labels})
+        made = min(fold["train_patients"]["positive"] for fold in splits.make(table, validation, "t")[1])
+        assert grid.TRAINING_MINIMUM[scheme["scheme"]](positives, validation) == made, positives
+
+
 @pytest.mark.slow
 def test_s1_runs_end_to_end_on_the_demo_data(tmp_path):
     """Every strategy of the preset, with its per-family targets and head-lr candidates, on the demo's synthetic
@@ -174,7 +197,13 @@ def test_s1_runs_end_to_end_on_the_demo_data(tmp_path):
             "datasets": {"synthetic": demo["datasets"]["synthetic"]},
             "tasks": {"synthetic_outcome": demo["tasks"]["synthetic_outcome"] | {"batch_size": 32}},
             "models": {"tiny_vit": demo["models"]["tiny_vit"], "tiny_resnet": demo["models"]["tiny_resnet"]},
-            "regimes": {"full": False, "fewshot": {"k": [2], "repetitions": 1}},
+            # K=64 is more than the declared 32 positives leave in a fold: left out, listed by the report
+            "regimes": {"full": False, "fewshot": {"k": [2, 64], "repetitions": 1}},
+            "cost": {
+                "tasks": {
+                    "synthetic_outcome": {"patients": 80, "images": 160, "classes": {"negative": 48, "positive": 32}}
+                }
+            },
             "validation": {"folds": 2},
             "training": {
                 "max_epochs": 2,
@@ -183,6 +212,13 @@ def test_s1_runs_end_to_end_on_the_demo_data(tmp_path):
                 "threads": 1,
             },
             "report": {"bootstrap": 20},
+            # one block-token head (4 blocks with the average) instead of the 4 head types: the same code path, a
+            # quarter of the candidates
+            "strategies": {
+                name: {"n_last_blocks": {"timm_vit": [4]}, "avgpool": {"timm_vit": [True]}}
+                for name in ("s1_fft", "s1_lp", "s1_lora_r4", "s1_lora_r8", "s1_lora_r16", "s1_vera_r4", "s1_vera_r8")
+                + ("s1_vera_r16", "s1_bitfit")
+            },
         },
     )
     snakemake(ROOT, tmp_path, "--configfile", str(S1), str(swap), "--cores", "2", timeout=3000)
@@ -192,4 +228,5 @@ def test_s1_runs_end_to_end_on_the_demo_data(tmp_path):
     assert cells["chosen"].str.starts_with("head_lr=").all()  # each cell chose its head lr on validation
     assert (cells["regime"] == "k2r0").all()
     assert (cells["train_patients"] == 4).all() and (cells["val_patients"] <= 4).all()
-    assert (tmp_path / "results" / "report" / "index.html").is_file()
+    html = (tmp_path / "results" / "report" / "index.html").read_text()
+    assert "Not possible with this data (1)" in html and "K=64: task &#x27;synthetic_outcome&#x27;" in html

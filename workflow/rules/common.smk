@@ -25,6 +25,10 @@ CELLS = grid.cells(config)
 print(resolved_grid(config, len(CELLS)), file=sys.stderr)
 for (model, strategy), reason in grid.excluded(config).items():
     print(f"ftbench: not in the grid: {model} x {strategy}: {reason}", file=sys.stderr)
+# few-shot groups the declared class counts cannot give: left out, and listed by the report
+NOT_POSSIBLE = list(grid.not_possible(config).values())
+for reason in NOT_POSSIBLE:
+    print(f"ftbench: not in the grid: {reason}", file=sys.stderr)
 
 
 def _uses_conda() -> bool:
