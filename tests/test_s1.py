@@ -77,6 +77,7 @@ def test_s1_settings_resolve_as_its_configs_give_them(s1):
         r"model\.encoder\.layers\.\d+\.self_attn\.[qkv]_proj"
     ]
     assert _settings(s1, "afc_death", "resnet50", "s1_lora_r8")["strategy"]["target_modules"] == [r"(?:.*\.)?conv1"]
+    assert s1["datasets"]["aiforcovid"]["bbox"] == "box_data_AFC.xlsx"  # databases/AFC*.yaml: imaging.bbox.box_file
     assert s1["regimes"]["fewshot"]["k"] == [2, 4, 8, 16, 32] and grid.fold_count(s1, "afc_severity") == 6
     assert s1["training"]["schedule"] == {"name": "plateau", "warmup_epochs": 50, "patience": 25, "min_lr": 1e-8}
 
