@@ -15,7 +15,7 @@ from ftbench import splits
 from ftbench.models import backbones, heads, strategies
 from ftbench.models import strategy_kinds as kinds
 from ftbench.models.zoo import resolve
-from ftbench.plan import grid
+from ftbench.plan import flop_cost, grid
 from ftbench.plan.config import load
 
 S1 = ROOT / "workflow" / "presets" / "s1.yaml"
@@ -172,6 +172,7 @@ def test_s1_leaves_out_the_few_shot_k_cohens_deaths_cannot_give(s1):
     assert all("cohen_death" in r and "15 positive" in r and "10 of them" in r for r in left_out.values())
     assert "K=16" in left_out[("cohen_death", "k16")]
     groups = {(c.task, c.job.group) for c in grid.cells(s1)}
+    assert flop_cost.settings(s1)["tasks"]["cohen_death"] == {"patients": 78, "images": 157}  # the classes are ours
     assert ("cohen_death", "k8") in groups and ("cohen_death", "k16") not in groups and ("car_icu", "k32") in groups
 
 

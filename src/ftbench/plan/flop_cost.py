@@ -305,7 +305,8 @@ def settings(config: dict) -> dict:
         "early_stopping": float(spec.get("early_stopping", 1.0)),
         "startup": float(spec.get("startup", 0.0)),
         "tasks": {
-            task: {key: int(n) for key, n in counts.items()} for task, counts in (spec.get("tasks") or {}).items()
+            task: {key: int(counts[key]) for key in ("patients", "images")}  # their classes: grid.not_possible
+            for task, counts in (spec.get("tasks") or {}).items()
         },
     }
 
