@@ -10,8 +10,9 @@ from fixtures_dicom import make_dicom, radiograph
 from openpyxl import Workbook
 
 from ftbench import splits
-from ftbench.data import tasks
+from ftbench.data import store, tasks
 from ftbench.data.adapters import build_table
+from ftbench.data.images import decode, resize
 
 CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
 COLUMNS = ["ImageFile", "Hospital", "Age", "Sex", "Prognosis", "Death"]
@@ -101,3 +102,38 @@ def test_a_patient_in_two_releases_is_an_error(afc):
     _sheet(afc / "AIforCOVID_r3.xlsx", [["P_1_0", "A", 50.0, "F", "MILD", 0.0]])
     with pytest.raises(ValueError, match=r"\['P_1_0'\] are listed in more than one AIforCOVID\*\.xlsx"):
         build_table("afc", {"adapter": "aiforcovid", "path": str(afc)}, afc)
+
+
+def _boxes(path, rows):
+    book = Workbook()
+    book.active.append(["img", "dx", "sx", "all", "label"])  # the first study's box file: only img and all are read
+    for pid, box in rows:
+        book.active.append([pid, None, None, box, "MILD"])
+    book.save(path)
+
+
+def test_lung_boxes_crop_each_image_to_a_square_about_its_box(afc, tmp_path):
+    """S1's AIforCOVID configs give `bbox: box_data_AFC.xlsx`: each image is cropped to its lung box widened to a
+    square, then resized; an image without a box is rejected with the reason; without the key nothing is cropped."""
+    listed = [f"P_{h + 1}_{i}" for h in range(3) for i in range(8) if (h, i) != (2, 7)]
+    _boxes(afc / "box_data_AFC.xlsx", [(pid, "[10, 5, 30, 15]") for pid in listed if pid != "P_2_3"])
+    table, rejects = build_table("afc", {"adapter": "aiforcovid", "path": str(afc), "bbox": "box_data_AFC.xlsx"}, afc)
+    assert table.height == 22 and "P_2_3" not in table["patient_id"].to_list()
+    assert rejects.filter(pl.col("image_id") == "P_2_3")["kind"].to_list() == ["no lung box"]
+    assert table.select(store.CROP).unique().rows() == [("10", "5", "30", "15")]
+    store.build(table.head(2), 16, tmp_path / "cropped.npy")
+    pixels = decode(table["file"][0])
+    # 20 rows x 10 columns: the columns widen to 20 about their centre (10), stopped by the image's left edge
+    assert (store.crop_square(pixels, (10, 5, 30, 15)) == pixels[10:30, 0:20]).all()
+    assert (store.load(tmp_path / "cropped.npy")[0] == resize(pixels[10:30, 0:20], 16)).all()
+    whole, _ = build_table("afc", {"adapter": "aiforcovid", "path": str(afc)}, afc)
+    assert not set(store.CROP) & set(whole.columns)
+
+
+def test_a_bad_or_missing_box_file_names_the_file_and_the_image(afc):
+    spec = {"adapter": "aiforcovid", "path": str(afc), "bbox": "box_data_AFC.xlsx"}
+    with pytest.raises(FileNotFoundError, match=r"box_data_AFC\.xlsx: lung box file not found.*remove the bbox key"):
+        build_table("afc", spec, afc)
+    _boxes(afc / "box_data_AFC.xlsx", [("P_1_0", "[10, 5, 30, 15]"), ("P_1_1", "[30, 5, 10, 15]")])
+    with pytest.raises(ValueError, match=r"box_data_AFC\.xlsx, the row of img P_1_1: all = '\[30, 5, 10, 15\]'"):
+        build_table("afc", spec, afc)

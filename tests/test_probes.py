@@ -44,8 +44,10 @@ def test_probe_settings_hold_the_seed_only(demo_config):
     settings = grid.cell_settings(config, cell)
     assert settings["training"] == {"seed": config["training"]["seed"]}  # lr changes rerun nothing
     assert [c["strategy"]["C"] for c in settings["candidates"]] == [1e-3, 1e-2, 0.1, 1.0]  # chosen on validation
-    assert grid.uses_cache(config, "probe")
-    assert grid.uses_cache({**config, "training": {**config["training"], "embedding_cache": False}}, "probe")
+    assert grid.uses_cache(config, "probe", cell.model)
+    assert grid.uses_cache(
+        {**config, "training": {**config["training"], "embedding_cache": False}}, "probe", cell.model
+    )
 
 
 @pytest.mark.parametrize("kind", sorted(probes.PROBES))

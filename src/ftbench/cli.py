@@ -242,6 +242,7 @@ def cmd_report(args) -> None:
         rejects={Path(p).parent.name: pl.read_csv(p) for p in args.rejects},
         missing=missing_cells(expected, set(cells["cell"].to_list()), args.logs),
         projection=projection,
+        not_possible=args.not_possible,
         alpha=args.alpha,
         resamples=args.bootstrap,
         title=args.title,
@@ -425,6 +426,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--figures-dir", help="also write each figure as <dir>/<kind>/<name>.svg")
     s.add_argument("--device-name", help="project the missing cells' time from the cells of this device only")
+    s.add_argument("--not-possible", nargs="*", default=[], help="few-shot groups planning left out, with the reason")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("reference", help="rewrite the files generated from the strategy table and the config schema")

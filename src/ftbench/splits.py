@@ -167,7 +167,8 @@ def fewshot(
                 if part == "train" and k > len(pool):
                     raise ValueError(
                         f"task '{task}', fold {fold}, class {cls} ({CLASS_NAMES[cls]}): few-shot K={k} "
-                        f"asked for but only {len(pool)} training patients are available"
+                        f"asked for but only {len(pool)} training patients are available; declare the task's "
+                        f"patients per class as cost.tasks.{task}.classes and planning leaves such K out"
                     )
                 order = rng.permutation(len(pool))
                 rows += [(fold, pool[i], part) for i in order[:k]]

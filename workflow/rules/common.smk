@@ -43,6 +43,10 @@ CELLS = grid.cells(config)
 print(resolved_grid(config, len(CELLS)), file=sys.stderr)
 for (model, strategy), reason in grid.excluded(config).items():
     print(f"ftbench: not in the grid: {model} x {strategy}: {reason}", file=sys.stderr)
+# few-shot groups the declared class counts cannot give: left out, and listed by the report
+NOT_POSSIBLE = list(grid.not_possible(config).values())
+for reason in NOT_POSSIBLE:
+    print(f"ftbench: not in the grid: {reason}", file=sys.stderr)
 
 
 def _uses_conda() -> bool:
@@ -158,7 +162,7 @@ def pilot_jobs() -> list[str]:
     for task in config["benchmark"]["tasks"]:
         jobs = [job for job in JOBS if job.task == task and task != pilot]
         if jobs:
-            cheap = min(jobs, key=lambda job: not grid.uses_cache(config, job.strategy))
+            cheap = min(jobs, key=lambda job: not grid.uses_cache(config, job.strategy, job.model))
             chosen += [job for job in jobs if (job.model, job.strategy) == (cheap.model, cheap.strategy)]
     return [f"results/cells/{job.path}" for job in chosen]
 

@@ -75,6 +75,8 @@ rule stats:
         "--out-dir $(dirname {output.tables[0]}) 2> {log}"
 
 
+# the not_possible param and flag exist only when planning left few-shot groups out (NOT_POSSIBLE, common.smk):
+# other grids' reports keep their params and command
 rule report:
     input:
         cells="results/cells.parquet",
@@ -99,6 +101,7 @@ rule report:
     conda:
         "../../envs/ftbench.yaml"
     params:
+        **({"not_possible": NOT_POSSIBLE} if NOT_POSSIBLE else {}),
         title=config["report"]["title"],
         alpha=config["report"]["alpha"],
         bootstrap=config["report"]["bootstrap"],
@@ -110,7 +113,7 @@ rule report:
         "--stats-dir $(dirname {input.stats[0]}) --expected {input.grid} --logs results/logs/train "
         "--data-reports {input.data_reports} --rejects {input.rejects} --alpha {params.alpha} "
         "--bootstrap {params.bootstrap} --title {params.title:q} --out {output.html} --figures-dir {output.figures} "
-        "{params.device} 2> {log}"
+        "{params.device}" + (" --not-possible {params.not_possible:q}" if NOT_POSSIBLE else "") + " 2> {log}"
 
 
 # The partial report: the same three steps on the cells complete now (no cell is an input, so nothing

@@ -99,6 +99,7 @@ class Results:
     rejects: dict[str, pl.DataFrame] = field(default_factory=dict)
     missing: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"cell": pl.String, "log": pl.String}))
     projection: pl.DataFrame | None = None  # every cell of the grid with its seconds (ftbench.analysis.cost.project)
+    not_possible: list[str] = field(default_factory=list)  # few-shot groups planning left out (grid.not_possible)
     alpha: float = 0.05
     resamples: int = 1000  # bootstrap resamples behind the CIs (0: none)
     title: str = "ftbench report"
@@ -512,6 +513,14 @@ def _within_html(res: Results, metric: str, label: str) -> str:
 
 def _missing_html(res: Results) -> str:
     parts = []
+    if res.not_possible:
+        parts.append(
+            f"<h3>Not possible with this data ({len(res.not_possible)})</h3><p class='small muted'>Few-shot groups "
+            "left out of the grid when it was planned: the task's smaller class has fewer training patients in some "
+            "fold than K (its class counts as <code>cost.tasks.&lt;task&gt;.classes</code> declares them).</p><ul>"
+            + "".join(f"<li>{esc(reason)}</li>" for reason in res.not_possible)
+            + "</ul>"
+        )
     failed = res.cells.filter(pl.col("status") != "ok")
     if failed.height:
         parts.append(

@@ -54,7 +54,7 @@ def _manifest(name: str, spec: dict, resources: Path) -> tuple[pl.DataFrame, lis
 
 
 def _aiforcovid(name: str, spec: dict, resources: Path) -> tuple[pl.DataFrame, list[dict]]:
-    return aiforcovid.read(spec["path"])
+    return aiforcovid.read(spec["path"], spec.get("bbox"))
 
 
 ADAPTERS: dict[str, Callable[[str, dict, Path], tuple[pl.DataFrame, list[dict]]]] = {

@@ -5,15 +5,27 @@ read from the user's local copy as distributed:
     <path>/AIforCOVID.xlsx (+ AIforCOVID_r2.xlsx, ... for later releases)
         ImageFile (image and patient id), Hospital (centre, A-F), Prognosis (MILD / SEVERE), Death, ...
     <path>/imgs/<ImageFile>.dcm (+ imgs_r2/, ... for later releases)
+
+Optionally a lung box file (``datasets.<name>.bbox``; the first study's configs give ``box_data_AFC.xlsx``), as
+its authors' code writes and reads it (cosbidev/Multi-Dataset-Multi-Task-Learning-for-COVID-19-Prognosis,
+src/preprocessing/AFC/segmentation_AFC.py and src/utils/utils_data.py): column ``img`` (the ImageFile) and column
+``all``, the box around both lungs as ``[min_row, min_col, max_row, max_col]`` in the image's pixels (scikit-image's
+``regionprops`` bounding box of the lung mask; its other columns are not used). Each image is then cropped to that
+box, widened to a square about its centre within the image, as that code's loader does, before it is resized
+(``ftbench.data.store``). Without the file the whole radiograph is resized.
 """
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import polars as pl
 
 from ftbench.data import clinical, dicom
+from ftbench.data.store import CROP
+
+BOX_ID, BOX = "img", "all"
 
 ID, CENTRE = "ImageFile", "Hospital"
 INSTRUCTIONS = (
@@ -24,10 +36,12 @@ INSTRUCTIONS = (
 )
 
 
-def read(root: str | Path) -> tuple[pl.DataFrame, list[dict]]:
+def read(root: str | Path, bbox: str | None = None) -> tuple[pl.DataFrame, list[dict]]:
     """The standard table (patient = image, centre = hospital, every sheet column as a label) and rejects.
 
-    Sheet rows whose image is missing and images that no sheet lists are rejected with the reason.
+    Sheet rows whose image is missing and images that no sheet lists are rejected with the reason. With ``bbox``
+    (a file in ``root``, or a path) each image gets its lung box as the ``CROP`` columns; an image without a box
+    is rejected with the reason.
     """
     root = Path(root)
     sheets = sorted(root.glob("AIforCOVID*.xlsx")) if root.is_dir() else []
@@ -79,7 +93,56 @@ def read(root: str | Path) -> tuple[pl.DataFrame, list[dict]]:
         pl.Series("view", views, dtype=pl.String),
         pl.lit(None, pl.Float64).alias("time"),
     ).drop(CENTRE)
+    if bbox:
+        boxes = read_boxes(root / bbox)
+        unboxed = table.filter(~pl.col("patient_id").is_in(list(boxes)))
+        rejects += [
+            {
+                "image_id": pid,
+                "file": file,
+                "kind": "no lung box",
+                "reason": f"{root / bbox} has no row with {BOX_ID} = {pid} (datasets.<name>.bbox)",
+            }
+            for pid, file in unboxed.select("patient_id", "file").iter_rows()
+        ]
+        table = table.filter(pl.col("patient_id").is_in(list(boxes)))
+        table = table.with_columns(
+            pl.Series(name, [boxes[pid][i] for pid in table["patient_id"]], dtype=pl.Int64)
+            for i, name in enumerate(CROP)
+        )
     return table, rejects
+
+
+def read_boxes(path: Path) -> dict[str, tuple[int, int, int, int]]:
+    """ImageFile -> its lung box ``(top, left, bottom, right)`` from a box file (columns ``img``, ``all``); an error
+    naming the file, image and value when a box is not four whole numbers with top < bottom and left < right."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: lung box file not found (datasets.<name>.bbox). Put the first study's box_data_AFC.xlsx "
+            "there, or remove the bbox key to use whole radiographs (not what the first study did)"
+        )
+    sheet = clinical.read(path, BOX_ID)
+    if BOX not in sheet.columns:
+        raise ValueError(f"{path}: no '{BOX}' column (the box around both lungs); columns are {sheet.columns}")
+    boxes = {}
+    for pid, text in sheet.select("patient_id", BOX).iter_rows():
+        try:
+            box = tuple(ast.literal_eval(text or ""))
+            ok = (
+                len(box) == 4
+                and all(isinstance(v, int) and v >= 0 for v in box)
+                and box[0] < box[2]
+                and box[1] < box[3]
+            )
+        except (ValueError, SyntaxError, TypeError):
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"{path}, the row of {BOX_ID} {pid}: {BOX} = {text!r} is not a box [min_row, min_col, max_row, "
+                "max_col] of four whole numbers with min < max"
+            )
+        boxes[pid] = box
+    return boxes
 
 
 def _view(file: str) -> str:

@@ -12,6 +12,10 @@ import polars as pl
 
 from ftbench.data.images import DECODE_ERRORS, decode, resize
 
+# Optional columns of a dataset table: a box (top, left, bottom, right; pixels, bottom and right exclusive) each
+# image is cropped to before it is resized; an adapter sets them (AIforCOVID's lung boxes, ftbench.data.aiforcovid).
+CROP = ("crop_top", "crop_left", "crop_bottom", "crop_right")
+
 
 def _header(shape: tuple[int, int, int]) -> bytes:
     """The .npy header of a C-ordered uint8 array of ``shape`` (what np.save writes before the data)."""
@@ -33,8 +37,28 @@ def _size(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB ({n:,} bytes)"
 
 
+def crop_square(pixels: np.ndarray, box: tuple) -> np.ndarray:
+    """``pixels`` inside ``box`` (top, left, bottom, right; bottom and right exclusive) widened to a square about
+    its centre along its shorter side, as far as the image allows (the first study's lung-box crop)."""
+    top, left, bottom, right = (int(v) for v in box)
+    height, width = pixels.shape
+    if bottom > height or right > width:
+        raise ValueError(f"crop box {list(box)} reaches outside the {height} x {width} image")
+    side = max(bottom - top, right - left)
+
+    def widen(start: int, stop: int, size: int) -> tuple[int, int]:
+        if stop - start == side:
+            return start, stop
+        centre = start + (stop - start) // 2
+        return max(0, centre - side // 2), min(size, centre + side // 2)
+
+    (top, bottom), (left, right) = widen(top, bottom, height), widen(left, right, width)
+    return pixels[top:bottom, left:right]
+
+
 def build(table: pl.DataFrame, side: int, out: str | Path) -> Path:
-    """Decode, convert to grayscale and resize every image of ``table`` (row order) into a .npy file.
+    """Decode, convert to grayscale and resize every image of ``table`` (row order) into a .npy file; an image
+    with a crop box (the ``CROP`` columns, e.g. AIforCOVID's lungs) is cropped to it first (:func:`crop_square`).
 
     The free space is checked first (the size is known), the array is written sequentially under a temporary
     name (a full disk is then an ordinary error, not a crash inside a memory map) and renamed when complete;
@@ -48,8 +72,14 @@ def build(table: pl.DataFrame, side: int, out: str | Path) -> Path:
     try:
         with open(tmp, "wb") as fh:
             fh.write(header)
-            for file in table["file"]:
-                fh.write(resize(_decode(file), side).tobytes())
+            boxes = table.select(CROP).rows() if set(CROP) <= set(table.columns) else [None] * table.height
+            for file, box in zip(table["file"], boxes):
+                pixels = _decode(file)
+                try:
+                    pixels = pixels if box is None else crop_square(pixels, box)
+                except ValueError as err:
+                    raise ValueError(f"{file}: {err} (its crop box, from the dataset's box file)") from None
+                fh.write(resize(pixels, side).tobytes())
         tmp.replace(out)
     except BaseException as err:
         tmp.unlink(missing_ok=True)

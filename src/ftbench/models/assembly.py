@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ftbench.models import backbones, inputs, strategies, weights
+from ftbench.models import backbones, heads, inputs, strategies, weights
 from ftbench.models.zoo import ZooEntry, resolve
 
 
@@ -46,6 +46,7 @@ def build_model(settings: dict, cached: bool, device: torch.device, weights_path
         plan = strategies.apply(model, entry, strategy, training)
         return model.to(device), plan, inputs.Features(device), backbone_params, gflops
     model = weights.build(model_spec["name"], entry, weights_path)
+    heads.read(model, entry, strategy)
     model.init_head(seed)
     plan = strategies.apply(model, entry, strategy, training)
     # a frozen feature extractor sees un-augmented images, exactly as the embedding cache does

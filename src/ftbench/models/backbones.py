@@ -214,6 +214,7 @@ class Classifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(num_features, num_classes)
+        self.tokens = None  # what the head reads instead of the pooled output (ftbench.models.heads)
         self.init_head(seed)
 
     def init_head(self, seed: int) -> None:
@@ -226,7 +227,7 @@ class Classifier(nn.Module):
             self.head.bias.uniform_(-bound, bound, generator=gen)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
+        return self.backbone(x) if self.tokens is None else self.tokens(self.backbone, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

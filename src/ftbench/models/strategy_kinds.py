@@ -22,6 +22,8 @@ from typing import Any
 from ftbench.models.zoo import LAYOUTS, ZooEntry
 
 NUMBER = {"type": "number", "exclusiveMinimum": 0}
+# module layouts whose blocks output a token sequence with a class token first: heads may read several blocks
+TOKEN_LAYOUTS = ("timm_vit", "hf_clip")
 REGEXES = {"type": "array", "items": {"type": "string"}, "minItems": 1}
 
 
@@ -89,7 +91,27 @@ COMMON = {
         _from_training("max_epochs"),
         "training.max_epochs",
     ),
+    # the first study's heads (DINOv2's linear evaluation, ftbench.models.heads); unset, the head reads the pooled
+    # output, which is what 1 block without the average is
+    "n_last_blocks": Setting(
+        {"type": "integer", "minimum": 1},
+        "the head reads the class tokens of the last n blocks, concatenated (S1's DINOv2-style heads; layouts "
+        "with a class token: " + ", ".join(TOKEN_LAYOUTS) + ")",
+        None,
+        "1: the pooled output",
+        candidates=True,
+        per_layout=True,
+    ),
+    "avgpool": Setting(
+        {"type": "boolean"},
+        "the head also reads the average of the last block's patch tokens (S1's DINOv2-style heads)",
+        None,
+        "false",
+        candidates=True,
+        per_layout=True,
+    ),
 }
+HEAD_SETTINGS = ("n_last_blocks", "avgpool")
 APPLIES_TO = Setting(
     {"type": "array", "items": {"enum": ["cnn", "vit"]}, "minItems": 1},
     "restrict the strategy to these backbone kinds (cnn, vit)",
@@ -409,20 +431,50 @@ def _for_layout(setting: Setting, value: Any, entry: ZooEntry) -> Any:
     return value
 
 
-def listed_candidates(spec: dict) -> list[str]:
-    """The settings of a strategy ``spec`` given (or defaulting to) a list of candidates."""
-    return [
-        name
-        for name, s in settings_of(spec["kind"]).items()
-        if s.candidates and isinstance(spec.get(name, s.default), list)
-    ]
+def _is_list(setting: Setting, value: Any) -> bool:
+    """Whether a candidate setting's value lists candidates (per layout: for some layout)."""
+    if setting.per_layout and isinstance(value, dict):
+        return any(isinstance(v, list) for v in value.values())
+    return isinstance(value, list)
+
+
+def listed_candidates(spec: dict, entry: ZooEntry | None = None) -> list[str]:
+    """The settings of a strategy ``spec`` given (or defaulting to) a list of candidates: on ``entry``'s layout,
+    or, without it, on any layout."""
+    settings = {name: s for name, s in settings_of(spec["kind"]).items() if s.candidates}
+    values = {name: spec.get(name, s.default) for name, s in settings.items()}
+    if entry is not None:
+        values = {name: _for_layout(settings[name], value, entry) for name, value in values.items()}
+    return [name for name, value in values.items() if _is_list(settings[name], value)]
+
+
+def reads_tokens(resolved: dict) -> bool:
+    """Whether one candidate's head reads more than the backbone's pooled output (``ftbench.models.heads``)."""
+    return resolved.get("n_last_blocks", 1) > 1 or bool(resolved.get("avgpool", False))
+
+
+def head_reads_tokens(spec: dict, entry: ZooEntry) -> bool:
+    """Whether some candidate of a strategy ``spec`` on ``entry`` has a head that reads more than the pooled output:
+    such a head cannot train from the embedding cache, which holds the pooled output only."""
+    blocks, avgpool = (_for_layout(COMMON[name], spec.get(name), entry) for name in HEAD_SETTINGS)
+    return any(n > 1 for n in _listed(blocks)) or any(_listed(avgpool))
+
+
+def _listed(value: Any) -> list:
+    """A setting's candidates: its list, or its one value (none when unset)."""
+    return value if isinstance(value, list) else [] if value is None else [value]
 
 
 def resolve(spec: dict, entry: ZooEntry, training: dict) -> list[dict]:
     """Every candidate's fully resolved settings of the strategy ``spec`` on ``entry``: one dict per combination
-    of the candidate lists (a single dict when there are none), defaults filled in declaration order."""
+    of the candidate lists (a single dict when there are none), defaults filled in declaration order.
+
+    Refuses a head that reads several blocks on a layout without a class token (``TOKEN_LAYOUTS``)."""
     settings = settings_of(spec["kind"])
-    lists = {name: spec.get(name, settings[name].default) for name in listed_candidates(spec)}
+    lists = {
+        name: _for_layout(settings[name], spec.get(name, settings[name].default), entry)
+        for name in listed_candidates(spec, entry)
+    }
     out = []
     for values in itertools.product(*lists.values()):
         chosen = dict(zip(lists, values))
@@ -433,6 +485,13 @@ def resolve(spec: dict, entry: ZooEntry, training: dict) -> list[dict]:
                 value = setting.default_for(resolved, entry, training)
             if value is not None:
                 resolved[name] = value
+        if reads_tokens(resolved) and entry.layout not in TOKEN_LAYOUTS:
+            raise ValueError(
+                f"strategy '{spec.get('name', spec['kind'])}': n_last_blocks {resolved.get('n_last_blocks', 1)} / "
+                f"avgpool {resolved.get('avgpool', False)} on '{entry.name}' (layout {entry.layout}): heads read "
+                f"several blocks only where the blocks output a class token ({', '.join(TOKEN_LAYOUTS)}); give this "
+                "layout 1 / false, or leave it out of the per-layout mapping"
+            )
         out.append(resolved)
     return out
 

@@ -333,7 +333,8 @@ def settings(config: dict) -> dict:
         "early_stopping": float(spec.get("early_stopping", 1.0)),
         "startup": float(spec.get("startup", 0.0)),
         "tasks": {
-            task: {key: int(n) for key, n in counts.items()} for task, counts in (spec.get("tasks") or {}).items()
+            task: {key: int(counts[key]) for key in ("patients", "images")}  # their classes: grid.not_possible
+            for task, counts in (spec.get("tasks") or {}).items()
         },
     }
 
@@ -387,7 +388,7 @@ def estimate(
         kind = "full" if cell.regime == "full" else "few-shot"
         cost, pilot = models[cell.model], measured.get((cell.model, cell.strategy, kind))
         total, epochs_used = 0.0, []
-        if not grid.uses_cache(config, cell.strategy):  # a head on cached features costs no device time
+        if not grid.uses_cache(config, cell.strategy, cell.model):  # a head on cached features costs no device time
             for candidate in candidates[key]:
                 epochs = pilot or expected_epochs(candidate["training"], s["early_stopping"])
                 spec, backward = candidate["strategy"], BACKWARD[candidate["strategy"]["kind"]]
@@ -399,7 +400,7 @@ def estimate(
                         epochs,
                         lambda e, spec=spec, backward=backward: backward(spec, cost.blocks, e),
                         cost.batchnorm,
-                        grid.caches_frozen_epochs(config, cell.strategy),
+                        grid.caches_frozen_epochs(config, cell.strategy, cell.model),
                     )
                 )
                 epochs_used.append(epochs)
@@ -453,7 +454,7 @@ def embedding_passes(config: dict, grid_cells: list[grid.Cell], results: Path) -
     table's rows when the data stage made it, else (fewer) those of the dataset's largest task in the grid."""
     tasks: dict[tuple[str, str], set[str]] = {}
     for cell in grid_cells:
-        if grid.uses_cache(config, cell.strategy):
+        if grid.uses_cache(config, cell.strategy, cell.model):
             tasks.setdefault((config["tasks"][cell.task]["dataset"], cell.model), set()).add(cell.task)
     rows = []
     for (dataset, model), names in tasks.items():

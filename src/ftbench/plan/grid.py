@@ -178,9 +178,47 @@ def fold_count(config: dict, task: str) -> int:
     return FOLD_COUNTS[validation["scheme"]](validation)
 
 
+def _kept(fraction: float, n: int) -> int:
+    """How many of a class's ``n`` patients a stratified take of ``fraction`` keeps (``splits._stratified_take``:
+    at least one, never all)."""
+    return max(min(max(1, round(fraction * n)), n - 1), 0)
+
+
+# The fewest patients a class of n has in the training part of any fold, per scheme, from the count alone (what
+# ftbench.splits.make does with it; tests/test_s1.py checks the two agree); LOCO depends on the centres: absent.
+TRAINING_MINIMUM = {
+    "kfold": lambda n, v: (rest := n - -(-n // v["folds"])) - _kept(v["val_fraction"], rest),
+    "holdout": lambda n, v: (rest := n - _kept(v["test_fraction"], n)) - _kept(v["val_fraction"], rest),
+}
+
+
+def not_possible(config: dict) -> dict[tuple[str, str], str]:
+    """Few-shot groups ``(task, "k{K}")`` left out of the grid, with the reason: the task's smaller class, as
+    ``cost.tasks.<task>.classes`` declares it, leaves fewer than K training patients in some fold, so K patients
+    of that class cannot be drawn. Planning knows no other class count (no data is read to plan); a task without
+    the declaration, or under LOCO, keeps its cells, and its few-shot draw refuses such a K naming the task."""
+    ks = (config.get("regimes", {}).get("fewshot") or {}).get("k") or []
+    out = {}
+    for task in config["benchmark"]["tasks"]:
+        classes = config.get("cost", {}).get("tasks", {}).get(task, {}).get("classes")
+        validation = task_validation(config, task)
+        if not classes or validation["scheme"] not in TRAINING_MINIMUM:
+            continue
+        name, n = min(((c, int(v)) for c, v in classes.items()), key=lambda item: item[1])
+        fewest = TRAINING_MINIMUM[validation["scheme"]](n, validation)
+        for k in ks:
+            if k > fewest:
+                out[(task, f"k{k}")] = (
+                    f"K={k}: task '{task}' has {n} {name} patients (cost.tasks.{task}.classes), {fewest} of them in "
+                    f"the training part of its smallest fold ({validation['scheme']}): not possible with this data"
+                )
+    return out
+
+
 def cells(config: dict) -> list[Cell]:
-    """Every training cell of the selected grid, in a stable order."""
-    skip, names = excluded(config), regimes(config)
+    """Every training cell of the selected grid, in a stable order (without the few-shot groups the data cannot
+    give: :func:`not_possible`)."""
+    skip, names, impossible = excluded(config), regimes(config), not_possible(config)
     folds = {task: range(fold_count(config, task)) for task in config["benchmark"]["tasks"]}
     return [
         Cell(task, model, strategy, regime, fold)
@@ -189,23 +227,31 @@ def cells(config: dict) -> list[Cell]:
         for strategy in config["benchmark"]["strategies"]
         if (model, strategy) not in skip
         for regime in names
+        if (task, regime_group(regime)) not in impossible
         for fold in folds[task]
     ]
 
 
-def uses_cache(config: dict, strategy: str) -> bool:
-    """Whether the strategy's cells train from the (dataset, model) embedding cache instead of the images."""
+def _cache_serves(config: dict, strategy: str, model: str) -> bool:
+    """Whether the embedding cache (the pooled output) is what the strategy's heads read on ``model``: it is
+    enabled, and no candidate's head reads several blocks (``kinds.head_reads_tokens``)."""
+    spec = config["strategies"][strategy]
+    return config["training"].get("embedding_cache", True) and not (
+        any(name in spec for name in kinds.HEAD_SETTINGS) and kinds.head_reads_tokens(spec, model_entry(config, model))
+    )
+
+
+def uses_cache(config: dict, strategy: str, model: str) -> bool:
+    """Whether the strategy's cells on ``model`` train from the (dataset, model) embedding cache instead of the
+    images."""
     mode = kinds.mode(config["strategies"][strategy]["kind"])
-    return mode == "fitted" or (config["training"].get("embedding_cache", True) and mode == "cached")
+    return mode == "fitted" or (mode == "cached" and _cache_serves(config, strategy, model))
 
 
-def caches_frozen_epochs(config: dict, strategy: str) -> bool:
+def caches_frozen_epochs(config: dict, strategy: str, model: str) -> bool:
     """Whether a trained strategy's first, frozen-backbone epochs (LP-FT's linear probing, gradual unfreezing's
     head-only epochs) train from the embedding cache: its jobs get the cache beside the image store."""
-    return (
-        config["training"].get("embedding_cache", True)
-        and kinds.KINDS[config["strategies"][strategy]["kind"]].frozen_start
-    )
+    return kinds.KINDS[config["strategies"][strategy]["kind"]].frozen_start and _cache_serves(config, strategy, model)
 
 
 def model_weights(config: dict, model: str) -> str | None:
@@ -233,11 +279,11 @@ def job_inputs(config: dict, job: Job) -> dict[str, str]:
     dataset = config["tasks"][job.task]["dataset"]
     inputs = {"table": f"results/tasks/{job.task}/images.parquet", "split": f"results/splits/{job.task}/folds.parquet"}
     cache = f"results/embeddings/{dataset}/{job.model}.npy"
-    if uses_cache(config, job.strategy):
+    if uses_cache(config, job.strategy, job.model):
         inputs["embeddings"] = cache
     else:
         inputs |= backbone_inputs(config, dataset, job.model)
-        if caches_frozen_epochs(config, job.strategy):
+        if caches_frozen_epochs(config, job.strategy, job.model):
             inputs["embeddings"] = cache
     if job.group != "full":
         inputs["fewshot"] = f"results/splits/{job.task}/fewshot/{job.group}.parquet"
