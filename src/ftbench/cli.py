@@ -60,6 +60,12 @@ def cmd_task(args) -> None:
     rows.write_parquet(args.out)
     Path(args.report).write_text(json.dumps(report, indent=1))
     log.info("task %s: %s", args.name, report["steps"])
+    if args.left_out:
+        from ftbench.data.adapters import REJECTS_SCHEMA
+
+        pl.DataFrame(report["left_out"], schema=REJECTS_SCHEMA).write_csv(args.left_out)
+    for row in report["left_out"]:
+        log.warning("left out %s: %s", row["file"], row["reason"])
 
 
 def cmd_folds(args) -> None:
@@ -292,6 +298,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--rejects", help="the dataset's rejects.csv, summarised in the data report")
     s.add_argument("--out", required=True)
     s.add_argument("--report", required=True)
+    s.add_argument("--left-out", help="write the task's own rejects.csv: the images its image rule leaves out")
     s.set_defaults(func=cmd_task)
 
     s = sub.add_parser("folds", help="folds by patient (kfold, holdout, loco) with a validation part")

@@ -34,6 +34,14 @@ ADAPTER_KEYS = {
 }
 
 
+# Why a prognostic task uses each patient's admission image (tasks.<name>.images: first, the default).
+HINDSIGHT = (
+    "every image of a patient: later images may show the outcome (endotracheal tubes, central lines reveal "
+    "intubation and ICU admission), hindsight a prognostic model does not have at admission; "
+    "images: first (the default) uses each patient's admission image"
+)
+
+
 class ConfigError(ValueError):
     """A config value is wrong; the message names the key."""
 
@@ -191,7 +199,15 @@ def resolved_grid(config: dict, cells: int) -> str:
         f"ftbench: grid: {' + '.join(parts)}; {len(bench['tasks'])} task(s), {len(bench['models'])} model(s), "
         f"{len(bench['strategies'])} strateg{'y' if len(bench['strategies']) == 1 else 'ies'}: {cells} cells "
         "(a preset's regimes: merges key by key into config.yaml's; fewshot: null turns few-shot off)"
-    )
+    ) + hindsight(config)
+
+
+def hindsight(config: dict) -> str:
+    """A warning line naming the selected tasks that use every image of a patient (``images: all``); else ''."""
+    tasks = [name for name, task in selected(config, "tasks").items() if task.get("images") == "all"]
+    if not tasks:
+        return ""
+    return f"\nftbench: warning: {', '.join(tasks)}: images: all, {HINDSIGHT}"
 
 
 def task_validation(config: dict, task: str) -> dict:
