@@ -188,7 +188,8 @@ def check_classes(task: dict, name: str) -> None:
 
 def resolved_grid(config: dict, cells: int) -> str:
     """One line saying which regimes, K and repetitions the grid holds (printed at the start of every run:
-    a preset's ``regimes:`` merges into config.yaml's, so what runs is not always what the preset shows)."""
+    a preset's ``regimes:`` merges into config.yaml's, so what runs is not always what the preset shows), and a
+    warning line for the tasks that use every image of a patient."""
     regimes = config.get("regimes", {})
     fewshot = regimes.get("fewshot") or {}
     parts = ["full data"] if regimes.get("full", True) else []
