@@ -80,7 +80,8 @@ def synthetic_data(tmp_path_factory) -> dict:
     table, rejects = build_table("syn", spec, root)
     assert rejects.height == 0
     store_path = store.build(table, 48, root / "images_48.npy")
-    task, _ = tasks.build(table, {"dataset": "syn", "label": "outcome", "positive": ["poor"]}, "syn")
+    # every image (not the admission image only): split, training and per-patient code must handle several a patient
+    task, _ = tasks.build(table, {"dataset": "syn", "label": "outcome", "positive": ["poor"], "images": "all"}, "syn")
     task_path = root / "task.parquet"
     task.write_parquet(task_path)
     split_path = root / "folds.parquet"

@@ -56,6 +56,7 @@ def test_cohen_task_counts_match_metadata(cohen_sample, tmp_path, label, positiv
         "positive": positive,
         "negative": negative,
         "filter": {"view": ["PA", "AP", "AP Supine"]},
+        "images": "all",  # every image, as the CSV counts them (tests/test_admission.py: the default, first)
     }
     rows, report = tasks.build(table, spec, label)
     images, patients, unlabelled = _counts_from_csv(cohen_sample / "metadata.csv", label, positive, negative)
@@ -249,10 +250,11 @@ def default_cohen_tasks():
 def test_default_cohen_tasks_drop_and_count_declared_unknown_values(tmp_path, default_cohen_tasks):
     table, rejects = build_table("cohen", {"adapter": "cohen", "path": str(_cohen_metadata(tmp_path / "c"))}, tmp_path)
     assert rejects.height == 0 and table["time_kind"].to_list().count("number") == 8  # '?' and '' are missing
-    expected = {  # task: (declared unknown values counted, images per class, patients per class)
-        "cohen_death": ({"?": 1}, {"0": 3, "1": 2}, {"0": 2, "1": 2}),
-        "cohen_icu": ({"Would have been stated": 1}, {"0": 3, "1": 2}, {"0": 2, "1": 2}),
-        "cohen_intubated": ({"Not visible": 1}, {"0": 3, "1": 2}, {"0": 2, "1": 2}),
+    expected = {  # task: (declared unknown values counted, images per class, patients per class): patient 1's
+        # two images (offsets 0 and 3) give its first only
+        "cohen_death": ({"?": 1}, {"0": 2, "1": 2}, {"0": 2, "1": 2}),
+        "cohen_icu": ({"Would have been stated": 1}, {"0": 2, "1": 2}, {"0": 2, "1": 2}),
+        "cohen_intubated": ({"Not visible": 1}, {"0": 2, "1": 2}, {"0": 2, "1": 2}),
     }
     for name, spec in default_cohen_tasks.items():
         rows, report = tasks.build(table, spec, name, rejects)
@@ -268,6 +270,7 @@ def test_default_cohen_tasks_drop_and_count_declared_unknown_values(tmp_path, de
             "after filter modality": 8,
             "after filter view": 7,
             "with a known label": 5,
+            "first image per patient": 4,
         }
         assert report["times_read_as"] == {"missing": 1, "number": 4}
 

@@ -344,7 +344,9 @@ def test_tasks_of_the_config_get_the_labels_of_the_sheet(collection, tmp_path, m
     truth = {pid: int(v[column] in positive) for pid, v in collection["outcomes"].items()}
     assert dict(rows.unique("patient_id").select("patient_id", "label").iter_rows()) == truth
     assert report["unlabelled_images"] == 2  # the patient missing from the sheet: two images, no label
-    assert report["images_per_class"] == {str(c): 2 * sum(v == c for v in truth.values()) for c in (0, 1)}
+    # two images per patient, one used: the admission image (images: first; both at the fixture's StudyDate + StudyTime)
+    assert report["images_per_class"] == {str(c): sum(v == c for v in truth.values()) for c in (0, 1)}
+    assert report["time_source"] == {"StudyDate + StudyTime": 2 * len(truth)}
 
 
 def test_car_is_icu_admission_as_in_the_first_study():

@@ -6,8 +6,10 @@ __version__ = "0.1.0"
 # (rule params carry it). Refactors that keep results bit-identical leave them alone: nothing reruns.
 # DATA_VERSION: dataset tables, image stores and task tables (2: DICOM decoding, rejects.csv gains "kind"; 3: duplicate
 # images, placeholder patient ids and oversized images rejected, times read as numbers or ISO dates (time_kind),
-# labels declared unknown, the data report's new counts; TCIA series read as their md5hashes.csv lists them)
-DATA_VERSION = 3
+# labels declared unknown, the data report's new counts; TCIA series read as their md5hashes.csv lists them;
+# 4: time_source column, synthetic images on shuffled days, task rejects.csv, each patient's admission image by default;
+# near-identical copies, NaN pixels and multi-page TIFFs rejected, labels only from declared values, copy_values)
+DATA_VERSION = 4
 SPLIT_VERSION = 3  # folds and few-shot draws (3: few-shot draws of K validation patients per class too;
 #   2: validation schemes; validation part carved per class)
 EMBEDDING_VERSION = 1  # embedding caches of frozen backbones

@@ -67,6 +67,12 @@ def cmd_task(args) -> None:
             f"task {args.name}: warning: patient ids that differ only in case are different patients: "
             f"{report['patient_ids_differing_only_in_case'][:10]}"
         )
+    if args.left_out:
+        from ftbench.data.adapters import REJECTS_SCHEMA
+
+        pl.DataFrame(report["left_out"], schema=REJECTS_SCHEMA).write_csv(args.left_out)
+    for row in report["left_out"]:
+        log.warning("left out %s: %s", row["file"], row["reason"])
 
 
 def cmd_folds(args) -> None:
@@ -300,6 +306,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--rejects", help="the dataset's rejects.csv, summarised in the data report")
     s.add_argument("--out", required=True)
     s.add_argument("--report", required=True)
+    s.add_argument("--left-out", help="write the task's own rejects.csv: the images its image rule leaves out")
     s.set_defaults(func=cmd_task)
 
     s = sub.add_parser("folds", help="folds by patient (kfold, holdout, loco) with a validation part")

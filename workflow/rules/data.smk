@@ -77,6 +77,7 @@ rule task_table:
     output:
         table="results/tasks/{task}/images.parquet",
         report="results/tasks/{task}/data_report.json",
+        rejects="results/tasks/{task}/rejects.csv",
     log:
         "results/logs/tasks/{task}.log",
     conda:
@@ -86,4 +87,4 @@ rule task_table:
         version=DATA_VERSION,
     shell:
         "python -m ftbench task --name {wildcards.task} --spec {params.spec:q} --table {input.table} "
-        "--rejects {input.rejects} --out {output.table} --report {output.report} 2> {log}"
+        "--rejects {input.rejects} --out {output.table} --report {output.report} --left-out {output.rejects} 2> {log}"

@@ -19,6 +19,7 @@ import polars as pl
 from ftbench import __version__
 from ftbench.analysis import aggregate, plots, stats
 from ftbench.analysis.captions import CAPTIONS
+from ftbench.plan.config import HINDSIGHT
 
 STYLE = """
 :root{--fg:#1b1f24;--muted:#57606a;--line:#d0d7de;--soft:#f6f8fa;--bad:#cf222e;--ok:#1a7f37;--warn:#9a6700}
@@ -557,6 +558,8 @@ def _data_html(res: Results) -> str:
         name = rep.get("task", "task")
         facts, tables, other = [], [], []
         for key, value in rep.items():
+            if key == "left_out":  # the task's own rejects: listed below
+                continue
             label = key.replace("_", " ")
             if isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
                 tables.append(_count_table(label, value, classes="class" in key))
@@ -567,7 +570,15 @@ def _data_html(res: Results) -> str:
             else:
                 other.append(f"<dt>{esc(label)}</dt><dd><code>{esc(json.dumps(value))}</code></dd>")
         rejects = res.rejects.get(rep.get("dataset", ""))
-        out.append(f"<h3>{esc(name)}</h3><dl>{''.join(facts + other)}</dl><div class='grid'>{''.join(tables)}</div>")
+        out.append(f"<h3>{esc(name)}</h3>")
+        if rep.get("images_policy") == "all":
+            out.append(f"<p class='note'>This task uses {esc(HINDSIGHT)}.</p>")
+        out.append(f"<dl>{''.join(facts + other)}</dl><div class='grid'>{''.join(tables)}</div>")
+        if rep.get("left_out"):
+            out.append(
+                f"<details><summary>the {len(rep['left_out'])} images its image rule left out "
+                f"(results/tasks/{esc(name)}/rejects.csv)</summary>{table_html(pl.DataFrame(rep['left_out']))}</details>"
+            )
         if rejects is not None and rejects.height:
             reason = "reason" if "reason" in rejects.columns else rejects.columns[-1]
             counts = dict(rejects.group_by(reason).agg(pl.len()).sort("len", descending=True).iter_rows())

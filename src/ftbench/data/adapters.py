@@ -2,7 +2,7 @@
 
 The standard table has one row per image: ``image_id``, ``patient_id``, ``file`` (absolute path),
 ``centre``, ``view``, ``time`` (for first/last image per patient; ``time_kind`` says whether it was read
-from a number or a date) and every label column of the source as text. :func:`build_table` then rejects
+from a number or a date, ``time_source`` from which column or DICOM attributes) and every label column of the source as text. :func:`build_table` then rejects
 what cannot be used (listing each row, the kind of problem and the detail). Sources that must be fetched
 first name their download in ``DOWNLOADS``.
 """
@@ -160,7 +160,8 @@ def build_table(name: str, spec: dict, resources: str | Path) -> tuple[pl.DataFr
         )
     if "time_kind" not in table.columns:  # adapters reading numbers (DICOM dates as days, generators)
         table = table.with_columns(pl.when(pl.col("time").is_not_null()).then(pl.lit("number")).alias("time_kind"))
-    table = table.select(*STANDARD, "time_kind", *[c for c in table.columns if c not in (*STANDARD, "time_kind")])
+    extra = ("time_kind", "time_source")  # how each time was read, and from which column or attributes
+    table = table.select(*STANDARD, *extra, *[c for c in table.columns if c not in (*STANDARD, *extra)])
     table = table.with_columns(pl.col(c).cast(pl.String) for c in table.columns if c != "time")
     table = table.with_columns(pl.col("time").cast(pl.Float64), pl.col("patient_id").str.strip_chars())
     _check_image_ids(name, table)

@@ -91,7 +91,8 @@ def read(root: str | Path, bbox: str | None = None) -> tuple[pl.DataFrame, list[
         pl.Series("file", files, dtype=pl.String),
         pl.col(CENTRE).alias("centre"),
         pl.Series("view", views, dtype=pl.String),
-        pl.lit(None, pl.Float64).alias("time"),
+        pl.lit(None, pl.Float64).alias("time"),  # one admission image per patient: nothing to order
+        pl.lit(None, pl.String).alias("time_source"),
     ).drop(CENTRE)
     if bbox:
         boxes = read_boxes(root / bbox)

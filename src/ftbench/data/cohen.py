@@ -8,6 +8,8 @@ import polars as pl
 
 from ftbench.data import text
 
+# The time: upstream's offset, days since the start of symptoms or hospitalisation (its README).
+SOURCE = "metadata.csv offset (days since symptoms or admission)"
 # Free-text and bibliographic columns are not labels; everything else is kept for task filters.
 DROP = ("clinical_notes", "other_notes", "doi", "url", "date", "location", "folder", "filename", "")
 
@@ -38,6 +40,7 @@ def read(root: str | Path) -> pl.DataFrame:
         pl.col("view"),
         pl.col("_time").alias("time"),
         pl.col("time_kind"),
+        pl.when(pl.col("_time").is_not_null()).then(pl.lit(SOURCE)).alias("time_source"),
         *[
             pl.col(c)
             for c in meta.columns

@@ -122,13 +122,15 @@ def _values(ds: pydicom.Dataset, keyword: str) -> list[str]:
 def header(path: str | Path) -> dict:
     """The standard-table fields of one file, read without its pixels."""
     ds = pydicom.dcmread(path, stop_before_pixels=True)
-    day = _text(ds, "AcquisitionDate") or _text(ds, "StudyDate")
-    clock = _text(ds, "AcquisitionTime") if _text(ds, "AcquisitionDate") else _text(ds, "StudyTime")
+    day, clock = ("AcquisitionDate", "AcquisitionTime") if _text(ds, "AcquisitionDate") else ("StudyDate", "StudyTime")
+    time = _days(_text(ds, day), _text(ds, clock))
     return {
         "image_id": _text(ds, "SOPInstanceUID") or Path(path).stem,
         "patient_id": _text(ds, "PatientID"),
         "view": view_of(ds),
-        "time": _days(day, clock),
+        "time": time,
+        # which attributes gave the time: the data report counts them (a date alone is read as its midnight)
+        "time_source": None if time is None else " + ".join([day, clock] if _text(ds, clock) else [day]),
         "modality": _text(ds, "Modality"),
         "body_part": _text(ds, "BodyPartExamined"),
         "series_uid": _text(ds, "SeriesInstanceUID"),

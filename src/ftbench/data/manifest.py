@@ -70,6 +70,9 @@ def read(
     column = mapping.get("time", "time")
     time, kind = text.times(meta["time"], lambda i: f"{csv} line {i + 2}, column '{column}'")
     meta = meta.with_columns(time.alias("time"), kind.alias("time_kind"))
+    kind_text = pl.col("time_kind").replace({"date": "ISO date"})
+    source = pl.concat_str(pl.lit(f"{csv.name} column '{column}' ("), kind_text, pl.lit(")"))  # null: no time
+    meta = meta.with_columns(source.alias("time_source"))
     files, rejects = [], []
     for line, (image_id, file) in enumerate(meta.select("image_id", "file").iter_rows(), start=2):
         path = Path(os.path.normpath(given / file)) if file else None  # '..' folded, links not followed yet

@@ -3,6 +3,8 @@
 Each patient has a few frontal images: a bright thorax with two dark lung fields, noise, a per-image
 shift and a per-centre brightness/contrast. Positive patients (the poor outcome) carry diffuse opacities
 in the lower lung fields whose strength is ``signal``; with ``signal: 0`` the label is pure chance.
+Each image is taken on a distinct day of the stay (0-14), in an order other than the files', so that a task's
+``images: first`` really chooses; the last ``untimed`` patients have no times (the selection rule's other case).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ DEFAULTS = {
     "side": 128,
     "seed": 0,
     "corrupt": 0,
+    "untimed": 0,
 }
+STAY_DAYS = 15
 
 
 def _image(
@@ -50,6 +54,7 @@ def generate(out_dir: str | Path, **options) -> pl.DataFrame:
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(opts["seed"])
+    days = np.random.default_rng([opts["seed"], 1])  # its own stream: the pixels stay those of the seed
     lo, hi = opts["images_per_patient"]
     centre_gain = rng.uniform(0.85, 1.15, size=opts["centres"])
     centre_offset = rng.uniform(-15, 15, size=opts["centres"])
@@ -57,7 +62,10 @@ def generate(out_dir: str | Path, **options) -> pl.DataFrame:
     for p in range(opts["patients"]):
         positive = bool(rng.random() < opts["positive_rate"])
         centre = int(rng.integers(opts["centres"]))
-        for i in range(int(rng.integers(lo, hi + 1))):
+        count = int(rng.integers(lo, hi + 1))
+        untimed = p >= opts["patients"] - opts["untimed"]
+        times = days.choice(STAY_DAYS, size=count, replace=False).astype(float)
+        for i in range(count):
             image_id = f"p{p:04d}_{i}"
             pixels = _image(rng, opts["side"], positive, opts["signal"], centre_gain[centre], centre_offset[centre])
             path = out_dir / "images" / f"{image_id}.png"
@@ -69,11 +77,12 @@ def generate(out_dir: str | Path, **options) -> pl.DataFrame:
                     "file": str(path.resolve()),
                     "centre": f"centre{centre}",
                     "view": "PA",
-                    "time": float(i),
+                    "time": None if untimed else float(times[i]),
+                    "time_source": None if untimed else "synthetic: day of the stay",
                     "outcome": "poor" if positive else "good",
                 }
             )
     for row in rows[: opts["corrupt"]]:  # deliberately broken files exercise the rejects path
         data = Path(row["file"]).read_bytes()
         Path(row["file"]).write_bytes(data[: len(data) // 3])
-    return pl.DataFrame(rows)
+    return pl.DataFrame(rows, schema_overrides={"time": pl.Float64, "time_source": pl.String})

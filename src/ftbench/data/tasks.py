@@ -1,4 +1,5 @@
-"""From a dataset table to one task: filter rows, binarise the label, pick images per patient.
+"""From a dataset table to one task: filter rows, binarise the label, pick images per patient (by default
+each patient's admission image, the first by the dataset's time: :mod:`ftbench.data.selection`).
 
 The task table keeps ``row`` (the image's row in the dataset's store) and a 0/1 ``label``. What the
 filter and the label leave out is counted in the data report, never dropped without a trace: missing labels
@@ -10,7 +11,8 @@ task declares ``negative``; with ``positive`` alone, every other value is negati
 value with its count and class, and the task stage prints that table). The report also states the task's
 choices (label, classes, images per patient, unit of splitting), the counts per class, centre, view and
 patient, how the times were read, and what the dataset rejected before the task saw it (duplicates, missing
-patient ids, ...).
+patient ids, ...). Patients the image rule leaves out are listed under ``left_out`` (the task's
+rejects.csv).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import unicodedata
 
 import polars as pl
 
-from ftbench.data import text
+from ftbench.data import selection, text
 
 # The class each raw label value goes to, by how the task declares it (listed in the data report).
 CLASSES = {"positive": "1 (positive)", "negative": "0 (negative)", "unknown": "left out (declared unknown)"}
@@ -85,6 +87,12 @@ def build(table: pl.DataFrame, task: dict, name: str, rejects: pl.DataFrame | No
         else pl.when(pl.col("time").is_not_null()).then(pl.lit("number"))
     )
     times = _counts(rows.select(kind.fill_null("missing").alias("time")), "time")
+    source = (
+        pl.col("time_source")
+        if "time_source" in rows.columns
+        else pl.when(pl.col("time").is_not_null()).then(pl.lit("the table's time column"))
+    )
+    sources = _counts(rows.select(source.fill_null("missing").alias("source")), "source")
     conflicts = rows.group_by("patient_id").agg(pl.col("label").n_unique().alias("n")).filter(pl.col("n") > 1)
     if conflicts.height:
         ids = sorted(conflicts["patient_id"].to_list())
@@ -92,12 +100,10 @@ def build(table: pl.DataFrame, task: dict, name: str, rejects: pl.DataFrame | No
             f"task '{name}': patient(s) {ids[:10]} have images with both labels in column '{label}'; "
             "a prognostic label must be one per patient (fix the source or filter the rows)"
         )
-    policy = task.get("images", "all")
-    if policy != "all":  # an image without a time is chosen only when none of the patient's images has one
-        order = rows.sort(["patient_id", "time", "row"], nulls_last=policy == "first")
-        rows = order.group_by("patient_id", maintain_order=True).agg(
-            pl.all().first() if policy == "first" else pl.all().last()
-        )
+    policy = task.get("images", "first")  # the admission image (selection.py states the rules)
+    available = _counts(rows.group_by("patient_id").agg(pl.len().alias("images")), "images")
+    rows, left_out, chosen = selection.select(rows, policy, name)
+    if policy != "all":
         steps[f"{policy} image per patient"] = rows.height
     rows = rows.select("row", "image_id", "patient_id", "label", "centre", "view", "time").sort("row")
     for cls in (0, 1):
@@ -123,14 +129,18 @@ def build(table: pl.DataFrame, task: dict, name: str, rejects: pl.DataFrame | No
         "patient_ids_differing_only_in_case": [list(pair) for pair in text.case_twins(rows["patient_id"])],
         "images_with_a_declared_unknown_label": declared_unknown,
         "times_read_as": times,
+        "time_source": sources,
+        **chosen,
         "images_per_class": _counts(rows, "label"),
         "patients_per_class": _counts(rows.unique("patient_id"), "label"),
         "images_per_centre": _counts(rows, "centre"),
         "images_per_view": _counts(rows, "view"),
+        "images_per_patient_before_selection": available,
         "images_per_patient": _counts(rows.group_by("patient_id").agg(pl.len().alias("images")), "images"),
         "patients_per_centre_and_class": _per_class(rows.unique("patient_id"), "centre"),
         "images_per_view_and_class": _per_class(rows, "view"),
         "rejects": _rejects(rejects),
+        "left_out": left_out,  # the task's own rejects (rows of rejects.csv), written beside the report
     }
     return rows, report
 

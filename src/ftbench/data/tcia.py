@@ -425,6 +425,7 @@ def _image_row(fields: dict, file: Path, s: dict) -> tuple[dict | None, dict | N
         "centre": s["centre"],
         "view": fields["view"],
         "time": fields["time"],
+        "time_source": fields["time_source"],
         "modality": fields["modality"],
         "body_part": fields["body_part"],
         "series_uid": fields["series_uid"],

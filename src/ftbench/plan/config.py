@@ -39,6 +39,14 @@ ADAPTER_KEYS = {
 }
 
 
+# Why a prognostic task uses each patient's admission image (tasks.<name>.images: first, the default).
+HINDSIGHT = (
+    "every image of a patient: later images may show the outcome (endotracheal tubes, central lines reveal "
+    "intubation and ICU admission), hindsight a prognostic model does not have at admission; "
+    "images: first (the default) uses each patient's admission image"
+)
+
+
 class ConfigError(ValueError):
     """A config value is wrong; the message names the key."""
 
@@ -306,7 +314,8 @@ def check_classes(task: dict, name: str) -> None:
 
 def resolved_grid(config: dict, cells: int) -> str:
     """One line saying which regimes, K and repetitions the grid holds (printed at the start of every run:
-    a preset's ``regimes:`` merges into config.yaml's, so what runs is not always what the preset shows)."""
+    a preset's ``regimes:`` merges into config.yaml's, so what runs is not always what the preset shows), and a
+    warning line for the tasks that use every image of a patient."""
     regimes = config.get("regimes", {})
     fewshot = regimes.get("fewshot") or {}
     parts = ["full data"] if regimes.get("full", True) else []
@@ -317,7 +326,15 @@ def resolved_grid(config: dict, cells: int) -> str:
         f"ftbench: grid: {' + '.join(parts)}; {len(bench['tasks'])} task(s), {len(bench['models'])} model(s), "
         f"{len(bench['strategies'])} strateg{'y' if len(bench['strategies']) == 1 else 'ies'}: {cells} cells "
         "(a preset's regimes: merges key by key into config.yaml's; fewshot: null turns few-shot off)"
-    )
+    ) + hindsight(config)
+
+
+def hindsight(config: dict) -> str:
+    """A warning line naming the selected tasks that use every image of a patient (``images: all``); else ''."""
+    tasks = [name for name, task in selected(config, "tasks").items() if task.get("images") == "all"]
+    if not tasks:
+        return ""
+    return f"\nftbench: warning: {', '.join(tasks)}: images: all, {HINDSIGHT}"
 
 
 def task_validation(config: dict, task: str) -> dict:
