@@ -309,9 +309,11 @@ def test_cost_projection_counts_idc_collections_in_the_index(tmp_path):
 
     config = validate(yaml.safe_load((ROOT / "config.yaml").read_text()))
     assert not {"nysbu_death", "nysbu_icu", "car_icu", "car_death"} & set(config["cost"]["tasks"])
+    # images: first (the admission image, the default) counts one image per patient; all, every CR/DX image
+    assert flop_cost.declared_counts(config, "nysbu_death") == ({"patients": 1365, "images": 1365}, "index")
+    assert flop_cost.declared_counts(config, "cohen_icu") == ({"patients": 106, "images": 106}, "declared")
+    config["tasks"]["nysbu_death"]["images"] = "all"
     assert flop_cost.declared_counts(config, "nysbu_death") == ({"patients": 1365, "images": 14132}, "index")
-    assert flop_cost.declared_counts(config, "cohen_icu") == ({"patients": 106, "images": 226}, "declared")
-    config["tasks"]["car_icu"]["images"] = "first"
     assert flop_cost.declared_counts(config, "car_icu") == ({"patients": 104, "images": 104}, "index")
     assert flop_cost.task_sizes(config, "car_icu", tmp_path)[1] == "index"
     config["datasets"]["covid19_ar"]["source"] = "nbia"  # NBIA has no index: neither declared nor counted
