@@ -14,5 +14,7 @@ EMBEDDING_VERSION = 1  # embedding caches of frozen backbones
 TRAINING_VERSION = 3  # training cells (3: IA3 on keys/values/MLP activation and CNN inputs, SSF after norms on
 #   BatchNorm CNNs, CLIP ViT-L/14 as transformers tower, frozen-backbone epochs un-augmented, few-shot validation
 #   on K labels, exact thresholds, AdaLoRA at its budget; 2: ViT adapters on block linears only)
-REPORT_VERSION = 3  # summary tables, statistics and the report (2: cells table gains sizes, epochs, time split;
-#   3: tests across tasks use one block per task, never folds; within a task, corrected and Bayesian correlated t)
+REPORT_VERSION = 4  # summary tables, statistics and the report (2: cells table gains sizes, epochs, time split;
+#   3: tests across tasks use one block per task, never folds; within a task, corrected and Bayesian correlated t;
+#   4: one block per cohort, Iman-Davenport's F, the reachable p, report.control, the hierarchical model, ties
+#   below 1e-12)
