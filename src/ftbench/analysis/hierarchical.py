@@ -21,15 +21,17 @@ numbers of folds (each its own rho).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as ss
 
-# ours: sampler settings (baycomp's default is 4 chains of 50,000 draws); 4 x 1,000 draws put the Monte Carlo
-# error of a probability near 0.01, below the rounding of the report's two decimals' meaning
-CHAINS, WARMUP, DRAWS = 4, 500, 1000
-BATCH = 32  # pairs sampled together (one compiled model per cohort count and fold count)
+# ours: sampler settings (baycomp's default is 4 chains of 50,000 draws): 2 x 400 draws after 200 warm-up steps
+# and trees of at most 2^7 steps keep the stage within its 2 minutes on a default-sized grid (docs/performance.md);
+# the Monte Carlo error of a probability is then about 0.03 (tests/test_stats.py: within 0.05 of baycomp's)
+CHAINS, WARMUP, DRAWS, TREE_DEPTH = 2, 200, 400, 7
+BATCH = 64  # pairs sampled together (one compiled model per batch shape: pairs, cohorts, folds)
 # baycomp's HierarchicalTest defaults: Gamma(alpha, beta) prior on nu - 1 with alpha in [1, 2], beta in [0.01, 0.1];
 # the SDs' uniform priors reach 1,000 times the data's SD
 ALPHA, BETA, UPPER_SIGMA = (1.0, 2.0), (0.01, 0.1), 1000.0
@@ -116,7 +118,7 @@ def _sampler(shape: tuple[int, int, int]):
     # the non-centred form of delta (the same posterior; NUTS explores it without the funnel of few cohorts)
     model = numpyro.handlers.reparam(_model, config={"delta": LocScaleReparam(0, shape_params=["df"])})
     return MCMC(
-        NUTS(model),
+        NUTS(model, max_tree_depth=TREE_DEPTH),
         num_warmup=WARMUP,
         num_samples=DRAWS,
         num_chains=CHAINS,
@@ -151,16 +153,18 @@ def probabilities(delta0: np.ndarray, std0: np.ndarray, nu: np.ndarray, rope: fl
 
 
 def compare_pairs(prepared: list[Prepared], seed: int = 0) -> list[tuple[float, float, float]]:
-    """The three probabilities of every prepared pair, sampling pairs of the same shape together, in batches of
-    at most :data:`BATCH` (each batch size and shape compiles once)."""
+    """The three probabilities of every prepared pair, sampling pairs of the same shape together in equal batches
+    of at most :data:`BATCH` (the last filled with copies of its first pair), so that each shape compiles once."""
     out: list[tuple[float, float, float] | None] = [None] * len(prepared)
     by_shape: dict[tuple[int, int], list[int]] = {}
     for i, p in enumerate(prepared):
         by_shape.setdefault(p.diff.shape, []).append(i)
     for _, indices in sorted(by_shape.items()):
-        for start in range(0, len(indices), BATCH):
-            chunk = indices[start : start + BATCH]
-            delta0, std0, nu = _sample([prepared[i] for i in chunk], seed + start)
+        size = math.ceil(len(indices) / math.ceil(len(indices) / BATCH))
+        for start in range(0, len(indices), size):
+            chunk = indices[start : start + size]
+            batch = [prepared[i] for i in chunk]
+            delta0, std0, nu = _sample(batch + [batch[0]] * (size - len(batch)), seed + start)
             for j, i in enumerate(chunk):
                 out[i] = probabilities(delta0[:, j], std0[:, j], nu[:, j], prepared[i].rope)
     return out

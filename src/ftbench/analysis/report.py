@@ -827,7 +827,7 @@ def build(res: Results, figs: list[Figure]) -> str:
             f"'significant' means Holm-adjusted p &lt; {res.alpha} within the family, models, regime and metric. "
             f"Click a header to sort.</p>" + table_html(w)
         )
-    p += [_hierarchical_html(res, metric, label) for metric, label in (("mcc", "MCC"), ("pr_auc", "PR-AUC"))]
+    p.append(_hierarchical_html(res, stats.HIERARCHICAL_METRIC, "MCC"))
     p.append(_within_html(res, "mcc", "MCC"))
     if not res.comparisons.friedman.height:
         p.append("<p class='note'>No statistics: no strategy has a result yet.</p>")

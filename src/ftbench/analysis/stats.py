@@ -143,6 +143,8 @@ FEW_TASKS = 10  # Demšar (2006): Friedman's chi-square is a fair approximation 
 # ours: differences smaller than this are rounding noise, not a difference: ties in ranks, zeros in Wilcoxon's test,
 # no variance in the corrected t (two strategies with fold scores (0.1, 0.2) and (0.15, 0.15) differ by 3e-17)
 TOLERANCE = 1e-12
+# ours: the hierarchical model runs on the headline metric only: MCMC for PR-AUC too would double the stage's time
+HIERARCHICAL_METRIC = "mcc"
 
 # The columns of the cells table (ftbench.analysis.aggregate's cells.parquet) that :func:`compare` reads, with the metrics
 CELLS_SCHEMA = {
@@ -662,10 +664,11 @@ def compare(
             out["ranks"] += [key | r for r in ranks]
             out["posthoc"] += [key | r for r in posthoc]
             out["wilcoxon"] += [key | r for r in paired_wilcoxon(blocks, strategies, alpha, control)]
-            folds = cohort_folds(scope_values, models, strategies, cohorts)
-            best = min(ranks, key=lambda r: r["mean_rank"], default={"strategy": strategies[0]})["strategy"]
-            reference = control if control in strategies else best
-            requests += [(key | row, data) for row, data in hierarchical_requests(folds, strategies, reference, rope)]
+            if metric == HIERARCHICAL_METRIC:
+                folds = cohort_folds(scope_values, models, strategies, cohorts)
+                best = min(ranks, key=lambda r: r["mean_rank"], default={"strategy": strategies[0]})["strategy"]
+                reference = control if control in strategies else best
+                requests += [(key | r, data) for r, data in hierarchical_requests(folds, strategies, reference, rope)]
         out["within_task"] += [r | {"metric": metric} for r in within_task(values, rope)]
     modelled = [data for _, data in requests if data is not None]
     probs = iter(hierarchical.compare_pairs(modelled))
