@@ -54,7 +54,14 @@ def test_top_level_is_small():
 
 
 @pytest.mark.parametrize(
-    "module", ["ftbench.plan.grid", "ftbench.plan.cluster", "ftbench.plan.config", "ftbench.analysis.captions"]
+    "module",
+    [
+        "ftbench.plan.grid",
+        "ftbench.plan.cluster",
+        "ftbench.plan.config",
+        "ftbench.plan.reach",
+        "ftbench.analysis.captions",
+    ],
 )
 def test_planning_modules_are_torch_free(module):
     """What the Snakefile imports must not import torch: every Slurm job re-parses it."""
