@@ -136,7 +136,7 @@ def test_one_cell_grid_builds_a_report_that_says_what_it_cannot_test(tmp_path):
         root, tasks={"death": 0.3}, models={"cnn_a": "cnn"}, strategies={"fft": 2.5}, regimes=("full",), folds=1
     )
     html = build_report(root, tmp_path / "out").read_text()
-    assert "1 task: no across-task test possible (minimum 6)" in html
+    assert "1 cohort: no across-task test possible (minimum 6)" in html
     assert "Only one task" in html and ">1</b>cells done" in html
 
 
