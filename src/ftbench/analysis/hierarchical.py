@@ -35,7 +35,7 @@ BATCH = 64  # pairs sampled together (one compiled model per batch shape: pairs,
 # baycomp's HierarchicalTest defaults: Gamma(alpha, beta) prior on nu - 1 with alpha in [1, 2], beta in [0.01, 0.1];
 # the SDs' uniform priors reach 1,000 times the data's SD
 ALPHA, BETA, UPPER_SIGMA = (1.0, 2.0), (0.01, 0.1), 1000.0
-TOLERANCE = 1e-12
+TOLERANCE = 1e-12  # ours: smaller differences are rounding noise (ftbench.analysis.stats.TOLERANCE)
 
 
 @dataclass

@@ -141,8 +141,8 @@ CELL = ("model", "fold", "repetition")
 DECISION = 0.95  # ours: a posterior probability this high decides (Benavoli et al. 2017 use 0.95 too)
 FEW_TASKS = 10  # Demšar (2006): Friedman's chi-square is a fair approximation from about 10 data sets on
 # ours: differences smaller than this are rounding noise, not a difference: ties in ranks, zeros in Wilcoxon's test,
-# no variance in the corrected t (two strategies with fold scores (0.1, 0.2) and (0.15, 0.15) differ by 3e-17)
-TOLERANCE = 1e-12
+# no variance in the corrected t or the hierarchical model (fold scores (0.1, 0.2) and (0.15, 0.15) differ by 3e-17)
+TOLERANCE = hierarchical.TOLERANCE
 # ours: the hierarchical model runs on the headline metric only: MCMC for PR-AUC too would double the stage's time
 HIERARCHICAL_METRIC = "mcc"
 
@@ -289,8 +289,8 @@ def min_blocks(alpha: float) -> int:
 
 
 def ties_within(values: np.ndarray, tol: float = TOLERANCE) -> np.ndarray:
-    """``values`` (blocks x strategies) with each row's values closer than ``tol`` to their sorted neighbour set
-    equal to the smallest of their run, so that rounding noise ranks as a tie."""
+    """``values`` (blocks x strategies) with each row's runs of values within ``tol`` of their sorted neighbour
+    set to the run's smallest value, so that rounding noise ranks as a tie."""
     out = np.array(values, dtype=float)
     for row in out:
         order = np.argsort(row, kind="stable")
