@@ -59,6 +59,7 @@ def test_top_level_is_small():
         "ftbench.plan.grid",
         "ftbench.plan.cluster",
         "ftbench.plan.config",
+        "ftbench.plan.reach",
         "ftbench.analysis.captions",
         "ftbench.data.sources",
     ],

@@ -51,7 +51,10 @@ def test_report_shows_every_view_with_a_caption_and_finds_the_best_strategy(demo
     assert len(winners) == 6 and all(w.endswith("· fft") for w in winners)  # the strongest signal wins everywhere
     # 2 tasks are too few for a test across tasks, however many folds and models: mean ranks only, said plainly
     assert ">strategies differ<" not in html and ">not tested<" in html
-    assert "2 tasks: no across-task test possible (minimum 6)" in html and "mean ranks only" in html
+    assert "2 cohorts: no across-task test possible (minimum 6)" in html and "mean ranks only" in html
+    # what the design can reach, and the hierarchical model as the headline across tasks (issue 22 §3)
+    assert "What this grid can conclude across tasks (MCC)" in html and "smallest reachable p_holm" in html
+    assert "Bayesian hierarchical comparison, MCC (headline)" in html and "Iman-Davenport F" in html
     # within each task and model the folds compare strategies, fft (the strongest signal) against the rest
     comparisons = stats.Comparisons.read(root / "out" / "stats")
     res = report.Results(
@@ -134,7 +137,7 @@ def test_one_cell_grid_builds_a_report_that_says_what_it_cannot_test(tmp_path):
         root, tasks={"death": 0.3}, models={"cnn_a": "cnn"}, strategies={"fft": 2.5}, regimes=("full",), folds=1
     )
     html = build_report(root, tmp_path / "out").read_text()
-    assert "1 task: no across-task test possible (minimum 6)" in html
+    assert "1 cohort: no across-task test possible (minimum 6)" in html
     assert "Only one task" in html and ">1</b>cells done" in html
 
 

@@ -2,6 +2,7 @@
 
 import math
 import warnings
+from pathlib import Path
 
 import baycomp
 import numpy as np
@@ -12,6 +13,12 @@ from sklearn import metrics as skm
 from statsmodels.stats.multitest import multipletests
 
 from ftbench.analysis import stats
+
+
+@pytest.fixture(autouse=True)
+def no_sampler(monkeypatch):
+    """stats.compare's tests skip the hierarchical model's sampler (seconds of NUTS); it is tested on its own."""
+    monkeypatch.setattr(stats.hierarchical, "compare_pairs", lambda prepared, seed=0: [(0.0, 1.0, 0.0)] * len(prepared))
 
 
 def wide(**columns) -> tuple[pl.DataFrame, list[str]]:
@@ -64,7 +71,7 @@ def test_friedman_matches_scipy_documented_example():
     row, ranks, posthoc = stats.friedman_nemenyi(frame, names, 0.05)
     assert row["statistic"] == pytest.approx(10.571428571428571)
     assert row["p_value"] == pytest.approx(0.005063414171757498)
-    assert row["tasks"] == 7 and row["strategies"] == 3 and len(posthoc) == 3
+    assert row["cohorts"] == 7 and row["strategies"] == 3 and len(posthoc) == 3
 
 
 def test_friedman_and_nemenyi_hand_computed_perfect_ordering():
@@ -82,7 +89,7 @@ def test_friedman_and_nemenyi_hand_computed_perfect_ordering():
     assert p_ac == pytest.approx(ss.studentized_range.sf(math.sqrt(24), 3, np.inf))
     # CD = q_0.05 sqrt(k(k+1)/(6n)); Demšar's table: q_0.05 = 2.343 for k = 3
     assert row["critical_difference"] == pytest.approx(2.343 * math.sqrt(12 / 36), abs=1e-3)
-    assert "fewer than 10 tasks" in row["note"]
+    assert "fewer than 10 cohorts" in row["note"]
 
 
 @pytest.mark.parametrize(
@@ -95,9 +102,9 @@ def test_critical_difference_matches_demsar_table(k, q):
     assert stats.critical_difference(k, n, 0.05) == pytest.approx(q * math.sqrt(k * (k + 1) / (6 * n)), abs=2e-3)
 
 
-def test_min_tasks_is_where_the_exact_wilcoxon_can_first_reject():
+def test_min_blocks_is_where_the_exact_wilcoxon_can_first_reject():
     # 2 / 2^5 = 0.0625 >= 0.05 > 2 / 2^6 = 0.03125; at alpha 0.01: 2 / 2^7 = 0.0156 >= 0.01 > 2 / 2^8
-    assert (stats.min_tasks(0.05), stats.min_tasks(0.01), stats.min_tasks(0.1)) == (6, 8, 5)
+    assert (stats.min_blocks(0.05), stats.min_blocks(0.01), stats.min_blocks(0.1)) == (6, 8, 5)
 
 
 def test_friedman_below_the_minimum_gives_mean_ranks_and_no_test():
@@ -107,8 +114,8 @@ def test_friedman_below_the_minimum_gives_mean_ranks_and_no_test():
         c=[0.1, None, 0.2, 0.0, 0.1, 0.1, 0.2],
     )
     row, ranks, posthoc = stats.friedman_nemenyi(frame, names, 0.05)
-    assert row["tasks"] == 5 and row["p_value"] is None and posthoc == []  # 2 incomplete tasks leave 5 < 6
-    assert row["note"] == "5 tasks: no across-task test possible (minimum 6)"
+    assert row["cohorts"] == 5 and row["p_value"] is None and posthoc == []  # 2 incomplete blocks leave 5 < 6
+    assert row["note"] == "5 cohorts: no across-task test possible (minimum 6)"
     assert {r["strategy"]: r["mean_rank"] for r in ranks} == {"a": 1.0, "b": 2.0, "c": 3.0}
     two, names2 = wide(a=[0.9, 0.8, 0.7, 0.6, 0.5, 0.4], b=[0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
     assert "Friedman needs 3" in stats.friedman_nemenyi(two, names2, 0.05)[0]["note"]
@@ -141,7 +148,7 @@ def test_wilcoxon_holm_hand_computed():
         assert rows[pair]["p_value"] == pytest.approx(0.03125)
         assert rows[pair]["p_holm"] == pytest.approx(0.0625) and not rows[pair]["significant"]
         assert rows[pair]["note"] == "Holm over 2 pairs: p_holm ≥ 0.0625"  # 6 tasks cannot survive 2 tests
-    assert rows[("b", "c")]["p_value"] == 1.0 and rows[("b", "c")]["note"] == "identical in every task"
+    assert rows[("b", "c")]["p_value"] == 1.0 and rows[("b", "c")]["note"] == "identical in every cohort"
     assert "p_holm" not in rows[("b", "c")]
     # a tie leaves 5 untied tasks: the exact test drops it and cannot go below 2 / 2^5
     tie, names2 = wide(a=[0.1, 0.2, 0.0, 0.3, 0.15, 0.25], b=[0.0] * 6)
@@ -179,7 +186,7 @@ def test_blocks_are_tasks_six_tasks_five_folds_give_six_blocks():
     )
     result = stats.compare(cells, metrics=("mcc",))
     (row,) = result.friedman.rows(named=True)
-    assert (row["tasks"], row["strategies"], row["models"]) == (6, 3, "resnet18, resnet50")
+    assert (row["tasks"], row["cohorts"], row["strategies"], row["models"]) == (6, 6, 3, "resnet18, resnet50")
     # the block of a task: each strategy's mean over the task's 2 models x 5 folds, then Friedman over 6 blocks
     blocks = (
         cells.group_by("task", "strategy").agg(pl.col("mcc").mean()).pivot(on="strategy", index="task").sort("task")
@@ -197,7 +204,7 @@ def test_one_task_never_tests_over_its_folds():
     result = stats.compare(cells, metrics=("mcc",))
     (row,) = result.friedman.rows(named=True)
     assert row["tasks"] == 1 and row["p_value"] is None and row["critical_difference"] is None
-    assert row["note"] == "1 task: no across-task test possible (minimum 6)"
+    assert row["note"] == "1 cohort: no across-task test possible (minimum 6)"
     assert result.ranks.sort("strategy")["mean_rank"].to_list() == [1.0, 2.0, 3.0]
     assert result.posthoc.height == 0 and result.wilcoxon["p_value"].is_null().all()
     assert result.within_task.height == 3  # the folds go to the within-task comparisons instead
@@ -446,3 +453,226 @@ def test_pareto_front_hand_case():
     value = [0.5, 0.7, 0.6, 0.9, 0.7, 1.0]
     # (3, 0.6) is beaten by (2, 0.7); the two (2, 0.7) tie and both stay; NaN cost is never on the front
     assert stats.pareto_front(cost, value).tolist() == [True, True, False, True, True, False]
+
+
+# --- the unit across tasks is the cohort (issue 22 §3) -------------------------------------------------------
+
+
+def six_tasks_three_cohorts(seed: int = 0) -> tuple[pl.DataFrame, dict[str, str]]:
+    rng = np.random.default_rng(seed)
+    quality = {"fft": 0.6, "lora": 0.5, "lp": 0.3}
+    cohorts = {"c1": "cohen", "c2": "cohen", "c3": "cohen", "n1": "nysbu", "n2": "nysbu", "car": "car"}
+    cells = pl.concat(
+        [cells_frame({s: list(q + rng.normal(0, 0.1, 5)) for s, q in quality.items()}, task=t) for t in cohorts]
+    )
+    return cells, cohorts
+
+
+def test_tasks_sharing_patients_count_as_one_block():
+    cells, cohorts = six_tasks_three_cohorts()
+    result = stats.compare(cells, metrics=("mcc",), cohorts=cohorts)
+    (row,) = result.friedman.rows(named=True)
+    assert (row["tasks"], row["cohorts"]) == (6, 3)
+    assert row["note"] == "3 cohorts: no across-task test possible (minimum 6)" and row["p_value"] is None
+    # a cohort's block: each task's mean over its folds, then the mean over the cohort's tasks (each task weighs 1)
+    task_means = cells.group_by("task", "strategy").agg(pl.col("mcc").mean())
+    blocks = (
+        task_means.with_columns(pl.col("task").replace_strict(cohorts).alias("cohort"))
+        .group_by("cohort", "strategy")
+        .agg(pl.col("mcc").mean())
+    )
+    means = {r["strategy"]: r["mean"] for r in result.ranks.rows(named=True)}
+    assert means == pytest.approx(dict(blocks.group_by("strategy").agg(pl.col("mcc").mean()).iter_rows()))
+    assert set(result.wilcoxon["pairs"]) == {3} and result.wilcoxon["p_value"].is_null().all()
+    # without the mapping every task is its own block, as before
+    assert stats.compare(cells, metrics=("mcc",)).friedman["cohorts"].to_list() == [6]
+
+
+def test_cohorts_come_from_the_dataset_unless_a_task_names_one():
+    from ftbench.plan import config as plan_config
+    from ftbench.plan import reach
+
+    config = plan_config.load(Path(__file__).resolve().parents[1] / "config.yaml")
+    by_task = reach.cohorts(config)
+    assert by_task == {
+        "cohen_death": "cohen",
+        "cohen_icu": "cohen",
+        "cohen_intubated": "cohen",
+        "nysbu_death": "nysbu",
+        "nysbu_icu": "nysbu",
+        "car_icu": "covid19_ar",
+    }
+    config["tasks"]["car_icu"]["cohort"] = "nysbu"  # e.g. two collections known to share patients
+    assert reach.cohorts(config)["car_icu"] == "nysbu"
+    plan_config.validate(config)  # the schema allows the key
+
+
+# --- what the design can conclude, said before it runs --------------------------------------------------------
+
+
+def test_smallest_wilcoxon_p_equals_scipys_exact_and_normal_test():
+    for n in (1, 2, 5, 6, 12, 50, 51, 60):
+        assert stats.smallest_wilcoxon_p(n) == pytest.approx(ss.wilcoxon(np.arange(1, n + 1)).pvalue, rel=1e-9)
+
+
+def test_smallest_holm_p_the_design_can_reach():
+    from ftbench.plan import reach
+
+    # the issue's numbers: 6 blocks and 8 strategies (28 pairs): 28 x 2 / 2^6 = 0.875
+    assert reach.Reach(6, reach.comparisons(8, control=False), 0.05).smallest_p == pytest.approx(0.875)
+    # the default grid's 3 cohorts: 28 x 0.25 > 1, and against a control 7 x 0.25 > 1: nothing can reject
+    assert reach.Reach(3, 28, 0.05).smallest_p == 1.0 and not reach.Reach(3, 7, 0.05).can_reject
+    # against a control (7 comparisons) 9 cohorts suffice: 7 x 2 / 2^9 = 0.027; 8 do not: 7 x 2 / 2^8 = 0.055
+    assert reach.Reach(9, reach.comparisons(8, control=True), 0.05).can_reject
+    assert not reach.Reach(8, 7, 0.05).can_reject
+
+
+def test_planning_says_what_the_default_grid_can_conclude():
+    from ftbench.plan import config as plan_config
+    from ftbench.plan import reach
+
+    config = plan_config.validate(plan_config.load(Path(__file__).resolve().parents[1] / "config.yaml"))
+    line = reach.design_line(config)
+    assert "6 task(s) in 3 cohort(s)" in line and "28 pairwise Wilcoxon tests" in line
+    assert "smallest adjusted p 1 ≥ alpha 0.05: no pairwise across-task test can reject" in line
+    config["report"]["control"] = "lp"
+    assert "against the control lp: 7 pairwise Wilcoxon tests" in reach.design_line(config)
+
+
+def test_friedman_row_carries_the_reachable_p():
+    cells, cohorts = six_tasks_three_cohorts()
+    row = stats.compare(cells, metrics=("mcc",), cohorts=cohorts).friedman.row(0, named=True)
+    assert (row["comparisons"], row["smallest_p_holm"], row["can_reject"]) == (3, 0.75, False)  # 3 x 2 / 2^3
+    row = stats.compare(cells, metrics=("mcc",)).friedman.row(0, named=True)  # 6 tasks as blocks: 3 x 2 / 2^6
+    assert (row["smallest_p_holm"], row["can_reject"]) == (pytest.approx(0.09375), False)
+
+
+def test_a_control_gives_k_minus_one_comparisons_holm_over_them():
+    # 7 blocks; a beats b, c and d in every block: exact p = 2 / 2^7 = 0.015625 each
+    frame, names = wide(
+        a=[0.9, 0.8, 0.85, 0.7, 0.95, 0.9, 0.88],
+        b=[0.5, 0.4, 0.3, 0.45, 0.6, 0.5, 0.41],
+        c=[0.52, 0.41, 0.31, 0.46, 0.62, 0.51, 0.4],
+        d=[0.1, 0.2, 0.3, 0.1, 0.2, 0.3, 0.1],
+    )
+    every = stats.paired_wilcoxon(frame, names, 0.05)
+    assert len(every) == 6 and not any(r["significant"] for r in every if r["a"] == "a")  # 6 x 0.0156 = 0.094
+    control = stats.paired_wilcoxon(frame, names, 0.05, control="a")
+    assert [(r["a"], r["b"]) for r in control] == [("a", "b"), ("a", "c"), ("a", "d")]
+    assert all(r["p_holm"] == pytest.approx(3 * 0.015625) and r["significant"] for r in control)
+    assert stats.friedman_nemenyi(frame, names, 0.05, control="a")[0]["comparisons"] == 3
+
+
+def test_report_control_must_be_a_strategy_of_the_benchmark():
+    from ftbench.plan import config as plan_config
+
+    config = plan_config.load(Path(__file__).resolve().parents[1] / "config.yaml")
+    config["report"]["control"] = "nope"
+    with pytest.raises(plan_config.ConfigError, match="report.control"):
+        plan_config.validate(config)
+
+
+# --- Iman-Davenport's F beside Friedman's chi-square ---------------------------------------------------------
+
+
+def test_iman_davenport_reproduces_demsars_example():
+    # Demšar (2006), §3.2.2 on Table 6: 14 data sets, 4 classifiers, chi2_F = 9.28 gives F_F = 3.69
+    f, p = stats.iman_davenport(9.28, 14, 4)
+    assert f == pytest.approx(3.69, abs=0.005) and p == pytest.approx(ss.f.sf(f, 3, 39))
+    assert f > ss.f.isf(0.05, 3, 39) == pytest.approx(2.85, abs=0.005)  # the paper: critical value 2.85 at 0.05
+
+
+def test_iman_davenport_equals_repeated_measures_anova_on_ranks():
+    # without ties, F_F is the repeated-measures ANOVA F of the ranks (statsmodels' AnovaRM)
+    from statsmodels.stats.anova import AnovaRM
+
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(14, 4)) + np.array([0, 0.5, 0.1, 0.6])
+    frame, names = wide(**{f"s{j}": list(values[:, j]) for j in range(4)})
+    row = stats.friedman_nemenyi(frame, names, 0.05)[0]
+    ranks = ss.rankdata(-values, axis=1)
+    long = pl.DataFrame(
+        {"block": np.repeat(np.arange(14), 4), "s": np.tile(np.arange(4), 14), "r": ranks.ravel()}
+    ).to_pandas()
+    anova = AnovaRM(long, "r", "block", within=["s"]).fit().anova_table
+    assert row["iman_davenport_f"] == pytest.approx(anova["F Value"].iloc[0])
+    assert row["iman_davenport_p"] == pytest.approx(anova["Pr > F"].iloc[0])
+
+
+# --- rounding noise is not a difference ------------------------------------------------------------------------
+
+
+def test_rounding_noise_ties_in_ranks_and_wilcoxon():
+    # fold scores (0.1, 0.2) and (0.15, 0.15): the same mean in exact arithmetic, 3e-17 apart in floats; the old
+    # code ranked a first in all six tasks (1.0 vs 2.0) and gave Wilcoxon p = 0.031
+    cells = pl.concat([cells_frame({"a": [0.1, 0.2], "b": [0.15, 0.15]}, task=f"t{i}") for i in range(6)])
+    assert np.mean([0.1, 0.2]) != np.mean([0.15, 0.15])
+    result = stats.compare(cells, metrics=("mcc",))
+    assert result.ranks.sort("strategy")["mean_rank"].to_list() == [1.5, 1.5]
+    (row,) = result.wilcoxon.rows(named=True)
+    assert (row["wins"], row["ties"], row["losses"]) == (0, 6, 0) and row["note"] == "identical in every cohort"
+
+
+def test_rounding_noise_is_no_variance_in_the_corrected_t():
+    a = np.array([0.3, 0.5, 0.7, 0.2, 0.9])
+    b = a - 0.1  # in floats the differences vary by ~1e-17: the old code gave t = 2.4e15, p = 1e-46
+    assert np.ptp(a - b) > 0
+    row = stats.correlated_t(a, b, 0.01)
+    assert row["t"] is None and row["p_value"] is None and "no variance" in row["note"]
+    assert row["p_a_better"] == 1.0
+    same = stats.correlated_t(np.array([0.1, 0.2]), np.array([0.15, 0.15]) + np.array([-0.05, 0.05]), 0.01)
+    assert same["note"] == "identical in every fold" and same["p_value"] == 1.0
+
+
+# --- the Bayesian hierarchical comparison across cohorts -------------------------------------------------------
+
+# A fixed example: 3 cohorts x 5 folds of MCC of strategies a and b. baycomp's HierarchicalTest (pystan 3.10,
+# 4 chains x 20,000 draws, random_state=0) gives these (P(a better), P(equivalent), P(b better)) at two ROPEs;
+# test_hierarchical_matches_baycomp_live recomputes them where pystan is installed.
+EXAMPLE_A = [[0.31, 0.42, 0.28, 0.35, 0.39], [0.12, 0.20, 0.15, 0.09, 0.18], [0.55, 0.49, 0.61, 0.52, 0.58]]
+EXAMPLE_B = [[0.35, 0.44, 0.33, 0.36, 0.45], [0.15, 0.19, 0.22, 0.12, 0.20], [0.53, 0.50, 0.57, 0.51, 0.55]]
+BAYCOMP = {0.01: (0.291825, 0.050775, 0.6574), 0.03: (0.17775, 0.44755, 0.3747)}
+
+
+def hierarchical_probabilities(rope: float) -> tuple[float, float, float]:
+    prepared = stats.hierarchical.prepare([np.array(r) for r in EXAMPLE_A], [np.array(r) for r in EXAMPLE_B], rope)
+    (probs,) = REAL_COMPARE_PAIRS([prepared])
+    return probs
+
+
+REAL_COMPARE_PAIRS = stats.hierarchical.compare_pairs  # the autouse fixture replaces it inside stats.compare
+
+
+def test_hierarchical_model_matches_baycomps_on_a_fixed_example():
+    # Monte Carlo error of 4 x 1,000 draws: about 0.02 on each probability
+    for rope, expected in BAYCOMP.items():
+        assert hierarchical_probabilities(rope) == pytest.approx(expected, abs=0.05), rope
+
+
+@pytest.mark.slow
+def test_hierarchical_matches_baycomp_live(tmp_path, monkeypatch):
+    pytest.importorskip("stan", reason="baycomp's HierarchicalTest needs pystan (pip install pystan 'setuptools<81')")
+    monkeypatch.chdir(tmp_path)  # baycomp pickles its last sample into the working directory
+    x, y = np.array(EXAMPLE_A), np.array(EXAMPLE_B)
+    live = baycomp.HierarchicalTest(x, y, 0.03, random_state=0, nsamples=5000, chains=4).probs()
+    assert live == pytest.approx(BAYCOMP[0.03], abs=0.03)
+    assert hierarchical_probabilities(0.03) == pytest.approx(live, abs=0.05)
+
+
+def test_hierarchical_rows_in_compare(monkeypatch):
+    monkeypatch.setattr(stats.hierarchical, "compare_pairs", REAL_COMPARE_PAIRS)
+    cells, cohorts = six_tasks_three_cohorts()
+    cells = cells.filter(pl.col("strategy") != "lora")
+    rows = stats.compare(cells, metrics=("mcc",), cohorts=cohorts, control="lp").hierarchical.rows(named=True)
+    (row,) = rows
+    assert (row["a"], row["b"], row["cohorts"], row["folds"]) == ("lp", "fft", 3, 15)
+    # fft is 0.3 better than lp with fold noise 0.1: the model is sure b is better on a new cohort
+    assert row["p_b_better"] > 0.95 and row["p_a_better"] + row["p_equivalent"] + row["p_b_better"] == 1.0
+
+
+def test_hierarchical_notes_what_it_cannot_model():
+    same = stats.hierarchical.prepare([np.array([0.5, 0.5])] * 2, [np.array([0.5, 0.5])] * 2, 0.01)
+    assert same == "the same difference in every fold of every cohort: no variance to model"
+    # one cohort's constant difference keeps its mean (baycomp would centre its noise on 0)
+    p = stats.hierarchical.prepare([np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.5, 0.5])], [np.zeros(3)] * 2, 0.01)
+    assert np.nanmean(p.diff[1]) == pytest.approx(-0.5 / np.mean([np.std([0.1, 0.2, 0.3]), 0.0]))

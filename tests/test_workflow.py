@@ -51,8 +51,16 @@ def test_demo_produces_report_and_all_cells(demo_run):
     # one task: mean ranks but no test across tasks (never one over its folds), 2 families x 2 regimes x 2 metrics
     friedman = pl.read_csv(results / "stats" / "friedman.csv")
     assert friedman.height == 8 and friedman["p_value"].is_null().all() and (friedman["tasks"] == 1).all()
-    assert (friedman["note"] == "1 task: no across-task test possible (minimum 6)").all()
+    assert (friedman["note"] == "1 cohort: no across-task test possible (minimum 6)").all()
     assert ">strategies differ<" not in html and "mean ranks only" in html
+    # the hierarchical model on MCC, the best mean rank against the 6 (CNN) or 7 (ViT) others, and what the
+    # design can reach: the across-task headline (issue 22 §3)
+    hierarchical = pl.read_csv(results / "stats" / "hierarchical.csv")
+    assert hierarchical.height == (6 + 7) * 2 and (hierarchical["cohorts"] == 1).all()
+    assert (
+        hierarchical["p_a_better"] + hierarchical["p_equivalent"] + hierarchical["p_b_better"] - 1
+    ).abs().max() < 1e-9
+    assert "Bayesian hierarchical comparison, MCC (headline)" in html and "smallest reachable p_holm" in html
     # within the task, over its 5 folds: every strategy pair of each model (28 on the ViT with VPT, 21 on the CNN)
     within = pl.read_csv(results / "stats" / "within_task.csv")
     assert within.height == (28 + 21) * 2 * 2 and (within["folds"] == 5).all()

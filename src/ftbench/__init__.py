@@ -19,4 +19,5 @@ TRAINING_VERSION = 4  # training cells (4: metrics, threshold, early stopping an
 #   on K labels, exact thresholds, AdaLoRA at its budget; 2: ViT adapters on block linears only)
 REPORT_VERSION = 4  # summary tables, statistics and the report (2: cells table gains sizes, epochs, time split;
 #   3: tests across tasks use one block per task, never folds; within a task, corrected and Bayesian correlated t;
-#   4: bootstrap CIs, ROC, PR and calibration on one prediction per patient, image_* columns)
+#   4: bootstrap CIs, ROC, PR and calibration on one prediction per patient, image_* columns; one block per
+#   cohort, Iman-Davenport's F, the reachable p, report.control, the hierarchical model, ties below 1e-12)

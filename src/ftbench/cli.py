@@ -175,7 +175,10 @@ def cmd_stats(args) -> None:
 
     from ftbench.analysis import stats
 
-    stats.compare(pl.read_parquet(args.cells), alpha=args.alpha, rope=args.rope).write(args.out_dir)
+    cohorts = json.loads(args.cohorts) if args.cohorts else None
+    stats.compare(
+        pl.read_parquet(args.cells), alpha=args.alpha, rope=args.rope, cohorts=cohorts, control=args.control
+    ).write(args.out_dir)
 
 
 def cmd_cost(args) -> None:
@@ -397,6 +400,8 @@ def parser() -> argparse.ArgumentParser:
         default=0.01,
         help="region of practical equivalence of the Bayesian test, in metric units (ours: 0.01)",
     )
+    s.add_argument("--cohorts", help="JSON {task: cohort}: tasks sharing patients, one block across tasks")
+    s.add_argument("--control", help="compare every strategy with this one across tasks (k - 1 comparisons)")
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_stats)
 

@@ -11,7 +11,7 @@ sys.path.insert(0, SRC)
 
 from ftbench import DATA_VERSION, EMBEDDING_VERSION, SPLIT_VERSION
 from ftbench.plan.config import ConfigError, read, resolved_grid, selected, validate
-from ftbench.plan import grid
+from ftbench.plan import grid, reach
 from ftbench.plan.grid import CELL_FILES
 
 
@@ -41,6 +41,7 @@ TASKS = selected(config, "tasks")
 DATASETS = {name: config["datasets"][name] for name in dict.fromkeys(t["dataset"] for t in TASKS.values())}
 CELLS = grid.cells(config)
 print(resolved_grid(config, len(CELLS)), file=sys.stderr)
+print(reach.design_line(config), file=sys.stderr)
 for (model, strategy), reason in grid.excluded(config).items():
     print(f"ftbench: not in the grid: {model} x {strategy}: {reason}", file=sys.stderr)
 # few-shot groups the declared class counts cannot give: left out, and listed by the report

@@ -8,7 +8,7 @@ import shlex
 from ftbench import REPORT_VERSION
 from ftbench.analysis.captions import CAPTIONS
 
-STATS_TABLES = ("friedman", "ranks", "posthoc", "wilcoxon", "within_task")
+STATS_TABLES = ("friedman", "ranks", "posthoc", "wilcoxon", "within_task", "hierarchical")
 
 
 localrules:
@@ -69,10 +69,12 @@ rule stats:
     params:
         alpha=config["report"]["alpha"],
         rope=config["report"]["rope"],
+        cohorts=to_json(reach.cohorts(config)),
+        control=cli_args({"control": config["report"].get("control")}),
         version=REPORT_VERSION,
     shell:
         "python -m ftbench stats --cells {input.cells} --alpha {params.alpha} --rope {params.rope} "
-        "--out-dir $(dirname {output.tables[0]}) 2> {log}"
+        "--cohorts {params.cohorts:q} {params.control} --out-dir $(dirname {output.tables[0]}) 2> {log}"
 
 
 # the not_possible param and flag exist only when planning left few-shot groups out (NOT_POSSIBLE, common.smk):

@@ -29,11 +29,12 @@ CAPTIONS = {
     "over folds and repetitions, bars and bands their 95% bootstrap CIs. A flat curve that reaches the "
     "full-data level early is a strategy that needs few labels.",
     "cd_mcc": "Mean ranks of the strategies by MCC over tasks, one panel per model family (its models in brackets) and "
-    "regime; 1 = best, on the left. The unit is the task: a strategy's MCC on a task is its mean over the "
+    "regime; 1 = best, on the left. The unit is the cohort (tasks sharing patients form one block, the mean of its "
+    "tasks): a strategy's MCC on a task is its mean over the "
     "family's models, folds and repetitions, on the cells every strategy of the panel has. Where the "
-    "Friedman test could run (enough tasks), this is a critical-difference diagram: a thick bar joins "
+    "Friedman test could run (enough cohorts), this is a critical-difference diagram: a thick bar joins "
     "strategies the Nemenyi post-hoc test cannot tell apart at the report's alpha, and the CD line is the "
-    "critical difference of mean ranks. With too few tasks the panel shows the mean ranks only and says "
+    "critical difference of mean ranks. With too few cohorts the panel shows the mean ranks only and says "
     "why; folds are never used as blocks.",
     "cd_pr_auc": "Mean ranks of the strategies by PR-AUC over tasks, read as those of MCC: 1 = best, on the left; bars "
     "join strategies not significantly different (Nemenyi), drawn only where the Friedman test could "

@@ -209,12 +209,14 @@ def cd_diagrams(comparisons: stats.Comparisons, metric: str, style: Styles, alph
             ax.set_xlim(0.8, len(names) + 0.2)
             bottom = min(t.get_position()[1] for t in drawn["labels"]) - 0.8
             ax.set_ylim(bottom, 2.2)
-            tasks = test["tasks"][0]
+            blocks = test["cohorts"][0]
             if tested:
                 cd = test["critical_difference"][0]
                 ax.plot([1, 1 + cd], [1.6, 1.6], color="#1b1f24", lw=1.2, marker="|", ms=6)
                 ax.text(1 + cd + 0.08, 1.6, f"CD = {cd:.2f}", va="center", fontsize=7.5)
-                ax.set_title(f"{title}\nFriedman p = {test['p_value'][0]:.3g} over {tasks} tasks", pad=4, fontsize=8.5)
+                ax.set_title(
+                    f"{title}\nFriedman p = {test['p_value'][0]:.3g} over {blocks} cohorts", pad=4, fontsize=8.5
+                )
             else:
                 ax.set_title(f"{title}\nmean ranks only — {test['note'][0]}", pad=4, fontsize=8.5)
     fig.tight_layout()

@@ -381,16 +381,105 @@ def _tests_table(res: Results, metric: str) -> pl.DataFrame:
             "models",
             "regime",
             "strategies",
-            pl.col("tasks").alias("tasks (blocks)"),
+            pl.col("cohorts").alias("cohorts (blocks)"),
+            "tasks",
             "tasks_dropped",
             "cells_unpaired",
             pl.col("statistic").alias("chi²"),
             "p_value",
+            pl.col("iman_davenport_f").alias("Iman-Davenport F"),
+            pl.col("iman_davenport_p").alias("F's p"),
             "verdict",
             pl.col("critical_difference").alias("CD"),
             "best mean rank",
             "note",
         )
+    )
+
+
+def _reach_table(res: Results, metric: str) -> pl.DataFrame:
+    """Per scope: the cohorts, the pairwise comparisons and the smallest Holm-adjusted p they can reach."""
+    return res.comparisons.friedman.filter(pl.col("metric") == metric).select(
+        "family",
+        "models",
+        pl.col("regime_group").alias("regime"),
+        "tasks",
+        pl.col("cohorts").alias("cohorts (blocks)"),
+        "strategies",
+        pl.col("comparisons").alias("pairwise tests"),
+        pl.col("smallest_p_holm").alias("smallest reachable p_holm"),
+        pl.when(pl.col("can_reject")).then(pl.lit("yes")).otherwise(pl.lit("no")).alias("can a pair differ?"),
+    )
+
+
+def hierarchical_table(res: Results, metric: str) -> pl.DataFrame:
+    """The hierarchical comparisons of ``metric`` with what each decides at :data:`stats.DECISION`."""
+    h = res.comparisons.hierarchical.filter(pl.col("metric") == metric)
+    decided = stats.DECISION
+    verdict = (
+        pl.when(pl.col("p_a_better").is_null())
+        .then(pl.lit("not modelled"))
+        .when(pl.col("p_a_better") >= decided)
+        .then(pl.format("{} better", "a"))
+        .when(pl.col("p_equivalent") >= decided)
+        .then(pl.lit("equivalent"))
+        .when(pl.col("p_b_better") >= decided)
+        .then(pl.format("{} better", "b"))
+        .otherwise(pl.lit("undecided"))
+    )
+    return h.select(
+        "family",
+        "models",
+        pl.col("regime_group").alias("regime"),
+        "a",
+        "b",
+        pl.col("cohorts").alias("cohorts"),
+        pl.col("folds").alias("folds (all cohorts)"),
+        (pl.col("mean_diff") + 0.0).alias("Δ (a − b)"),
+        pl.col("p_a_better").alias("P(a better)"),
+        pl.col("p_equivalent").alias("P(equivalent)"),
+        pl.col("p_b_better").alias("P(b better)"),
+        verdict.alias("verdict"),
+        "note",
+    )
+
+
+def _across_headline(res: Results) -> str:
+    """The overview's across-task result: what the design can reach and, when cohorts are too few for the pairwise
+    tests to reject, the hierarchical model's probabilities (MCC) as the headline."""
+    reach = _reach_table(res, "mcc")
+    if reach.height == 0:
+        return ""
+    few = not (reach["can a pair differ?"] == "yes").any()
+    out = [
+        "<h3>What this grid can conclude across tasks (MCC)</h3><p class='small muted'>The unit across tasks is "
+        "the <b>cohort</b>: tasks that share patients (one dataset's tasks) are one block. With N cohorts the "
+        "exact Wilcoxon test cannot give p below 2/2<sup>N</sup>, and Holm multiplies it by the number of "
+        f"pairwise tests: where the smallest reachable p_holm is not below alpha = {res.alpha}, no pairwise "
+        "test can reject whatever the results (`report.control` compares every strategy with one: k − 1 tests)."
+        "</p>" + table_html(reach)
+    ]
+    if few:
+        out.append(
+            "<p class='note'>Too few cohorts for any pairwise test to reject: the across-task result is the "
+            "Bayesian hierarchical comparison below.</p>" + _hierarchical_html(res, "mcc", "MCC", headline=True)
+        )
+    return "".join(out)
+
+
+def _hierarchical_html(res: Results, metric: str, label: str, headline: bool = False) -> str:
+    table = hierarchical_table(res, metric)
+    if table.height == 0:
+        return ""
+    rope = res.comparisons.hierarchical["rope"][0]
+    return (
+        f"<h3>Across cohorts: Bayesian hierarchical comparison, {label}{' (headline)' if headline else ''}</h3>"
+        f"<p class='small muted'>Corani, Benavoli et al. (2017), baycomp's model: every cohort's fold-level "
+        f"differences a − b (folds share training patients: correlation 1/folds), each cohort's mean difference "
+        f"drawn from a Student t across cohorts. P(a better), P(equivalent: within ±{rope:g}) and P(b better) are "
+        f"about the difference on a new cohort; {stats.DECISION} or more decides. a is the control "
+        f"(report.control) or the strategy of best mean rank. With one or two cohorts the probabilities mostly "
+        f"say how little is known.</p>" + table_html(table)
     )
 
 
@@ -619,17 +708,23 @@ patients with replacement within each class (each drawn patient brings its one p
 so that the class balance stays; models and thresholds stay fixed, so the CI describes test-sample uncertainty,
 not training variability (that is the SD). A fold that a resample leaves without one class is left out of that
 resample's mean.</li>
-<li><b>Across tasks</b> the unit is the <b>task</b>: folds of a task share most of their training patients and
-models of a family see the same data, so neither is an independent data set (Demšar 2006). Per model family,
-regime and metric, a task gives one block: each strategy's metric averaged over the family's models, folds and
+<li><b>Across tasks</b> the unit is the <b>cohort</b>: tasks that share patients (one dataset's tasks) are one
+independent group of patients, folds of a task share most of their training patients and models of a family see
+the same data, so none of them is an independent data set (Demšar 2006). Per model family, regime and metric, a
+cohort gives one block, the mean of its tasks' blocks; a task's block is each strategy's metric averaged over the family's models, folds and
 repetitions, on the cells (model, fold, repetition) where every compared strategy has a result, so all are measured
 on the same cells (a failed or missing cell leaves that cell out for every strategy). A strategy that runs on some
 models of a family only (e.g. VPT on ViTs) is compared on those models in a scope of its own, beside the scope of
 the strategies that run on all. The <b>Friedman test</b> (scipy) with <b>Nemenyi</b> post-hoc (scikit-posthocs;
-critical-difference diagrams) and paired <b>Wilcoxon</b> signed-rank tests (scipy) with <b>Holm</b> correction
-over the scope's pairs run over these blocks, with at least {min_tasks} tasks: with N tasks the exact Wilcoxon test
-cannot give p below 2/2<sup>N</sup>, which reaches alpha = {alpha} from N = {min_tasks} on. With fewer tasks the report
-shows mean ranks and says that no test is possible; it never tests over folds instead.</li>
+critical-difference diagrams; Iman-Davenport's F beside the chi-square) and paired <b>Wilcoxon</b> signed-rank
+tests (scipy) with <b>Holm</b> correction over the scope's pairs (or against <code>report.control</code>: k − 1
+tests) run over these blocks, with at least {min_blocks} cohorts: with N cohorts the exact Wilcoxon test cannot give
+p below 2/2<sup>N</sup>, which reaches alpha = {alpha} from N = {min_blocks} on, and Holm multiplies the smallest p by
+the number of tests (the overview says what this grid can reach). With fewer cohorts the report shows mean ranks and
+says that no test is possible; it never tests over folds instead. Differences below 1e-12 are rounding noise: ties.</li>
+<li>The <b>Bayesian hierarchical comparison</b> (Corani, Benavoli et al. 2017; baycomp's model, sampled with numpyro)
+reads every cohort's fold-level scores and gives P(a better), P(equivalent within ±{rope}) and P(b better) for a
+new cohort; it is the headline across tasks when no pairwise test can reject.</li>
 <li><b>Within one task</b> the unit is the <b>fold</b>: per task, model and regime, every pair of strategies is
 compared over the folds both have (few-shot repetitions of a fold share its test patients, so they are averaged per
 fold first). Folds share training patients, so the variance of the differences is corrected by Nadeau and Bengio's
@@ -648,7 +743,7 @@ def _methods(res: Results) -> str:
     values = {
         "resamples": f"{res.resamples:,}",
         "alpha": str(res.alpha),
-        "min_tasks": str(stats.min_tasks(res.alpha)),
+        "min_blocks": str(stats.min_blocks(res.alpha)),
         "rope": f"{rope[0]:g}" if rope.len() else "report.rope",
         "decision": str(stats.DECISION),
     }
@@ -687,11 +782,13 @@ def build(res: Results, figs: list[Figure]) -> str:
         _cards(res),
         _key_results(res),
     ]
+    p.append(_across_headline(res))
     tests = _tests_table(res, "mcc")
     if tests.height:
         p.append(
             "<h3>Do strategies differ across tasks? (MCC)</h3><p class='small muted'>Friedman test per model "
-            "family and regime; the unit is the <b>task</b> (one block per task), never a fold. Within-task "
+            "family and regime; the unit is the <b>cohort</b> (tasks sharing patients form one block), never a "
+            "fold. Within-task "
             "comparisons, PR-AUC and the pairwise tests under <a href='#stats'>Statistics</a>.</p>"
             + table_html(
                 tests.select(
@@ -699,7 +796,7 @@ def build(res: Results, figs: list[Figure]) -> str:
                     "models",
                     "regime",
                     "strategies",
-                    "tasks (blocks)",
+                    "cohorts (blocks)",
                     "p_value",
                     "verdict",
                     "best mean rank",
@@ -728,11 +825,11 @@ def build(res: Results, figs: list[Figure]) -> str:
         t = _tests_table(res, metric)
         if t.height:
             p.append(
-                f"<h3>Across tasks: Friedman tests, {label}</h3><p class='small muted'>Unit: the <b>task</b>; "
-                f"N = tasks (blocks). A block is a strategy's {label} averaged over the family's models (listed), "
+                f"<h3>Across tasks: Friedman tests, {label}</h3><p class='small muted'>Unit: the <b>cohort</b>; "
+                f"N = cohorts (blocks). A block is a strategy's {label} averaged over the family's models (listed), "
                 f"folds and repetitions, on the cells every strategy of the row has ('cells unpaired': cells left "
-                f"out because some strategy lacks them; 'tasks dropped': tasks without such a cell).</p>"
-                + table_html(t)
+                f"out because some strategy lacks them; 'tasks dropped': tasks without such a cell), then over the "
+                f"cohort's tasks. Iman-Davenport's F beside Friedman's chi-square (Demšar 2006).</p>" + table_html(t)
             )
     w = res.comparisons.wilcoxon
     if w.height:
@@ -743,7 +840,7 @@ def build(res: Results, figs: list[Figure]) -> str:
             "metric",
             "a",
             "b",
-            pl.col("pairs").alias("tasks (units)"),
+            pl.col("pairs").alias("cohorts (units)"),
             "median_diff",
             pl.format("{} / {} / {}", "wins", "ties", "losses").alias("a wins / ties / b wins"),
             "p_value",
@@ -753,10 +850,11 @@ def build(res: Results, figs: list[Figure]) -> str:
         )
         p.append(
             f"<h3>Across tasks: paired Wilcoxon tests with Holm correction</h3><p class='small muted'>Unit: the "
-            f"<b>task</b>. Differences a − b over the tasks both strategies have (positive: a better). "
+            f"<b>cohort</b>. Differences a − b over the cohorts both strategies have (positive: a better). "
             f"'significant' means Holm-adjusted p &lt; {res.alpha} within the family, models, regime and metric. "
             f"Click a header to sort.</p>" + table_html(w)
         )
+    p.append(_hierarchical_html(res, stats.HIERARCHICAL_METRIC, "MCC"))
     p.append(_within_html(res, "mcc", "MCC"))
     if not res.comparisons.friedman.height:
         p.append("<p class='note'>No statistics: no strategy has a result yet.</p>")

@@ -7,9 +7,11 @@ anything.
 Folds of one task share most of their training patients, and models of a family see the same data, so
 neither is an independent data set (Demšar 2006; Benavoli et al. 2017). Hence two kinds of comparison:
 
-- across tasks, one block per task: Friedman + Nemenyi and Wilcoxon + Holm over tasks, on each strategy's
-  metric averaged over the task's cells (models of the family, folds, repetitions) that every strategy
-  compared has; with fewer tasks than :func:`min_tasks` only mean ranks, never a test over folds;
+- across tasks, one block per cohort (tasks that share patients, :mod:`ftbench.plan.reach`): Friedman (with
+  Iman-Davenport's F) + Nemenyi and Wilcoxon + Holm over cohorts, on each strategy's metric averaged over the
+  task's cells (models of the family, folds, repetitions) that every strategy compared has, then over the
+  cohort's tasks; with fewer cohorts than :func:`min_blocks` only mean ranks, never a test over folds; and the
+  Bayesian hierarchical model of Corani et al. (2017) over the cohorts' fold-level scores (:mod:`hierarchical`);
 - within one task and model, over its folds: the Nadeau-Bengio corrected resampled t-test and baycomp's
   Bayesian correlated t-test with a region of practical equivalence (the config's ``report.rope``).
 """
@@ -28,6 +30,9 @@ import numpy as np
 import polars as pl
 import scikit_posthocs as sp
 from scipy import stats as ss
+
+from ftbench.analysis import hierarchical
+from ftbench.plan import reach
 
 BLOCK = ("task", "model", "fold")
 GROUP = ("family", "regime_group")
@@ -137,6 +142,11 @@ def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
 CELL = ("model", "fold", "repetition")
 DECISION = 0.95  # ours: a posterior probability this high decides (Benavoli et al. 2017 use 0.95 too)
 FEW_TASKS = 10  # Demšar (2006): Friedman's chi-square is a fair approximation from about 10 data sets on
+# ours: differences smaller than this are rounding noise, not a difference: ties in ranks, zeros in Wilcoxon's test,
+# no variance in the corrected t or the hierarchical model (fold scores (0.1, 0.2) and (0.15, 0.15) differ by 3e-17)
+TOLERANCE = hierarchical.TOLERANCE
+# ours: the hierarchical model runs on the headline metric only: MCMC for PR-AUC too would double the stage's time
+HIERARCHICAL_METRIC = "mcc"
 
 # The columns of the cells table (ftbench.analysis.aggregate's cells.parquet) that :func:`compare` reads, with the metrics
 CELLS_SCHEMA = {
@@ -156,12 +166,18 @@ SCOPE = {"family": pl.String, "models": pl.String, "regime_group": pl.String, "m
 FRIEDMAN_SCHEMA = SCOPE | {
     "strategies": pl.Int64,
     "tasks": pl.Int64,
+    "cohorts": pl.Int64,
     "tasks_dropped": pl.Int64,
     "cells_unpaired": pl.Int64,
-    "min_tasks": pl.Int64,
+    "min_cohorts": pl.Int64,
     "statistic": pl.Float64,
     "p_value": pl.Float64,
+    "iman_davenport_f": pl.Float64,
+    "iman_davenport_p": pl.Float64,
     "critical_difference": pl.Float64,
+    "comparisons": pl.Int64,
+    "smallest_p_holm": pl.Float64,
+    "can_reject": pl.Boolean,
     "note": pl.String,
 }
 RANKS_SCHEMA = SCOPE | {"strategy": pl.String, "mean_rank": pl.Float64, "mean": pl.Float64}
@@ -179,6 +195,18 @@ WILCOXON_SCHEMA = SCOPE | {
     "p_value": pl.Float64,
     "p_holm": pl.Float64,
     "significant": pl.Boolean,
+    "note": pl.String,
+}
+HIERARCHICAL_SCHEMA = SCOPE | {
+    "a": pl.String,
+    "b": pl.String,
+    "cohorts": pl.Int64,
+    "folds": pl.Int64,
+    "mean_diff": pl.Float64,
+    "rope": pl.Float64,
+    "p_a_better": pl.Float64,
+    "p_equivalent": pl.Float64,
+    "p_b_better": pl.Float64,
     "note": pl.String,
 }
 WITHIN_SCHEMA = {
@@ -210,6 +238,7 @@ SCHEMAS = {
     "posthoc": POSTHOC_SCHEMA,
     "wilcoxon": WILCOXON_SCHEMA,
     "within_task": WITHIN_SCHEMA,
+    "hierarchical": HIERARCHICAL_SCHEMA,
 }
 
 
@@ -227,6 +256,7 @@ class Comparisons:
     posthoc: pl.DataFrame  # Nemenyi p-value of each strategy pair (only where Friedman ran)
     wilcoxon: pl.DataFrame  # paired Wilcoxon over tasks of each strategy pair, Holm-corrected within the scope
     within_task: pl.DataFrame  # corrected resampled t and Bayesian correlated t over the folds of one task
+    hierarchical: pl.DataFrame  # Bayesian hierarchical model over the cohorts' folds: P(a better), rope, P(b better)
 
     def write(self, out_dir: str | Path) -> None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -246,20 +276,40 @@ def critical_difference(k: int, n: int, alpha: float = 0.05) -> float:
     return float(q * np.sqrt(k * (k + 1) / (6 * n)))
 
 
+smallest_wilcoxon_p = reach.smallest_wilcoxon_p
+
+
 @functools.lru_cache
-def smallest_wilcoxon_p(n: int) -> float:
-    """The smallest two-sided p-value the exact signed-rank test can give with ``n`` pairs."""
-    return float(ss.wilcoxon(np.arange(1, n + 1)).pvalue) if n else float("nan")
-
-
-def min_tasks(alpha: float) -> int:
-    """The fewest tasks with which a pairwise across-task test can reject at ``alpha``: the smallest N whose exact
-    Wilcoxon signed-rank test can give p < alpha (2 / 2^N, all N differences of one sign). Below it the
-    Friedman test could at best flag a difference that no pairwise test can place (6 at alpha 0.05)."""
+def min_blocks(alpha: float) -> int:
+    """The fewest blocks (cohorts) with which one pairwise across-task test can reject at ``alpha``: the smallest N
+    whose exact Wilcoxon signed-rank test can give p < alpha (2 / 2^N, all N differences of one sign). Below it
+    the Friedman test could at best flag a difference that no pairwise test can place (6 at alpha 0.05)."""
     n = 1
     while smallest_wilcoxon_p(n) >= alpha:
         n += 1
     return n
+
+
+def ties_within(values: np.ndarray, tol: float = TOLERANCE) -> np.ndarray:
+    """``values`` (blocks x strategies) with each row's runs of values within ``tol`` of their sorted neighbour
+    set to the run's smallest value, so that rounding noise ranks as a tie."""
+    out = np.array(values, dtype=float)
+    for row in out:
+        order = np.argsort(row, kind="stable")
+        ordered = row[order]
+        starts = np.maximum.accumulate(np.where(np.r_[True, np.diff(ordered) > tol], np.arange(len(row)), 0))
+        row[order] = ordered[starts]
+    return out
+
+
+def iman_davenport(chi2: float, n: int, k: int) -> tuple[float, float]:
+    """Iman and Davenport's F from Friedman's chi-square over ``n`` blocks and ``k`` treatments, and its p-value
+    on (k - 1, (k - 1)(n - 1)) degrees of freedom (Demšar 2006, §3.2.2: less conservative than the chi-square)."""
+    den = n * (k - 1) - chi2
+    if den <= 0:  # every block ranks the treatments the same way
+        return math.inf, 0.0
+    f = (n - 1) * chi2 / den
+    return float(f), float(ss.f.sf(f, k - 1, (k - 1) * (n - 1)))
 
 
 def holm(p_values: list[float]) -> np.ndarray:
@@ -278,7 +328,7 @@ def holm(p_values: list[float]) -> np.ndarray:
 
 
 def no_test_note(n: int, alpha: float) -> str:
-    return f"{n} task{'' if n == 1 else 's'}: no across-task test possible (minimum {min_tasks(alpha)})"
+    return f"{n} cohort{'' if n == 1 else 's'}: no across-task test possible (minimum {min_blocks(alpha)})"
 
 
 def cell_values(cells: pl.DataFrame, metric: str) -> pl.DataFrame:
@@ -319,38 +369,113 @@ def task_blocks(values: pl.DataFrame, models: tuple[str, ...], strategies: list[
     Returns the (task x strategy) table of complete blocks and counts: tasks dropped (no such cell) and cells
     left unpaired (a result of some strategies only: a failed or missing cell drops that cell for every strategy).
     """
-    sub = values.filter(pl.col("model").is_in(list(models)) & pl.col("strategy").is_in(strategies))
-    wide = sub.pivot(on="strategy", index=["task", *CELL], values="value")
-    wide = wide.with_columns(pl.lit(None, pl.Float64).alias(s) for s in strategies if s not in wide.columns)
-    common = wide.drop_nulls(strategies)
+    sub, wide, common = paired_cells(values, models, strategies)
     blocks = common.group_by("task").agg(pl.col(s).mean() for s in strategies).sort("task")
     counts = {"tasks_dropped": sub["task"].n_unique() - blocks.height, "cells_unpaired": wide.height - common.height}
     return blocks, counts
 
 
-def friedman_nemenyi(wide: pl.DataFrame, strategies: list[str], alpha: float) -> tuple[dict, list[dict], list[dict]]:
-    """Mean ranks, and the Friedman test and Nemenyi post-hoc over the complete blocks (tasks) of a
-    (block x strategy) table, when there are at least :func:`min_tasks` of them."""
+def paired_cells(
+    values: pl.DataFrame, models: tuple[str, ...], strategies: list[str]
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """The scope's values, the (task, model, fold, repetition) x strategy table, and its rows every strategy has."""
+    sub = values.filter(pl.col("model").is_in(list(models)) & pl.col("strategy").is_in(strategies))
+    wide = sub.pivot(on="strategy", index=["task", *CELL], values="value")
+    wide = wide.with_columns(pl.lit(None, pl.Float64).alias(s) for s in strategies if s not in wide.columns)
+    return sub, wide, wide.drop_nulls(strategies)
+
+
+def cohort_folds(
+    values: pl.DataFrame, models: tuple[str, ...], strategies: list[str], cohorts: dict[str, str]
+) -> pl.DataFrame:
+    """Fold-level scores of each cohort, what the hierarchical model reads: on the cells every strategy has, each
+    strategy's mean over the models and repetitions of a task's fold, then over the cohort's tasks, fold by fold
+    (fold i of each task: the tasks of a cohort are split alike, 5-fold by default)."""
+    common = paired_cells(values, models, strategies)[2]
+    cohort = pl.col("task").replace_strict(cohorts, default=pl.col("task"), return_dtype=pl.String)
+    return (
+        common.group_by("task", "fold")
+        .agg(pl.col(s).mean() for s in strategies)
+        .with_columns(cohort.alias("cohort"))
+        .group_by("cohort", "fold")
+        .agg(pl.col(s).mean() for s in strategies)
+        .sort("cohort", "fold")
+    )
+
+
+def hierarchical_requests(folds: pl.DataFrame, strategies: list[str], reference: str, rope: float) -> list:
+    """The hierarchical comparisons of a scope, ``reference`` (the control, else the best mean rank) against each
+    other strategy: every pair's row and its prepared data, or the note saying why it cannot be modelled.
+    k - 1 pairs, not k(k - 1)/2: the question the report asks (is anything as good as the best, or better than
+    the control?), and MCMC for every pair of a default-sized grid would not fit the stage's 2 minutes."""
+    out = []
+    groups = [g for _, g in folds.group_by("cohort", maintain_order=True)]
+    for a, b in pairs(strategies, reference):
+        x, y = [g[a].to_numpy() for g in groups], [g[b].to_numpy() for g in groups]
+        row = {
+            "a": a,
+            "b": b,
+            "cohorts": len(groups),
+            "folds": int(sum(len(v) for v in x)),
+            "mean_diff": float(np.mean([np.mean(u - v) for u, v in zip(x, y)])) if groups else None,
+            "rope": rope,
+        }
+        if not groups:
+            out.append((row | {"note": "no cohort where both have a result"}, None))
+        elif min(len(v) for v in x) < 2:
+            out.append((row | {"note": "a cohort with fewer than 2 folds: no fold-level variance"}, None))
+        else:
+            prepared = hierarchical.prepare(x, y, rope)
+            out.append((row | {"note": prepared}, None) if isinstance(prepared, str) else (row, prepared))
+    return out
+
+
+def cohort_blocks(blocks: pl.DataFrame, strategies: list[str], cohorts: dict[str, str]) -> pl.DataFrame:
+    """One block per cohort: the (task x strategy) blocks of :func:`task_blocks` averaged over the tasks of each
+    cohort (tasks sharing patients are not independent; each task weighs the same). A task not in ``cohorts`` is
+    a cohort of its own."""
+    cohort = pl.col("task").replace_strict(cohorts, default=pl.col("task"), return_dtype=pl.String)
+    return (
+        blocks.with_columns(cohort.alias("cohort"))
+        .group_by("cohort")
+        .agg(pl.len().alias("tasks"), *(pl.col(s).mean() for s in strategies))
+        .sort("cohort")
+    )
+
+
+def friedman_nemenyi(
+    wide: pl.DataFrame, strategies: list[str], alpha: float, control: str | None = None
+) -> tuple[dict, list[dict], list[dict]]:
+    """Mean ranks, and the Friedman test (with Iman-Davenport's F) and Nemenyi post-hoc over the complete blocks
+    (cohorts) of a (block x strategy) table, when there are at least :func:`min_blocks` of them; and the smallest
+    Holm-adjusted p the pairwise Wilcoxon tests can reach with these blocks (against ``control`` if it is one of
+    ``strategies``). Values closer than :data:`TOLERANCE` tie."""
     complete = wide.drop_nulls(strategies)
     n, k = complete.height, len(strategies)
+    floor = reach.Reach(n, reach.comparisons(k, control in strategies), alpha)
     row = {
         "strategies": k,
-        "tasks": n,
-        "min_tasks": min_tasks(alpha),
+        "cohorts": n,
+        "min_cohorts": min_blocks(alpha),
         "statistic": None,
         "p_value": None,
+        "iman_davenport_f": None,
+        "iman_davenport_p": None,
         "critical_difference": None,
+        "comparisons": floor.comparisons,
+        "smallest_p_holm": None if math.isnan(floor.smallest_p) else floor.smallest_p,
+        "can_reject": None if math.isnan(floor.smallest_p) else floor.can_reject,
         "note": None,
     }
     if n == 0:
-        return row | {"note": "no task where every strategy has a result"}, [], []
-    values = complete.select(strategies).to_numpy().astype(float)
+        return row | {"note": "no cohort where every strategy has a result"}, [], []
+    values = ties_within(complete.select(strategies).to_numpy().astype(float))
     ranks = ss.rankdata(-values, axis=1).mean(axis=0)  # rank 1 = the highest metric
     rank_rows = [
         {"strategy": s, "mean_rank": float(r), "mean": float(m)}
         for s, r, m in zip(strategies, ranks, values.mean(axis=0))
     ]
-    if n < min_tasks(alpha):
+    if n < min_blocks(alpha):
         return row | {"note": no_test_note(n, alpha)}, rank_rows, []
     if k < 3:
         note = f"{k} strateg{'y' if k == 1 else 'ies'}: Friedman needs 3 or more (see the paired tests)"
@@ -358,17 +483,20 @@ def friedman_nemenyi(wide: pl.DataFrame, strategies: list[str], alpha: float) ->
     if np.all(values == values[:, :1]):
         return row | {"note": "every strategy ties in every task: nothing to test"}, rank_rows, []
     result = ss.friedmanchisquare(*values.T)
+    f, p_f = iman_davenport(float(result.statistic), n, k)
     p_matrix = sp.posthoc_nemenyi_friedman(values)
     posthoc = [
         {"a": strategies[i], "b": strategies[j], "p_nemenyi": float(p_matrix.iloc[i, j])}
         for i, j in itertools.combinations(range(k), 2)
     ]
-    note = f"fewer than {FEW_TASKS} tasks: chi-square p approximate" if n < FEW_TASKS else None
+    note = f"fewer than {FEW_TASKS} cohorts: chi-square p approximate" if n < FEW_TASKS else None
     return (
         row
         | {
             "statistic": float(result.statistic),
             "p_value": float(result.pvalue),
+            "iman_davenport_f": f,
+            "iman_davenport_p": p_f,
             "critical_difference": critical_difference(k, n, alpha),
             "note": note,
         },
@@ -377,13 +505,23 @@ def friedman_nemenyi(wide: pl.DataFrame, strategies: list[str], alpha: float) ->
     )
 
 
-def paired_wilcoxon(wide: pl.DataFrame, strategies: list[str], alpha: float) -> list[dict]:
-    """Wilcoxon signed-rank test of every strategy pair over the tasks both have, Holm-corrected together;
-    counts only (no p-value) with fewer than :func:`min_tasks` tasks."""
+def pairs(strategies: list[str], control: str | None) -> list[tuple[str, str]]:
+    """The strategy pairs compared across tasks: (control, other) for every other strategy when ``control`` is
+    one of ``strategies`` (k - 1 comparisons, Demšar 2006 §3.2.2), else every pair."""
+    if control in strategies:
+        return [(control, s) for s in strategies if s != control]
+    return list(itertools.combinations(strategies, 2))
+
+
+def paired_wilcoxon(wide: pl.DataFrame, strategies: list[str], alpha: float, control: str | None = None) -> list[dict]:
+    """Wilcoxon signed-rank test of each strategy pair (:func:`pairs`) over the blocks (cohorts) both have,
+    Holm-corrected together; counts only (no p-value) with fewer than :func:`min_blocks` blocks. Differences
+    smaller than :data:`TOLERANCE` are ties (zeros, which the test drops)."""
     rows = []
-    for a, b in itertools.combinations(strategies, 2):
+    for a, b in pairs(strategies, control):
         both = wide.select(a, b).drop_nulls()
         diff = (both[a] - both[b]).to_numpy()
+        diff = np.where(np.abs(diff) < TOLERANCE, 0.0, diff)
         row = {
             "a": a,
             "b": b,
@@ -398,11 +536,11 @@ def paired_wilcoxon(wide: pl.DataFrame, strategies: list[str], alpha: float) -> 
             "note": None,
         }
         if len(diff) == 0:
-            row["note"] = "no task has both"
-        elif len(diff) < min_tasks(alpha):
+            row["note"] = "no cohort has both"
+        elif len(diff) < min_blocks(alpha):
             row["note"] = no_test_note(len(diff), alpha)
         elif np.all(diff == 0):
-            row |= {"p_value": 1.0, "note": "identical in every task"}
+            row |= {"p_value": 1.0, "note": "identical in every cohort"}
         else:
             result = ss.wilcoxon(diff)
             row |= {"statistic": float(result.statistic), "p_value": float(result.pvalue)}
@@ -432,7 +570,10 @@ def correlated_t(a: np.ndarray, b: np.ndarray, rope: float) -> dict:
     posterior probability of the other sign. Returns t, df, the two-sided p, and P(a better by more than
     ``rope``), P(within the rope), P(b better by more than ``rope``).
     """
-    posterior = baycomp.CorrelatedTTest(np.asarray(a, float), np.asarray(b, float), rope)  # of b - a
+    d = np.asarray(a, float) - np.asarray(b, float)
+    if np.ptp(d) < TOLERANCE:  # rounding noise is not variance: (0.1, 0.2) - 0.1 is not exactly 0.1 twice
+        d = np.full_like(d, 0.0 if abs(d.mean()) < TOLERANCE else d.mean())
+    posterior = baycomp.CorrelatedTTest(d, np.zeros_like(d), rope)  # of b - a
     p_a, p_eq, p_b = (float(p) for p in posterior.probs())
     diff, scale = -float(posterior.mean), math.sqrt(posterior.var)
     row = {
@@ -495,13 +636,22 @@ def within_task(values: pl.DataFrame, rope: float) -> list[dict]:
 
 
 def compare(
-    cells: pl.DataFrame, metrics: tuple[str, ...] = ("mcc", "pr_auc"), alpha: float = 0.05, rope: float = 0.01
+    cells: pl.DataFrame,
+    metrics: tuple[str, ...] = ("mcc", "pr_auc"),
+    alpha: float = 0.05,
+    rope: float = 0.01,
+    cohorts: dict[str, str] | None = None,
+    control: str | None = None,
 ) -> Comparisons:
-    """Strategies compared across tasks (Friedman + Nemenyi, Wilcoxon + Holm; one block per task) in every scope
-    of :func:`scopes`, and within each task (corrected and Bayesian correlated t over folds), for each metric."""
+    """Strategies compared across tasks (Friedman + Nemenyi, Wilcoxon + Holm; one block per cohort, ``cohorts``
+    mapping each task to its cohort, a task of its own where absent) in every scope of :func:`scopes`, every pair
+    or each strategy against ``control``; and within each task (corrected and Bayesian correlated t over folds),
+    for each metric."""
+    cohorts = cohorts or {}
     if not rope > 0:
         raise ValueError(f"rope {rope}: the region of practical equivalence must be wider than 0 (report.rope)")
     out: dict[str, list[dict]] = {name: [] for name in SCHEMAS}
+    requests: list[tuple[dict, hierarchical.Prepared | None]] = []
     for metric in metrics:
         if cells.height == 0 or metric not in cells.columns:
             continue
@@ -509,13 +659,24 @@ def compare(
         for family, regime, models, strategies in scopes(cells):
             key = {"family": family, "models": ", ".join(models), "regime_group": regime, "metric": metric}
             scope_values = values.filter((pl.col("family") == family) & (pl.col("regime_group") == regime))
-            blocks, counts = task_blocks(scope_values, models, strategies)
-            friedman, ranks, posthoc = friedman_nemenyi(blocks, strategies, alpha)
-            out["friedman"].append(key | counts | friedman)
+            tasks, counts = task_blocks(scope_values, models, strategies)
+            blocks = cohort_blocks(tasks, strategies, cohorts)
+            friedman, ranks, posthoc = friedman_nemenyi(blocks, strategies, alpha, control)
+            out["friedman"].append(key | counts | {"tasks": tasks.height} | friedman)
             out["ranks"] += [key | r for r in ranks]
             out["posthoc"] += [key | r for r in posthoc]
-            out["wilcoxon"] += [key | r for r in paired_wilcoxon(blocks, strategies, alpha)]
+            out["wilcoxon"] += [key | r for r in paired_wilcoxon(blocks, strategies, alpha, control)]
+            if metric == HIERARCHICAL_METRIC:
+                folds = cohort_folds(scope_values, models, strategies, cohorts)
+                best = min(ranks, key=lambda r: r["mean_rank"], default={"strategy": strategies[0]})["strategy"]
+                reference = control if control in strategies else best
+                requests += [(key | r, data) for r, data in hierarchical_requests(folds, strategies, reference, rope)]
         out["within_task"] += [r | {"metric": metric} for r in within_task(values, rope)]
+    modelled = [data for _, data in requests if data is not None]
+    probs = iter(hierarchical.compare_pairs(modelled))
+    for row, data in requests:
+        p = next(probs) if data is not None else (None, None, None)
+        out["hierarchical"].append(row | dict(zip(("p_a_better", "p_equivalent", "p_b_better"), p)))
     return Comparisons(**{name: pl.DataFrame(rows, schema=SCHEMAS[name]) for name, rows in out.items()})
 
 

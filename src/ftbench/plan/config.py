@@ -288,6 +288,12 @@ def check_references(config: dict) -> None:
                     f"'{name}''s candidates on ({', '.join(listed)}); give one value each, or validate "
                     "few-shot cells on K labels ('kshot')"
                 )
+    control = config.get("report", {}).get("control")
+    if control and control not in bench["strategies"]:
+        raise ConfigError(
+            f"config key 'report.control': '{control}' is not a strategy of the benchmark "
+            f"(benchmark.strategies: {', '.join(bench['strategies'])})"
+        )
     pilot = config.get("cluster", {}).get("pilot_task")
     if pilot and pilot not in bench["tasks"]:
         raise ConfigError(
