@@ -74,7 +74,7 @@ def test_adding_a_model_runs_only_its_cells(done):
 
 
 def test_refactoring_code_or_changing_the_interpreter_reruns_nothing(done):
-    for module in ("loop.py", "grid.py", "strategies.py"):
+    for module in ("train/loop.py", "plan/grid.py", "models/strategies.py"):
         path = done["repo"] / "src" / "ftbench" / module
         path.write_text(path.read_text() + "\n# a refactor that keeps results bit-identical\n")
     assert plan(done) == {}

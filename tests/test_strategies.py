@@ -144,7 +144,7 @@ def test_the_table_declares_every_kind_the_code_sets_up_and_the_generated_files_
 
 
 def test_every_setting_the_code_reads_is_declared_in_the_table():
-    source = (reference.ROOT / "src" / "ftbench" / "strategies.py").read_text()
+    source = (reference.ROOT / "src" / "ftbench" / "models" / "strategies.py").read_text()
     read = set(re.findall(r"spec\[\"(\w+)\"\]", source)) - {"kind"}
     declared = {key for name in kinds.KINDS for key in kinds.settings_of(name)}
     assert read and read <= declared, read - declared
