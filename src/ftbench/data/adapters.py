@@ -16,8 +16,6 @@ from typing import NamedTuple
 
 import numpy as np
 import polars as pl
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from ftbench.data import aiforcovid, cohen, idc, manifest, synthetic, tcia, text
 from ftbench.data.download import extract, fetch, find_root, hexdigest
@@ -374,6 +372,9 @@ def _components(n: int, edges: list[tuple[int, int, float]]) -> list[list[int]]:
     if not edges:
         return []
     a, b, _ = zip(*edges, strict=True)
+    from scipy.sparse import coo_matrix  # here, not at import: the Snakefile imports the adapters to plan
+    from scipy.sparse.csgraph import connected_components
+
     _, labels = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
     groups: dict[int, list[int]] = {}
     for i, label in enumerate(labels):

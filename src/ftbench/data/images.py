@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from sklearn.neighbors import KDTree
 
 from ftbench.data import dicom
 
@@ -145,6 +144,8 @@ def candidates(thumbs: np.ndarray, levels: float = NEAR_LEVELS) -> list[np.ndarr
     coarse = thumbs.reshape(n, COARSE, step, COARSE, step).mean(axis=(2, 4)).reshape(n, COARSE * COARSE)
     if n < 2:
         return [np.zeros(0, dtype=np.int64)] * n
+    from sklearn.neighbors import KDTree  # here, not at import: the Snakefile imports the data stage to plan
+
     found = KDTree(coarse, metric="manhattan").query_radius(coarse, r=levels * COARSE * COARSE + 1e-9)
     return [np.sort(js[js > i]) for i, js in enumerate(found)]
 
