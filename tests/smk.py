@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -19,6 +20,15 @@ REDUCED = {
     "validation": {"folds": 2},
     "training": {"max_epochs": 4, "patience": 2},
 }
+
+
+def copy_workflow(repo: Path) -> Path:
+    """A copy of this checkout's workflow and code at ``repo``, without results, downloads or tests: a run there
+    cannot touch the checkout's own results, and its files can be edited to test what reruns."""
+    shutil.copytree(
+        ROOT, repo, ignore=shutil.ignore_patterns(".*", "__pycache__", "*.egg-info", "results", "resources", "tests")
+    )
+    return repo
 
 
 def write_config(path: Path, content: dict) -> Path:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
 from PIL import Image
-from smk import DEMO, planned, snakemake, write_config
+from smk import DEMO, copy_workflow, planned, snakemake, write_config
 
 from ftbench.data import sources
 
@@ -105,10 +104,7 @@ DOWNSTREAM = {
 def done(tmp_path_factory) -> dict:
     """A copy of the workflow and a finished run: 16 patients, one model, linear probing, 2 folds, full data."""
     tmp = tmp_path_factory.mktemp("inputedits")
-    repo = tmp / "repo"
-    shutil.copytree(
-        ROOT, repo, ignore=shutil.ignore_patterns(".*", "__pycache__", "*.egg-info", "results", "resources", "tests")
-    )
+    repo = copy_workflow(tmp / "repo")
     csv = _manifest(tmp / "data")
     config = {
         "benchmark": {"tasks": ["mine_outcome"], "models": ["tiny_resnet"], "strategies": ["lp"]},

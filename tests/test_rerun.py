@@ -4,13 +4,11 @@ The workflow is copied to a temporary folder so that its sources can be edited l
 """
 
 import re
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from smk import DEMO, REDUCED, planned, snakemake, write_config
+from smk import DEMO, REDUCED, copy_workflow, planned, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +31,7 @@ DOWNSTREAM = {
 def done(tmp_path_factory) -> dict:
     """A copy of the workflow and a finished run of the reduced demo."""
     tmp = tmp_path_factory.mktemp("rerun")
-    repo = tmp / "repo"
-    shutil.copytree(
-        ROOT, repo, ignore=shutil.ignore_patterns(".*", "__pycache__", "*.egg-info", "results", "resources", "tests")
-    )
+    repo = copy_workflow(tmp / "repo")
     configs = ["--configfile", str(DEMO), str(write_config(tmp / "reduced.yaml", REDUCED))]
     work = tmp / "work"
     snakemake(repo, work, *configs, "--cores", "2")
