@@ -20,6 +20,7 @@ include: "workflow/rules/weights.smk"
 include: "workflow/rules/embeddings.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/external.smk"
 
 
 rule all:

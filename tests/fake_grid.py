@@ -94,8 +94,11 @@ def make_results(
     folds: int = 3,
     patients: int = 60,
     seed: int = 0,
+    transfer: tuple[str, str] | None = None,
 ) -> list[str]:
-    """Write a grid of fake cells, task data reports and rejects under ``root``; return the grid's cell paths."""
+    """Write a grid of fake cells, task data reports and rejects under ``root``; return the grid's cell paths.
+    With ``transfer`` = (source, target), also the external validation's full-data folds under ``root/external``
+    (every target patient, each strategy's signal weakened on the other cohort)."""
     tasks = tasks or {"death": 0.2, "icu": 0.45}
     models = models or MODELS
     strategies = strategies or SIGNAL
@@ -137,6 +140,17 @@ def make_results(
         }
     ).write_csv(root / "data" / "fake" / "rejects.csv")
     (root / "grid.txt").write_text("\n".join(grid) + "\n")
+    if transfer:
+        pair, external = "@".join(transfer), []
+        for model in models:
+            for strategy, signal in strategies.items():
+                for fold in range(folds):
+                    ids = list(range(patients))
+                    write_cell(
+                        root / "external", pair, model, strategy, "full", fold, ids, tasks[transfer[1]], signal / 2, rng
+                    )
+                    external.append(Cell(pair, model, strategy, "full", fold).path)
+        (root / "external" / "grid.txt").write_text("\n".join(external) + "\n")
     return grid
 
 
@@ -144,6 +158,32 @@ def build_report(root: Path, out: Path, bootstrap: int = 200, title: str = "fake
     """aggregate -> stats -> report through the CLI, as the rules run them; returns the HTML path."""
     from ftbench.cli import main
 
+    external = root / "external" / "grid.txt"
+    if external.is_file():  # external validation's folds: aggregated and compared as the rules do
+        tables = root / "external"
+        argv = [
+            "aggregate",
+            "--cells-root",
+            str(tables / "cells"),
+            "--grid",
+            str(external),
+            "--bootstrap",
+            str(bootstrap),
+        ]
+        argv += ["--cells-out", str(tables / "cells.parquet"), "--predictions-out", str(tables / "predictions.parquet")]
+        assert main([*argv, "--summary", str(tables / "summary.parquet")]) == 0
+        stats = [
+            "stats",
+            "--cells",
+            str(tables / "cells.parquet"),
+            "--cohorts",
+            "{}",
+            "--within-task",
+            "none",
+            "--out-dir",
+            str(tables / "stats"),
+        ]
+        assert main(stats) == 0
     for argv in (
         [
             "aggregate",
@@ -187,6 +227,7 @@ def build_report(root: Path, out: Path, bootstrap: int = 200, title: str = "fake
             str(out / "report" / "index.html"),
             "--figures-dir",
             str(out / "report" / "figures"),
+            *(["--external", str(root / "external")] if external.is_file() else []),
         ],
     ):
         assert main(argv) == 0, argv

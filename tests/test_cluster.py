@@ -135,16 +135,19 @@ def test_profile_is_found_and_takes_account_and_partitions_from_the_environment(
     )
     assert profile["executor"] == "slurm"
     assert {"slurm_account=proj42", "slurm_partition=cpu"} <= set(profile["default-resources"])
-    assert {"train:gpu=1", "train:gpu_model=a100", "train:slurm_partition=gpu"} <= set(profile["set-resources"])
-    # data, splits and report jobs ask for no GPU: only the training rule gets one
+    for rule in ("train", "transfer"):
+        assert {f"{rule}:gpu=1", f"{rule}:gpu_model=a100", f"{rule}:slurm_partition=gpu"} <= set(
+            profile["set-resources"]
+        )
+    # data, splits and report jobs ask for no GPU: only training and external validation (the same models) get one
     assert not any("gpu" in entry for entry in profile["default-resources"])
-    assert all(entry.startswith("train:") for entry in profile["set-resources"])
+    assert all(entry.startswith(("train:", "transfer:")) for entry in profile["set-resources"])
     assert profile["set-resource-scopes"] == ["gpu=local"]  # one GPU per submitted job, not for the workflow
 
 
 def test_profile_without_environment_leaves_account_and_partition_to_slurm(monkeypatch):
     profile = read_profile(monkeypatch)
     assert not any(entry.startswith(("slurm_account", "slurm_partition")) for entry in profile["default-resources"])
-    assert profile["set-resources"] == ["train:gpu=1", "train:slurm_extra='--signal=USR1@300'"]
+    assert profile["set-resources"] == ["train:gpu=1", "train:slurm_extra='--signal=USR1@300'", "transfer:gpu=1"]
     assert profile["slurm-requeue"] == "True"  # preempted jobs come back, and resume from their saved state
     assert profile["keep-going"] == "True" and int(profile["retries"]) >= 1

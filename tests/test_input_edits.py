@@ -94,6 +94,9 @@ DOWNSTREAM = {
         "train",
         "aggregate",
         "stats",
+        "transfer",
+        "aggregate_external",
+        "stats_external",
         "report",
         "all",
     )
@@ -102,23 +105,28 @@ DOWNSTREAM = {
 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory) -> dict:
-    """A copy of the workflow and a finished run: 16 patients, one model, linear probing, 2 folds, full data."""
+    """A copy of the workflow and a finished run: 16 patients, one model, linear probing, 2 folds, full data, its
+    models validated externally on a second manifest dataset of 8 patients (another hospital)."""
     tmp = tmp_path_factory.mktemp("inputedits")
     repo = copy_workflow(tmp / "repo")
-    csv = _manifest(tmp / "data")
+    csv, theirs = _manifest(tmp / "data"), _manifest(tmp / "theirs", patients=8)
+    outcome = {"label": "outcome", "positive": ["poor"], "negative": ["good"]}
     config = {
         "benchmark": {"tasks": ["mine_outcome"], "models": ["tiny_resnet"], "strategies": ["lp"]},
-        "datasets": {"mine": {"adapter": "manifest", "path": str(csv)}},
-        "tasks": {"mine_outcome": {"dataset": "mine", "label": "outcome", "positive": ["poor"], "negative": ["good"]}},
+        "datasets": {
+            "mine": {"adapter": "manifest", "path": str(csv)},
+            "theirs": {"adapter": "manifest", "path": str(theirs)},
+        },
+        "tasks": {"mine_outcome": {"dataset": "mine", **outcome}, "theirs_outcome": {"dataset": "theirs", **outcome}},
         "models": {"tiny_resnet": {"arch": "test_resnet", "img_size": 32, "family": "cnn"}},
-        "regimes": {"fewshot": None},
+        "regimes": {"fewshot": None, "transfer": {"mine_outcome": ["theirs_outcome"]}},
         "validation": {"folds": 2},
         "training": {"max_epochs": 2, "patience": 1},
     }
     configs = ["--configfile", str(DEMO), str(write_config(tmp / "mine.yaml", config))]
     work = tmp / "work"
     snakemake(repo, work, *configs, "--cores", "2")
-    return {"repo": repo, "work": work, "configs": configs, "csv": csv}
+    return {"repo": repo, "work": work, "configs": configs, "csv": csv, "theirs": theirs}
 
 
 def _plan(done: dict) -> dict[str, set[str]]:
@@ -153,3 +161,20 @@ def test_an_image_replaced_in_place_reruns_the_dataset_and_all_that_follows(done
     jobs = _plan(done)
     assert jobs.pop("source_files") == {"results/data/mine/source_files.txt"}
     assert set(jobs) == DOWNSTREAM
+
+
+@pytest.mark.slow
+def test_an_edited_target_manifest_rescores_the_kept_models_and_trains_nothing(done):
+    """The external cohort's table is an input of the transfer jobs only: the source's cells stay."""
+    csv = done["theirs"]
+    original, stat = csv.read_bytes(), csv.stat()
+    try:
+        csv.write_text(original.decode().replace("img/p1.png,p1,poor", "img/p1.png,p1,good"))
+        jobs = _plan(done)
+        assert jobs["transfer"] == {"results/external/cells/mine_outcome@theirs_outcome/tiny_resnet/lp/full"}
+        assert jobs["task_table"] == {"results/tasks/theirs_outcome/images.parquet"}
+        assert set(jobs) == DOWNSTREAM - {"folds", "train", "aggregate", "stats"}
+    finally:
+        csv.write_bytes(original)
+        os.utime(csv, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert _plan(done) == {}

@@ -19,7 +19,7 @@ from ftbench.analysis.captions import CAPTIONS
 def demo_like(tmp_path_factory):
     """Two tasks (20% and 45% positive), three models in two families, three strategies, full + few-shot."""
     root = tmp_path_factory.mktemp("results")
-    make_results(root, regimes=("full", "k2r0", "k2r1", "k4r0"))
+    make_results(root, regimes=("full", "k2r0", "k2r1", "k4r0"), transfer=("death", "icu"))
     return root, build_report(root, root / "out")
 
 
@@ -45,7 +45,9 @@ def test_report_shows_every_view_with_a_caption_and_finds_the_best_strategy(demo
         assert caption[:60] in html, kind  # each kind of figure is drawn, with its caption
         assert list((root / "out" / "report" / "figures" / kind).glob("*.svg")), kind  # and saved for snakemake
     figures = re.findall(r"<figure.*?</figure>", html, flags=re.S)
-    assert len(figures) == 15 and all(re.search(r"<figcaption>[^<]{80,}</figcaption>", f) for f in figures)
+    assert len(figures) == 16 and all(re.search(r"<figcaption>[^<]{80,}</figcaption>", f) for f in figures)
+    # external validation: the pair's table beside the source's internal result, its figure, tests across pairs
+    assert "death → icu" in html and "internal MCC" in html and "pairs (blocks)" in html
     best = re.search(r"Best per task and regime.*?</table>", html, flags=re.S).group(0)
     winners = re.findall(r"<tr>(?:<td[^>]*>[^<]*</td>){2}<td[^>]*>([^<]*)</td>", best)
     assert len(winners) == 6 and all(w.endswith("· fft") for w in winners)  # the strongest signal wins everywhere
@@ -93,7 +95,7 @@ def test_report_in_headless_chromium(browser_ready, demo_like, tmp_path):
     seen = visit(page, tmp_path / "profile", shot, scripts=("document.querySelectorAll('figure svg').length", sort_mcc))
     assert seen.console_errors == []
     assert [u for u in seen.requests if not u.startswith("data:")] == [page.resolve().as_uri()]  # nothing fetched
-    assert seen.evaluated[0] == 15
+    assert seen.evaluated[0] == 16
     mcc = seen.evaluated[1]
     assert mcc == sorted(mcc, reverse=True) and len(mcc) > 10  # the table sorts on click
     assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -19,9 +19,14 @@ JOBS = {
     for strategy in ["lp", "bitfit"]
     for group in ["full", "k4"]
 }
+# the demo's external validation: each full-data job's kept models scored on synthetic_external
+PAIR = "results/external/cells/synthetic_outcome@synthetic_external"
+TRANSFERS = {f"{PAIR}/tiny_resnet/{strategy}/full" for strategy in ["lp", "bitfit"]}
 DOWNSTREAM = {
     "aggregate": {"results/cells.parquet"},
     "stats": {"results/stats/friedman.csv"},
+    "aggregate_external": {"results/external/cells.parquet"},
+    "stats_external": {"results/external/stats/friedman.csv"},
     "report": {"results/report/index.html"},
     "all": {""},
 }
@@ -52,6 +57,7 @@ def test_changing_one_learning_rate_reruns_only_that_strategy(done):
     lr = write_config(done["tmp"] / "lr.yaml", {"strategies": {"lp": {"kind": "lp", "lr": 0.05}}})
     jobs = plan(done, lr)
     assert jobs.pop("train") == {job for job in JOBS if "/lp/" in job}
+    assert jobs.pop("transfer") == {job for job in TRANSFERS if "/lp/" in job}
     assert jobs == DOWNSTREAM
 
 
@@ -59,13 +65,43 @@ def test_adding_a_model_runs_only_its_cells(done):
     models = write_config(done["tmp"] / "models.yaml", {"benchmark": {"models": ["tiny_resnet", "tiny_vit"]}})
     jobs = plan(done, models)
     assert jobs.pop("train") == {job.replace("tiny_resnet", "tiny_vit") for job in JOBS}
-    # its linear probes need its embedding cache; the list of expected cells is an input of the report:
-    # it is rewritten, nothing else upstream reruns
+    assert jobs.pop("transfer") == {job.replace("tiny_resnet", "tiny_vit") for job in TRANSFERS}
+    # its linear probes need its embedding cache, of the source and of the target; the lists of expected cells are
+    # inputs of the reports: they are rewritten, nothing else upstream reruns
     assert jobs == {
         **DOWNSTREAM,
-        "embeddings": {"results/embeddings/synthetic/tiny_vit.npy"},
+        "embeddings": {f"results/embeddings/{d}/tiny_vit.npy" for d in ("synthetic", "synthetic_external")},
         "grid_list": {"results/grid.txt"},
+        "external_grid": {"results/external/grid.txt"},
     }
+
+
+def test_adding_a_target_scores_the_kept_models_and_trains_nothing(done):
+    third = {
+        "datasets": {"third": {"adapter": "synthetic", "synthetic": {"patients": 30, "side": 64, "seed": 2}}},
+        "tasks": {
+            "third_outcome": {"dataset": "third", "label": "outcome", "positive": ["poor"], "negative": ["good"]}
+        },
+        "regimes": {"transfer": {"synthetic_outcome": ["synthetic_external", "third_outcome"]}},
+    }
+    jobs = plan(done, write_config(done["tmp"] / "target.yaml", third))
+    assert "train" not in jobs
+    assert jobs.pop("transfer") == {job.replace("synthetic_external", "third_outcome") for job in TRANSFERS}
+    assert jobs == {
+        **{key: value for key, value in DOWNSTREAM.items() if key not in ("aggregate", "stats")},
+        "dataset_table": {"results/data/third/table.parquet"},
+        "image_store": {"results/data/third/images_64.npy"},
+        "task_table": {"results/tasks/third_outcome/images.parquet"},
+        "embeddings": {"results/embeddings/third/tiny_resnet.npy"},  # the linear probe's head reads the cache
+        "external_grid": {"results/external/grid.txt"},
+    }
+
+
+def test_a_task_that_stops_being_a_source_reruns_its_full_data_jobs_once(done):
+    """Its full-data cells kept their models; without the key their settings change (docs/reruns.md says so)."""
+    jobs = plan(done, write_config(done["tmp"] / "no_transfer.yaml", {"regimes": {"transfer": None}}))
+    assert jobs.pop("train") == {job for job in JOBS if job.endswith("/full")}
+    assert jobs == {key: value for key, value in DOWNSTREAM.items() if "external" not in key}
 
 
 def test_refactoring_code_or_changing_the_interpreter_reruns_nothing(done):
@@ -91,6 +127,7 @@ def test_forcing_one_job(done):
     job = sorted(JOBS)[0]
     jobs = plan(done, args=("--forcerun", job))
     assert jobs.pop("train") == {job}
+    assert jobs.pop("transfer") == {f"{PAIR}/{job.split('/', 3)[3]}"}
     assert jobs == DOWNSTREAM
 
 
@@ -105,4 +142,5 @@ def test_bumping_the_training_version_reruns_every_cell(done):
     finally:
         init.write_text(original)
     assert jobs.pop("train") == JOBS
+    assert jobs.pop("transfer") == TRANSFERS
     assert jobs == DOWNSTREAM

@@ -205,6 +205,7 @@ def slurm_run(slurm, tmp_path_factory):
         # batch's cells in series as the GPU limit does on GPU partitions
         "--set-resources",
         "train:gpu=0",
+        "transfer:gpu=0",
         "--cores",
         "1",
         "--group-components",

@@ -504,6 +504,10 @@ def test_cohorts_come_from_the_dataset_unless_a_task_names_one():
     }
     config["tasks"]["car_icu"]["cohort"] = "nysbu"  # e.g. two collections known to share patients
     assert reach.cohorts(config)["car_icu"] == "nysbu"
+    # then nysbu_icu -> car_icu is no external validation: refused, naming the key
+    with pytest.raises(plan_config.ConfigError, match="regimes.transfer.nysbu_icu"):
+        plan_config.validate(config)
+    config["regimes"]["transfer"] = None
     plan_config.validate(config)  # the schema allows the key
 
 

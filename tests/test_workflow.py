@@ -67,7 +67,33 @@ def test_demo_produces_report_and_all_cells(demo_run):
     assert "Within each task: strategies against the best, MCC" in html
     figures = results / "report" / "figures"
     kinds = sorted(f.relative_to(figures).parts[0] for f in figures.rglob("*.svg"))
-    assert kinds == sorted(CAPTIONS)  # one task: every kind of figure, once
+    assert kinds == sorted(CAPTIONS)  # one task, one external pair: every kind of figure, once
+
+
+def test_demo_scores_its_full_data_models_on_the_external_cohort(demo_run):
+    """External validation (regimes.transfer): every fold's kept full-data model, scored on all 40 patients of the
+    second synthetic cohort, in its own table, figure and tests (each pair one block)."""
+    results = demo_run / "results"
+    kept = sorted(p.relative_to(results / "cells") for p in (results / "cells").rglob("model.pt"))
+    assert len(kept) == 15 * 5 and all(p.parts[3] == "full" for p in kept)  # full data only, every fold
+    cells = pl.read_parquet(results / "external" / "cells.parquet")
+    assert cells.height == 15 * 5 and (cells["status"] == "ok").all()
+    assert set(cells["task"]) == {"synthetic_outcome@synthetic_external"} and (cells["n_test_patients"] == 40).all()
+    # the models keep the thresholds their source cells chose on their own validation part
+    for row in cells.iter_rows(named=True):
+        source = (
+            results / "cells" / "synthetic_outcome" / row["model"] / row["strategy"] / "full" / f"fold{row['fold']}"
+        )
+        assert row["threshold"] == json.loads((source / "metrics.json").read_text())["threshold"]
+    summary = pl.read_csv(results / "external" / "summary.csv")
+    assert summary.height == 15 and summary["mcc_ci_low"].is_not_null().all()
+    # a model that learnt the signal carries some of it to the other cohort
+    assert summary["roc_auc_mean"].max() >= 0.8
+    friedman = pl.read_csv(results / "external" / "stats" / "friedman.csv")
+    assert (friedman["cohorts"] == 1).all() and friedman["p_value"].is_null().all()
+    html = (results / "report" / "index.html").read_text()
+    assert "<h2 id='external'>External validation</h2>" in html and "synthetic_outcome → synthetic_external" in html
+    assert "internal MCC" in html and "pairs (blocks)" in html
 
 
 def test_demo_report_opens_offline_in_chromium(demo_run, tmp_path):

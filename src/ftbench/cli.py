@@ -143,6 +143,14 @@ def cmd_train(args) -> None:
     )
 
 
+def cmd_transfer(args) -> None:
+    from ftbench.train.transfer import run_transfer
+
+    run_transfer(
+        args.job, args.cells, args.task_table, args.out_dir, args.store, args.embeddings, args.weights, args.threads
+    )
+
+
 def cmd_embed(args) -> None:
     from ftbench.train import embeddings
 
@@ -177,7 +185,12 @@ def cmd_stats(args) -> None:
 
     cohorts = json.loads(args.cohorts) if args.cohorts else None
     stats.compare(
-        pl.read_parquet(args.cells), alpha=args.alpha, rope=args.rope, cohorts=cohorts, control=args.control
+        pl.read_parquet(args.cells),
+        alpha=args.alpha,
+        rope=args.rope,
+        cohorts=cohorts,
+        control=args.control,
+        within=args.within_task == "folds",
     ).write(args.out_dir)
 
 
@@ -234,6 +247,7 @@ def cmd_report(args) -> None:
     import polars as pl
 
     from ftbench.analysis import cost, report, stats
+    from ftbench.analysis.external import External
 
     cells = pl.read_parquet(args.cells)
     expected = Path(args.expected).read_text().split() if args.expected else []
@@ -252,6 +266,7 @@ def cmd_report(args) -> None:
         missing=missing_cells(expected, set(cells["cell"].to_list()), args.logs),
         projection=projection,
         not_possible=args.not_possible,
+        external=External.read(args.external) if args.external else None,
         alpha=args.alpha,
         resamples=args.bootstrap,
         title=args.title,
@@ -363,6 +378,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--embeddings", help="embedding cache to train a frozen-backbone strategy from")
     s.set_defaults(func=cmd_train)
 
+    s = sub.add_parser(
+        "transfer", help="external validation: score a source task's kept full-data models on a target task"
+    )
+    s.add_argument("--job", type=_json, required=True, help="the transfer job's settings as JSON (source, target)")
+    s.add_argument("--cells", required=True, help="the source's training job folder (results/cells/<job>)")
+    s.add_argument("--task-table", required=True, help="the target task's table")
+    s.add_argument("--store", help="the target's image store at the model's size (not needed with --embeddings)")
+    s.add_argument("--embeddings", help="the target's embedding cache, for a head trained on cached features")
+    s.add_argument("--weights", help="pretrained weights: a manifest of the weights stage, a file or a folder")
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(func=cmd_transfer)
+
     s = sub.add_parser("embed", help="cache a frozen backbone's features of every image of a store")
     s.add_argument("--model", type=_json, required=True, help="the model's settings as JSON")
     s.add_argument("--store", required=True)
@@ -402,6 +430,12 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--cohorts", help="JSON {task: cohort}: tasks sharing patients, one block across tasks")
     s.add_argument("--control", help="compare every strategy with this one across tasks (k - 1 comparisons)")
+    s.add_argument(
+        "--within-task",
+        choices=("folds", "none"),
+        default="folds",
+        help="none: no tests within a task (external validation: every fold's model scores the same patients)",
+    )
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_stats)
 
@@ -439,6 +473,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--figures-dir", help="also write each figure as <dir>/<kind>/<name>.svg")
     s.add_argument("--device-name", help="project the missing cells' time from the cells of this device only")
     s.add_argument("--not-possible", nargs="*", default=[], help="few-shot groups planning left out, with the reason")
+    s.add_argument("--external", help="external validation's folder (results/external): its tables and statistics")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("reference", help="rewrite the files generated from the strategy table and the config schema")

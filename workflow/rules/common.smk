@@ -11,7 +11,7 @@ sys.path.insert(0, SRC)
 
 from ftbench import DATA_VERSION, EMBEDDING_VERSION, SPLIT_VERSION
 from ftbench.plan.config import ConfigError, read, resolved_grid, selected, validate
-from ftbench.plan import grid, reach
+from ftbench.plan import grid, reach, transfer
 from ftbench.plan.grid import CELL_FILES
 
 
@@ -37,11 +37,16 @@ except ConfigError as err:
 for _note in _notes:
     print(f"ftbench: {_note}", file=sys.stderr)
 
-TASKS = selected(config, "tasks")
+# the grid's tasks, and the targets of external validation (regimes.transfer): their data stage runs too
+TASKS = selected(config, "tasks") | {name: config["tasks"][name] for name in transfer.targets(config)}
 DATASETS = {name: config["datasets"][name] for name in dict.fromkeys(t["dataset"] for t in TASKS.values())}
 CELLS = grid.cells(config)
 print(resolved_grid(config, len(CELLS)), file=sys.stderr)
 print(reach.design_line(config), file=sys.stderr)
+if _transfer_line := transfer.design_line(config):
+    print(_transfer_line, file=sys.stderr)
+for _reason in transfer.left_out(config):
+    print(f"ftbench: not in the grid: {_reason}", file=sys.stderr)
 for (model, strategy), reason in grid.excluded(config).items():
     print(f"ftbench: not in the grid: {model} x {strategy}: {reason}", file=sys.stderr)
 # few-shot groups the declared class counts cannot give: left out, and listed by the report
@@ -126,6 +131,18 @@ def embedding_inputs(w) -> dict:
 
 JOBS = grid.jobs(config, CELLS)
 JOB_BY_PATH = {job.path: job for job in JOBS}
+# external validation (regimes.transfer): one job per (source, target, model, strategy), with the cells it writes
+TRANSFER_JOBS = transfer.jobs(config, JOBS)
+TRANSFER_BY_PATH = {job.path: job for job in TRANSFER_JOBS}
+
+
+def transfer_job(w) -> "transfer.TransferJob":
+    return TRANSFER_BY_PATH[f"{w.pair}/{w.model}/{w.strategy}/full"]
+
+
+def transfer_inputs(w) -> dict:
+    """What an external validation job reads (ftbench.plan.transfer.job_inputs)."""
+    return transfer.job_inputs(config, transfer_job(w))
 
 
 def job_of(w) -> "grid.Job":
@@ -188,7 +205,7 @@ def cost_inputs(w) -> dict:
     if config["cost"]["device"]:
         inputs["data"] = [
             path
-            for task in TASKS
+            for task in config["benchmark"]["tasks"]
             if flop_cost.declared_counts(config, task) is None
             for path in flop_cost.data_inputs(config, task)
         ]
@@ -201,5 +218,6 @@ wildcard_constraints:
     model=r"[^/]+",
     strategy=r"[^/]+",
     group=r"full|k\d+",
+    pair=r"[^/@]+@[^/@]+",
     size=r"\d+",
     k=r"\d+",

@@ -70,17 +70,41 @@ rule stats:
         alpha=config["report"]["alpha"],
         rope=config["report"]["rope"],
         cohorts=to_json(reach.cohorts(config)),
-        control=cli_args({"control": config["report"].get("control")}),
+        args=cli_args({"control": config["report"].get("control")}),
         version=REPORT_VERSION,
     shell:
         "python -m ftbench stats --cells {input.cells} --alpha {params.alpha} --rope {params.rope} "
-        "--cohorts {params.cohorts:q} {params.control} --out-dir $(dirname {output.tables[0]}) 2> {log}"
+        "--cohorts {params.cohorts:q} {params.args} --out-dir $(dirname {output.tables[0]}) 2> {log}"
 
 
 # the not_possible param and flag exist only when planning left few-shot groups out (NOT_POSSIBLE, common.smk):
 # other grids' reports keep their params and command
+REPORT_PARAMS = {
+    **({"not_possible": NOT_POSSIBLE} if NOT_POSSIBLE else {}),
+    "title": config["report"]["title"],
+    "alpha": config["report"]["alpha"],
+    "bootstrap": config["report"]["bootstrap"],
+    "captions": CAPTIONS,
+    "version": REPORT_VERSION,
+    "device": COST_DEVICE,
+}
+# external validation's tables (workflow/rules/external.smk), when regimes.transfer declares pairs
+EXTERNAL_TABLES = (
+    {
+        "external": [
+            "results/external/cells.parquet",
+            "results/external/summary.parquet",
+            *expand("results/external/stats/{table}.csv", table=STATS_TABLES),
+        ]
+    }
+    if TRANSFER_JOBS
+    else {}
+)
+
+
 rule report:
     input:
+        **EXTERNAL_TABLES,
         cells="results/cells.parquet",
         summary="results/summary.parquet",
         predictions="results/predictions.parquet",
@@ -103,19 +127,16 @@ rule report:
     conda:
         "../../envs/ftbench.yaml"
     params:
-        **({"not_possible": NOT_POSSIBLE} if NOT_POSSIBLE else {}),
-        title=config["report"]["title"],
-        alpha=config["report"]["alpha"],
-        bootstrap=config["report"]["bootstrap"],
-        captions=CAPTIONS,
-        version=REPORT_VERSION,
-        device=COST_DEVICE,
+        **REPORT_PARAMS,
+        external="--external results/external" if TRANSFER_JOBS else "",
     shell:
         "python -m ftbench report --cells {input.cells} --summary {input.summary} --predictions {input.predictions} "
         "--stats-dir $(dirname {input.stats[0]}) --expected {input.grid} --logs results/logs/train "
         "--data-reports {input.data_reports} --rejects {input.rejects} --alpha {params.alpha} "
         "--bootstrap {params.bootstrap} --title {params.title:q} --out {output.html} --figures-dir {output.figures} "
-        "{params.device}" + (" --not-possible {params.not_possible:q}" if NOT_POSSIBLE else "") + " 2> {log}"
+        "{params.device} {params.external}"
+        + (" --not-possible {params.not_possible:q}" if NOT_POSSIBLE else "")
+        + " 2> {log}"
 
 
 # The partial report: the same three steps on the cells complete now (no cell is an input, so nothing
@@ -161,6 +182,9 @@ use rule report as report_partial with:
         figures=directory("results/partial/report/figures"),
     log:
         "results/logs/partial/report.log",
+    params:
+        **REPORT_PARAMS,
+        external="",  # external validation needs finished source jobs: the full report's
 
 
 # `snakemake cost`: device-hours of every cell of the grid, measured for the cells that ran and projected

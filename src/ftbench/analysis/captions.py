@@ -47,4 +47,9 @@ CAPTIONS = {
     "placed at the positive rate of the task (task names above the plot). PR-AUC's chance level rises "
     "with the positive rate (dotted diagonal); MCC's stays at 0. A strategy whose points fall as "
     "the positive rate falls is sensitive to imbalance; this needs several tasks to read.",
+    "external": "External validation of one (source, target) pair: each model and strategy's MCC on the target cohort "
+    "(y; mean over the source's fold models, each scored on every target patient, bar: 95% bootstrap CI over target "
+    "patients) against its MCC on the source's own test folds (x). Points on the dotted diagonal keep their internal "
+    "level on patients of another hospital; below it they lose. Nothing of the target chose the model, its epoch or "
+    "its threshold.",
 }

@@ -494,3 +494,50 @@ def imbalance(summary: pl.DataFrame, style: Styles) -> str | None:
     axes[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     return to_svg(fig)
+
+
+def external(pairs: pl.DataFrame, pair: str, style: Styles, metric: str = "mcc") -> str | None:
+    """External against internal ``metric`` of one (source, target) pair (:func:`ftbench.analysis.external.pairs`):
+    one point per (model, strategy), x the source's full-data test folds, y the same folds' models on the target
+    with its 95% bootstrap CI; on the dotted diagonal a model keeps its internal level on the other cohort."""
+    data = pairs.filter((pl.col("pair") == pair) & pl.col(f"{metric}_mean").is_not_null())
+    if data.height == 0:
+        return None
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    low, high = _ci(data, metric)
+    internal = data[f"internal_{metric}"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    mean = data[f"{metric}_mean"].to_numpy()
+    for i, (model, strategy) in enumerate(data.select("model", "strategy").iter_rows()):
+        _interval(
+            ax,
+            [internal[i]],
+            [mean[i]],
+            [low[i]],
+            [high[i]],
+            color=style.colour.get(strategy, "#57606a"),
+            marker=style.marker.get(model, "o"),
+            ms=6,
+            capsize=2,
+            lw=0.8,
+        )
+    values = np.concatenate([internal, low, high])
+    lo, hi = np.nanmin(values), np.nanmax(values)
+    lo, hi = min(lo, 0.0) - 0.05, max(hi, 0.0) + 0.05
+    ax.plot([lo, hi], [lo, hi], ls=":", color="#57606a", lw=1)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    source, target = data["source"][0], data["target"][0]
+    ax.set_xlabel(f"internal {LABELS.get(metric, metric)}: {source}, test folds")
+    ax.set_ylabel(f"external {LABELS.get(metric, metric)}: {target}")
+    handles = [
+        plt.Line2D([], [], color=c, marker="o", ls="none", label=s)
+        for s, c in style.colour.items()
+        if s in data["strategy"].to_list()
+    ]
+    handles += [
+        plt.Line2D([], [], color="#57606a", marker=style.marker.get(m, "o"), ls="none", label=m)
+        for m in model_order(data)
+    ]
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False)
+    fig.tight_layout()
+    return to_svg(fig)

@@ -10,16 +10,18 @@ from __future__ import annotations
 import html
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 
 from ftbench import __version__
-from ftbench.analysis import aggregate, plots, stats
+from ftbench.analysis import aggregate, external, plots, stats
 from ftbench.analysis.captions import CAPTIONS
+from ftbench.analysis.external import External
 from ftbench.plan.config import HINDSIGHT
+from ftbench.plan.transfer import PAIR_SEPARATOR
 
 STYLE = """
 :root{--fg:#1b1f24;--muted:#57606a;--line:#d0d7de;--soft:#f6f8fa;--bad:#cf222e;--ok:#1a7f37;--warn:#9a6700}
@@ -101,6 +103,7 @@ class Results:
     missing: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"cell": pl.String, "log": pl.String}))
     projection: pl.DataFrame | None = None  # every cell of the grid with its seconds (ftbench.analysis.cost.project)
     not_possible: list[str] = field(default_factory=list)  # few-shot groups planning left out (grid.not_possible)
+    external: External | None = None  # external validation (regimes.transfer), when the config declares pairs
     alpha: float = 0.05
     resamples: int = 1000  # bootstrap resamples behind the CIs (0: none)
     title: str = "ftbench report"
@@ -210,6 +213,10 @@ def figures(res: Results) -> list[Figure]:
             plots.cd_diagrams(res.comparisons, metric, style, res.alpha),
             f"Alpha = {res.alpha}.",
         )
+    if res.external is not None:
+        scored = external.pairs(res.external, summary)
+        for pair in scored["pair"].unique(maintain_order=True).to_list():
+            add("external", pair, plots.external(scored, pair, style))
     for task in tasks:
         add("efficiency", task, plots.efficiency(summary, task, style))
     add(
@@ -765,6 +772,7 @@ def build(res: Results, figs: list[Figure]) -> str:
         ("status", "Failed & missing" if status else ""),
         ("tasks", "Results per task"),
         ("fewshot", "Few-shot" if "fewshot" in by_kind else ""),
+        ("external", "External validation" if res.external is not None else ""),
         ("stats", "Statistics"),
         ("cost", "Cost"),
         ("imbalance", "Imbalance" if "imbalance" in by_kind else ""),
@@ -819,6 +827,8 @@ def build(res: Results, figs: list[Figure]) -> str:
         p.append("<h2 id='fewshot'>Few-shot</h2>" + _labels_used(res.summary))
         for f in by_kind["fewshot"]:
             p += [f"<h3>{esc(f.name)}</h3>", figure_html(f)]
+    if res.external is not None:
+        p.append(_external_html(res, by_kind.get("external", [])))
     p.append("<h2 id='stats'>Statistics</h2>")
     p += [figure_html(f) for kind in ("cd_mcc", "cd_pr_auc") for f in by_kind.get(kind, [])]
     for metric, label in (("mcc", "MCC"), ("pr_auc", "PR-AUC")):
@@ -882,6 +892,74 @@ def build(res: Results, figs: list[Figure]) -> str:
         f"<meta name=viewport content='width=device-width,initial-scale=1'><title>{esc(res.title)}</title>"
         f"<style>{STYLE}</style></head><body><main>{''.join(p)}</main><script>{SCRIPT}</script></body></html>"
     )
+
+
+def _external_html(res: Results, figs: list[Figure]) -> str:
+    """External validation: per pair, every model and strategy's result on the target beside its internal one;
+    the figure of each pair; the tests across pairs (each pair one block)."""
+    scored = external.pairs(res.external, res.summary)
+    out = [
+        "<h2 id='external'>External validation</h2><p class='small muted'>Models trained on one task's cohort, "
+        "scored unchanged on every patient of another cohort with the same outcome (<code>regimes.transfer</code>). "
+        "Each fold's full-data model of the source (its epoch, candidate settings and decision threshold chosen on "
+        "the source's validation part) predicts the target; the target takes no part in training, early stopping, "
+        "the threshold or the choice of candidates. External: mean over the source's fold models [95% bootstrap CI "
+        "over target patients]; internal: the same models' mean on the source's own test folds; Δ = external − "
+        "internal.</p>"
+    ]
+    if scored.height == 0:
+        return out[0] + "<p class='note'>No external result yet: the sources' full-data jobs have not finished.</p>"
+    table = (
+        with_text(scored)
+        .join(external.target_patients(res.external), on="pair", how="left")
+        .select(
+            "source",
+            "target",
+            "model",
+            "strategy",
+            "target patients",
+            pl.col("cells").alias("folds"),
+            "failed",
+            pl.col("mcc_text").alias("external MCC"),
+            pl.col("internal_mcc").alias("internal MCC"),
+            pl.col("delta_mcc").alias("Δ MCC"),
+            pl.col("pr_auc_text").alias("external PR-AUC"),
+            pl.col("internal_pr_auc").alias("internal PR-AUC"),
+            pl.col("roc_auc_text").alias("external ROC-AUC"),
+            pl.col("internal_roc_auc").alias("internal ROC-AUC"),
+        )
+    )
+    out.append(table_html(table))
+    for fig in figs:
+        out += [f"<h3>{esc(fig.name.replace(PAIR_SEPARATOR, ' → '))}</h3>", figure_html(fig)]
+    across = replace(res, comparisons=res.external.comparisons)
+    # a pair is the block here, where a cohort is across tasks: the same tables, in the pairs' words
+    blocks = {
+        "cohorts (blocks)": "pairs (blocks)",
+        "tasks_dropped": "pairs dropped",
+        "cohorts": "pairs",
+        "folds (all cohorts)": "folds (all pairs)",
+    }
+    worded = [pl.col("note").str.replace_all("cohort", "pair")]
+    tests = _tests_table(across, "mcc").drop("tasks", strict=False).rename(blocks, strict=False)
+    reach = _reach_table(across, "mcc").drop("tasks").rename(blocks, strict=False)
+    hierarchical = hierarchical_table(across, "mcc").rename(blocks, strict=False)
+    tests, hierarchical = (t.with_columns(worded) if t.height else t for t in (tests, hierarchical))
+    out.append(
+        "<h3>Across pairs (MCC)</h3><p class='small muted'>The unit is the <b>(source, target) pair</b>: each pair "
+        "is one block of the Friedman, Wilcoxon and hierarchical comparisons, as the grid's cohorts are across "
+        "tasks. Pairs that share a source or a target share patients, so they are not fully independent: read "
+        "the tests as descriptive where they do. Within one pair no test is run: every fold's model is scored on "
+        "the same target patients, so the corrected t's correlation (test part over training pool) does not "
+        "hold.</p>" + table_html(reach) + (table_html(tests) if tests.height else "")
+    )
+    if hierarchical.height:
+        out.append(
+            "<p class='small muted'>Bayesian hierarchical comparison over the pairs (baycomp's model, as across "
+            "cohorts): a pair's fold-level differences are those of the source's fold models on the target.</p>"
+            + table_html(hierarchical)
+        )
+    return "".join(out)
 
 
 def _choices(cells: pl.DataFrame) -> str:

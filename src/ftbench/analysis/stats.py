@@ -642,11 +642,12 @@ def compare(
     rope: float = 0.01,
     cohorts: dict[str, str] | None = None,
     control: str | None = None,
+    within: bool = True,
 ) -> Comparisons:
     """Strategies compared across tasks (Friedman + Nemenyi, Wilcoxon + Holm; one block per cohort, ``cohorts``
     mapping each task to its cohort, a task of its own where absent) in every scope of :func:`scopes`, every pair
-    or each strategy against ``control``; and within each task (corrected and Bayesian correlated t over folds),
-    for each metric."""
+    or each strategy against ``control``; and, unless ``within`` is False, within each task (corrected and Bayesian
+    correlated t over folds), for each metric."""
     cohorts = cohorts or {}
     if not rope > 0:
         raise ValueError(f"rope {rope}: the region of practical equivalence must be wider than 0 (report.rope)")
@@ -671,7 +672,8 @@ def compare(
                 best = min(ranks, key=lambda r: r["mean_rank"], default={"strategy": strategies[0]})["strategy"]
                 reference = control if control in strategies else best
                 requests += [(key | r, data) for r, data in hierarchical_requests(folds, strategies, reference, rope)]
-        out["within_task"] += [r | {"metric": metric} for r in within_task(values, rope)]
+        if within:
+            out["within_task"] += [r | {"metric": metric} for r in within_task(values, rope)]
     modelled = [data for _, data in requests if data is not None]
     probs = iter(hierarchical.compare_pairs(modelled))
     for row, data in requests:

@@ -19,6 +19,7 @@ import yaml
 
 from ftbench.models import strategy_kinds as kinds
 from ftbench.models.zoo import resolve, transformers_problem
+from ftbench.plan.reach import cohort_of
 
 SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
 # Adapters that only read a user's copy (no download): what their `path:` must point at.
@@ -288,6 +289,7 @@ def check_references(config: dict) -> None:
                     f"'{name}''s candidates on ({', '.join(listed)}); give one value each, or validate "
                     "few-shot cells on K labels ('kshot')"
                 )
+    check_transfer(config)
     control = config.get("report", {}).get("control")
     if control and control not in bench["strategies"]:
         raise ConfigError(
@@ -306,6 +308,40 @@ def check_references(config: dict) -> None:
             f"config key 'cluster.runtimes': {runtimes} does not exist "
             "(`snakemake cost` writes results/partial/cost_cells.csv)"
         )
+
+
+def check_transfer(config: dict) -> None:
+    """External validation pairs (``regimes.transfer``): a source and its targets are declared tasks, each target of
+    another cohort (patients of another hospital, not the source's own). A source outside benchmark.tasks (a preset
+    narrowed the grid) leaves its pairs out, which planning prints (``ftbench.plan.transfer.left_out``)."""
+    spec = config.get("regimes", {}).get("transfer") or {}
+    if spec and not config["regimes"].get("full", True):
+        raise ConfigError(
+            "config key 'regimes.transfer': external validation scores the sources' full-data models, "
+            "but regimes.full is false"
+        )
+    for source, targets in spec.items():
+        if source not in config["tasks"]:
+            raise ConfigError(
+                f"config key 'regimes.transfer.{source}': unknown source task '{source}' "
+                f"(known: {', '.join(sorted(config['tasks']))})"
+            )
+        for target in targets or []:
+            key = f"regimes.transfer.{source}"
+            if target not in config["tasks"]:
+                raise ConfigError(
+                    f"config key '{key}': unknown target task '{target}' (known: {', '.join(sorted(config['tasks']))})"
+                )
+            task = config["tasks"][target]
+            if task["dataset"] not in config["datasets"]:
+                raise ConfigError(f"config key 'tasks.{target}.dataset': unknown dataset '{task['dataset']}'")
+            check_classes(task, target)
+            mine, theirs = cohort_of(config["tasks"][source]), cohort_of(task)
+            if mine == theirs:
+                raise ConfigError(
+                    f"config key '{key}': target '{target}' is of the source's own cohort '{mine}' (tasks.<t>.cohort, "
+                    "else the dataset): not an external validation"
+                )
 
 
 def check_classes(task: dict, name: str) -> None:

@@ -370,12 +370,22 @@ def _memo_shared(task: str, model: str, strategy: str, parts: str) -> dict:
     return shared | ({"candidates": candidates} if len(candidates) > 1 else {})
 
 
+def keeps_model(config: dict, task: str, group: str) -> dict:
+    """``{"keep_model": True}`` for the full-data cells of a transfer source (``regimes.transfer``,
+    ``ftbench.plan.transfer``): they write their trained model beside their files, for the external validation
+    jobs to run. Part of the settings, so that a task becoming a source reruns its full-data jobs, whose finished
+    cells kept no model; targets added to a source rerun nothing here."""
+    sources = config.get("regimes", {}).get("transfer") or {}
+    return {"keep_model": True} if group == "full" and sources.get(task) else {}
+
+
 def cell_settings(config: dict, cell: Cell) -> dict:
     """The resolved settings of one cell: everything that changes its result, nothing else."""
-    return _shared_settings(config, cell.task, cell.model, cell.strategy) | {
-        "regime": regime_settings(config, cell.regime),
-        "fold": cell.fold,
-    }
+    return (
+        _shared_settings(config, cell.task, cell.model, cell.strategy)
+        | keeps_model(config, cell.task, cell.job.group)
+        | {"regime": regime_settings(config, cell.regime), "fold": cell.fold}
+    )
 
 
 def jobs(config: dict, grid_cells: list[Cell] | None = None) -> dict[Job, list[Cell]]:
@@ -389,7 +399,11 @@ def jobs(config: dict, grid_cells: list[Cell] | None = None) -> dict[Job, list[C
 
 def job_settings(config: dict, job: Job, job_cells: list[Cell]) -> dict:
     """The settings of a job: the shared ones, and each cell's regime, fold and folder."""
-    return _shared_settings(config, job.task, job.model, job.strategy) | {
-        "group": job.group,
-        "cells": [{"regime": regime_settings(config, c.regime), "fold": c.fold, "leaf": c.leaf} for c in job_cells],
-    }
+    return (
+        _shared_settings(config, job.task, job.model, job.strategy)
+        | keeps_model(config, job.task, job.group)
+        | {
+            "group": job.group,
+            "cells": [{"regime": regime_settings(config, c.regime), "fold": c.fold, "leaf": c.leaf} for c in job_cells],
+        }
+    )

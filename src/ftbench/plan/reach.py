@@ -60,8 +60,9 @@ class Reach:
     def can_reject(self) -> bool:
         return self.smallest_p < self.alpha
 
-    def sentence(self) -> str:
-        """One line: the comparisons, the floor of their adjusted p, and whether any can reject."""
+    def sentence(self, across: str = "across-task") -> str:
+        """One line: the comparisons, the floor of their adjusted p, and whether any can reject (``across``: what the
+        blocks are, in words)."""
         if self.comparisons <= 0:
             return "one strategy: nothing to compare across tasks"
         tests = f"{self.comparisons} pairwise Wilcoxon test{'s' if self.comparisons > 1 else ''} with Holm"
@@ -69,8 +70,8 @@ class Reach:
         if self.can_reject:
             return f"{tests}: {floor} < alpha {self.alpha:g}, a pairwise test can reject"
         return (
-            f"{tests}: {floor} ≥ alpha {self.alpha:g}: no pairwise across-task test can reject "
-            "(the Bayesian hierarchical comparison is the across-task result)"
+            f"{tests}: {floor} ≥ alpha {self.alpha:g}: no pairwise {across} test can reject "
+            f"(the Bayesian hierarchical comparison is the {across} result)"
         )
 
 

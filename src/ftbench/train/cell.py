@@ -17,7 +17,7 @@ from ftbench.data import store as image_store
 from ftbench.files import write_atomic
 from ftbench.models import inputs, strategies, strategy_kinds
 from ftbench.models.assembly import build_model, frozen_backbone, model_entry
-from ftbench.train import metrics, probes
+from ftbench.train import metrics, probes, transfer
 from ftbench.train.device import device_name, library_versions, peak_memory_mb, pick_device, seed_everything
 from ftbench.train.loop import Checkpoint, Diverged, Part, fit, predict, validation_loss
 
@@ -72,12 +72,14 @@ def train_candidate(
     weights_path: str | None,
     state: Path,
     cached_parts: dict[str, Part] | None = None,
+    keep: Path | None = None,
 ) -> dict:
     """Train one candidate's model: validation (if any) and test probabilities, its validation loss (the best
     epoch's), history, trainable and total parameters, forward GFLOPs; an ``error`` instead if it diverged.
 
     ``cached``: the backbone is applied already (``parts`` are embedding-cache features, the model is the head);
-    ``cached_parts``: the same parts from the cache, for the epochs whose backbone is frozen (LP-FT's first).
+    ``cached_parts``: the same parts from the cache, for the epochs whose backbone is frozen (LP-FT's first);
+    ``keep``: where to save the trained model (``ftbench.train.transfer``).
     """
     training = settings["training"]
     generator = seed_everything(training["seed"] + settings["fold"])
@@ -92,6 +94,8 @@ def train_candidate(
         log.error("cell failed: %s", err)
         return outcome | {"error": str(err)}
     val = history.pop("val_probs")  # the best epoch's, computed when it was checked: not predicted again
+    if keep is not None:
+        transfer.keep_trained(model, plan, keep)
     return (
         outcome
         | {
@@ -103,12 +107,15 @@ def train_candidate(
     )
 
 
-def fit_candidate(settings: dict, parts: dict[str, Part]) -> dict:
+def fit_candidate(settings: dict, parts: dict[str, Part], keep: Path | None = None) -> dict:
     """Fit one candidate probe (``ftbench.train.probes``) on cached features: the same record as
-    :func:`train_candidate`, its validation loss the one early stopping follows (``loop.validation_loss``)."""
+    :func:`train_candidate`, its validation loss the one early stopping follows (``loop.validation_loss``);
+    ``keep``: where to save the fitted probe."""
     _, backbone_params, gflops = frozen_backbone(model_entry(settings["model"]))
     (x, y), seed = (parts["train"].x.numpy(), parts["train"].y.numpy()), settings["training"]["seed"] + settings["fold"]
     probe = probes.PROBES[settings["strategy"]["kind"]](settings["strategy"], len(y), seed).fit(x, y)
+    if keep is not None:
+        transfer.keep_probe(probe, keep)
     probs = {part: probe.predict_proba(parts[part].x.numpy())[:, 1] for part in ("val", "test") if part in parts}
     learned = probes.parameters(probe)
     val_loss = validation_loss(probs["val"], parts["val"], parts["train"]) if "val" in probs else None
@@ -134,11 +141,15 @@ def run_candidates(
     outcome and a record of every candidate (its settings, validation loss, status).
 
     With several candidates, each one's outcome is saved in ``out_dir`` as it finishes, so a resumed cell
-    trains only the ones left; each candidate starts from the same seeds, whatever ran before it.
+    trains only the ones left; each candidate starts from the same seeds, whatever ran before it. With
+    ``keep_model`` in the settings, each candidate's model is saved beside it, and the chosen one's kept.
     """
     settings_list, outcomes = candidates(settings), []
+    probe = settings["strategy"]["kind"] in probes.PROBES  # candidates vary settings, never the kind
+    several = len(settings_list) > 1
     for i, candidate in enumerate(settings_list):
         done = out_dir / f"candidate{i}.json"
+        keep = transfer.kept_file(out_dir, probe, i if several else None) if settings.get("keep_model") else None
         if len(settings_list) > 1 and done.is_file():
             outcomes.append(
                 {k: np.asarray(v) if k in ("val", "test") else v for k, v in json.loads(done.read_text()).items()}
@@ -150,7 +161,7 @@ def run_candidates(
                     f"strategy '{candidate['strategy']['name']}' ({candidate['strategy']['kind']}) is "
                     "fitted on the embedding cache: give the cell --embeddings"
                 )
-            outcome = fit_candidate(candidate, parts)
+            outcome = fit_candidate(candidate, parts, keep)
         else:
             state = out_dir / ("state.pt" if len(settings_list) == 1 else f"state{i}.pt")
             outcome = train_candidate(
@@ -161,6 +172,7 @@ def run_candidates(
                 weights_path,
                 state,
                 cached_parts,
+                keep,
             )
         if len(settings_list) > 1:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -175,6 +187,8 @@ def run_candidates(
         outcomes.append(outcome)
     ok = [i for i, o in enumerate(outcomes) if "error" not in o]
     chosen = min(ok, key=lambda i: outcomes[i]["val_loss"]) if ok else 0
+    if settings.get("keep_model") and several:
+        transfer.choose_kept(out_dir, probe, chosen if ok else -1, len(settings_list))
     record = [
         {
             "strategy": c["strategy"],

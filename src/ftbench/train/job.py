@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ftbench.errors import Preempted
 from ftbench.plan.grid import CELL_FILES
+from ftbench.plan.transfer import KEPT_FILES
 from ftbench.train.stop_signals import StopRecorder
 
 log = logging.getLogger("ftbench.train")
@@ -97,6 +98,9 @@ def run_job(
         (out / cell["leaf"]).mkdir(parents=True, exist_ok=True)
         for name in CELL_FILES:
             os.replace(work / cell["leaf"] / name, out / cell["leaf"] / name)
+        for name in KEPT_FILES:  # a transfer source's trained model (ftbench.train.transfer)
+            if (work / cell["leaf"] / name).is_file():
+                os.replace(work / cell["leaf"] / name, out / cell["leaf"] / name)
     shutil.rmtree(work, ignore_errors=True)
 
 

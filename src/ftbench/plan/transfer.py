@@ -1,0 +1,119 @@
+"""External validation: the (source, target) pairs of ``regimes.transfer`` and the jobs that score them.
+
+Torch-free (used by the Snakefile). A source task's full-data cells keep their trained model (``keep_model`` in
+their settings, so the train job writes ``model.pt`` or ``probe.pkl`` beside the cell files); a transfer job runs
+each fold's kept model, unchanged, on every patient of the target task, at the decision threshold the source cell
+chose on its own validation part. The target takes no part in training, early stopping, the threshold or the choice
+among candidates. Its scored folds follow the cell contract (``grid.CELL_FILES``) under
+``results/external/cells/<source>@<target>/<model>/<strategy>/full/fold<F>``, so the aggregation, the statistics
+(each pair one block) and the report read them as they read cells, with ``<source>@<target>`` as the task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftbench import TRAINING_VERSION
+from ftbench.plan import grid, reach
+
+PAIR_SEPARATOR = "@"  # not allowed in task names (the schema's name pattern): a pair's name splits back unambiguously
+ROOT = "results/external"
+KEPT_FILES = ("model.pt", "probe.pkl")  # what a kept cell adds to grid.CELL_FILES: its trained model or fitted probe
+
+
+def declared(config: dict) -> list[tuple[str, str]]:
+    """Every (source, target) pair ``regimes.transfer`` declares, in the config's order."""
+    spec = config.get("regimes", {}).get("transfer") or {}
+    return [(source, target) for source, targets in spec.items() for target in targets or []]
+
+
+def pairs(config: dict) -> list[tuple[str, str]]:
+    """The pairs the grid scores: those whose source is a task of the benchmark (it has trained cells)."""
+    return [(s, t) for s, t in declared(config) if s in config["benchmark"]["tasks"]]
+
+
+def left_out(config: dict) -> list[str]:
+    """Why each declared pair is not scored: its source is not in ``benchmark.tasks`` (a preset narrowed the grid)."""
+    return [
+        f"external validation {s} -> {t}: its source is not a task of the benchmark (benchmark.tasks)"
+        for s, t in declared(config)
+        if s not in config["benchmark"]["tasks"]
+    ]
+
+
+def pair_name(source: str, target: str) -> str:
+    """``<source>@<target>``: the pair's folder, and its name as a task in the external tables."""
+    return f"{source}{PAIR_SEPARATOR}{target}"
+
+
+def split_pair(name: str) -> tuple[str, str]:
+    source, _, target = name.partition(PAIR_SEPARATOR)
+    return source, target
+
+
+def targets(config: dict) -> list[str]:
+    """Every target task, once: their data stage runs though they need not be in the grid."""
+    return list(dict.fromkeys(target for _, target in pairs(config)))
+
+
+@dataclass(frozen=True)
+class TransferJob:
+    """One external validation job: every fold of the source's full-data job (model, strategy), run on the target."""
+
+    source: str
+    target: str
+    model: str
+    strategy: str
+
+    @property
+    def source_job(self) -> str:
+        return f"{self.source}/{self.model}/{self.strategy}/full"
+
+    @property
+    def path(self) -> str:
+        """Its folder under ``results/external/cells``, laid out as a training job's."""
+        return f"{pair_name(self.source, self.target)}/{self.model}/{self.strategy}/full"
+
+
+def jobs(config: dict, grid_jobs: dict[grid.Job, list[grid.Cell]]) -> dict[TransferJob, list[str]]:
+    """Every transfer job, with the cell paths it writes (under ``results/external/cells``): one per fold of each
+    full-data job of a source task in the grid."""
+    out: dict[TransferJob, list[str]] = {}
+    for source, target in pairs(config):
+        for job, cells in grid_jobs.items():
+            if job.task == source and job.group == "full":
+                transfer = TransferJob(source, target, job.model, job.strategy)
+                out[transfer] = [f"{transfer.path}/{cell.leaf}" for cell in cells]
+    return out
+
+
+def job_inputs(config: dict, job: TransferJob) -> dict[str, str]:
+    """What a transfer job reads: the source's trained job folder, the target's task table, and what the kept model
+    runs on, from the target's data: its embedding cache (a head on cached features) or its image store (and
+    the model's weights, which the kept state does not repeat)."""
+    dataset = config["tasks"][job.target]["dataset"]
+    inputs = {"cells": f"results/cells/{job.source_job}", "table": f"results/tasks/{job.target}/images.parquet"}
+    if grid.uses_cache(config, job.strategy, job.model):
+        return inputs | {"embeddings": f"results/embeddings/{dataset}/{job.model}.npy"}
+    return inputs | grid.backbone_inputs(config, dataset, job.model)
+
+
+def job_settings(job: TransferJob) -> dict:
+    """What a transfer job's result depends on beyond its inputs (the source's cells and the target's data): the
+    code's version and the pair."""
+    return {"version": TRAINING_VERSION, "source": job.source, "target": job.target}
+
+
+def design_line(config: dict) -> str:
+    """The planning line about external validation: the pairs, and that each is one block of the tests."""
+    found = pairs(config)
+    if not found:
+        return ""
+    report = config.get("report", {})
+    k = len(config["benchmark"]["strategies"])
+    floor = reach.Reach(len(found), reach.comparisons(k, bool(report.get("control"))), report.get("alpha", 0.05))
+    listed = ", ".join(f"{s} -> {t}" for s, t in found)
+    return (
+        f"ftbench: external validation: {len(found)} (source, target) pair(s), one block each: {listed}; "
+        f"{floor.sentence('across-pair')}"
+    )
