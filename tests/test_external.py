@@ -34,19 +34,27 @@ def test_only_the_sources_full_data_cells_keep_their_model(demo_config):
     assert grid.cell_settings(demo_config, cell).get("keep_model") == (cell.regime == "full")
 
 
-def test_transfer_jobs_cover_every_full_data_job_of_the_source_and_its_folds(demo_config):
-    jobs = transfer.jobs(demo_config, grid.jobs(demo_config))
-    full = [job for job in grid.jobs(demo_config) if job.task == SOURCE and job.group == "full"]
-    assert {(j.model, j.strategy) for j in jobs} == {(j.model, j.strategy) for j in full}
+def test_one_transfer_job_per_model_scores_every_full_data_job_of_the_source_and_its_folds(demo_config):
+    grid_jobs = grid.jobs(demo_config)
+    jobs = transfer.jobs(demo_config, grid_jobs)
+    full = [job for job in grid_jobs if job.task == SOURCE and job.group == "full"]
+    assert {job.model for job in jobs} == set(demo_config["benchmark"]["models"])
+    assert sorted(s.path for sources in jobs.values() for s in sources) == sorted(j.path for j in full)
     folds = grid.fold_count(demo_config, SOURCE)
-    for job, cells in jobs.items():
-        assert job.path == f"{SOURCE}@{TARGET}/{job.model}/{job.strategy}/full"
-        assert cells == [f"{job.path}/fold{f}" for f in range(folds)]
-        inputs = transfer.job_inputs(demo_config, job)
-        assert inputs["cells"] == f"results/cells/{SOURCE}/{job.model}/{job.strategy}/full"
+    paths = transfer.cell_paths(jobs, grid_jobs)
+    assert len(paths) == len(full) * folds and len(set(paths)) == len(paths)
+    for job, sources in jobs.items():
+        assert job.path == f"{SOURCE}@{TARGET}/{job.model}"
+        assert {f"{job.path}/{s.strategy}/full/fold{f}" for s in sources for f in range(folds)} <= set(paths)
+        inputs = transfer.job_inputs(demo_config, job, sources)
+        assert inputs["cells"] == [f"results/cells/{SOURCE}/{job.model}/{s.strategy}/full" for s in sources]
         assert inputs["table"] == f"results/tasks/{TARGET}/images.parquet"
-        # the target's own data: never the source's
-        assert all("synthetic_external" in inputs[k] for k in ("store", "embeddings") if k in inputs)
+        # the target's own data: never the source's; the cache for the heads on cached features (lp), the images
+        # (and weights, where the model has any) for the others
+        assert inputs["embeddings"] == f"results/embeddings/{TARGET}/{job.model}.npy"
+        assert inputs["store"] == f"results/data/{TARGET}/images_64.npy"
+        reads = transfer.job_settings(demo_config, job, sources)["strategies"]
+        assert reads["lp"] == "embeddings" and reads["fft"] == "images"
 
 
 def test_adding_a_target_changes_no_training_job_and_a_new_source_only_its_full_data_jobs(demo_config):
@@ -99,9 +107,10 @@ def test_a_target_of_the_same_cohort_through_its_cohort_key_is_refused(raw_confi
 
 
 def _source_cell(data: dict, tmp_path: Path, settings: dict, embeddings: str | None = None) -> Path:
+    """A source job folder (``<source>/<model>/<strategy>/full``) holding fold 0, trained to keep its model."""
     from ftbench.train.cell import run_cell
 
-    job = tmp_path / "source"
+    job = tmp_path / "source" / settings["model"]["name"] / settings["strategy"]["name"] / "full"
     run_cell(
         settings | {"keep_model": True},
         data["task_path"],
@@ -127,18 +136,18 @@ def _own_test_patients(data: dict, tmp_path: Path, flip: bool = False) -> str:
 def _transfer(data, tmp_path, job, embeddings=None, flip=False) -> tuple[dict, pl.DataFrame]:
     from ftbench.train.transfer import run_transfer
 
-    out = tmp_path / ("flipped" if flip else "out")
+    out, strategy = tmp_path / ("flipped" if flip else "out"), job.parent.name
+    reads = {strategy: "embeddings" if embeddings else "images"}
     run_transfer(
-        {"version": 1, "source": "syn", "target": "own"},
-        str(job),
+        {"version": 1, "source": "syn", "target": "own", "strategies": reads},
+        [str(job)],
         _own_test_patients(data, tmp_path, flip),
         str(out),
         store=None if embeddings else data["store"],
         embeddings=embeddings,
     )
-    return json.loads((out / "fold0" / "metrics.json").read_text()), pl.read_parquet(
-        out / "fold0" / "predictions.parquet"
-    )
+    fold = out / strategy / "full" / "fold0"
+    return json.loads((fold / "metrics.json").read_text()), pl.read_parquet(fold / "predictions.parquet")
 
 
 def _same_as_the_cell(job: Path, metrics: dict, preds: pl.DataFrame) -> None:
@@ -205,7 +214,7 @@ def test_the_targets_labels_change_its_score_but_not_the_model_or_its_threshold(
 def test_a_source_cell_without_a_kept_model_is_a_failed_fold_that_says_how_to_rerun(synthetic_data, tmp_path):
     from ftbench.train.cell import run_cell
 
-    job = tmp_path / "source"
+    job = tmp_path / "source" / "test_resnet" / "bitfit" / "full"
     settings = cell_settings("test_resnet", "bitfit", 1e-2, training={"max_epochs": 2})
     run_cell(
         settings, synthetic_data["task_path"], synthetic_data["split"], synthetic_data["store"], str(job / "fold0")
@@ -214,3 +223,20 @@ def test_a_source_cell_without_a_kept_model_is_a_failed_fold_that_says_how_to_re
     assert metrics["status"] == "failed"
     assert "kept no model" in metrics["error"] and "--forcerun" in metrics["error"]
     assert preds["prob"].is_nan().all()
+
+
+def test_a_kept_state_holds_the_trained_parameters_and_saved_buffers_only(tmp_path):
+    """Frozen weights are rebuilt from the pretrained ones, and a non-persistent buffer (transformers' position ids)
+    with the model: neither is kept, so loading the state into a freshly built model never meets unknown keys."""
+    import torch
+
+    from ftbench.models.strategies import Plan
+    from ftbench.train.transfer import keep_trained
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    model[0].register_buffer("position_ids", torch.arange(4), persistent=False)
+    keep_trained(model, Plan([{"params": list(model[2].parameters())}]), tmp_path / "model.pt")
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert set(state) == {"2.weight", "2.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"}
+    fresh = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    assert set(state) <= set(fresh.state_dict())

@@ -171,7 +171,7 @@ def test_an_edited_target_manifest_rescores_the_kept_models_and_trains_nothing(d
     try:
         csv.write_text(original.decode().replace("img/p1.png,p1,poor", "img/p1.png,p1,good"))
         jobs = _plan(done)
-        assert jobs["transfer"] == {"results/external/cells/mine_outcome@theirs_outcome/tiny_resnet/lp/full"}
+        assert jobs["transfer"] == {"results/external/cells/mine_outcome@theirs_outcome/tiny_resnet"}
         assert jobs["task_table"] == {"results/tasks/theirs_outcome/images.parquet"}
         assert set(jobs) == DOWNSTREAM - {"folds", "train", "aggregate", "stats"}
     finally:

@@ -379,10 +379,18 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser(
-        "transfer", help="external validation: score a source task's kept full-data models on a target task"
+        "transfer",
+        help="external validation: score a source task's kept full-data models of one model on a target task",
     )
-    s.add_argument("--job", type=_json, required=True, help="the transfer job's settings as JSON (source, target)")
-    s.add_argument("--cells", required=True, help="the source's training job folder (results/cells/<job>)")
+    s.add_argument(
+        "--job", type=_json, required=True, help="the transfer job's settings as JSON (source, target, strategies)"
+    )
+    s.add_argument(
+        "--cells",
+        nargs="+",
+        required=True,
+        help="the source's full-data job folders of one model (results/cells/<job>)",
+    )
     s.add_argument("--task-table", required=True, help="the target task's table")
     s.add_argument("--store", help="the target's image store at the model's size (not needed with --embeddings)")
     s.add_argument("--embeddings", help="the target's embedding cache, for a head trained on cached features")

@@ -131,18 +131,19 @@ def embedding_inputs(w) -> dict:
 
 JOBS = grid.jobs(config, CELLS)
 JOB_BY_PATH = {job.path: job for job in JOBS}
-# external validation (regimes.transfer): one job per (source, target, model, strategy), with the cells it writes
+# external validation (regimes.transfer): one job per (source, target, model), with the source jobs it scores
 TRANSFER_JOBS = transfer.jobs(config, JOBS)
 TRANSFER_BY_PATH = {job.path: job for job in TRANSFER_JOBS}
 
 
 def transfer_job(w) -> "transfer.TransferJob":
-    return TRANSFER_BY_PATH[f"{w.pair}/{w.model}/{w.strategy}/full"]
+    return TRANSFER_BY_PATH[f"{w.pair}/{w.model}"]
 
 
 def transfer_inputs(w) -> dict:
     """What an external validation job reads (ftbench.plan.transfer.job_inputs)."""
-    return transfer.job_inputs(config, transfer_job(w))
+    job = transfer_job(w)
+    return transfer.job_inputs(config, job, TRANSFER_JOBS[job])
 
 
 def job_of(w) -> "grid.Job":

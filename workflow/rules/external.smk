@@ -1,9 +1,10 @@
-# External validation (regimes.transfer): the model of each fold of a source task's full-data job, kept by its
+# External validation (regimes.transfer): the model of each fold of a source task's full-data jobs, kept by its
 # train job, scored unchanged on every patient of a target task from another cohort, at the threshold the source
-# chose on its own validation part (src/ftbench/plan/transfer.py, src/ftbench/train/transfer.py). The scored folds
-# follow the cell contract under results/external/cells/<source>@<target>/<model>/<strategy>/full/fold<F>, so they
-# are aggregated and compared (each pair one block) by the report stage's own rules. Adding or removing a target
-# reruns only its jobs; a task that becomes a source reruns its full-data training jobs once (to keep their models).
+# chose on its own validation part (src/ftbench/plan/transfer.py, src/ftbench/train/transfer.py); one job per
+# (pair, model) scores every strategy. The scored folds follow the cell contract under
+# results/external/cells/<source>@<target>/<model>/<strategy>/full/fold<F>, so they are aggregated and compared
+# (each pair one block) by the report stage's own rules. Adding or removing a target reruns only its jobs; a task
+# that becomes a source reruns its full-data training jobs once (to keep their models).
 
 
 localrules:
@@ -14,17 +15,17 @@ rule transfer:
     input:
         unpack(transfer_inputs),
     output:
-        directory("results/external/cells/{pair}/{model}/{strategy}/full"),
+        directory("results/external/cells/{pair}/{model}"),
     log:
-        "results/logs/transfer/{pair}/{model}/{strategy}.log",
+        "results/logs/transfer/{pair}/{model}.log",
     conda:
         "../../envs/ftbench.yaml"
     threads: config["training"]["threads"]
     resources:
         # one cell's memory of the source job's size class (the Slurm profile adds the GPU)
-        mem_mb=lambda w, attempt: cluster.mem_mb(config, JOB_BY_PATH[transfer_job(w).source_job], 1, attempt),
+        mem_mb=lambda w, attempt: cluster.mem_mb(config, TRANSFER_JOBS[transfer_job(w)][0], 1, attempt),
     params:
-        job=lambda w: to_json(transfer.job_settings(transfer_job(w))),
+        job=lambda w: to_json(transfer.job_settings(config, transfer_job(w), TRANSFER_JOBS[transfer_job(w)])),
         args=lambda w: cli_args({flag: transfer_inputs(w).get(flag) for flag in ("store", "embeddings", "weights")}),
     # the hubs are forced offline: a job loads only the local weights it was given, it never downloads
     shell:
@@ -39,7 +40,7 @@ rule external_grid:
     log:
         "results/logs/external_grid.log",
     params:
-        cells=[cell for cells in TRANSFER_JOBS.values() for cell in cells],
+        cells=transfer.cell_paths(TRANSFER_JOBS, JOBS),
     run:
         Path(output[0]).write_text("\n".join(params.cells) + "\n")
 

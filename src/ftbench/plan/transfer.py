@@ -58,50 +58,74 @@ def targets(config: dict) -> list[str]:
 
 @dataclass(frozen=True)
 class TransferJob:
-    """One external validation job: every fold of the source's full-data job (model, strategy), run on the target."""
+    """One external validation job: the full-data jobs of one model on the source (every strategy, every fold),
+    scored on the target. One job per model, not per strategy: scoring is forward passes only, and the job loads
+    the target's data once (the default grid: 22 jobs, not 168); editing one strategy rescores its model's others."""
 
     source: str
     target: str
     model: str
-    strategy: str
-
-    @property
-    def source_job(self) -> str:
-        return f"{self.source}/{self.model}/{self.strategy}/full"
 
     @property
     def path(self) -> str:
-        """Its folder under ``results/external/cells``, laid out as a training job's."""
-        return f"{pair_name(self.source, self.target)}/{self.model}/{self.strategy}/full"
+        """Its folder under ``results/external/cells``; each strategy's folds in ``<strategy>/full/fold<F>``."""
+        return f"{pair_name(self.source, self.target)}/{self.model}"
 
 
-def jobs(config: dict, grid_jobs: dict[grid.Job, list[grid.Cell]]) -> dict[TransferJob, list[str]]:
-    """Every transfer job, with the cell paths it writes (under ``results/external/cells``): one per fold of each
-    full-data job of a source task in the grid."""
-    out: dict[TransferJob, list[str]] = {}
+def jobs(config: dict, grid_jobs: dict[grid.Job, list[grid.Cell]]) -> dict[TransferJob, list[grid.Job]]:
+    """Every transfer job, with the source's full-data training jobs it scores (one per strategy of the model)."""
+    out: dict[TransferJob, list[grid.Job]] = {}
     for source, target in pairs(config):
-        for job, cells in grid_jobs.items():
+        for job in grid_jobs:
             if job.task == source and job.group == "full":
-                transfer = TransferJob(source, target, job.model, job.strategy)
-                out[transfer] = [f"{transfer.path}/{cell.leaf}" for cell in cells]
+                out.setdefault(TransferJob(source, target, job.model), []).append(job)
     return out
 
 
-def job_inputs(config: dict, job: TransferJob) -> dict[str, str]:
-    """What a transfer job reads: the source's trained job folder, the target's task table, and what the kept model
-    runs on, from the target's data: its embedding cache (a head on cached features) or its image store (and
-    the model's weights, which the kept state does not repeat)."""
+def cell_paths(
+    transfer_jobs: dict[TransferJob, list[grid.Job]], grid_jobs: dict[grid.Job, list[grid.Cell]]
+) -> list[str]:
+    """The cells the transfer jobs write, under ``results/external/cells``: ``<pair>/<model>/<strategy>/full/fold<F>``,
+    one per fold of each source job (a training cell's layout, with the pair as its task)."""
+    return [
+        f"{job.path}/{source.strategy}/full/{cell.leaf}"
+        for job, sources in transfer_jobs.items()
+        for source in sources
+        for cell in grid_jobs[source]
+    ]
+
+
+def reads(config: dict, source: grid.Job) -> str:
+    """What a source job's kept models run on: ``embeddings`` (a head or probe on cached features) or ``images``."""
+    return "embeddings" if grid.uses_cache(config, source.strategy, source.model) else "images"
+
+
+def job_inputs(config: dict, job: TransferJob, sources: list[grid.Job]) -> dict[str, str | list[str]]:
+    """What a transfer job reads: the source's trained job folders, the target's task table, and what the kept
+    models run on, from the target's data: its embedding cache (heads on cached features) and/or its image store
+    (with the model's weights, which a kept state does not repeat)."""
     dataset = config["tasks"][job.target]["dataset"]
-    inputs = {"cells": f"results/cells/{job.source_job}", "table": f"results/tasks/{job.target}/images.parquet"}
-    if grid.uses_cache(config, job.strategy, job.model):
-        return inputs | {"embeddings": f"results/embeddings/{dataset}/{job.model}.npy"}
-    return inputs | grid.backbone_inputs(config, dataset, job.model)
+    inputs: dict[str, str | list[str]] = {
+        "cells": [f"results/cells/{source.path}" for source in sources],
+        "table": f"results/tasks/{job.target}/images.parquet",
+    }
+    kinds = {reads(config, source) for source in sources}
+    if "embeddings" in kinds:
+        inputs["embeddings"] = f"results/embeddings/{dataset}/{job.model}.npy"
+    if "images" in kinds:
+        inputs |= grid.backbone_inputs(config, dataset, job.model)
+    return inputs
 
 
-def job_settings(job: TransferJob) -> dict:
+def job_settings(config: dict, job: TransferJob, sources: list[grid.Job]) -> dict:
     """What a transfer job's result depends on beyond its inputs (the source's cells and the target's data): the
-    code's version and the pair."""
-    return {"version": TRAINING_VERSION, "source": job.source, "target": job.target}
+    code's version, the pair, and what each strategy's kept models run on."""
+    return {
+        "version": TRAINING_VERSION,
+        "source": job.source,
+        "target": job.target,
+        "strategies": {source.strategy: reads(config, source) for source in sources},
+    }
 
 
 def design_line(config: dict) -> str:

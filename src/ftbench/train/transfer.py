@@ -44,8 +44,10 @@ def keep_trained(model: torch.nn.Module, plan: strategies.Plan, path: Path) -> N
     """Save what training changed: every parameter the strategy trains at some point, and every buffer
     (BatchNorm statistics); the frozen parameters are the model's weights, rebuilt when the model is loaded."""
     trained = {id(p) for p in plan.parameters()}
-    state = {name: p.detach().cpu() for name, p in model.named_parameters() if id(p) in trained}
-    state |= {name: b.detach().cpu() for name, b in model.named_buffers()}
+    names = {name for name, p in model.named_parameters() if id(p) in trained}
+    names |= {name for name, _ in model.named_buffers()}
+    # the state dict's keys: a non-persistent buffer is rebuilt with the model, so it is not kept
+    state = {name: t.detach().cpu() for name, t in model.state_dict().items() if name in names}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda p: torch.save(state, p))
 
@@ -113,7 +115,7 @@ def score_fold(
 
 def run_transfer(
     job: dict,
-    cells: str,
+    cells: list[str],
     task_table: str,
     out_dir: str,
     store: str | None = None,
@@ -121,20 +123,35 @@ def run_transfer(
     weights_path: str | None = None,
     threads: int = 1,
 ) -> None:
-    """Score every fold of a source's full-data job (``cells``) on the target task; write each fold's cell files
-    into ``out_dir/fold<F>``. A source cell that failed, or kept no model, gives a failed fold naming why."""
+    """Score every fold of each source job in ``cells`` (the full-data jobs of one model, ``results/cells/<source>/
+    <model>/<strategy>/full``) on the target task; write each fold's cell files into ``out_dir/<strategy>/full/
+    fold<F>``. ``job["strategies"]`` says what each strategy's models run on: the target's image store or its
+    embedding cache. A source cell that failed, or kept no model, gives a failed fold naming why."""
     torch.set_num_threads(threads)
     device = pick_device("auto")
-    cached = embeddings is not None
-    part = target_part(
-        pl.read_parquet(task_table), np.load(embeddings, mmap_mode="r") if cached else image_store.load(store)
-    )
-    folds = sorted(Path(cells).glob("fold*"), key=lambda p: int(p.name[4:]))
+    table = pl.read_parquet(task_table)
+    arrays = {
+        "images": store and image_store.load(store),
+        "embeddings": embeddings and np.load(embeddings, mmap_mode="r"),
+    }
+    parts = {kind: target_part(table, array) for kind, array in arrays.items() if array is not None}
+    for folder in map(Path, cells):
+        strategy = folder.parent.name
+        kind = job["strategies"][strategy]
+        score_job(
+            job, folder, parts[kind], kind == "embeddings", device, weights_path, Path(out_dir) / strategy / "full"
+        )
+
+
+def score_job(
+    job: dict, cells: Path, part: Part, cached: bool, device: torch.device, weights_path: str | None, out_dir: Path
+) -> None:
+    """Score every fold of one source job (``cells``) on ``part``, the target's images or features."""
+    folds = sorted(cells.glob("fold*"), key=lambda p: int(p.name[4:]))
     if not folds:
         raise ValueError(f"{cells}: no fold of the source job (it holds no fold<F> folder)")
     for cell in folds:
         started = time.perf_counter()
-        out = Path(out_dir) / cell.name
         try:
             missing = [f for f in CELL_FILES if not (cell / f).is_file()]
             if missing:
@@ -149,10 +166,10 @@ def run_transfer(
             run, probs, result = score_fold(cell, part, cached, device, weights_path)
             status, error = "ok", None
         except (OSError, ValueError, KeyError) as err:
-            log.error("fold %s: %s", cell.name, err)
+            log.error("%s: %s", cell, err)
             run, probs, result, status, error = {}, np.full(len(part.y), np.nan), {}, "failed", str(err)
-        write_fold(out, job, run, part, probs, result, status, error, device, started)
-        log.info("%s on %s, %s: %s", job["source"], job["target"], cell.name, result.get("mcc", status))
+        write_fold(out_dir / cell.name, job, run, part, probs, result, status, error, device, started)
+        log.info("%s on %s, %s: %s", cells, job["target"], cell.name, result.get("mcc", status))
 
 
 def write_fold(
