@@ -14,11 +14,13 @@ import yaml
 from conftest import ROOT
 
 DEMO = ROOT / "workflow" / "presets" / "demo.yaml"
-# The demo cut to 1 model x 2 strategies x (full, 4-shot) x 2 folds = 8 cells, trained briefly.
+# The demo cut to 1 model x 2 strategies x (full, 4-shot) x 2 folds = 8 cells, trained briefly, without the
+# hierarchical model's MCMC (tests/test_workflow.py runs it on the whole demo).
 REDUCED = {
     "benchmark": {"models": ["tiny_resnet"], "strategies": ["lp", "bitfit"]},
     "validation": {"folds": 2},
     "training": {"max_epochs": 4, "patience": 2},
+    "report": {"hierarchical": False},
 }
 
 

@@ -15,6 +15,7 @@ def test_nan_producing_strategy_is_reported_failed_and_the_grid_finishes(tmp_pat
         "regimes": {"full": True, "fewshot": {"k": [4], "repetitions": 1}},
         "validation": {"folds": 2},
         "training": {"max_epochs": 3, "patience": 2},
+        "report": {"hierarchical": False},
     }
     config = write_config(tmp_path / "diverging.yaml", diverging)
     snakemake(ROOT, tmp_path / "work", "--configfile", str(DEMO), str(config), "--cores", "2")
@@ -26,3 +27,8 @@ def test_nan_producing_strategy_is_reported_failed_and_the_grid_finishes(tmp_pat
     assert (cells.filter(pl.col("strategy") == "lp")["status"] == "ok").all()
     html = (results / "report" / "index.html").read_text()
     assert "Failed cells (4)" in html and "loss is" in html
+    # external validation of the failed cells: failed folds that say why; the others are scored
+    external = pl.read_parquet(results / "external" / "cells.parquet")
+    lost = external.filter(pl.col("strategy") == "explode")
+    assert lost.height == 2 and lost["error"].str.contains("the source cell failed").all()
+    assert (external.filter(pl.col("strategy") == "lp")["status"] == "ok").all()

@@ -122,6 +122,7 @@ def done(tmp_path_factory) -> dict:
         "regimes": {"fewshot": None, "transfer": {"mine_outcome": ["theirs_outcome"]}},
         "validation": {"folds": 2},
         "training": {"max_epochs": 2, "patience": 1},
+        "report": {"hierarchical": False},
     }
     configs = ["--configfile", str(DEMO), str(write_config(tmp / "mine.yaml", config))]
     work = tmp / "work"
@@ -155,15 +156,6 @@ def test_an_edited_manifest_reruns_the_dataset_and_all_that_follows(done):
 
 
 @pytest.mark.slow
-def test_an_image_replaced_in_place_reruns_the_dataset_and_all_that_follows(done):
-    """Overwritten with its old modification time: only the fingerprint can see it (item 2)."""
-    _replace_keeping_mtime(done["csv"].parent / "img" / "p3.png", 36)
-    jobs = _plan(done)
-    assert jobs.pop("source_files") == {"results/data/mine/source_files.txt"}
-    assert set(jobs) == DOWNSTREAM
-
-
-@pytest.mark.slow
 def test_an_edited_target_manifest_rescores_the_kept_models_and_trains_nothing(done):
     """The external cohort's table is an input of the transfer jobs only: the source's cells stay."""
     csv = done["theirs"]
@@ -178,3 +170,13 @@ def test_an_edited_target_manifest_rescores_the_kept_models_and_trains_nothing(d
         csv.write_bytes(original)
         os.utime(csv, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert _plan(done) == {}
+
+
+@pytest.mark.slow
+def test_an_image_replaced_in_place_reruns_the_dataset_and_all_that_follows(done):
+    """Overwritten with its old modification time: only the fingerprint can see it (item 2). Last of the module:
+    the image stays replaced."""
+    _replace_keeping_mtime(done["csv"].parent / "img" / "p3.png", 36)
+    jobs = _plan(done)
+    assert jobs.pop("source_files") == {"results/data/mine/source_files.txt"}
+    assert set(jobs) == DOWNSTREAM

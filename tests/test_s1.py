@@ -213,7 +213,7 @@ def test_s1_runs_end_to_end_on_the_demo_data(tmp_path):
                 "schedule": {"name": "plateau", "warmup_epochs": 1},
                 "threads": 1,
             },
-            "report": {"bootstrap": 20},
+            "report": {"bootstrap": 20, "hierarchical": False},
             # one block-token head (4 blocks with the average) instead of the 4 head types: the same code path, a
             # quarter of the candidates
             "strategies": {

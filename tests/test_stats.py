@@ -674,6 +674,30 @@ def test_hierarchical_rows_in_compare(monkeypatch):
     assert row["p_b_better"] > 0.95 and row["p_a_better"] + row["p_equivalent"] + row["p_b_better"] == 1.0
 
 
+def test_hierarchical_model_turned_off_lists_its_comparisons_and_runs_no_mcmc(monkeypatch):
+    def no_sampling(prepared):
+        assert prepared == [], "the model ran"
+        return []
+
+    monkeypatch.setattr(stats.hierarchical, "compare_pairs", no_sampling)
+    cells, cohorts = six_tasks_three_cohorts()
+    cells = cells.filter(pl.col("strategy") != "lora")
+    compared = stats.compare(cells, metrics=("mcc",), cohorts=cohorts, control="lp", hierarchical_model=False)
+    (row,) = compared.hierarchical.rows(named=True)
+    assert (row["a"], row["b"], row["cohorts"], row["folds"]) == ("lp", "fft", 3, 15)
+    assert row["p_b_better"] is None and row["note"] == stats.HIERARCHICAL_OFF
+
+
+def test_the_samplers_compiled_code_is_cached_where_asked(monkeypatch, tmp_path):
+    monkeypatch.setenv("FTBENCH_JAX_CACHE", str(tmp_path / "jax"))
+    assert stats.hierarchical.compilation_cache() == str(tmp_path / "jax")
+    monkeypatch.setenv("FTBENCH_JAX_CACHE", "")
+    assert stats.hierarchical.compilation_cache() is None
+    monkeypatch.delenv("FTBENCH_JAX_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert stats.hierarchical.compilation_cache() == str(tmp_path / "ftbench" / "jax")
+
+
 def test_hierarchical_notes_what_it_cannot_model():
     same = stats.hierarchical.prepare([np.array([0.5, 0.5])] * 2, [np.array([0.5, 0.5])] * 2, 0.01)
     assert same == "the same difference in every fold of every cohort: no variance to model"

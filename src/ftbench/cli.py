@@ -191,6 +191,7 @@ def cmd_stats(args) -> None:
         cohorts=cohorts,
         control=args.control,
         within=args.within_task == "folds",
+        hierarchical_model=args.hierarchical == "true",
     ).write(args.out_dir)
 
 
@@ -443,6 +444,12 @@ def parser() -> argparse.ArgumentParser:
         choices=("folds", "none"),
         default="folds",
         help="none: no tests within a task (external validation: every fold's model scores the same patients)",
+    )
+    s.add_argument(
+        "--hierarchical",
+        choices=("true", "false"),
+        default="true",
+        help="false: list the hierarchical comparisons without running the model (report.hierarchical)",
     )
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_stats)

@@ -76,5 +76,5 @@ use rule stats as stats_external with:
         alpha=config["report"]["alpha"],
         rope=config["report"]["rope"],
         cohorts="{}",
-        args=cli_args({"control": config["report"].get("control"), "within-task": "none"}),
+        args=cli_args(STATS_FLAGS | {"within-task": "none"}),
         version=REPORT_VERSION,

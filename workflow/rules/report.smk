@@ -9,6 +9,11 @@ from ftbench import REPORT_VERSION
 from ftbench.analysis.captions import CAPTIONS
 
 STATS_TABLES = ("friedman", "ranks", "posthoc", "wilcoxon", "within_task", "hierarchical")
+# the stats command's optional flags (only what differs from its defaults, so that the default command stays the same)
+STATS_FLAGS = {
+    "control": config["report"].get("control"),
+    "hierarchical": None if config["report"]["hierarchical"] else "false",
+}
 
 
 localrules:
@@ -70,7 +75,7 @@ rule stats:
         alpha=config["report"]["alpha"],
         rope=config["report"]["rope"],
         cohorts=to_json(reach.cohorts(config)),
-        args=cli_args({"control": config["report"].get("control")}),
+        args=cli_args(STATS_FLAGS),
         version=REPORT_VERSION,
     shell:
         "python -m ftbench stats --cells {input.cells} --alpha {params.alpha} --rope {params.rope} "

@@ -147,6 +147,7 @@ FEW_TASKS = 10  # Demšar (2006): Friedman's chi-square is a fair approximation 
 TOLERANCE = hierarchical.TOLERANCE
 # ours: the hierarchical model runs on the headline metric only: MCMC for PR-AUC too would double the stage's time
 HIERARCHICAL_METRIC = "mcc"
+HIERARCHICAL_OFF = "not modelled: report.hierarchical is false"
 
 # The columns of the cells table (ftbench.analysis.aggregate's cells.parquet) that :func:`compare` reads, with the metrics
 CELLS_SCHEMA = {
@@ -643,11 +644,13 @@ def compare(
     cohorts: dict[str, str] | None = None,
     control: str | None = None,
     within: bool = True,
+    hierarchical_model: bool = True,
 ) -> Comparisons:
     """Strategies compared across tasks (Friedman + Nemenyi, Wilcoxon + Holm; one block per cohort, ``cohorts``
     mapping each task to its cohort, a task of its own where absent) in every scope of :func:`scopes`, every pair
     or each strategy against ``control``; and, unless ``within`` is False, within each task (corrected and Bayesian
-    correlated t over folds), for each metric."""
+    correlated t over folds), for each metric. Without ``hierarchical_model`` the hierarchical rows say what would
+    be compared, and that the model was not run (``report.hierarchical``)."""
     cohorts = cohorts or {}
     if not rope > 0:
         raise ValueError(f"rope {rope}: the region of practical equivalence must be wider than 0 (report.rope)")
@@ -674,6 +677,8 @@ def compare(
                 requests += [(key | r, data) for r, data in hierarchical_requests(folds, strategies, reference, rope)]
         if within:
             out["within_task"] += [r | {"metric": metric} for r in within_task(values, rope)]
+    if not hierarchical_model:
+        requests = [(row | {"note": row.get("note") or HIERARCHICAL_OFF}, None) for row, _ in requests]
     modelled = [data for _, data in requests if data is not None]
     probs = iter(hierarchical.compare_pairs(modelled))
     for row, data in requests:
