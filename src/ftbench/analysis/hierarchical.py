@@ -21,8 +21,10 @@ numbers of folds (each its own rho).
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +44,23 @@ TOLERANCE = 1e-12  # ours: smaller differences are rounding noise (ftbench.analy
 
 def compilation_cache() -> str | None:
     """Where JAX keeps the sampler's compiled code between runs: ``FTBENCH_JAX_CACHE`` (empty: nowhere), else
-    ``$XDG_CACHE_HOME/ftbench/jax`` (``~/.cache``). Compiling is about a third of a stats run on the demo; the cached
-    code is the same code, so the draws are the same."""
+    ``$XDG_CACHE_HOME/ftbench/jax/<this CPU>`` (``~/.cache``). Compiling is about a third of a stats run on the
+    demo; the cached code is the same code, so the draws are the same. One folder per kind of CPU (its instruction
+    sets): a home shared by a cluster's nodes never hands one node's machine code to another."""
     if "FTBENCH_JAX_CACHE" in os.environ:
         return os.environ["FTBENCH_JAX_CACHE"] or None
-    return str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ftbench" / "jax")
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ftbench" / "jax"
+    return str(root / _cpu_kind())
+
+
+@functools.cache
+def _cpu_kind() -> str:
+    """A short digest of the machine's architecture and CPU flags (Linux's /proc/cpuinfo; elsewhere the platform)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = platform.processor()
+    return hashlib.sha256(f"{platform.machine()} {flags}".encode()).hexdigest()[:12]
 
 
 @dataclass
