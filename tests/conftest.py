@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 COHEN_SAMPLE = Path(os.environ.get("FTBENCH_COHEN_SAMPLE", ROOT.parent / "shared" / "data" / "cohen-sample"))
 
 
-# The end-to-end files, longest first: collected before the others, so that `pytest -n 2 --dist loadfile` (make test)
-# starts them first, one per worker, and fills in with the short files around them (measured: tests/README in
-# docs/performance.md). The order changes nothing else.
+# The end-to-end files, longest first: collected before the others, so that `make test` (pytest -n auto --dist loadfile
+# --no-loadscope-reorder: files in this order, not by their number of tests) starts them first, one per worker, and
+# fills in with the short files around them. The order changes nothing else.
 LONGEST_FIRST = (
     "test_workflow.py",
     "test_slurm.py",
