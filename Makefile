@@ -32,7 +32,7 @@ lint: setup
 	PYTHONPATH=src $(BIN)/python -m ftbench reference --check
 
 test: lint
-	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -15,26 +15,6 @@ ROOT = Path(__file__).resolve().parents[1]
 COHEN_SAMPLE = Path(os.environ.get("FTBENCH_COHEN_SAMPLE", ROOT.parent / "shared" / "data" / "cohen-sample"))
 
 
-# The end-to-end files, longest first: collected before the others, so that `make test` (pytest -n auto --dist loadfile
-# --no-loadscope-reorder: files in this order, not by their number of tests) starts them first, one per worker, and
-# fills in with the short files around them. The order changes nothing else.
-LONGEST_FIRST = (
-    "test_workflow.py",
-    "test_slurm.py",
-    "test_s1.py",
-    "test_preemption.py",
-    "test_rerun.py",
-    "test_failures.py",
-    "test_report.py",
-    "test_input_edits.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
-
-
 @pytest.fixture(scope="session")
 def demo_config() -> dict:
     """config.yaml overridden by the demo preset, validated (as Snakemake would see it)."""
