@@ -226,13 +226,7 @@ def check_references(config: dict) -> None:
                 known = ", ".join(sorted(config[kind]))
                 raise ConfigError(f"config key 'benchmark.{kind}': unknown name '{name}' (known: {known})")
     for name in bench["tasks"]:
-        task = config["tasks"][name]
-        if task["dataset"] not in config["datasets"]:
-            raise ConfigError(
-                f"config key 'tasks.{name}.dataset': unknown dataset '{task['dataset']}' "
-                f"(known: {', '.join(sorted(config['datasets']))})"
-            )
-        check_classes(task, name)
+        check_task(config, name)
     for name in bench["models"]:
         spec = config["models"][name]
         try:
@@ -332,16 +326,25 @@ def check_transfer(config: dict) -> None:
                 raise ConfigError(
                     f"config key '{key}': unknown target task '{target}' (known: {', '.join(sorted(config['tasks']))})"
                 )
-            task = config["tasks"][target]
-            if task["dataset"] not in config["datasets"]:
-                raise ConfigError(f"config key 'tasks.{target}.dataset': unknown dataset '{task['dataset']}'")
-            check_classes(task, target)
-            mine, theirs = cohort_of(config["tasks"][source]), cohort_of(task)
+            check_task(config, target)
+            mine, theirs = cohort_of(config["tasks"][source]), cohort_of(config["tasks"][target])
             if mine == theirs:
                 raise ConfigError(
                     f"config key '{key}': target '{target}' is of the source's own cohort '{mine}' (tasks.<t>.cohort, "
                     "else the dataset): not an external validation"
                 )
+
+
+def check_task(config: dict, name: str) -> None:
+    """A task the grid reads (a task of the benchmark, or an external validation's target): its dataset is
+    declared, and each of its label values has one class."""
+    task = config["tasks"][name]
+    if task["dataset"] not in config["datasets"]:
+        raise ConfigError(
+            f"config key 'tasks.{name}.dataset': unknown dataset '{task['dataset']}' "
+            f"(known: {', '.join(sorted(config['datasets']))})"
+        )
+    check_classes(task, name)
 
 
 def check_classes(task: dict, name: str) -> None:

@@ -17,7 +17,6 @@ from ftbench import TRAINING_VERSION
 from ftbench.plan import grid, reach
 
 PAIR_SEPARATOR = "@"  # not allowed in task names (the schema's name pattern): a pair's name splits back unambiguously
-ROOT = "results/external"
 KEPT_FILES = ("model.pt", "probe.pkl")  # what a kept cell adds to grid.CELL_FILES: its trained model or fitted probe
 
 
@@ -44,11 +43,6 @@ def left_out(config: dict) -> list[str]:
 def pair_name(source: str, target: str) -> str:
     """``<source>@<target>``: the pair's folder, and its name as a task in the external tables."""
     return f"{source}{PAIR_SEPARATOR}{target}"
-
-
-def split_pair(name: str) -> tuple[str, str]:
-    source, _, target = name.partition(PAIR_SEPARATOR)
-    return source, target
 
 
 def targets(config: dict) -> list[str]:

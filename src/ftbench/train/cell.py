@@ -15,7 +15,7 @@ import torch
 
 from ftbench.data import store as image_store
 from ftbench.files import write_atomic
-from ftbench.models import inputs, strategies, strategy_kinds
+from ftbench.models import strategies, strategy_kinds
 from ftbench.models.assembly import build_model, frozen_backbone, model_entry
 from ftbench.train import metrics, probes, transfer
 from ftbench.train.device import device_name, library_versions, peak_memory_mb, pick_device, seed_everything
@@ -49,11 +49,7 @@ def partitions(
         del ids["val"]
     out = {}
     for part, patients in ids.items():
-        frame = task_table.filter(pl.col("patient_id").is_in(patients.implode())).sort("row")
-        rows = frame["row"].to_numpy().astype(np.int64)
-        out[part] = Part(
-            inputs.load_rows(source, rows), torch.from_numpy(frame["label"].to_numpy().astype(np.int64)), frame
-        )
+        out[part] = Part.of(task_table.filter(pl.col("patient_id").is_in(patients.implode())), source)
         if out[part].y.numel() == 0:
             raise ValueError(f"fold {fold}: the {part} part has no images")
     return out
@@ -150,7 +146,7 @@ def run_candidates(
     for i, candidate in enumerate(settings_list):
         done = out_dir / f"candidate{i}.json"
         keep = transfer.kept_file(out_dir, probe, i if several else None) if settings.get("keep_model") else None
-        if len(settings_list) > 1 and done.is_file():
+        if several and done.is_file():
             outcomes.append(
                 {k: np.asarray(v) if k in ("val", "test") else v for k, v in json.loads(done.read_text()).items()}
             )
@@ -163,7 +159,7 @@ def run_candidates(
                 )
             outcome = fit_candidate(candidate, parts, keep)
         else:
-            state = out_dir / ("state.pt" if len(settings_list) == 1 else f"state{i}.pt")
+            state = out_dir / (f"state{i}.pt" if several else "state.pt")
             outcome = train_candidate(
                 candidate,
                 parts,
@@ -174,7 +170,7 @@ def run_candidates(
                 cached_parts,
                 keep,
             )
-        if len(settings_list) > 1:
+        if several:
             out_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(
                 done,
@@ -199,14 +195,14 @@ def run_candidates(
         }
         for i, (c, o) in enumerate(zip(settings_list, outcomes))
     ]
-    if len(settings_list) > 1:
+    if several:
         log.info(
             "candidate %d of %d chosen on validation loss: %s",
             chosen + 1,
             len(settings_list),
             [r["val_loss"] for r in record],
         )
-    return outcomes[chosen], record if len(settings_list) > 1 else []
+    return outcomes[chosen], record if several else []
 
 
 def run_cell(

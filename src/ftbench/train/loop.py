@@ -44,6 +44,13 @@ class Part:
     y: torch.Tensor
     frame: pl.DataFrame
 
+    @classmethod
+    def of(cls, frame: pl.DataFrame, source: np.ndarray) -> Part:
+        """The images of ``frame`` (task-table rows), in row order, from ``source`` (image store or embedding cache)."""
+        frame = frame.sort("row")
+        rows = frame["row"].to_numpy().astype(np.int64)
+        return cls(inputs.load_rows(source, rows), torch.from_numpy(frame["label"].to_numpy().astype(np.int64)), frame)
+
     @functools.cached_property
     def patients(self) -> metrics.Patients:
         """The patient of each image (the frame's ``patient_id``): validation and test are scored per patient."""

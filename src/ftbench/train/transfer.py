@@ -83,19 +83,12 @@ def load_kept(
         return pickle.loads(kept_file(cell, probe=True).read_bytes()), None
     path = kept_file(cell, probe=False)
     model, _, prep, _, _ = build_model(settings, cached, device, weights_path)
-    state = torch.load(path, map_location=device, weights_only=True)
-    unexpected = set(state) - set(model.state_dict())
-    if unexpected:
-        raise ValueError(f"{path}: keys the model built from the cell's settings does not have: {sorted(unexpected)}")
-    model.load_state_dict(state, strict=False)
+    loaded = model.load_state_dict(torch.load(path, map_location=device, weights_only=True), strict=False)
+    if loaded.unexpected_keys:
+        raise ValueError(
+            f"{path}: keys the model built from the cell's settings does not have: {loaded.unexpected_keys}"
+        )
     return model, prep
-
-
-def target_part(table: pl.DataFrame, source: np.ndarray) -> Part:
-    """Every image of the target task, from its image store or embedding cache."""
-    frame = table.sort("row")
-    rows = frame["row"].to_numpy().astype(np.int64)
-    return Part(inputs.load_rows(source, rows), torch.from_numpy(frame["label"].to_numpy().astype(np.int64)), frame)
 
 
 def score_fold(
@@ -110,7 +103,7 @@ def score_fold(
         probs = model.predict_proba(part.x.numpy())[:, 1].astype(np.float64)
     else:
         probs = predict(model, part, prep, settings["training"]["batch_size"])
-    return run, probs, metrics.evaluate(part.patients, probs, threshold) | {"threshold": threshold}
+    return run, probs, metrics.evaluate(part.patients, probs, threshold)
 
 
 def run_transfer(
@@ -134,7 +127,7 @@ def run_transfer(
         "images": store and image_store.load(store),
         "embeddings": embeddings and np.load(embeddings, mmap_mode="r"),
     }
-    parts = {kind: target_part(table, array) for kind, array in arrays.items() if array is not None}
+    parts = {kind: Part.of(table, array) for kind, array in arrays.items() if array is not None}
     for folder in map(Path, cells):
         strategy = folder.parent.name
         kind = job["strategies"][strategy]
